@@ -1,0 +1,42 @@
+"""Attention backends: write this step's K/V into the paged cache, then attend over it."""
+from __future__ import annotations
+
+import torch
+
+from pagedserve.attention.metadata import AttentionMetadata
+from pagedserve.kernels.kv_store import store_kv_ref
+from pagedserve.kernels.paged_attention_ref import paged_attention_ref
+
+
+class AttentionBackend:
+    name = "base"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """The plain torch reference (gather from pages, causal mask across chunks, GQA); used on CPU."""
+
+    name = "torch"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        store_kv_ref(k, v, k_cache, v_cache, meta.slot_mapping)
+        qsl = meta.query_start_loc_cpu if meta.query_start_loc_cpu is not None else meta.query_start_loc
+        sl = meta.seq_lens_cpu if meta.seq_lens_cpu is not None else meta.seq_lens
+        return paged_attention_ref(q, k_cache, v_cache, qsl, sl, meta.block_tables, scale)
+
+
+def get_attention_backend(name: str, device: str) -> AttentionBackend:
+    """``auto``: Triton kernels on CUDA, the torch reference elsewhere."""
+    if name == "auto":
+        name = "triton" if device.startswith("cuda") else "torch"
+    if name == "torch":
+        return TorchAttentionBackend()
+    if name == "triton":
+        from pagedserve.attention.triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend()
+    raise ValueError(f"attention_backend must be auto, torch or triton, got {name!r}")

@@ -1,0 +1,47 @@
+"""What the scheduler hands the model runner for one step (plain data, no tensors)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagedserve.engine.request import Request
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    num_tokens: int  # tokens to compute this step
+    start: int  # position of the first of them (= num_computed_tokens before this step)
+    block_ids: list[int]
+    do_sample: bool  # this step reaches the end of the known tokens: sample the next one
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.request.all_token_ids[self.start:self.start + self.num_tokens]
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted_ids: list[str] = field(default_factory=list)
+    total_num_scheduled_tokens: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+@dataclass
+class EngineCoreOutput:
+    """One request's progress after a step."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    new_logprobs: list | None = None
+    new_prompt_logprobs: list | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,43 @@
+"""The engine core: scheduler + model runner, one ``step()`` at a time. Token ids in, token
+ids out; no tokenizer here (it runs in its own process when serving)."""
+from __future__ import annotations
+
+import logging
+import time
+
+from pagedserve.config import EngineConfig
+from pagedserve.core.scheduler import Scheduler
+from pagedserve.core.scheduler_output import EngineCoreOutput
+from pagedserve.engine.request import Request, RequestStatus
+from pagedserve.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, use_tqdm: bool = True) -> None:
+        t0 = time.perf_counter()
+        self.config = config
+        self.runner = ModelRunner(config, use_tqdm=use_tqdm)
+        num_blocks = self.runner.determine_num_blocks()
+        self.runner.initialize_kv_cache(num_blocks)
+        config.cache_config.num_gpu_blocks = num_blocks
+        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
+        self.startup_seconds = time.perf_counter() - t0
+        logger.info("engine core ready in %.2f s", self.startup_seconds)
+
+    def add_request(self, request: Request) -> None:
+        self.scheduler.add_request(request)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def step(self) -> list[EngineCoreOutput]:
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        out = self.runner.execute_model(sched)
+        return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()

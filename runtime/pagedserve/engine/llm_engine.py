@@ -1,0 +1,110 @@
+"""``LLMEngine``: the synchronous engine — input processing (tokenize, validate, fan out
+``n``), the engine core, and output processing, in one process."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pagedserve.config import EngineArgs, EngineConfig
+from pagedserve.engine.core import EngineCore
+from pagedserve.engine.output_processor import OutputProcessor, child_request_id
+from pagedserve.engine.request import Request
+from pagedserve.outputs import RequestOutput
+from pagedserve.sampling_params import SamplingParams
+from pagedserve.tokenizer import load_tokenizer
+
+PromptType = str | list[int] | dict[str, Any]
+
+
+class InputProcessor:
+    """Prompt → token ids, sampling params resolved against the model (eos ids, max_tokens)."""
+
+    def __init__(self, config: EngineConfig, tokenizer: Any) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.eos_ids = list(config.model_config.arch.eos_token_ids)
+        if tokenizer is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in self.eos_ids:
+            self.eos_ids.append(tokenizer.eos_token_id)
+
+    def tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), self._check_ids(prompt["prompt_token_ids"])
+            prompt = prompt.get("prompt")
+            if not isinstance(prompt, str):
+                raise ValueError("prompt: a dict prompt needs 'prompt' (str) or 'prompt_token_ids' (list[int])")
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt: text prompts need a tokenizer (skip_tokenizer_init is set)")
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, (list, tuple)):
+            return None, self._check_ids(list(prompt))
+        raise ValueError(f"prompt must be a string, a list of token ids or a dict, got {type(prompt).__name__}")
+
+    def _check_ids(self, ids: Any) -> list[int]:
+        vocab = self.config.model_config.arch.vocab_size
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise ValueError("prompt_token_ids must be a list of integers")
+        bad = [t for t in ids if t < 0 or t >= vocab]
+        if bad:
+            raise ValueError(f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        return list(ids)
+
+    def max_tokens(self, params: SamplingParams, prompt_len: int) -> int:
+        room = self.config.model_config.max_model_len - prompt_len
+        return max(1, min(params.max_tokens, room) if params.max_tokens is not None else room)
+
+    def child_params(self, request_id: str, params: SamplingParams) -> dict[str, SamplingParams]:
+        """``n`` parallel samples become ``n`` engine requests; seeded children get seed + index."""
+        n = params.n
+        out = {}
+        for i in range(n):
+            seed = None if params.seed is None else params.seed + i
+            out[child_request_id(request_id, i, n)] = params if n == 1 else params.clone(n=1, best_of=1, seed=seed)
+        return out
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, use_tqdm: bool = True, skip_tokenizer_init: bool = False) -> None:
+        self.config = config
+        self.tokenizer = None if skip_tokenizer_init else load_tokenizer(config.model_config.model)
+        self.processor = InputProcessor(config, self.tokenizer)
+        self.core = EngineCore(config, use_tqdm=use_tqdm)
+        self.output_processor = OutputProcessor(self.tokenizer)
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs, use_tqdm: bool = True, skip_tokenizer_init: bool = False
+                         ) -> "LLMEngine":
+        return cls(args.create_engine_config(), use_tqdm=use_tqdm, skip_tokenizer_init=skip_tokenizer_init)
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
+                    arrival_time: float | None = None, priority: int = 0) -> None:
+        params = params or SamplingParams()
+        if request_id in self.output_processor.states:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        text, ids = self.processor.tokenize(prompt)
+        self.core.scheduler.check_fits(len(ids))
+        max_tokens = self.processor.max_tokens(params, len(ids))
+        children = self.processor.child_params(request_id, params)
+        self.output_processor.add_request(request_id, text, ids, params, children)
+        arrival = time.time() if arrival_time is None else arrival_time
+        for cid, cp in children.items():
+            self.core.add_request(Request(cid, ids, cp, eos_token_ids=self.processor.eos_ids,
+                                          arrival_time=arrival, priority=priority, max_tokens=max_tokens))
+
+    def abort_request(self, request_id: str | list[str]) -> None:
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        self.core.abort_requests(self.output_processor.abort_requests(ids))
+
+    def step(self) -> list[RequestOutput]:
+        core_outputs = self.core.step()
+        outputs, stopped = self.output_processor.process_outputs(core_outputs)
+        if stopped:
+            self.core.abort_requests(stopped)  # ended by a stop string: free its blocks now
+        return outputs
+
+    def has_unfinished_requests(self) -> bool:
+        return self.output_processor.has_unfinished_requests() or self.core.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.output_processor.states)

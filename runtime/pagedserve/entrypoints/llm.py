@@ -1,0 +1,84 @@
+"""``LLM``: offline batched generation, as in vLLM (``from pagedserve import LLM, SamplingParams``)."""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from pagedserve.config import EngineArgs
+from pagedserve.engine.llm_engine import LLMEngine, PromptType
+from pagedserve.outputs import RequestOutput
+from pagedserve.sampling_params import SamplingParams
+
+_GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+class LLM:
+    def __init__(self, model: str | None = None, *, dtype: str = "auto", max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.9, block_size: int = 16, max_num_seqs: int | None = None,
+                 max_num_batched_tokens: int | None = None, seed: int = 0, device: str | None = None,
+                 skip_tokenizer_init: bool = False, use_tqdm: bool = True, **kwargs: Any) -> None:
+        args = EngineArgs(model=model, dtype=dtype, max_model_len=max_model_len,
+                          gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
+                          max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                          seed=seed, device=device, **kwargs)
+        self.llm_engine = LLMEngine.from_engine_args(args, use_tqdm=use_tqdm,
+                                                     skip_tokenizer_init=skip_tokenizer_init)
+        self._counter = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        return self.llm_engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """Defaults from the model's generation_config.json (as vLLM's ``--generation-config auto``)."""
+        gen = self.llm_engine.config.model_config.generation_config
+        kw = {k: gen[k] for k in _GEN_CONFIG_KEYS if gen.get(k) is not None}
+        if gen.get("do_sample") is False:
+            kw["temperature"] = 0.0
+        return SamplingParams(**kw)
+
+    def generate(self, prompts: PromptType | Sequence[PromptType],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True, priority: list[int] | None = None) -> list[RequestOutput]:
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # one prompt (text, token ids or dict)
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"sampling_params: got {len(params)} for {len(prompts)} prompts")
+        ids = []
+        try:
+            for i, (p, sp) in enumerate(zip(prompts, params)):
+                rid = str(next(self._counter))
+                self.llm_engine.add_request(rid, p, sp, priority=priority[i] if priority else 0)
+                ids.append(rid)
+        except Exception:
+            self.llm_engine.abort_request(ids)
+            raise
+        return self._run(ids, use_tqdm)
+
+    def chat(self, messages: list[dict[str, str]] | list[list[dict[str, str]]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = True, add_generation_prompt: bool = True,
+             chat_template: str | None = None) -> list[RequestOutput]:
+        convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        from pagedserve.entrypoints.chat_utils import render_chat
+
+        prompts = [{"prompt_token_ids": render_chat(self.get_tokenizer(), c, add_generation_prompt, chat_template)}
+                   for c in convs]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        done: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm)
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+                    bar.update(1)
+        bar.close()
+        return [done[i] for i in ids]

@@ -1,0 +1,30 @@
+"""RMSNorm with an optional fused residual add."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Reference RMSNorm, computed in float32 like HF's LlamaRMSNorm."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden), requires_grad=False)
+        self.fused = None  # set to a fused kernel (x, residual, weight, eps) by the runner on GPU
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.fused is not None:
+            return self.fused(x, residual, self.weight, self.eps)
+        if residual is None:
+            return rms_norm_ref(x, self.weight, self.eps)
+        x = x + residual
+        return rms_norm_ref(x, self.weight, self.eps), x

@@ -1,0 +1,124 @@
+"""The sampler: logits → next tokens (and logprobs), for a batch of requests, on the device.
+
+Order of operations (per row): raw logprobs (if asked) → min_tokens masking → repetition /
+presence / frequency penalties → greedy argmax, or temperature → top-k → top-p → min-p →
+sampling by the exponential race (``argmax(p / q)``, ``q ~ Exp(1)``), whose noise comes from the
+request's own generator when it has a seed, so a seeded request samples the same tokens alone
+or in any batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingMetadata:
+    temperature: torch.Tensor  # [B] float32; 0 = greedy
+    all_greedy: bool
+    top_k: torch.Tensor | None = None  # [B] int64; 0 = off
+    top_p: torch.Tensor | None = None  # [B] float32; 1 = off
+    min_p: torch.Tensor | None = None  # [B] float32; 0 = off
+    # penalties (None when no row uses them)
+    repetition_penalty: torch.Tensor | None = None  # [B]
+    presence_penalty: torch.Tensor | None = None  # [B]
+    frequency_penalty: torch.Tensor | None = None  # [B]
+    output_counts: torch.Tensor | None = None  # [B, V] counts of each generated token
+    prompt_mask: torch.Tensor | None = None  # [B, V] bool: token occurs in the prompt
+    # rows still under min_tokens: (row, token ids to ban)
+    banned: list[tuple[int, list[int]]] = field(default_factory=list)
+    generators: dict[int, torch.Generator] = field(default_factory=dict)
+    max_num_logprobs: int | None = None  # None = no logprobs for any row
+
+
+@dataclass
+class SamplerOutput:
+    sampled: torch.Tensor  # [B] int64
+    # when logprobs were asked for: [B, 1 + k] token ids / logprobs (sampled first) and ranks [B]
+    logprob_token_ids: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None
+    sampled_ranks: torch.Tensor | None = None
+
+
+def apply_penalties(logits: torch.Tensor, m: SamplingMetadata) -> torch.Tensor:
+    if m.repetition_penalty is not None:
+        assert m.output_counts is not None and m.prompt_mask is not None
+        seen = m.prompt_mask | (m.output_counts > 0)
+        rp = m.repetition_penalty.unsqueeze(1)
+        penalized = torch.where(logits > 0, logits / rp, logits * rp)
+        logits = torch.where(seen, penalized, logits)
+    if m.frequency_penalty is not None:
+        assert m.output_counts is not None and m.presence_penalty is not None
+        counts = m.output_counts.to(logits.dtype)
+        logits = logits - m.frequency_penalty.unsqueeze(1) * counts
+        logits = logits - m.presence_penalty.unsqueeze(1) * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def apply_top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Keep the k largest logits of each row (ties with the k-th kept); k = 0 keeps all."""
+    vocab = logits.shape[-1]
+    k = torch.where(k <= 0, torch.full_like(k, vocab), k.clamp(max=vocab))
+    sorted_desc = logits.sort(dim=-1, descending=True).values
+    kth = sorted_desc.gather(1, (k - 1).unsqueeze(1))
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability sums to at least p."""
+    sorted_logits, idx = logits.sort(dim=-1, descending=False)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cum <= (1 - p).unsqueeze(1)
+    remove[:, -1] = False
+    return logits.masked_fill(remove.scatter(1, idx, remove), float("-inf"))
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drop tokens whose probability is below ``min_p`` times the top token's."""
+    probs = logits.softmax(dim=-1)
+    threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def exponential_noise(like: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    q = torch.empty_like(like).exponential_()
+    for row, gen in generators.items():
+        q[row].exponential_(generator=gen)
+    return q
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, m: SamplingMetadata) -> SamplerOutput:
+        logits = logits.float()
+        raw_logprobs = logits.log_softmax(dim=-1) if m.max_num_logprobs is not None else None
+        for row, banned in m.banned:
+            logits[row, banned] = float("-inf")
+        logits = apply_penalties(logits, m)
+        greedy = logits.argmax(dim=-1)
+        if m.all_greedy:
+            sampled = greedy
+        else:
+            temp = torch.where(m.temperature > 0, m.temperature, torch.ones_like(m.temperature))
+            logits = logits / temp.unsqueeze(1)
+            if m.top_k is not None:
+                logits = apply_top_k(logits, m.top_k)
+            if m.top_p is not None:
+                logits = apply_top_p(logits, m.top_p)
+            if m.min_p is not None:
+                logits = apply_min_p(logits, m.min_p)
+            probs = logits.softmax(dim=-1)
+            random = (probs / exponential_noise(probs, m.generators)).argmax(dim=-1)
+            sampled = torch.where(m.temperature > 0, random, greedy)
+        out = SamplerOutput(sampled)
+        if raw_logprobs is not None:
+            k = m.max_num_logprobs or 0
+            token_lp = raw_logprobs.gather(1, sampled.unsqueeze(1))
+            out.sampled_ranks = (raw_logprobs > token_lp).sum(dim=-1) + 1
+            if k > 0:
+                top_lp, top_ids = raw_logprobs.topk(k, dim=-1)
+                out.logprob_token_ids = torch.cat([sampled.unsqueeze(1), top_ids], dim=1)
+                out.logprobs = torch.cat([token_lp, top_lp], dim=1)
+            else:
+                out.logprob_token_ids, out.logprobs = sampled.unsqueeze(1), token_lp
+        return out

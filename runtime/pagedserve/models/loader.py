@@ -1,0 +1,124 @@
+"""Build a model and load its weights: safetensors (single or sharded with an index), or
+random "dummy" weights of the right shapes for benchmarks (like vLLM's ``--load-format dummy``).
+
+Each parameter's ``weight_loader`` reads only its own slice of a lazy safetensors tensor, so a
+tensor-parallel rank never materialises the other ranks' shards.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+import zlib
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from tqdm import tqdm
+
+from pagedserve.config import ModelConfig
+from pagedserve.models.registry import check_architecture
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(mc: ModelConfig, device: str, use_tqdm: bool = True) -> nn.Module:
+    cls = check_architecture(mc.arch.architecture)
+    t0 = time.perf_counter()
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(mc.dtype)
+    try:
+        with torch.device(device):
+            model = cls(mc.arch, max_position=max(mc.max_model_len, mc.arch.max_position_embeddings))
+    finally:
+        torch.set_default_dtype(prev)
+    if mc.load_format == "dummy":
+        init_dummy_weights(model, mc.seed)
+    else:
+        load_safetensors(model, mc.model, use_tqdm=use_tqdm)
+    model.eval()
+    logger.info("model %s loaded in %.2f s (%s, %.1fM params)", mc.arch.architecture,
+                time.perf_counter() - t0, mc.dtype, sum(p.numel() for p in model.parameters()) / 1e6)
+    return model
+
+
+def safetensors_files(model_dir: str) -> list[str]:
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as fh:
+            weight_map = json.load(fh).get("weight_map", {})
+        files = sorted({os.path.join(model_dir, f) for f in weight_map.values()})
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"model: shard(s) listed in the index are missing: "
+                                    f"{', '.join(os.path.basename(m) for m in missing)}")
+        return files
+    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"model: no *.safetensors weights in {model_dir} "
+                                "(use load_format='dummy' for random weights)")
+    return files
+
+
+def _target(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, object]:
+    for frag, (fused, shard) in packed.items():
+        if f".{frag}." in name:
+            return name.replace(f".{frag}.", f".{fused}."), shard
+    return name, None
+
+
+def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) -> None:
+    params = dict(model.named_parameters())
+    packed = getattr(model, "packed_modules", {})
+    tied = getattr(getattr(model, "cfg", None), "tie_word_embeddings", False)
+    loaded: set[str] = set()
+    files = safetensors_files(model_dir)
+    bar = tqdm(files, desc="Loading safetensors", unit="file", disable=not use_tqdm or len(files) < 2)
+    for path in bar:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
+                    continue
+                target, shard = _target(name, packed)
+                param = params.get(target)
+                if param is None:
+                    raise ValueError(f"model: checkpoint tensor {name!r} has no matching parameter")
+                loader = getattr(param, "weight_loader", None)
+                source = f.get_slice(name)
+                if loader is None:
+                    param.data.copy_(source[:].to(param.dtype))
+                elif shard is None:
+                    loader(param, source)
+                else:
+                    loader(param, source, shard)
+                loaded.add(target if shard is None else f"{target}#{shard}")
+    _check_complete(params, packed, loaded)
+
+
+def _check_complete(params: dict[str, nn.Parameter], packed: dict[str, tuple[str, object]],
+                    loaded: set[str]) -> None:
+    shards: dict[str, set[object]] = {}
+    for fused, shard in packed.values():
+        shards.setdefault(fused, set()).add(shard)
+    missing = []
+    for name in params:
+        frag = next((f for f in shards if f".{f}." in name), None)
+        if frag is None:
+            if name not in loaded:
+                missing.append(name)
+        else:
+            missing += [f"{name}[{s}]" for s in shards[frag] if f"{name}#{s}" not in loaded]
+    if missing:
+        raise ValueError(f"model: checkpoint is missing {len(missing)} weight(s), e.g. {missing[:3]}")
+
+
+def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
+    """Small uniform random weights (norms stay 1), deterministic per seed and parameter name."""
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data.fill_(1.0)
+            continue
+        gen = torch.Generator(device=p.device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        p.data.uniform_(-2e-2, 2e-2, generator=gen)

@@ -1,0 +1,134 @@
+"""Sampling parameters for text generation, shaped like vLLM's ``SamplingParams``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+_GREEDY_EPS = 1e-5
+
+
+@dataclass
+class SamplingParams:
+    """How to sample the tokens of one completion.
+
+    Invalid values raise :class:`ValueError` naming the offending field.
+    ``temperature=0`` means greedy decoding; ``seed`` makes one request reproducible
+    regardless of what it is batched with.
+    """
+
+    n: int = 1
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    output_kind: str = "final"  # "final" | "delta" | "cumulative" (streaming)
+    # Beam search (issue: memory features); kept here so the server can pass it through.
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    # Filled by the engine: stop tokens of the model (eos ids) when ignore_eos is False.
+    all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        elif self.stop is None:
+            self.stop = []
+        else:
+            self.stop = list(self.stop)
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.top_k is None or self.top_k == -1:
+            self.top_k = 0  # vLLM uses -1 (and now 0) for "disabled"
+        if self.best_of is None:
+            self.best_of = self.n
+        self._verify()
+        if self.temperature < _GREEDY_EPS:
+            # Greedy: the filters and the seed have no effect.
+            self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+        self.all_stop_token_ids = set(self.stop_token_ids)
+
+    # -- validation ---------------------------------------------------------------------------
+    def _verify(self) -> None:
+        _int("n", self.n, lo=1, hi=1024)
+        _int("best_of", self.best_of, lo=self.n, hi=1024, lo_msg="must be >= n")
+        _num("presence_penalty", self.presence_penalty, lo=-2.0, hi=2.0)
+        _num("frequency_penalty", self.frequency_penalty, lo=-2.0, hi=2.0)
+        _num("repetition_penalty", self.repetition_penalty, lo=0.0, lo_open=True, hi=100.0)
+        _num("temperature", self.temperature, lo=0.0, hi=100.0)
+        _num("top_p", self.top_p, lo=0.0, lo_open=True, hi=1.0)
+        _int("top_k", self.top_k, lo=0, hi=2**31 - 1, lo_msg="must be -1 (disabled), 0 (disabled) or positive")
+        _num("min_p", self.min_p, lo=0.0, hi=1.0)
+        if self.seed is not None:
+            _int("seed", self.seed, lo=-(2**63), hi=2**64 - 1)
+        if self.max_tokens is not None:
+            _int("max_tokens", self.max_tokens, lo=1, hi=2**31 - 1)
+        _int("min_tokens", self.min_tokens, lo=0, hi=2**31 - 1)
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens must be <= max_tokens={self.max_tokens}, got {self.min_tokens}")
+        if self.logprobs is not None:
+            _int("logprobs", self.logprobs, lo=0, hi=1024)
+        if self.prompt_logprobs is not None:
+            _int("prompt_logprobs", self.prompt_logprobs, lo=0, hi=1024)
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop must contain non-empty strings, got {s!r}")
+        for t in self.stop_token_ids:
+            _int("stop_token_ids", t, lo=0, hi=2**31 - 1)
+        if self.output_kind not in ("final", "delta", "cumulative"):
+            raise ValueError(f"output_kind must be final, delta or cumulative, got {self.output_kind!r}")
+        if self.use_beam_search:
+            _num("length_penalty", self.length_penalty, lo=-100.0, hi=100.0)
+            if self.early_stopping not in (True, False, "never"):
+                raise ValueError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}")
+
+    # -- helpers ------------------------------------------------------------------------------
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < _GREEDY_EPS
+
+    def clone(self, **changes: Any) -> "SamplingParams":
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        values.update(changes)
+        sp = SamplingParams(**values)
+        sp.all_stop_token_ids = set(self.all_stop_token_ids) | set(sp.stop_token_ids or [])
+        return sp
+
+    def max_stop_len(self) -> int:
+        return max((len(s) for s in self.stop), default=0)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int(name: str, v: Any, lo: int, hi: int, lo_msg: str | None = None) -> None:
+    if not _is_int(v):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if v < lo:
+        raise ValueError(f"{name} {lo_msg or f'must be >= {lo}'}, got {v}")
+    if v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
+
+
+def _num(name: str, v: Any, lo: float, hi: float, lo_open: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    if v < lo or (lo_open and v == lo):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
+    if v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")

@@ -1,0 +1,67 @@
+"""Build the sampler's per-row tensors from the requests that sample this step."""
+from __future__ import annotations
+
+import torch
+
+from pagedserve.engine.request import Request
+from pagedserve.layers.sampler import SamplingMetadata
+
+
+def _generator(req: Request, device: torch.device) -> torch.Generator | None:
+    seed = req.sampling_params.seed
+    if seed is None or req.sampling_params.greedy:
+        return None
+    if req.generator is None:
+        req.generator = torch.Generator(device=device)
+        req.generator.manual_seed(seed % (2**63))
+    return req.generator
+
+
+def build_sampling_metadata(reqs: list[Request], vocab_size: int, device: torch.device) -> SamplingMetadata:
+    sps = [r.sampling_params for r in reqs]
+    temps = [sp.temperature if not sp.greedy else 0.0 for sp in sps]
+    m = SamplingMetadata(temperature=torch.tensor(temps, dtype=torch.float32, device=device),
+                         all_greedy=all(t == 0.0 for t in temps))
+    if not m.all_greedy:
+        if any(sp.top_k > 0 for sp in sps):
+            m.top_k = torch.tensor([sp.top_k for sp in sps], dtype=torch.int64, device=device)
+        if any(sp.top_p < 1.0 for sp in sps):
+            m.top_p = torch.tensor([sp.top_p for sp in sps], dtype=torch.float32, device=device)
+        if any(sp.min_p > 0.0 for sp in sps):
+            m.min_p = torch.tensor([sp.min_p for sp in sps], dtype=torch.float32, device=device)
+        for row, r in enumerate(reqs):
+            gen = _generator(r, device)
+            if gen is not None:
+                m.generators[row] = gen
+    use_rep = any(sp.repetition_penalty != 1.0 for sp in sps)
+    use_freq = any(sp.presence_penalty != 0.0 or sp.frequency_penalty != 0.0 for sp in sps)
+    if use_rep or use_freq:
+        m.output_counts = _token_counts([r.output_token_ids for r in reqs], vocab_size, device)
+        if use_rep:
+            m.repetition_penalty = torch.tensor([sp.repetition_penalty for sp in sps], device=device)
+            m.prompt_mask = _token_counts([r.prompt_token_ids for r in reqs], vocab_size, device) > 0
+        if use_freq:
+            m.presence_penalty = torch.tensor([sp.presence_penalty for sp in sps], device=device)
+            m.frequency_penalty = torch.tensor([sp.frequency_penalty for sp in sps], device=device)
+    for row, r in enumerate(reqs):
+        sp = r.sampling_params
+        if r.num_output_tokens < sp.min_tokens:
+            banned = set(sp.stop_token_ids) | (set() if sp.ignore_eos else r.eos_token_ids)
+            banned = [t for t in banned if t < vocab_size]
+            if banned:
+                m.banned.append((row, banned))
+    lps = [sp.logprobs for sp in sps if sp.logprobs is not None]
+    m.max_num_logprobs = max(lps) if lps else None
+    return m
+
+
+def _token_counts(seqs: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
+    counts = torch.zeros(len(seqs), vocab_size + 1, dtype=torch.int32, device=device)
+    width = max((len(s) for s in seqs), default=0)
+    if width:
+        padded = torch.full((len(seqs), width), vocab_size, dtype=torch.int64)
+        for i, s in enumerate(seqs):
+            if s:
+                padded[i, :len(s)] = torch.tensor(s, dtype=torch.int64)
+        counts.scatter_add_(1, padded.to(device), torch.ones_like(padded, dtype=torch.int32).to(device))
+    return counts[:, :vocab_size]
