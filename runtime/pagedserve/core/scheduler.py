@@ -13,6 +13,7 @@ from collections import deque
 from pagedserve.config import CacheConfig, SchedulerConfig
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.scheduler_output import EngineCoreOutput, ScheduledRequest, SchedulerOutput
+from pagedserve.core.stats import SchedulerStats
 from pagedserve.engine.request import Request, RequestStatus
 
 logger = logging.getLogger(__name__)
@@ -184,3 +185,8 @@ class Scheduler:
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.waiting) + len(self.running)
+
+    def get_stats(self) -> SchedulerStats:
+        return SchedulerStats(num_running=len(self.running), num_waiting=len(self.waiting),
+                              kv_cache_usage=self.kv.usage, num_preemptions_total=self.num_preemptions,
+                              num_gpu_blocks=self.kv.num_blocks, block_size=self.kv.block_size)

@@ -8,6 +8,7 @@ import time
 from pagedserve.config import EngineConfig
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import EngineCoreOutput
+from pagedserve.core.stats import SchedulerStats
 from pagedserve.engine.request import Request, RequestStatus
 from pagedserve.worker.model_runner import ModelRunner
 
@@ -41,3 +42,6 @@ class EngineCore:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
+
+    def get_stats(self) -> SchedulerStats:
+        return self.scheduler.get_stats()

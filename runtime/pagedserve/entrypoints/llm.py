@@ -27,6 +27,13 @@ class LLM:
                                                      skip_tokenizer_init=skip_tokenizer_init)
         self._counter = itertools.count()
 
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs, use_tqdm: bool = True, skip_tokenizer_init: bool = False) -> "LLM":
+        llm = cls.__new__(cls)
+        llm.llm_engine = LLMEngine.from_engine_args(args, use_tqdm=use_tqdm, skip_tokenizer_init=skip_tokenizer_init)
+        llm._counter = itertools.count()
+        return llm
+
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 

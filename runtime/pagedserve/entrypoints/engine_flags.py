@@ -1,0 +1,43 @@
+"""The engine's command-line flags (vLLM's names), shared by ``generate``, ``serve`` and ``bench``."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from pagedserve.config import EngineArgs
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", default=None, help="HF model directory, a .gguf file, or 'default' "
+                   "(the embedded SmolLM2-135M-Instruct; also used when --model is absent)")
+    g.add_argument("--tokenizer", default=None)
+    g.add_argument("--served-model-name", default=None)
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "half", "float"])
+    g.add_argument("--max-model-len", type=int, default=None)
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    g.add_argument("--kv-cache-memory", type=int, default=None, help="KV cache size in bytes (CPU budget)")
+    g.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    g.add_argument("--block-size", type=int, default=16)
+    g.add_argument("--swap-space", type=float, default=4.0, help="GiB of CPU memory for swapped KV blocks")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--max-num-seqs", type=int, default=None)
+    g.add_argument("--max-num-batched-tokens", type=int, default=None)
+    g.add_argument("--long-prefill-token-threshold", type=int, default=0)
+    g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority"])
+    g.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap", "auto"])
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
+    g.add_argument("--quantization", "-q", default=None)
+    g.add_argument("--trust-remote-code", action="store_true")
+    g.add_argument("--revision", default=None)
+    g.add_argument("--enforce-eager", action="store_true")
+    g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+
+
+def engine_args_from(ns: argparse.Namespace) -> EngineArgs:
+    names = {f.name for f in fields(EngineArgs)}
+    return EngineArgs(**{k: v for k, v in vars(ns).items() if k in names})
