@@ -58,7 +58,8 @@ _kmock_parse_path = parsing.parse_path
 def _parse_path(path: str) -> parsing.ParsedPath:
     """Parse ``/api/v1/namespaces[/NAME[/SUB]]`` as the cluster-scoped namespaces resource."""
     parts = path.strip('/').split('/')
-    if len(parts) >= 3 and parts[0] == 'api' and parts[2] == 'namespaces' and len(parts) <= 5:
+    if (len(parts) in (3, 4) or (len(parts) == 5 and parts[4] in ('status', 'finalize'))) \
+            and parts[0] == 'api' and parts[2] == 'namespaces':
         name = parts[3] if len(parts) > 3 else None
         sub = parts[4] if len(parts) > 4 else None
         return parsing.ParsedPath('', parts[1], 'namespaces', None, name, sub)

@@ -1,0 +1,136 @@
+"""One reconcile pass of one InferenceService: read it, validate, apply the children, write status.
+
+Level-triggered and idempotent: every trigger (the CR changed, a child changed, the periodic
+resync, an operator restart) runs the same pass, which reads the current CR from the API.
+Passes for the same InferenceService never overlap (a lock per object).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+from .apply import ChildConflict, apply_child, is_owned_by, remove_child
+from .config import OperatorConfig
+from .kube import ApiError, Kube
+from .resources import CHILD_KINDS, build_children, initial_replicas
+from .resources.common import selector_string
+from .resources.ingress import ingress_url
+from .resources.service import cluster_url
+from .spec import KIND, SpecError, parse_spec
+from .status import child_status, failure_status, same_status
+
+log = logging.getLogger('pagedserve_operator.reconcile')
+
+
+class EventSink(Protocol):
+    """Posts Kubernetes Events about an InferenceService."""
+
+    def normal(self, body: dict[str, Any], reason: str, message: str) -> None: ...
+
+    def warning(self, body: dict[str, Any], reason: str, message: str) -> None: ...
+
+
+class LogEvents:
+    """An EventSink that only logs (for use outside kopf)."""
+
+    def normal(self, body: dict[str, Any], reason: str, message: str) -> None:
+        log.info('%s: %s', reason, message)
+
+    def warning(self, body: dict[str, Any], reason: str, message: str) -> None:
+        log.warning('%s: %s', reason, message)
+
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get('conditions') or [] if c.get('type') == 'Ready'), {})
+
+
+def _write_status(kube: Kube, cr: dict[str, Any], status: dict[str, Any]) -> None:
+    previous = cr.get('status') or {}
+    if same_status(previous, status):
+        return
+    meta = cr['metadata']
+    kube.patch(KIND, meta['namespace'], meta['name'], {'status': status}, subresource='status')
+
+
+def _fail(kube: Kube, events: EventSink, cr: dict[str, Any], reason: str, message: str) -> None:
+    """Ready=False with ``reason``; one Warning event per new reason/message."""
+    previous = cr.get('status') or {}
+    status = failure_status(reason, message, previous, cr['metadata'].get('generation'))
+    old = _ready(previous)
+    if old.get('reason') != reason or old.get('message') != message:
+        events.warning(cr, reason, message)
+        log.warning('%s/%s: %s: %s', cr['metadata']['namespace'], cr['metadata']['name'], reason, message)
+    _write_status(kube, cr, status)
+
+
+def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, events: EventSink) -> str:
+    """Bring the children and status of one InferenceService up to date.
+
+    Returns 'gone', 'invalid', 'conflict' or 'reconciled'. Raises :class:`ApiError` when the API
+    refuses a child (after recording ``Ready=False, ApplyFailed``), so the caller can retry.
+    """
+    with _lock_for(namespace, name):
+        cr = kube.get(KIND, namespace, name)
+        if cr is None or cr['metadata'].get('deletionTimestamp'):
+            return 'gone'
+        generation = cr['metadata'].get('generation')
+        try:
+            spec = parse_spec(name, namespace, cr.get('spec') or {}, config.runtime_image)
+        except SpecError as exc:
+            # Nothing is created or changed for an invalid spec: the children keep the last valid one.
+            _fail(kube, events, cr, 'InvalidSpec', 'invalid spec: ' + '; '.join(exc.problems))
+            return 'invalid'
+
+        desired = build_children(spec)
+        live: dict[str, dict[str, Any] | None] = {}
+        try:
+            for kind in CHILD_KINDS:
+                obj = desired[kind]
+                if obj is None:
+                    outcome = remove_child(kube, cr, kind, namespace, name)
+                    live[kind] = None
+                else:
+                    outcome, live[kind] = apply_child(
+                        kube, cr, obj, manage_replicas=(kind != 'Deployment' or spec.autoscaling is None),
+                        initial_replicas=initial_replicas(spec))
+                if outcome in ('created', 'updated', 'deleted'):
+                    events.normal(cr, outcome.capitalize(), f'{kind} {name} {outcome}')
+                    log.info('%s/%s: %s %s', namespace, name, kind, outcome)
+        except ChildConflict as exc:
+            _fail(kube, events, cr, 'ChildConflict', str(exc))
+            return 'conflict'
+        except ApiError as exc:
+            _fail(kube, events, cr, 'ApplyFailed', f'the API server refused a child: {exc}')
+            raise
+
+        url = ingress_url(spec) or cluster_url(spec)
+        status = child_status(spec, live, url, selector_string(name), cr.get('status') or {}, generation)
+        old_ready = _ready(cr.get('status') or {})
+        new_ready = _ready(status)
+        if old_ready.get('status') != new_ready.get('status') or old_ready.get('reason') != new_ready.get('reason'):
+            if new_ready.get('status') == 'True':
+                events.normal(cr, 'Ready', new_ready.get('message', ''))
+            log.info('%s/%s: Ready=%s (%s)', namespace, name, new_ready.get('status'), new_ready.get('reason'))
+        _write_status(kube, cr, status)
+        return 'reconciled'
+
+
+def cleanup(kube: Kube, namespace: str, name: str, uid: str) -> list[str]:
+    """Delete the children owned by a deleted InferenceService (the garbage collector does the same)."""
+    deleted = []
+    with _lock_for(namespace, name):
+        for kind in CHILD_KINDS:
+            live = kube.get(kind, namespace, name)
+            if live is not None and is_owned_by(live, uid) and kube.delete(kind, namespace, name):
+                deleted.append(kind)
+    return deleted

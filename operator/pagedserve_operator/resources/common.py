@@ -1,0 +1,39 @@
+"""Names, labels and small helpers shared by the child builders."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import (LABEL_COMPONENT, LABEL_INSTANCE, LABEL_ISVC, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
+                    InferenceServiceSpec)
+
+HTTP_PORT = 8000
+HTTP_PORT_NAME = 'http'
+MODEL_MOUNT = '/mnt/models'
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select the runtime pods of one InferenceService (immutable once created)."""
+    return {LABEL_NAME: 'pagedserve', LABEL_ISVC: name}
+
+
+def labels(spec: InferenceServiceSpec) -> dict[str, str]:
+    """Labels on every child object."""
+    return {
+        **selector_labels(spec.name),
+        LABEL_INSTANCE: spec.name,
+        LABEL_COMPONENT: 'inference',
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def metadata(spec: InferenceServiceSpec, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """``metadata`` of a child: same name and namespace as the InferenceService."""
+    meta: dict[str, Any] = {'name': spec.name, 'namespace': spec.namespace, 'labels': labels(spec)}
+    if annotations:
+        meta['annotations'] = dict(annotations)
+    return meta
+
+
+def selector_string(name: str) -> str:
+    """The pod selector as a label-selector string (the scale subresource wants one)."""
+    return ','.join(f'{k}={v}' for k, v in sorted(selector_labels(name).items()))

@@ -1,0 +1,223 @@
+"""InferenceService -> the runtime Deployment (pure)."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from ..spec import InferenceServiceSpec
+from .common import HTTP_PORT, HTTP_PORT_NAME, MODEL_MOUNT, labels, metadata, selector_labels
+
+SERVER_COMMAND = ['python', '-m', 'pagedserve.entrypoints.openai.api_server']
+CONTAINER_NAME = 'runtime'
+RUN_AS_USER = 1000
+PROBE_PERIOD_SECONDS = 10
+
+
+def model_argument(spec: InferenceServiceSpec) -> str:
+    """The value of ``--model``: an HF repo id, a path under the read-only PVC mount, or the URI itself."""
+    model = spec.model
+    if model.source == 'hf':
+        assert model.hf_repo is not None
+        return model.hf_repo
+    if model.source == 'pvc':
+        return f'{MODEL_MOUNT}/{model.pvc_subpath}' if model.pvc_subpath else MODEL_MOUNT
+    return model.uri
+
+
+def server_args(spec: InferenceServiceSpec) -> list[str]:
+    """Flags of the runtime server, in a fixed order, then ``runtime.args``."""
+    e = spec.engine
+    args = ['--host=0.0.0.0', f'--port={HTTP_PORT}', f'--model={model_argument(spec)}',
+            f'--served-model-name={spec.model.served_name}']
+    if spec.model.revision:
+        args.append(f'--revision={spec.model.revision}')
+    valued: list[tuple[str, Any]] = [
+        ('--tensor-parallel-size', e.tensor_parallel_size), ('--max-model-len', e.max_model_len),
+        ('--gpu-memory-utilization', e.gpu_memory_utilization), ('--max-num-seqs', e.max_num_seqs),
+        ('--max-num-batched-tokens', e.max_num_batched_tokens), ('--block-size', e.block_size),
+        ('--swap-space', e.swap_space), ('--dtype', e.dtype), ('--quantization', e.quantization),
+        ('--seed', e.seed), ('--load-format', e.load_format), ('--max-waiting-requests', e.max_waiting_requests),
+    ]
+    for flag, value in valued:
+        if value is not None:
+            text = f'{value:g}' if isinstance(value, float) else str(value)
+            args.append(f'{flag}={text}')
+    for flag, enabled in (('--enable-prefix-caching', e.enable_prefix_caching),
+                          ('--trust-remote-code', e.trust_remote_code), ('--enforce-eager', e.enforce_eager)):
+        if enabled:
+            args.append(flag)
+    if spec.runtime.api_key:
+        args.append('--api-key=$(PAGEDSERVE_API_KEY)')
+    return args + list(spec.runtime.args)
+
+
+def _env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{'name': 'HF_HOME', 'value': spec.model_cache.mount_path}]
+    if spec.model.hf_token:
+        env.append({'name': 'HF_TOKEN', 'valueFrom': {'secretKeyRef': {
+            'name': spec.model.hf_token.name, 'key': spec.model.hf_token.key}}})
+    if spec.runtime.api_key:
+        env.append({'name': 'PAGEDSERVE_API_KEY', 'valueFrom': {'secretKeyRef': {
+            'name': spec.runtime.api_key.name, 'key': spec.runtime.api_key.key}}})
+    return env + [copy.deepcopy(item) for item in spec.runtime.env]
+
+
+def _resources(spec: InferenceServiceSpec) -> dict[str, Any]:
+    res = spec.resources
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.cpu is not None:
+        requests['cpu'] = res.cpu
+    if res.memory is not None:
+        requests['memory'] = res.memory
+        limits['memory'] = res.memory
+    if res.cpu_limit is not None:
+        limits['cpu'] = res.cpu_limit
+    if res.gpus:
+        limits[res.gpu_resource_name] = str(res.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out['requests'] = requests
+    if limits:
+        out['limits'] = limits
+    return out
+
+
+def _probe(path: str, period: int, timeout: int, failures: int) -> dict[str, Any]:
+    return {'httpGet': {'path': path, 'port': HTTP_PORT_NAME}, 'periodSeconds': period,
+            'timeoutSeconds': timeout, 'failureThreshold': failures}
+
+
+def _volumes(spec: InferenceServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cache = spec.model_cache
+    volumes: list[dict[str, Any]] = [{'name': 'dshm', 'emptyDir': {'medium': 'Memory', 'sizeLimit': spec.resources.shm_size}}]
+    mounts: list[dict[str, Any]] = [{'name': 'dshm', 'mountPath': '/dev/shm'}]
+    if cache.claim:
+        volumes.append({'name': 'model-cache', 'persistentVolumeClaim': {'claimName': cache.claim}})
+    else:
+        volumes.append({'name': 'model-cache', 'emptyDir': {'sizeLimit': cache.size_limit} if cache.size_limit else {}})
+    mounts.append({'name': 'model-cache', 'mountPath': cache.mount_path})
+    if spec.model.source == 'pvc':
+        volumes.append({'name': 'model', 'persistentVolumeClaim': {'claimName': spec.model.pvc_claim, 'readOnly': True}})
+        mounts.append({'name': 'model', 'mountPath': MODEL_MOUNT, 'readOnly': True})
+    return volumes, mounts
+
+
+def _affinity(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """User affinity with ``gpuProducts`` ANDed into every required node-selector term."""
+    affinity = copy.deepcopy(spec.scheduling.affinity)
+    res = spec.resources
+    if not res.gpu_products:
+        return affinity
+    expression = {'key': res.gpu_product_label, 'operator': 'In', 'values': list(res.gpu_products)}
+    node = affinity.setdefault('nodeAffinity', {})
+    required = node.setdefault('requiredDuringSchedulingIgnoredDuringExecution', {})
+    terms = required.get('nodeSelectorTerms') or [{}]
+    for term in terms:
+        term['matchExpressions'] = list(term.get('matchExpressions') or []) + [dict(expression)]
+    required['nodeSelectorTerms'] = terms
+    return affinity
+
+
+def _tolerations(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+    tolerations = [copy.deepcopy(t) for t in spec.scheduling.tolerations]
+    gpu = spec.resources.gpu_resource_name
+    if spec.resources.gpus and not any(t.get('key') == gpu for t in tolerations):
+        tolerations.append({'key': gpu, 'operator': 'Exists', 'effect': 'NoSchedule'})
+    return tolerations
+
+
+def _container(spec: InferenceServiceSpec, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    startup_failures = max(1, math.ceil(spec.startup_timeout_seconds / PROBE_PERIOD_SECONDS))
+    container: dict[str, Any] = {
+        'name': CONTAINER_NAME,
+        'image': spec.runtime.image,
+        'command': list(SERVER_COMMAND),
+        'args': server_args(spec),
+        'env': _env(spec),
+        'ports': [{'name': HTTP_PORT_NAME, 'containerPort': HTTP_PORT, 'protocol': 'TCP'}],
+        'resources': _resources(spec),
+        'volumeMounts': mounts,
+        # startup covers download + load; readiness/liveness only start once it has passed.
+        'startupProbe': _probe('/health', PROBE_PERIOD_SECONDS, 5, startup_failures),
+        'readinessProbe': _probe('/health', PROBE_PERIOD_SECONDS, 5, 3),
+        'livenessProbe': _probe('/health', 30, 10, 5),
+        'securityContext': {
+            'allowPrivilegeEscalation': False,
+            'capabilities': {'drop': ['ALL']},
+            'runAsNonRoot': True,
+        },
+    }
+    if spec.runtime.image_pull_policy:
+        container['imagePullPolicy'] = spec.runtime.image_pull_policy
+    return container
+
+
+def _pod_annotations(spec: InferenceServiceSpec) -> dict[str, str]:
+    annotations: dict[str, str] = {}
+    if spec.prometheus_scrape:
+        annotations.update({'prometheus.io/scrape': 'true', 'prometheus.io/port': str(HTTP_PORT),
+                            'prometheus.io/path': '/metrics'})
+    annotations.update(spec.pod_annotations)
+    return annotations
+
+
+def _pod_spec(spec: InferenceServiceSpec) -> dict[str, Any]:
+    volumes, mounts = _volumes(spec)
+    sched = spec.scheduling
+    pod: dict[str, Any] = {
+        'containers': [_container(spec, mounts)],
+        'volumes': volumes,
+        'securityContext': {
+            'runAsNonRoot': True, 'runAsUser': RUN_AS_USER, 'runAsGroup': RUN_AS_USER, 'fsGroup': RUN_AS_USER,
+            'seccompProfile': {'type': 'RuntimeDefault'},
+        },
+        'terminationGracePeriodSeconds': sched.termination_grace_period_seconds,
+        'enableServiceLinks': False,
+    }
+    tolerations = _tolerations(spec)
+    affinity = _affinity(spec)
+    optional: dict[str, Any] = {
+        'nodeSelector': dict(sched.node_selector) or None,
+        'tolerations': tolerations or None,
+        'affinity': affinity or None,
+        'priorityClassName': sched.priority_class_name,
+        'imagePullSecrets': [{'name': n} for n in sched.image_pull_secrets] or None,
+        'serviceAccountName': sched.service_account_name,
+    }
+    pod.update({k: v for k, v in optional.items() if v is not None})
+    return pod
+
+
+def _strategy(spec: InferenceServiceSpec) -> dict[str, Any]:
+    if spec.rollout.strategy == 'Recreate':
+        return {'type': 'Recreate'}
+    return {'type': 'RollingUpdate', 'rollingUpdate': {
+        'maxSurge': spec.rollout.max_surge, 'maxUnavailable': spec.rollout.max_unavailable}}
+
+
+def build_deployment(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """The desired Deployment. ``spec.replicas`` is present only when no HPA owns the replica count."""
+    template_labels = {**spec.pod_labels, **labels(spec)}
+    template_meta: dict[str, Any] = {'labels': template_labels}
+    annotations = _pod_annotations(spec)
+    if annotations:
+        template_meta['annotations'] = annotations
+    deployment_spec: dict[str, Any] = {
+        'selector': {'matchLabels': selector_labels(spec.name)},
+        'strategy': _strategy(spec),
+        'revisionHistoryLimit': 3,
+        'progressDeadlineSeconds': spec.startup_timeout_seconds + 600,
+        'template': {'metadata': template_meta, 'spec': _pod_spec(spec)},
+    }
+    if spec.autoscaling is None:
+        deployment_spec['replicas'] = spec.replicas if spec.replicas is not None else 1
+    return {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'metadata': metadata(spec), 'spec': deployment_spec}
+
+
+def initial_replicas(spec: InferenceServiceSpec) -> int:
+    """Replicas for a newly created Deployment (an HPA's minReplicas, so it starts where the HPA would)."""
+    if spec.autoscaling is not None:
+        return spec.autoscaling.min_replicas
+    return spec.replicas if spec.replicas is not None else 1
