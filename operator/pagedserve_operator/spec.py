@@ -26,6 +26,7 @@ INT_OR_PERCENT = re.compile(r'^[0-9]+%?$')
 METRIC_TYPES = ('GPUUtilization', 'CPUUtilization', 'QueueLength', 'KVCacheUsage', 'PodsMetric')
 DTYPES = ('auto', 'half', 'float16', 'bfloat16', 'float', 'float32')
 BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
+LOAD_FORMATS = ('auto', 'safetensors', 'dummy')
 
 # Flags that a spec field owns; runtime.args may not repeat them (argparse would let the last win).
 FIELD_FLAGS = {
@@ -427,7 +428,7 @@ def _parse_engine(r: _Reader, spec: dict[str, Any]) -> Engine:
         trust_remote_code=r.bool_(raw, 'trustRemoteCode', p),
         enforce_eager=r.bool_(raw, 'enforceEager', p),
         seed=r.int_(raw, 'seed', p, minimum=0),
-        load_format=r.str_(raw, 'loadFormat', p, pattern=re.compile(r'^[a-z0-9_-]+$')),
+        load_format=r.str_(raw, 'loadFormat', p, choices=LOAD_FORMATS),
         max_waiting_requests=r.int_(raw, 'maxWaitingRequests', p, minimum=0),
     )
 

@@ -43,8 +43,9 @@ def server_args(spec: InferenceServiceSpec) -> list[str]:
         if value is not None:
             text = f'{value:g}' if isinstance(value, float) else str(value)
             args.append(f'{flag}={text}')
-    for flag, enabled in (('--enable-prefix-caching', e.enable_prefix_caching),
-                          ('--trust-remote-code', e.trust_remote_code), ('--enforce-eager', e.enforce_eager)):
+    if e.enable_prefix_caching is not None:  # a BooleanOptionalAction flag in the runtime
+        args.append('--enable-prefix-caching' if e.enable_prefix_caching else '--no-enable-prefix-caching')
+    for flag, enabled in (('--trust-remote-code', e.trust_remote_code), ('--enforce-eager', e.enforce_eager)):
         if enabled:
             args.append(flag)
     if spec.runtime.api_key:
