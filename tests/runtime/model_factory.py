@@ -1,0 +1,79 @@
+"""Small random HF models of every supported architecture, saved as safetensors with the real
+SmolLM2 tokenizer, for token-for-token comparisons with HF transformers."""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import torch
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+BASE: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
+                            initializer_range=0.15, eos_token_id=None, bos_token_id=None, pad_token_id=None)
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "llama": dict(cls="LlamaConfig", tie_word_embeddings=True, rope_theta=10000.0),
+    "llama3_scaled": dict(cls="LlamaConfig", tie_word_embeddings=False, rope_theta=500000.0,
+                          rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 128}),
+    "mistral": dict(cls="MistralConfig", tie_word_embeddings=False, rope_theta=10000.0, sliding_window=None,
+                    head_dim=16),
+    "qwen2": dict(cls="Qwen2Config", tie_word_embeddings=True, rope_theta=10000.0, use_sliding_window=False),
+    "qwen3": dict(cls="Qwen3Config", tie_word_embeddings=False, rope_theta=10000.0, head_dim=32,
+                  use_sliding_window=False),
+}
+
+
+def make_tiny_model(out_dir: str, arch: str, tokenizer_dir: str, seed: int = 0, shard: bool = False) -> str:
+    import transformers
+
+    spec = dict(ARCHS[arch])
+    cls = getattr(transformers, spec.pop("cls"))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = cls(vocab_size=len(tok), **{**BASE, **spec})
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    if arch == "qwen2":  # make the qkv bias matter
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    model.save_pretrained(out_dir, max_shard_size="1MB" if shard else "5GB")
+    for f in TOKENIZER_FILES:
+        src = os.path.join(tokenizer_dir, f)
+        if os.path.exists(src):
+            shutil.copy(src, out_dir)
+    return out_dir
+
+
+def hf_greedy(model_dir: str, prompt_ids: list[int], max_new_tokens: int, stop_at_eos: bool = False
+              ) -> tuple[list[int], list[torch.Tensor]]:
+    """HF transformers' greedy generate: new token ids and the raw logits of each step."""
+    from transformers import AutoModelForCausalLM
+
+    model = _hf_model(model_dir)
+    ids = torch.tensor([prompt_ids])
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
+                              return_dict_in_generate=True)
+    if not stop_at_eos:
+        kw.update(eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    return out.sequences[0, len(prompt_ids):].tolist(), [lg[0] for lg in out.logits]
+
+
+_HF_CACHE: dict[str, Any] = {}
+
+
+def _hf_model(model_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    if model_dir not in _HF_CACHE:
+        _HF_CACHE.clear()
+        _HF_CACHE[model_dir] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return _HF_CACHE[model_dir]
