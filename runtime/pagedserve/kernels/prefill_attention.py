@@ -1,0 +1,173 @@
+"""Prefill / extend attention over the paged KV cache (variable-length packed queries).
+
+Every request ``b`` has ``Q_b = query_start_loc[b+1] - query_start_loc[b]`` new tokens, already
+stored in the cache, and ``L_b = seq_lens[b]`` cached tokens in all; its query ``j`` sits at
+position ``L_b - Q_b + j`` and sees positions ``0 .. L_b - Q_b + j`` (the cached prefix from earlier
+chunks or a prefix-cache hit, plus its own causal part). All K/V is read from the paged cache.
+
+Grid ``(num_heads, cdiv(max_query_len, BLOCK_M), batch)`` — heads fastest, so the query heads of
+one GQA group run side by side and share the K/V tiles through L2. A program takes ``BLOCK_M``
+queries of one head (tiles past the request's query length exit at once; query tiles are visited
+last-first so the longest programs start first) and sweeps the KV positions with online softmax
+in fp32, in two loops: tiles below the first query's position need no causal mask; the
+diagonal tiles after it are masked; tiles past the last query's position are never read.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedserve.kernels.utils import cdiv, dot_precision, next_pow2
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _prefill_attn_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, out_ptr,
+    scale_log2,
+    stride_qt, stride_qh,
+    stride_cb, stride_cs, stride_ch,
+    stride_bt,
+    stride_ot, stride_oh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    h = tl.program_id(0)
+    mt = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = tl.program_id(2)
+
+    q_start = tl.load(query_start_loc_ptr + b)
+    q_len = tl.load(query_start_loc_ptr + b + 1) - q_start
+    if mt * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + b)
+    ctx = seq_len - q_len  # position of query 0
+    kvh = h // GROUP
+
+    rows = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < q_len
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < HEAD_DIM
+    tok = (q_start + rows).to(tl.int64)
+    q = tl.load(q_ptr + tok[:, None] * stride_qt + h * stride_qh + d[None, :],
+                mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    q_pos = ctx + rows
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    bt_row = block_tables_ptr + b.to(tl.int64) * stride_bt
+    head_off = kvh.to(tl.int64) * stride_ch
+    n = tl.arange(0, BLOCK_N)
+
+    first_pos = ctx + mt * BLOCK_M  # the tile's first query position (every row sees <= it)
+    full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N  # KV tiles fully visible to all rows
+    kv_end = tl.minimum(seq_len, first_pos + BLOCK_M)  # nothing at or past this is visible
+
+    # 1) unmasked tiles: positions < full_end <= first_pos + 1 <= seq_len
+    for start_n in range(0, full_end, BLOCK_N):
+        pos = start_n + n
+        blk = tl.load(bt_row + pos // BLOCK_SIZE).to(tl.int64)
+        off = blk * stride_cb + (pos % BLOCK_SIZE).to(tl.int64) * stride_cs + head_off
+        k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=d_mask[None, :], other=0.0)
+        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=d_mask[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    # 2) diagonal tiles: causal mask (and the end of the sequence)
+    for start_n in range(full_end, kv_end, BLOCK_N):
+        pos = start_n + n
+        valid = pos < kv_end
+        blk = tl.load(bt_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        off = blk * stride_cb + (pos % BLOCK_SIZE).to(tl.int64) * stride_cs + head_off
+        kv_mask = valid[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
+        visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :], o.to(out_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & d_mask[None, :])
+
+
+#: default tile shapes / launch parameters per head_dim bucket (tunable; see docs/kernels.md)
+PREFILL_CONFIGS = {
+    64: dict(block_m=128, block_n=64, num_warps=4, num_stages=3),
+    128: dict(block_m=128, block_n=64, num_warps=8, num_stages=3),
+    256: dict(block_m=64, block_n=32, num_warps=8, num_stages=2),
+}
+
+
+def prefill_config(head_dim: int) -> dict:
+    for bound in sorted(PREFILL_CONFIGS):
+        if head_dim <= bound:
+            return dict(PREFILL_CONFIGS[bound])
+    return dict(PREFILL_CONFIGS[max(PREFILL_CONFIGS)])
+
+
+def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+                            scale: float, max_query_len: int, *, out: torch.Tensor | None = None,
+                            block_m: int | None = None, block_n: int | None = None,
+                            num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+    """Causal attention of packed variable-length queries over the paged cache.
+
+    q: [T, H, D] (unit last stride); ``query_start_loc [B+1]`` holds *absolute* row indices into
+    ``q``/``out`` (so a slice ``query_start_loc[n:]`` of a larger batch works as is); seq_lens [B],
+    block_tables [B, max_blocks]. ``max_query_len`` (a Python int, >= every query length) sizes the
+    grid; a larger static bound is fine (extra programs exit at once), which keeps the launch
+    CUDA-graph capturable. Rows of ``out`` outside the requests' ranges are left untouched.
+    """
+    T, H, D = q.shape
+    _, block_size, KVH, Dk = k_cache.shape
+    assert Dk == D and v_cache.shape == k_cache.shape, "k/v cache shape mismatch"
+    assert H % KVH == 0, f"num_heads {H} not a multiple of num_kv_heads {KVH}"
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and q.stride(-1) == 1
+    if out is None:
+        out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+    assert out.shape[1:] == (H, D) and out.stride(-1) == 1
+    B = seq_lens.shape[0]
+    if B == 0 or T == 0 or max_query_len <= 0:
+        return out
+    cfg = prefill_config(D)
+    block_m = block_m or cfg["block_m"]
+    block_n = block_n or cfg["block_n"]
+    num_warps = num_warps or cfg["num_warps"]
+    num_stages = num_stages or cfg["num_stages"]
+    grid = (H, cdiv(max_query_len, block_m), B)
+    _prefill_attn_kernel[grid](
+        q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out,
+        float(scale) * LOG2E,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        GROUP=H // KVH, HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)),
+        BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages)
+    return out
+
+
+def prefill_flops(query_lens: list[int], seq_lens: list[int], num_heads: int, head_dim: int) -> float:
+    """FLOPs of the causal attention actually needed (QK^T and PV over visible pairs)."""
+    pairs = 0
+    for ql, sl in zip(query_lens, seq_lens):
+        ctx = sl - ql
+        pairs += ql * ctx + ql * (ql + 1) // 2
+    return 4.0 * pairs * num_heads * head_dim
