@@ -22,6 +22,7 @@ URI_HF = re.compile(r'^hf://([A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._
 URI_PVC = re.compile(r'^pvc://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)(/\S*)?$')
 ENV_NAME = re.compile(r'^[-._a-zA-Z][-._a-zA-Z0-9]*$')
 INT_OR_PERCENT = re.compile(r'^[0-9]+%?$')
+EXTENDED_RESOURCE = re.compile(r'^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$')
 
 METRIC_TYPES = ('GPUUtilization', 'CPUUtilization', 'QueueLength', 'KVCacheUsage', 'PodsMetric')
 DTYPES = ('auto', 'half', 'float16', 'bfloat16', 'float', 'float32')
@@ -446,6 +447,9 @@ def _parse_resources(r: _Reader, spec: dict[str, Any], engine: Engine) -> Resour
     if memory is not None and parse_quantity(shm) >= parse_quantity(memory):
         r.problems.append(f'spec.resources.shmSize ({shm}) must be smaller than resources.memory ({memory}): '
                           'the memory-backed /dev/shm counts against the memory limit')
+    cpu, cpu_limit = r.quantity(raw, 'cpu', p), r.quantity(raw, 'cpuLimit', p)
+    if cpu is not None and cpu_limit is not None and parse_quantity(cpu) > parse_quantity(cpu_limit):
+        r.problems.append(f'spec.resources.cpu ({cpu}) must not exceed resources.cpuLimit ({cpu_limit})')
     products = r.list_(raw, 'gpuProducts', p)
     if not all(isinstance(x, str) and x for x in products):
         r.problems.append('spec.resources.gpuProducts must be non-empty strings')
@@ -454,10 +458,10 @@ def _parse_resources(r: _Reader, spec: dict[str, Any], engine: Engine) -> Resour
         r.problems.append('spec.resources.gpuProducts needs GPUs (resources.gpus > 0)')
     return Resources(
         gpus=gpus,
-        gpu_resource_name=r.str_(raw, 'gpuResourceName', p, 'nvidia.com/gpu') or 'nvidia.com/gpu',
+        gpu_resource_name=r.str_(raw, 'gpuResourceName', p, 'nvidia.com/gpu', pattern=EXTENDED_RESOURCE) or 'nvidia.com/gpu',
         gpu_products=tuple(products),
         gpu_product_label=r.str_(raw, 'gpuProductLabel', p, 'nvidia.com/gpu.product') or 'nvidia.com/gpu.product',
-        cpu=r.quantity(raw, 'cpu', p), cpu_limit=r.quantity(raw, 'cpuLimit', p), memory=memory, shm_size=shm,
+        cpu=cpu, cpu_limit=cpu_limit, memory=memory, shm_size=shm,
     )
 
 
