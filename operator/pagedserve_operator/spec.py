@@ -31,7 +31,7 @@ LOAD_FORMATS = ('auto', 'safetensors', 'dummy')
 
 # Flags that a spec field owns; runtime.args may not repeat them (argparse would let the last win).
 FIELD_FLAGS = {
-    '--host': 'fixed to 0.0.0.0', '--port': 'fixed to 8000', '--model': 'model.uri',
+    '--host': 'the operator (always 0.0.0.0)', '--port': 'the operator (always 8000)', '--model': 'model.uri',
     '--served-model-name': 'model.servedName', '--revision': 'model.revision',
     '--api-key': 'runtime.apiKeySecret',
     '--max-model-len': 'engine.maxModelLen', '--gpu-memory-utilization': 'engine.gpuMemoryUtilization',

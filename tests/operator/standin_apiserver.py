@@ -41,6 +41,7 @@ import kmock
 from kmock._internal import dicts, enums, parsing, rendering
 
 _resource_versions = itertools.count(100)
+_KEEP_REQUESTS = 32
 _ALL_VERBS = {'create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'}
 
 
@@ -83,6 +84,9 @@ class StandInAPIServer(kmock.KubernetesEmulator):
         return bool(info and 'status' in info.subresources)
 
     async def _handle(self, request: rendering.Request) -> Any:
+        # kmock records every request and matches reactions by scanning that record, which makes a
+        # long-running server quadratically slower; keep only the recent ones (the current is last).
+        del self._requests[:-_KEEP_REQUESTS]
         res = request.resource
         data = request.data
         if res is not None and isinstance(data, dict):
