@@ -93,7 +93,7 @@ class StandIn:
 class Operator:
     """The real operator process (``python -m pagedserve_operator`` or ``kopf run``) against the stand-in."""
 
-    def __init__(self, standin: StandIn, workdir: pathlib.Path, namespace: str = 'default',
+    def __init__(self, standin: StandIn, workdir: pathlib.Path, namespace: str | None = 'default',
                  entry: str = 'console', resync_seconds: float = 3.0, name: str = 'operator') -> None:
         self.health_port = free_port()
         self.health_url = f'http://127.0.0.1:{self.health_port}/healthz'
@@ -101,12 +101,13 @@ class Operator:
         env = dict(os.environ, KUBECONFIG=str(standin.kubeconfig), PYTHONPATH=str(ROOT / 'operator'),
                    PAGEDSERVE_RESYNC_SECONDS=str(resync_seconds),
                    PAGEDSERVE_RUNTIME_IMAGE='registry.test/pagedserve-runtime:e2e')
+        scope = ['--namespace', namespace] if namespace else ['--all-namespaces']
         if entry == 'console':
-            cmd = [sys.executable, '-m', 'pagedserve_operator', '--namespace', namespace,
+            cmd = [sys.executable, '-m', 'pagedserve_operator', *scope,
                    '--liveness', self.health_url, '--log-format', 'json']
         else:  # the same handlers through kopf's own CLI
             cmd = [sys.executable, '-m', 'kopf', 'run', '-m', 'pagedserve_operator', '--standalone',
-                   '--namespace', namespace, '--liveness', self.health_url]
+                   *scope, '--liveness', self.health_url]
         self._log = self.log_path.open('w')
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
         wait_for(self._healthy, 30, 'the operator liveness endpoint')

@@ -252,7 +252,7 @@ def test_operator_logs_are_json(operator: Operator) -> None:
 
 def test_restart_resumes_without_rewriting_children(standin: StandIn, api: Api, operator: Operator,
                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Stop the operator, change a CR while it is down, start it again (through ``kopf run``)."""
+    """Stop the operator, change a CR while it is down, start it again (``kopf run -A`` this time)."""
     api.create(isvc('resume', {'model': {'uri': 'default'}, 'resources': {'gpus': 0}, 'replicas': 2}))
     api.create(isvc('steady', {'model': {'uri': 'default'}, 'resources': {'gpus': 0}}))
     wait_for(lambda: api.get('PodDisruptionBudget', 'resume') and api.get('Deployment', 'resume')
@@ -261,7 +261,8 @@ def test_restart_resumes_without_rewriting_children(standin: StandIn, api: Api, 
     steady_versions = {k: (v or {}).get('metadata', {}).get('resourceVersion') for k, v in api.children('steady').items()}
     api.patch('InferenceService', 'resume', {'spec': {'replicas': 4, 'engine': {'maxNumSeqs': 16}}})
 
-    second = Operator(standin, tmp_path_factory.mktemp('operator2'), entry='kopf', name='operator-kopf-cli')
+    second = Operator(standin, tmp_path_factory.mktemp('operator2'), namespace=None, entry='kopf',
+                      name='operator-kopf-cli')
     try:
         dep = wait_for(lambda: (d := api.get('Deployment', 'resume')) and d['spec']['replicas'] == 4 and d,
                        what='the change made while the operator was down')
@@ -271,6 +272,8 @@ def test_restart_resumes_without_rewriting_children(standin: StandIn, api: Api, 
         wait_for(lambda: api.get('InferenceService', 'resume')['status']['observedGeneration'] == 2, what='resume status')
         assert {k: (v or {}).get('metadata', {}).get('resourceVersion')
                 for k, v in api.children('steady').items()} == steady_versions, 'a restart rewrites nothing'
+        # --all-namespaces: the InferenceService in namespace team-b is reconciled now.
+        wait_for(lambda: api.get('Deployment', 'elsewhere', namespace='team-b'), what='team-b/elsewhere reconciled')
     finally:
         code = second.stop()
         print(second.log()[-3000:])
