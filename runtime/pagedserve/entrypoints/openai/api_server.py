@@ -1,0 +1,268 @@
+"""The OpenAI-compatible HTTP server (aiohttp).
+
+``python -m pagedserve.entrypoints.openai.api_server [flags]`` and ``pagedserve serve [flags]`` run
+:func:`run_server`: validate flags (unsupported features fail here, before the port is bound),
+bind the port, start one engine-core process per served model, serve, and on SIGTERM/SIGINT
+drain in-flight requests for up to ``--shutdown-timeout`` seconds before exiting.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import logging
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from pagedserve import __version__
+from pagedserve.entrypoints.openai.errors import APIError
+from pagedserve.entrypoints.openai.openapi import openapi_document
+from pagedserve.entrypoints.openai.protocol import parse_json_body
+from pagedserve.entrypoints.openai.serving_chat import create_chat_completion
+from pagedserve.entrypoints.openai.serving_common import ServedModels, json_response
+from pagedserve.entrypoints.openai.serving_completion import create_completion
+from pagedserve.entrypoints.openai.serving_tokens import detokenize, tokenize
+
+logger = logging.getLogger("pagedserve.server")
+
+_PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
+
+
+@dataclass
+class ServerState:
+    served: ServedModels
+    api_key: bytes | None = None
+    draining: bool = False
+    in_flight: int = 0
+    started: float = field(default_factory=time.time)
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+# -- middleware -----------------------------------------------------------------------------------
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except APIError as e:
+        return e.response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        msg = {404: f"no route for {request.method} {request.path}", 405: f"method {request.method} is not "
+               f"allowed on {request.path}", 413: "the request body is too large"}.get(e.status, e.reason)
+        return APIError(e.status, msg, code=str(e.status)).response()
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as e:  # a bug: say so, never hang the client
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return APIError(500, f"internal server error: {type(e).__name__}").response()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    key = request.app[STATE].api_key
+    if key is not None and request.method != "OPTIONS" and request.path.startswith(_PROTECTED_PREFIXES):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8", "replace"), key)
+        if not ok:
+            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+    return await handler(request)
+
+
+# -- handlers -------------------------------------------------------------------------------------
+def _generation(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[Any]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        if state.draining:
+            raise APIError(503, "the server is shutting down", code="shutting_down")
+        state.in_flight += 1
+        try:
+            body = parse_json_body(await request.read())
+            return await fn(request, body, state.served)
+        finally:
+            state.in_flight -= 1
+
+    return handler
+
+
+def _json_handler(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[Any]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = parse_json_body(await request.read())
+        return await fn(request, body, request.app[STATE].served)
+
+    return handler
+
+
+def _model_card(m: Any) -> dict:
+    return {"id": m.name, "object": "model", "created": m.created, "owned_by": "pagedserve",
+            "root": m.engine.model_config.model, "parent": None, "max_model_len": m.engine.max_model_len,
+            "aliases": m.names[1:], "permission": []}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    served = request.app[STATE].served
+    return json_response({"object": "list", "data": [_model_card(m) for m in served.models]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    m = request.app[STATE].served.resolve(request.match_info["model"])
+    return json_response(_model_card(m))
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.draining:
+        raise APIError(503, "the server is shutting down", code="shutting_down")
+    for eng in state.served.engines:
+        reason = eng.dead_reason
+        if reason is not None:
+            raise APIError(503, f"engine for {eng.served_model_name!r} is down: {reason}", code="engine_dead")
+    return web.Response(status=200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from pagedserve.metrics import metrics_text
+
+    body, ctype = metrics_text()
+    return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": __version__})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(request.app["openapi"])
+
+
+def build_app(served: ServedModels, api_key: str | None = None, max_body_bytes: int = 64 << 20) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body_bytes)
+    app[STATE] = ServerState(served, api_key.encode("utf-8") if api_key else None)
+    app["openapi"] = openapi_document(__version__)
+    r = app.router
+    r.add_post("/v1/completions", _generation(create_completion))
+    r.add_post("/v1/chat/completions", _generation(create_chat_completion))
+    r.add_get("/v1/models", list_models)
+    r.add_get("/v1/models/{model}", get_model)
+    r.add_post("/tokenize", _json_handler(tokenize))
+    r.add_post("/detokenize", _json_handler(detokenize))
+    r.add_get("/health", health)
+    r.add_get("/metrics", metrics)
+    r.add_get("/version", version)
+    r.add_get("/openapi.json", openapi)
+    return app
+
+
+# -- running --------------------------------------------------------------------------------------
+def bind_socket(host: str, port: int) -> socket.socket:
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=1024, reuse_port=False)
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> int:
+    from pagedserve.entrypoints.openai.cli_serve import start_engines
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = {"count": 0}
+
+    def on_signal(sig: signal.Signals) -> None:
+        signals["count"] += 1
+        logger.info("received %s%s", sig.name, "" if signals["count"] == 1 else " again: stopping now")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    start = asyncio.create_task(start_engines(plan, args))
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not start.done():
+        logger.info("stopping before the engines finished starting")
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+        sock.close()
+        return 0
+    waiter.cancel()
+    served = start.result()  # raises if an engine failed to start
+    app = build_app(served, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)))
+    state = app[STATE]
+    access_log = None if args.disable_access_log else logging.getLogger("pagedserve.access")
+    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True, access_log=access_log)
+    await runner.setup()
+    site = web.SockSite(runner, sock, shutdown_timeout=1.0)
+    await site.start()
+    host, port = sock.getsockname()[:2]
+    logger.info("serving %s on http://%s:%d (OpenAI API at /v1)", ", ".join(n for m in served.models for n in m.names),
+                host, port)
+    await stop.wait()
+
+    # drain: refuse new work, let in-flight requests finish, then stop the engines
+    state.draining = True
+    await site.stop()
+    deadline = time.monotonic() + args.shutdown_timeout
+    if state.in_flight:
+        logger.info("draining %d in-flight request(s) for up to %.0f s", state.in_flight, args.shutdown_timeout)
+    while state.in_flight and time.monotonic() < deadline and signals["count"] < 2:
+        await asyncio.sleep(0.05)
+    if state.in_flight:
+        logger.warning("aborting %d request(s) still running after the drain timeout", state.in_flight)
+    from pagedserve.engine.async_engine import RequestAbortedError
+
+    for eng in served.engines:
+        eng.abort_all(RequestAbortedError("the server is shutting down"))
+    await runner.cleanup()
+    await asyncio.gather(*(eng.shutdown() for eng in served.engines), return_exceptions=True)
+    logger.info("server stopped")
+    return 0
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """Validate, bind, start the engines and serve until SIGTERM/SIGINT."""
+    from pagedserve.entrypoints.openai.cli_serve import plan_models
+
+    plan = plan_models(args)  # fails fast (unsupported flags, bad model) before the port is bound
+    sock = bind_socket(args.host, args.port)
+    try:
+        import uvloop  # optional: a faster event loop
+
+        loop_factory = uvloop.new_event_loop if not args.no_uvloop else None
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(args, plan, sock))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pagedserve.entrypoints.openai.cli_serve import make_parser
+
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_server(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"pagedserve serve: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # an engine failed to start
+        print(f"pagedserve serve: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""``pagedserve serve``: the OpenAI-compatible server's flags (vLLM's names), multi-model plans
+(several ``--model`` or a YAML ``--config``), and the fail-fast checks for features not built yet."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from pagedserve.entrypoints.engine_flags import add_engine_flags, engine_args_from
+
+logger = logging.getLogger("pagedserve.server")
+
+ENV_API_KEY = "PAGEDSERVE_API_KEY"
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                   help="the model to serve (same as --model; vLLM's `serve MODEL` form)")
+    add_engine_flags(p)
+    e = p.add_argument_group("models")
+    e.add_argument("--model", action="append", default=None,
+                   help="HF model directory, a .gguf file, or 'default' (the embedded SmolLM2-135M-Instruct, "
+                        "also used without --model). Repeat to serve several models, routed by the request's "
+                        "'model'")
+    e.add_argument("--served-model-name", nargs="+", action="append", default=None, metavar="NAME",
+                   help="name(s) clients use for the model (the first one is reported); with several --model, "
+                        "give one --served-model-name per model, in the same order")
+    e.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML file of flag values (flag names without '--'); a 'models:' list of per-model "
+                        "settings ({model, served_model_name, engine flags...}) serves several models")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all IPv4 interfaces)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=os.environ.get(ENV_API_KEY) or None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize "
+                        f"(default: ${ENV_API_KEY})")
+    s.add_argument("--max-waiting-requests", type=int, default=None,
+                   help="bound on requests admitted but not yet started; more get HTTP 429 (default: unbounded)")
+    s.add_argument("--chat-template", default=None, help="chat template (a file or the template text) replacing "
+                   "the tokenizer's")
+    s.add_argument("--trust-request-chat-template", action="store_true",
+                   help="allow requests to send their own chat_template")
+    s.add_argument("--max-logprobs", type=int, default=20, help="largest logprobs / top_logprobs accepted")
+    s.add_argument("--generation-config", default="auto", choices=["auto", "vllm"],
+                   help="'auto': sampling defaults from the model's generation_config.json; 'vllm': none")
+    s.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds SIGTERM waits for in-flight requests before aborting them")
+    s.add_argument("--engine-startup-timeout", type=float, default=1800.0,
+                   help="seconds to wait for an engine core to load its model")
+    s.add_argument("--max-request-body-mb", type=float, default=64.0, help="largest accepted request body (MiB)")
+    s.add_argument("--disable-access-log", "--disable-uvicorn-access-log", dest="disable_access_log",
+                   action="store_true", help="do not log one line per HTTP request")
+    s.add_argument("--disable-log-stats", action="store_true", help="do not log throughput every 10 s")
+    s.add_argument("--disable-log-requests", action="store_true", help=argparse.SUPPRESS)  # vLLM compat, no-op
+    s.add_argument("--no-uvloop", action="store_true", help="use asyncio's loop even if uvloop is installed")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the OpenAI-compatible server", conflict_handler="resolve",
+                       description="Serve one or more models over an OpenAI-compatible HTTP API.")
+    add_serve_flags(p)
+    p.set_defaults(func=run)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pagedserve.entrypoints.openai.api_server", conflict_handler="resolve",
+                                description="Serve one or more models over an OpenAI-compatible HTTP API.")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_serve_flags(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from pagedserve.entrypoints.openai.api_server import run_server
+
+    try:
+        return run_server(args)
+    except RuntimeError as e:  # an engine failed to start (EngineDeadError)
+        import sys
+
+        print(f"pagedserve serve: error: {e}", file=sys.stderr)
+        return 1
+
+
+# -- plans ----------------------------------------------------------------------------------------
+@dataclass
+class ModelPlan:
+    names: list[str]
+    engine_args: Any  # EngineArgs
+    config: Any  # EngineConfig (validated)
+    tokenizer: Any
+    chat_template: str | None
+
+
+def unsupported_features(ea: Any) -> list[str]:
+    """Flags whose features the engine does not have yet: refuse them instead of ignoring them."""
+    out = []
+    if ea.tensor_parallel_size != 1:
+        out.append(f"--tensor-parallel-size {ea.tensor_parallel_size}: tensor parallelism is not built into the "
+                   "serving engine yet; use 1")
+    if ea.pipeline_parallel_size != 1:
+        out.append(f"--pipeline-parallel-size {ea.pipeline_parallel_size}: pipeline parallelism is not built yet; "
+                   "use 1")
+    if ea.quantization not in (None, "none"):
+        out.append(f"--quantization {ea.quantization}: quantized weights are not supported yet")
+    if ea.preemption_mode == "swap":
+        out.append("--preemption-mode swap: swapping KV blocks to CPU (sized by --swap-space) is not built yet; "
+                   "the engine preempts by recompute")
+    if ea.max_waiting_requests is not None and ea.max_waiting_requests < 1:
+        out.append(f"--max-waiting-requests must be >= 1, got {ea.max_waiting_requests}")
+    return out
+
+
+def _load_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise ValueError(f"--config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping of flag names to values")
+    return data
+
+
+def _ea_overrides(entry: dict, where: str) -> dict:
+    from pagedserve.config import EngineArgs
+
+    names = {f.name for f in fields(EngineArgs)}
+    out = {}
+    for k, v in entry.items():
+        key = str(k).replace("-", "_")
+        if key not in names:
+            raise ValueError(f"{where}: unknown setting {k!r}")
+        out[key] = v
+    return out
+
+
+def _model_entries(args: argparse.Namespace) -> list[tuple[dict, list[str]]]:
+    """[(EngineArgs overrides, served names)] from --config, --model / MODEL, --served-model-name."""
+    yaml_models = None
+    if args.config:
+        data = _load_yaml(args.config)
+        yaml_models = data.pop("models", None)
+        defaults = make_parser()  # a flag left at its default takes the YAML value; a given flag wins
+        dests = vars(args)
+        for k, v in data.items():
+            key = str(k).replace("-", "_")
+            if key not in dests or key in ("config", "func"):
+                raise ValueError(f"--config {args.config}: unknown flag {k!r}")
+            if key == "model":
+                v = [v] if isinstance(v, str) else list(v)
+            elif key == "served_model_name":
+                v = [[v]] if isinstance(v, str) else [list(v)]
+            if getattr(args, key) == defaults.get_default(key):
+                setattr(args, key, v)
+    if yaml_models is not None:
+        if not isinstance(yaml_models, list) or not yaml_models:
+            raise ValueError(f"--config {args.config}: 'models' must be a non-empty list")
+        entries = []
+        for i, m in enumerate(yaml_models):
+            m = {"model": m} if isinstance(m, str) else dict(m or {})
+            names = m.pop("served_model_name", None) or m.pop("served-model-name", None)
+            names = [names] if isinstance(names, str) else list(names or [])
+            entries.append((_ea_overrides(m, f"--config {args.config} models[{i}]"), names))
+        return entries
+    models = list(args.model or [])
+    if args.model_tag:
+        models.insert(0, args.model_tag)
+    name_lists = args.served_model_name or []
+    if len(models) <= 1:
+        names = [n for group in name_lists for n in group]
+        return [({"model": models[0] if models else None}, names)]
+    if name_lists and len(name_lists) != len(models):
+        raise ValueError(f"{len(models)} models but {len(name_lists)} --served-model-name groups: give one "
+                         "--served-model-name per --model, in the same order")
+    return [({"model": m}, list(name_lists[i]) if name_lists else []) for i, m in enumerate(models)]
+
+
+def _read_template(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        with open(value) as fh:
+            return fh.read()
+    if "{" not in value:
+        raise ValueError(f"--chat-template {value!r} is neither a file nor a template")
+    return value
+
+
+def plan_models(args: argparse.Namespace) -> list[ModelPlan]:
+    """Resolve and validate every model to serve. Raises ValueError with a clear message."""
+    from pagedserve.tokenizer import load_tokenizer
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise ValueError("--api-key must not be empty")
+    if args.shutdown_timeout < 0:
+        raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    base = engine_args_from(args)
+    base = replace(base, model=None, served_model_name=None)
+    template = _read_template(args.chat_template)
+    plans: list[ModelPlan] = []
+    seen: set[str] = set()
+    for overrides, names in _model_entries(args):
+        ea = replace(base, **overrides, served_model_name=names[0] if names else None)
+        problems = unsupported_features(ea)
+        if problems:
+            raise ValueError("; ".join(problems))
+        config = ea.create_engine_config()
+        names = names or [config.model_config.served_model_name]
+        for n in names:
+            if n in seen:
+                raise ValueError(f"served model name {n!r} is used by two models; pass --served-model-name")
+            seen.add(n)
+        tok = load_tokenizer(ea.tokenizer or config.model_config.model, ea.trust_remote_code)
+        plans.append(ModelPlan(names, ea, config, tok, template))
+    return plans
+
+
+def _max_token_chars(tokenizer: Any) -> int:
+    try:
+        return max(8, max(len(t) for t in tokenizer.get_vocab()))
+    except Exception:
+        return 256
+
+
+async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any:
+    """Start one engine-core process per model (one after the other on a GPU, so memory profiling
+    sees the earlier ones; concurrently on CPU). Returns ServedModels."""
+    from pagedserve.engine.async_engine import AsyncEngine
+    from pagedserve.entrypoints.openai.serving_common import (ServedModel, ServedModels, ServerOptions,
+                                                              generation_defaults)
+    from pagedserve.metrics import register_gpu_collector
+
+    level = logging.getLevelName(logging.getLogger().level)
+    engines = [AsyncEngine(p.config, tokenizer=p.tokenizer, log_level=level if isinstance(level, str) else "INFO",
+                           engine_index=0, log_stats=not args.disable_log_stats) for p in plans]
+    try:
+        if all(p.config.device == "cpu" for p in plans):
+            await asyncio.gather(*(e.start(args.engine_startup_timeout) for e in engines))
+        else:
+            for e in engines:
+                await e.start(args.engine_startup_timeout)
+    except BaseException:
+        await asyncio.gather(*(e.shutdown(5) for e in engines), return_exceptions=True)
+        raise
+    if any(p.config.device.startswith("cuda") for p in plans):
+        register_gpu_collector()
+    models = [ServedModel(p.names, e, generation_defaults(e), p.chat_template,
+                          max_token_chars=2 * _max_token_chars(p.tokenizer)) for p, e in zip(plans, engines)]
+    opts = ServerOptions(trust_request_chat_template=args.trust_request_chat_template,
+                         max_logprobs=args.max_logprobs, generation_config=args.generation_config)
+    return ServedModels(models, opts)

@@ -1,0 +1,146 @@
+"""``POST /v1/chat/completions``: messages through the model's chat template, streaming or not."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from pagedserve.engine.async_engine import EngineDeadError, RequestAbortedError
+from pagedserve.entrypoints.chat_utils import validate_messages
+from pagedserve.entrypoints.openai.errors import bad_request
+from pagedserve.entrypoints.openai.protocol import CHAT_FIELDS, CHAT_REQUIRED, require_supported, validate_body
+from pagedserve.entrypoints.openai.serving_common import (DONE, ServedModel, ServedModels, ServerOptions,
+                                                          abort_unfinished, admit, build_sampling_params,
+                                                          chat_logprobs, check_context, check_priority,
+                                                          collect_final, encode_text, engine_failure, json_response,
+                                                          make_request_id, sse, start_sse, usage)
+
+# apply_chat_template arguments a request's chat_template_kwargs may not override
+_RESERVED_KWARGS = {"conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+                    "continue_final_message", "tokenize", "padding", "truncation", "max_length",
+                    "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"}
+
+
+def render_messages(model: ServedModel, body: dict, opts: ServerOptions) -> tuple[list[int], list[dict]]:
+    """Messages → prompt token ids (roles and content validated)."""
+    try:
+        msgs = validate_messages(body["messages"])
+    except ValueError as e:
+        msg = str(e)
+        param = msg.split(" ", 1)[0] if msg.startswith("messages") else "messages"
+        raise bad_request(msg, param=param) from None
+    template = body.get("chat_template")
+    if template is not None and not opts.trust_request_chat_template:
+        raise bad_request("chat_template in a request needs the server flag --trust-request-chat-template",
+                          param="chat_template")
+    tok = model.engine.tokenizer
+    template = template or model.chat_template
+    if template is None and not getattr(tok, "chat_template", None):
+        raise bad_request("this model has no chat template; use /v1/completions or start the server with "
+                          "--chat-template", param="messages")
+    add_gen = body.get("add_generation_prompt")
+    add_gen = True if add_gen is None else add_gen
+    cont = bool(body.get("continue_final_message"))
+    if add_gen and cont:
+        raise bad_request("add_generation_prompt and continue_final_message cannot both be true",
+                          param="continue_final_message")
+    if cont and msgs[-1]["role"] != "assistant":
+        raise bad_request("continue_final_message needs the last message to be an assistant message",
+                          param="continue_final_message")
+    limit = model.engine.max_model_len * model.max_token_chars
+    if sum(len(m["content"]) for m in msgs) > limit:
+        raise bad_request(f"messages are far longer than this model's maximum context length "
+                          f"({model.engine.max_model_len} tokens)", param="messages", code="context_length_exceeded")
+    extra = {k: v for k, v in (body.get("chat_template_kwargs") or {}).items() if k not in _RESERVED_KWARGS}
+    try:
+        text = tok.apply_chat_template(msgs, add_generation_prompt=add_gen, continue_final_message=cont,
+                                       tokenize=False, chat_template=template, **extra)
+    except Exception as e:  # jinja errors, template-raised exceptions
+        raise bad_request(f"the chat template failed on these messages: {type(e).__name__}: {e}",
+                          param="messages") from None
+    if not isinstance(text, str):
+        raise bad_request("the chat template did not render to text", param="messages")
+    add_special = bool(body.get("add_special_tokens"))
+    return encode_text(model, text, add_special, "messages"), msgs
+
+
+async def create_chat_completion(request: web.Request, body: dict, served: ServedModels) -> web.StreamResponse:
+    validate_body(body, CHAT_FIELDS, CHAT_REQUIRED)
+    require_supported(body)
+    model = served.resolve(body.get("model"))
+    stream = bool(body.get("stream"))
+    params, max_field = build_sampling_params(body, model, chat=True, stream=stream, opts=served.options)
+    priority = check_priority(model, body)
+    ids, msgs = render_messages(model, body, served.options)
+    check_context(model, len(ids), params, max_field, "messages")
+    request_id = request.headers.get("X-Request-Id") or make_request_id("chatcmpl", request)
+    echo = msgs[-1]["content"] if body.get("echo") and msgs[-1]["role"] == "assistant" else ""
+    streams = []
+    try:
+        streams.append(admit(model, request_id, {"prompt_token_ids": ids}, params, priority, time.time()))
+        if stream:
+            return await _stream(request, body, model, streams[0], params, request_id, len(ids), echo)
+        try:
+            final = await collect_final(streams[0])
+        except (EngineDeadError, RequestAbortedError) as e:
+            raise engine_failure(e) from None
+        k = params.logprobs
+        choices, comp = [], 0
+        for c in final.outputs:
+            comp += len(c.token_ids)
+            choices.append({"index": c.index, "message": {"role": "assistant", "content": echo + c.text},
+                            "logprobs": chat_logprobs(model, c.token_ids, c.logprobs, k) if k is not None else None,
+                            "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
+        return json_response({"id": request_id, "object": "chat.completion", "created": int(time.time()),
+                              "model": model.name, "choices": choices,
+                              "usage": usage(len(ids), comp, final.num_cached_tokens)}, request_id)
+    finally:
+        abort_unfinished(model, streams)
+
+
+async def _stream(request: web.Request, body: dict, model: ServedModel, stream: Any, params: Any,
+                  request_id: str, prompt_tokens: int, echo: str) -> web.StreamResponse:
+    resp = await start_sse(request, request_id)
+    created, name, n, k = int(time.time()), model.name, params.n, params.logprobs
+    opts = body.get("stream_options") or {}
+    include_usage, continuous = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
+    done, comp = [False] * n, [0] * n
+    cached = 0
+
+    def chunk(idx: int, delta: dict, lp: Any = None, reason: str | None = None, stop_reason: Any = None) -> bytes:
+        choice: dict[str, Any] = {"index": idx, "delta": delta, "logprobs": lp, "finish_reason": reason}
+        if reason is not None:
+            choice["stop_reason"] = stop_reason
+        c: dict[str, Any] = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+                             "model": name, "choices": [choice]}
+        if include_usage:
+            c["usage"] = usage(prompt_tokens, sum(comp)) if continuous else None
+        return sse(c)
+
+    try:
+        for i in range(n):
+            await resp.write(chunk(i, {"role": "assistant", "content": ""}))
+            if echo:
+                await resp.write(chunk(i, {"content": echo}))
+        async for out in stream:
+            cached = out.num_cached_tokens
+            for c in out.outputs:
+                idx = c.index
+                if done[idx]:
+                    continue
+                comp[idx] += len(c.token_ids)
+                lp = chat_logprobs(model, c.token_ids, c.logprobs, k) if k is not None and c.token_ids else None
+                if c.text or lp:
+                    await resp.write(chunk(idx, {"content": c.text}, lp))
+                if c.finish_reason is not None:
+                    done[idx] = True
+                    await resp.write(chunk(idx, {}, None, c.finish_reason, c.stop_reason))
+        if include_usage:
+            await resp.write(sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
+                                  "model": name, "choices": [], "usage": usage(prompt_tokens, sum(comp), cached)}))
+    except (EngineDeadError, RequestAbortedError) as e:
+        await resp.write(sse(engine_failure(e).body()))
+    await resp.write(DONE)
+    await resp.write_eof()
+    return resp

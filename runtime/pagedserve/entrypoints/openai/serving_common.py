@@ -1,0 +1,324 @@
+"""Shared pieces of the OpenAI endpoints: model routing, request → SamplingParams, prompt checks,
+logprobs and usage formatting, admission of engine requests, and Server-Sent Events."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from pagedserve.engine.async_engine import (AsyncEngine, EngineDeadError, QueueFullError, RequestAbortedError,
+                                            RequestStream)
+from pagedserve.entrypoints.openai.errors import APIError, bad_request, from_value_error
+from pagedserve.outputs import Logprob, RequestOutput
+from pagedserve.sampling_params import SamplingParams
+
+_GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+_SAFE_LOGPROB = -9999.0  # -inf is not valid JSON
+
+
+@dataclass
+class ServedModel:
+    names: list[str]
+    engine: AsyncEngine
+    defaults: dict[str, Any] = field(default_factory=dict)  # sampling defaults (generation_config.json)
+    chat_template: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    max_token_chars: int = 256  # longest text one token can decode to (cheap too-long guard)
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+@dataclass
+class ServerOptions:
+    trust_request_chat_template: bool = False
+    max_logprobs: int = 20
+    generation_config: str = "auto"
+
+
+class ServedModels:
+    """Served name → engine. A request without ``model`` goes to the first model."""
+
+    def __init__(self, models: list[ServedModel], options: ServerOptions | None = None) -> None:
+        self.models = models
+        self.options = options or ServerOptions()
+        self.by_name: dict[str, ServedModel] = {}
+        for m in models:
+            for n in m.names:
+                if n in self.by_name:
+                    raise ValueError(f"served model name {n!r} is used twice")
+                self.by_name[n] = m
+
+    def resolve(self, name: Any) -> ServedModel:
+        if name is None:
+            return self.models[0]
+        m = self.by_name.get(name)
+        if m is None:
+            raise APIError(404, f"The model `{name}` does not exist. Served models: "
+                           f"{', '.join(sorted(self.by_name))}", param="model", code="model_not_found")
+        return m
+
+    @property
+    def engines(self) -> list[AsyncEngine]:
+        return [m.engine for m in self.models]
+
+
+def generation_defaults(engine: AsyncEngine) -> dict[str, Any]:
+    """Sampling defaults from the model's generation_config.json (vLLM's ``--generation-config auto``)."""
+    gen = engine.model_config.generation_config or {}
+    out = {k: gen[k] for k in _GEN_CONFIG_KEYS if gen.get(k) is not None}
+    if gen.get("do_sample") is False:
+        out["temperature"] = 0.0
+    return out
+
+
+def make_request_id(prefix: str, request: web.Request) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# -- request → SamplingParams ---------------------------------------------------------------------
+def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream: bool,
+                          opts: ServerOptions) -> tuple[SamplingParams, str]:
+    """Return the params and the name of the request field that set max_tokens."""
+    max_field = "max_tokens"
+    max_tokens = body.get("max_tokens")
+    if chat:
+        if body.get("max_completion_tokens") is not None:
+            max_field, max_tokens = "max_completion_tokens", body["max_completion_tokens"]
+        logprobs = None
+        if body.get("logprobs"):
+            logprobs = body.get("top_logprobs") or 0
+        elif body.get("top_logprobs") is not None:
+            raise bad_request("top_logprobs needs logprobs set to true", param="top_logprobs")
+        lp_field = "top_logprobs"
+    else:
+        if max_tokens is None and "max_tokens" not in body:
+            max_tokens = 16  # the completions API's default
+        logprobs = body.get("logprobs")
+        lp_field = "logprobs"
+    if logprobs is not None and logprobs > opts.max_logprobs:
+        raise bad_request(f"{lp_field} must be <= {opts.max_logprobs} (--max-logprobs), got {logprobs}", lp_field)
+    n = body.get("n") or 1
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != n:
+        raise bad_request(f"best_of must equal n ({n}): best-of ranking is not supported", param="best_of")
+    prompt_logprobs = body.get("prompt_logprobs")
+    if not chat and body.get("echo") and logprobs is not None and prompt_logprobs is None:
+        prompt_logprobs = logprobs
+    kw: dict[str, Any] = {}
+    if opts.generation_config == "auto":
+        kw.update(model.defaults)
+    for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+              "repetition_penalty", "seed", "stop", "stop_token_ids", "min_tokens", "ignore_eos",
+              "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens"):
+        if body.get(k) is not None:
+            kw[k] = body[k]
+    known = {k: k for k in kw}
+    known.update({"max_tokens": max_field, "logprobs": lp_field, "prompt_logprobs": "prompt_logprobs",
+                  "n": "n", "best_of": "best_of"})
+    try:
+        sp = SamplingParams(n=n, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                            output_kind="delta" if stream else "final", **kw)
+    except ValueError as e:
+        raise from_value_error(e, known) from None
+    return sp, max_field
+
+
+def check_context(model: ServedModel, num_prompt_tokens: int, params: SamplingParams, max_field: str,
+                  prompt_field: str) -> None:
+    eng = model.engine
+    try:
+        eng.check_prompt_len(num_prompt_tokens)
+    except ValueError as e:
+        raise bad_request(str(e), param=prompt_field, code="context_length_exceeded") from None
+    if params.max_tokens is not None and num_prompt_tokens + params.max_tokens > eng.max_model_len:
+        raise bad_request(
+            f"this model's maximum context length is {eng.max_model_len} tokens; the request asks for "
+            f"{num_prompt_tokens + params.max_tokens} ({num_prompt_tokens} in the prompt, {params.max_tokens} "
+            f"for the completion): lower {max_field} or shorten the prompt", param=max_field,
+            code="context_length_exceeded")
+
+
+def check_priority(model: ServedModel, body: dict) -> int:
+    priority = body.get("priority") or 0
+    if priority and model.engine.config.scheduler_config.policy != "priority":
+        raise bad_request("priority needs the server to run with --scheduling-policy priority", param="priority")
+    return priority
+
+
+def encode_text(model: ServedModel, text: str, add_special_tokens: bool, param: str) -> list[int]:
+    limit = model.engine.max_model_len * model.max_token_chars
+    if len(text) > limit:
+        raise bad_request(f"{param} is far longer than this model's maximum context length "
+                          f"({model.engine.max_model_len} tokens)", param=param, code="context_length_exceeded")
+    try:
+        return model.engine.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    except Exception as e:  # e.g. lone surrogates the Rust tokenizer refuses
+        raise bad_request(f"{param} could not be tokenized: {type(e).__name__}: {e}", param=param) from None
+
+
+def check_token_ids(model: ServedModel, ids: list[int], param: str) -> None:
+    vocab = model.engine.model_config.arch.vocab_size
+    for t in ids:
+        if t >= vocab:
+            raise bad_request(f"{param}: token id {t} is outside the vocabulary [0, {vocab})", param=param)
+
+
+def admit(model: ServedModel, request_id: str, prompt: dict, params: SamplingParams, priority: int,
+          arrival: float) -> RequestStream:
+    """Hand a request to the engine; map refusals to HTTP errors."""
+    try:
+        return model.engine.add_request(request_id, prompt, params, priority=priority, arrival_time=arrival)
+    except QueueFullError as e:
+        raise APIError(429, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
+    except EngineDeadError as e:
+        raise APIError(503, f"the engine is not available: {e}", code="engine_dead") from None
+    except ValueError as e:
+        raise bad_request(str(e), param="prompt") from None
+
+
+def engine_failure(e: BaseException) -> APIError:
+    if isinstance(e, EngineDeadError):
+        return APIError(503, f"the engine is not available: {e}", code="engine_dead")
+    if isinstance(e, RequestAbortedError):
+        return APIError(503, str(e), code="aborted")
+    return APIError(500, f"internal error: {type(e).__name__}: {e}")
+
+
+async def collect_final(stream: RequestStream) -> RequestOutput:
+    final = None
+    async for out in stream:
+        final = out
+    assert final is not None
+    return final
+
+
+async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several request streams (a completions request with several prompts)."""
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    q: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, s: RequestStream) -> None:
+        try:
+            async for out in s:
+                await q.put((i, out, None))
+        except BaseException as e:  # noqa: BLE001 — forwarded to the consumer
+            await q.put((i, None, e))
+            return
+        await q.put((i, None, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, out, exc = await q.get()
+            if exc is not None:
+                raise exc
+            if out is None:
+                remaining -= 1
+                continue
+            yield i, out
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def abort_unfinished(model: ServedModel, streams: list[RequestStream]) -> None:
+    for s in streams:
+        if not s.finished:
+            model.engine.abort(s.request_id)
+
+
+# -- formatting -----------------------------------------------------------------------------------
+def usage(prompt_tokens: int, completion_tokens: int, cached: int | None = None) -> dict:
+    u: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens}
+    if cached:
+        u["prompt_tokens_details"] = {"cached_tokens": cached}
+    return u
+
+
+def _lp(v: float) -> float:
+    return v if v > _SAFE_LOGPROB else _SAFE_LOGPROB
+
+
+def _top(d: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
+    items = sorted(d.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
+    return items[:k]
+
+
+def token_text(model: ServedModel, tid: int, lp: Logprob | None) -> str:
+    if lp is not None and lp.decoded_token is not None:
+        return lp.decoded_token
+    tok = model.engine.tokenizer
+    return tok.convert_tokens_to_string([tok.convert_ids_to_tokens(tid)])
+
+
+def chat_logprobs(model: ServedModel, token_ids: list[int], logprobs: list[dict[int, Logprob]] | None,
+                  k: int) -> dict | None:
+    if logprobs is None:
+        return None
+    content = []
+    for tid, d in zip(token_ids, logprobs):
+        lp = d.get(tid)
+        text = token_text(model, tid, lp)
+        tops = []
+        for t, x in _top(d, k):
+            s = token_text(model, t, x)
+            tops.append({"token": s, "logprob": _lp(x.logprob), "bytes": list(s.encode("utf-8", "replace"))})
+        content.append({"token": text, "logprob": _lp(lp.logprob if lp else _SAFE_LOGPROB),
+                        "bytes": list(text.encode("utf-8", "replace")), "top_logprobs": tops})
+    return {"content": content}
+
+
+def completion_logprobs(model: ServedModel, token_ids: list[int], logprobs: list[dict[int, Logprob] | None],
+                        k: int, text_offset: int = 0) -> dict:
+    tokens, token_lps, tops, offsets = [], [], [], []
+    for tid, d in zip(token_ids, logprobs):
+        lp = d.get(tid) if d else None
+        text = token_text(model, tid, lp)
+        tokens.append(text)
+        token_lps.append(_lp(lp.logprob) if lp is not None else None)
+        tops.append({token_text(model, t, x): _lp(x.logprob) for t, x in _top(d, k)} if d else None)
+        offsets.append(text_offset)
+        text_offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def finish_reason(reason: str | None) -> str | None:
+    return reason
+
+
+# -- Server-Sent Events ---------------------------------------------------------------------------
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + _dumps(obj).encode("utf-8", "replace") + b"\n\n"
+
+
+def dumps(obj: Any) -> str:
+    return _dumps(obj)
+
+
+async def start_sse(request: web.Request, request_id: str) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": request_id})
+    await resp.prepare(request)
+    return resp
+
+
+def json_response(obj: dict, request_id: str = "") -> web.Response:
+    return web.Response(body=_dumps(obj).encode("utf-8", "replace"), content_type="application/json",
+                        headers={"X-Request-Id": request_id} if request_id else None)

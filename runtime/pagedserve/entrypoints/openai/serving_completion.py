@@ -1,0 +1,149 @@
+"""``POST /v1/completions``: text or token-id prompts (one or many), streaming or not."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from pagedserve.engine.async_engine import EngineDeadError, RequestAbortedError
+from pagedserve.entrypoints.openai.protocol import COMPLETION_FIELDS, COMPLETION_REQUIRED, require_supported, \
+    validate_body
+from pagedserve.entrypoints.openai.serving_common import (DONE, ServedModel, ServedModels, abort_unfinished, admit,
+                                                          build_sampling_params, check_context, check_priority,
+                                                          check_token_ids, collect_final, completion_logprobs,
+                                                          encode_text, engine_failure, json_response,
+                                                          make_request_id, merge_streams, sse, start_sse, usage)
+from pagedserve.outputs import RequestOutput
+
+
+def _prompts(model: ServedModel, prompt: Any, add_special: bool) -> list[tuple[str | None, list[int], str]]:
+    """→ [(text or None, token ids, param name)]"""
+    if isinstance(prompt, str):
+        return [(prompt, encode_text(model, prompt, add_special, "prompt"), "prompt")]
+    if isinstance(prompt[0], str):
+        return [(p, encode_text(model, p, add_special, f"prompt[{i}]"), f"prompt[{i}]") for i, p in enumerate(prompt)]
+    if isinstance(prompt[0], int):
+        return [(None, list(prompt), "prompt")]
+    return [(None, list(p), f"prompt[{i}]") for i, p in enumerate(prompt)]
+
+
+async def create_completion(request: web.Request, body: dict, served: ServedModels) -> web.StreamResponse:
+    validate_body(body, COMPLETION_FIELDS, COMPLETION_REQUIRED)
+    require_supported(body)
+    model = served.resolve(body.get("model"))
+    stream = bool(body.get("stream"))
+    params, max_field = build_sampling_params(body, model, chat=False, stream=stream, opts=served.options)
+    priority = check_priority(model, body)
+    add_special = body.get("add_special_tokens")
+    prompts = _prompts(model, body["prompt"], True if add_special is None else add_special)
+    for text, ids, param in prompts:
+        if text is None:
+            check_token_ids(model, ids, param)
+        check_context(model, len(ids), params, max_field, param)
+    request_id = request.headers.get("X-Request-Id") or make_request_id("cmpl", request)
+    arrival = time.time()
+    streams = []
+    try:
+        for i, (text, ids, _) in enumerate(prompts):
+            rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
+            streams.append(admit(model, rid, {"prompt": text, "prompt_token_ids": ids}, params, priority, arrival))
+        if stream:
+            return await _stream(request, body, model, prompts, streams, params, request_id)
+        try:
+            if len(streams) == 1:
+                finals = [await collect_final(streams[0])]
+            else:
+                finals = list(await asyncio.gather(*(collect_final(s) for s in streams)))
+        except (EngineDeadError, RequestAbortedError) as e:
+            raise engine_failure(e) from None
+        return json_response(_response(body, model, prompts, finals, params, request_id), request_id)
+    finally:
+        abort_unfinished(model, streams)
+
+
+def _echo_text(model: ServedModel, text: str | None, ids: list[int]) -> str:
+    return text if text is not None else model.engine.tokenizer.decode(ids)
+
+
+def _response(body: dict, model: ServedModel, prompts: list, finals: list[RequestOutput], params: Any,
+              request_id: str) -> dict:
+    echo, n, k = bool(body.get("echo")), params.n, params.logprobs
+    choices, completion_tokens, cached = [], 0, 0
+    for i, out in enumerate(finals):
+        text, ids, _ = prompts[i]
+        cached += out.num_cached_tokens
+        prefix = _echo_text(model, text, ids) if echo else ""
+        for c in out.outputs:
+            completion_tokens += len(c.token_ids)
+            lp = None
+            if k is not None:
+                if echo and out.prompt_logprobs is not None:
+                    lp = completion_logprobs(model, ids + list(c.token_ids),
+                                             list(out.prompt_logprobs) + list(c.logprobs or []), k)
+                else:
+                    lp = completion_logprobs(model, c.token_ids, c.logprobs or [], k, len(prefix))
+            choices.append({"index": i * n + c.index, "text": prefix + c.text, "logprobs": lp,
+                            "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
+    choices.sort(key=lambda c: c["index"])
+    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model.name,
+            "choices": choices,
+            "usage": usage(sum(len(p[1]) for p in prompts), completion_tokens, cached)}
+
+
+async def _stream(request: web.Request, body: dict, model: ServedModel, prompts: list, streams: list,
+                  params: Any, request_id: str) -> web.StreamResponse:
+    resp = await start_sse(request, request_id)
+    created, name, n, k = int(time.time()), model.name, params.n, params.logprobs
+    echo = bool(body.get("echo"))
+    opts = body.get("stream_options") or {}
+    include_usage, continuous = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
+    num_choices = len(prompts) * n
+    sent_first, done = [False] * num_choices, [False] * num_choices
+    offsets, comp_tokens = [0] * num_choices, [0] * num_choices
+    prompt_tokens = sum(len(p[1]) for p in prompts)
+    cached = 0
+
+    def chunk(idx: int, text: str, lp: Any, reason: str | None, stop_reason: Any) -> bytes:
+        c: dict[str, Any] = {"id": request_id, "object": "text_completion", "created": created, "model": name,
+                             "choices": [{"index": idx, "text": text, "logprobs": lp, "finish_reason": reason,
+                                          "stop_reason": stop_reason}]}
+        if include_usage:
+            c["usage"] = usage(prompt_tokens, sum(comp_tokens)) if continuous else None
+        return sse(c)
+
+    try:
+        async for i, out in merge_streams(streams):
+            text_p, ids_p, _ = prompts[i]
+            cached = max(cached, out.num_cached_tokens)
+            for c in out.outputs:
+                idx = i * n + c.index
+                if done[idx]:
+                    continue
+                text, lp = c.text, None
+                toks, lps = list(c.token_ids), list(c.logprobs or []) if c.logprobs is not None else None
+                if not sent_first[idx]:
+                    sent_first[idx] = True
+                    if echo:
+                        text = _echo_text(model, text_p, ids_p) + text
+                        if k is not None and out.prompt_logprobs is not None:
+                            toks = ids_p + toks
+                            lps = list(out.prompt_logprobs) + (lps or [])
+                comp_tokens[idx] += len(c.token_ids)
+                if k is not None and toks:
+                    lp = completion_logprobs(model, toks, lps or [], k, offsets[idx])
+                offsets[idx] += len(text)
+                if text or lp:
+                    await resp.write(chunk(idx, text, lp, None, None))
+                if c.finish_reason is not None:
+                    done[idx] = True
+                    await resp.write(chunk(idx, "", None, c.finish_reason, c.stop_reason))
+        if include_usage:
+            await resp.write(sse({"id": request_id, "object": "text_completion", "created": created, "model": name,
+                                  "choices": [], "usage": usage(prompt_tokens, sum(comp_tokens), cached)}))
+    except (EngineDeadError, RequestAbortedError) as e:
+        await resp.write(sse(engine_failure(e).body()))
+    await resp.write(DONE)
+    await resp.write_eof()
+    return resp
