@@ -6,6 +6,7 @@ reconciles also run from child watches and the periodic resync.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 from .kube import ApiError, Kube
@@ -13,6 +14,7 @@ from .status import now
 
 log = logging.getLogger('pagedserve_operator.events')
 COMPONENT = 'pagedserve-operator'
+INSTANCE = socket.gethostname()[:128]  # the pod name in a cluster
 
 
 def build_event(body: dict[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
@@ -26,7 +28,7 @@ def build_event(body: dict[str, Any], type_: str, reason: str, message: str) -> 
                            'namespace': meta['namespace'], 'uid': meta.get('uid'),
                            'resourceVersion': meta.get('resourceVersion')},
         'type': type_, 'reason': reason, 'message': message[:1024],
-        'source': {'component': COMPONENT}, 'reportingComponent': COMPONENT,
+        'source': {'component': COMPONENT}, 'reportingComponent': COMPONENT, 'reportingInstance': INSTANCE,
         'firstTimestamp': stamp, 'lastTimestamp': stamp, 'count': 1,
     }
 

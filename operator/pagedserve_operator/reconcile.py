@@ -17,7 +17,8 @@ from .resources import CHILD_KINDS, build_children, initial_replicas
 from .resources.common import selector_string
 from .resources.ingress import ingress_url
 from .resources.service import cluster_url
-from .spec import KIND, SpecError, parse_spec
+from .parse import parse_spec
+from .spec import KIND, SpecError
 from .status import child_status, failure_status, same_status
 
 log = logging.getLogger('pagedserve_operator.reconcile')
@@ -94,7 +95,8 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
         desired = build_children(spec)
         live: dict[str, dict[str, Any] | None] = {}
         try:
-            for kind in CHILD_KINDS:
+            # Removals first: e.g. an HPA that no longer owns the replicas is gone before they are written.
+            for kind in sorted(CHILD_KINDS, key=lambda k: desired[k] is not None):
                 obj = desired[kind]
                 if obj is None:
                     outcome = remove_child(kube, cr, kind, namespace, name)

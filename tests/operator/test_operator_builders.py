@@ -11,7 +11,8 @@ from pagedserve_operator.resources import build_children, initial_replicas
 from pagedserve_operator.resources.hpa import percent_as_fraction
 from pagedserve_operator.resources.ingress import ingress_url
 from pagedserve_operator.resources.service import cluster_url
-from pagedserve_operator.spec import SpecError, parse_spec
+from pagedserve_operator.parse import parse_spec
+from pagedserve_operator.spec import SpecError
 
 IMAGE = 'registry.test/pagedserve-runtime:1.2.3'
 BASE: dict[str, Any] = {'model': {'uri': 'hf://org/model'}}

@@ -13,7 +13,8 @@ import pytest
 
 from isvc_schema import (HAVE_CEL, cel_errors, cel_messages, load_crd, manifest_objects, openapi_schema,
                          structural_problems, validate_cr)
-from pagedserve_operator.spec import SpecError, parse_spec
+from pagedserve_operator.parse import parse_spec
+from pagedserve_operator.spec import SpecError
 
 
 def cr(spec: dict[str, Any], name: str = 'llm') -> dict[str, Any]:

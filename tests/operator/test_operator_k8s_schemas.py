@@ -18,7 +18,7 @@ from isvc_schema import load_crd, manifest_objects
 from pagedserve_operator.apply import _with_record, owner_reference
 from pagedserve_operator.events import build_event
 from pagedserve_operator.resources import build_children
-from pagedserve_operator.spec import parse_spec
+from pagedserve_operator.parse import parse_spec
 from test_operator_builders import BASE, FIELD_CASES, merged
 
 VERSIONS = ('1.29', '1.34')

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pagedserve_operator.apply import LAST_APPLIED, contains, merge_patch, owner_reference, plan_patch
 from pagedserve_operator.resources import build_children
-from pagedserve_operator.spec import parse_spec
+from pagedserve_operator.parse import parse_spec
 from pagedserve_operator.status import (autoscaler_condition, child_status, deployment_condition, failure_status,
                                         ingress_condition, same_status)
 

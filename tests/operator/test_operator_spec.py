@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from pagedserve_operator.spec import SpecError, parse_spec
+from pagedserve_operator.parse import parse_spec
+from pagedserve_operator.spec import SpecError
 from isvc_schema import validate_cr
 
 M: dict[str, Any] = {'model': {'uri': 'hf://org/model'}}
