@@ -102,9 +102,10 @@ class Operator:
                    PAGEDSERVE_RESYNC_SECONDS=str(resync_seconds),
                    PAGEDSERVE_RUNTIME_IMAGE='registry.test/pagedserve-runtime:e2e')
         scope = ['--namespace', namespace] if namespace else ['--all-namespaces']
-        if entry == 'console':
-            cmd = [sys.executable, '-m', 'pagedserve_operator', *scope,
-                   '--liveness', self.health_url, '--log-format', 'json']
+        if entry == 'console':  # the installed console script when there is one, else the same main() via -m
+            script = pathlib.Path(sys.executable).parent / 'pagedserve-operator'
+            launcher = [str(script)] if script.exists() else [sys.executable, '-m', 'pagedserve_operator']
+            cmd = [*launcher, *scope, '--liveness', self.health_url, '--log-format', 'json']
         else:  # the same handlers through kopf's own CLI
             cmd = [sys.executable, '-m', 'kopf', 'run', '-m', 'pagedserve_operator', '--standalone',
                    *scope, '--liveness', self.health_url]
