@@ -50,3 +50,41 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what:
     assert not torch.isnan(out).any(), f"{what}: NaN in output (unwritten or poisoned read)"
     err = (out.float() - ref.float()).abs().max().item() if out.numel() else 0.0
     assert err <= tol, f"{what}: max abs err {err:.3g} > {tol:g}"
+
+
+def make_batch(reqs: list[tuple[int, int]], block_size: int, heads: int, kv_heads: int, head_dim: int,
+               dtype: torch.dtype, *, gen: torch.Generator, pad_tokens: int = 0):
+    """A scheduled step: ``reqs`` = [(query_len, seq_len)] ordered decodes (query_len 1) first;
+    the cache holds the first ``seq_len - query_len`` tokens of each, the step's new K/V still
+    has to be stored. ``pad_tokens`` padding tokens (slot -1) follow the real ones.
+    Returns (q, k, v, k_cache, v_cache, meta)."""
+    from pagedserve.attention.metadata import AttentionMetadata
+
+    q_lens = [ql for ql, _ in reqs]
+    seq_lens = [sl for _, sl in reqs]
+    num_decodes = 0
+    while num_decodes < len(q_lens) and q_lens[num_decodes] == 1:
+        num_decodes += 1
+    assert all(ql > 1 for ql in q_lens[num_decodes:]), "decodes must come first"
+    kc, vc, bt, sl = make_paged_cache(seq_lens, block_size, kv_heads, head_dim, dtype, gen=gen, device="cpu")
+    slots = []
+    for i, (ql, L) in enumerate(reqs):
+        for p in range(L - ql, L):
+            b = int(bt[i, p // block_size])
+            slots.append(b * block_size + p % block_size)
+            kc[b, p % block_size] = float("nan")  # not stored yet: the backend must write it
+            vc[b, p % block_size] = float("nan")
+    slots += [-1] * pad_tokens
+    T = len(slots)
+    n_real = sum(q_lens)
+    q = randn(T, heads, head_dim, dtype=dtype, gen=gen)
+    k = randn(T, kv_heads, head_dim, dtype=dtype, gen=gen)
+    v = randn(T, kv_heads, head_dim, dtype=dtype, gen=gen)
+    qsl = torch.tensor([0] + q_lens, dtype=torch.int64).cumsum(0).to(torch.int32)
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=DEVICE),
+        query_start_loc=qsl.to(DEVICE), seq_lens=sl.to(DEVICE), block_tables=bt.to(DEVICE),
+        max_query_len=max(q_lens, default=0), max_seq_len=max(seq_lens, default=0),
+        num_decodes=num_decodes, num_prefill_tokens=n_real - num_decodes,
+        query_start_loc_cpu=qsl, seq_lens_cpu=sl.cpu())
+    return q, k, v, kc.to(DEVICE), vc.to(DEVICE), meta

@@ -44,11 +44,14 @@ class TritonAttentionBackend(AttentionBackend):
         bound = self.max_seq_len_bound if self.max_seq_len_bound is not None else max_seq_len
         return decode_num_splits(num_decodes, num_kv_heads, max(1, bound), device)
 
+    def new_output(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        T, H, D = q.shape
-        out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+        T = q.shape[0]
+        out = self.new_output(q)
         nd = meta.num_decodes
         n_pre = meta.num_prefill_tokens
         if nd > 0:
