@@ -55,11 +55,18 @@ def _as_dict(_client: Any, data: Any) -> Any:
     return data
 
 
+class _NoDiscovery:
+    """DynamicClient's discoverer, unused: every path here is built by hand (and no cache file in /tmp)."""
+
+    def __init__(self, client: Any, cache_file: Any) -> None:
+        pass
+
+
 class Kube:
     """get / create / patch / delete / list of namespaced objects, as dicts."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient, request_timeout: float = 30.0) -> None:
-        self._dynamic = DynamicClient(api_client)
+        self._dynamic = DynamicClient(api_client, discoverer=_NoDiscovery)
         self._timeout = request_timeout
 
     def _request(self, method: str, path: str, body: Any = None, content_type: str | None = None,
