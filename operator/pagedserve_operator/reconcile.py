@@ -13,11 +13,11 @@ from typing import Any, Protocol
 from .apply import ChildConflict, apply_child, is_owned_by, remove_child
 from .config import OperatorConfig
 from .kube import ApiError, Kube
+from .parse import parse_spec
 from .resources import CHILD_KINDS, build_children, initial_replicas
 from .resources.common import selector_string
 from .resources.ingress import ingress_url
 from .resources.service import cluster_url
-from .parse import parse_spec
 from .spec import KIND, SpecError
 from .status import child_status, failure_status, same_status
 
