@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from pagedserve.entrypoints.openai.errors import APIError, bad_request
@@ -242,10 +243,11 @@ def _type_ok(kind: str, v: Any) -> bool:
 
 
 class _Invalid(Exception):
-    def __init__(self, path: str, message: str) -> None:
+    def __init__(self, path: str, message: str, wrong_type: bool = False) -> None:
         super().__init__(message)
         self.path = path
         self.message = message
+        self.wrong_type = wrong_type
 
 
 def _check(v: Any, s: dict, path: str) -> None:
@@ -257,17 +259,16 @@ def _check(v: Any, s: dict, path: str) -> None:
                 return
             except _Invalid as e:
                 errors.append(e)
-        # report the deepest error of an option whose top-level type matched, if any
+        # report the error of the option that got furthest (deepest path, then highest index)
         deep = [e for e in errors if e.path != path]
         if deep:
-            raise max(deep, key=lambda e: len(e.path))
+            raise max(deep, key=_progress)
         raise _Invalid(path, f"{path} must be one of: {_describe(s)}; got {_jtype(v)}")
     t = s.get("type")
     kinds = t if isinstance(t, list) else [t]
     if t is not None and not any(_type_ok(k, v) for k in kinds):
         want = " or ".join(kinds)
-        raise _Invalid(path, f"{path} must be {_a(want)}, got {_jtype(v)}"
-                       + (f" ({v})" if isinstance(v, float) and not math.isfinite(v) else ""))
+        raise _Invalid(path, f"{path} must be {_a(want)}, got {_jtype(v)}", wrong_type=True)
     if v is None:
         return
     if "enum" in s and v not in s["enum"]:
@@ -312,6 +313,11 @@ def _check(v: Any, s: dict, path: str) -> None:
                 raise _Invalid(sub, f"{sub} is not a recognized field")
             elif isinstance(extra, dict):
                 _check(x, extra, sub)
+
+
+def _progress(e: _Invalid) -> tuple:
+    nums = tuple(int(x) for x in re.findall(r"\[(\d+)\]", e.path))
+    return (e.path.count(".") + len(nums), nums, not e.wrong_type)
 
 
 def _fast_item_type(items: dict) -> Any:
