@@ -101,33 +101,35 @@ def _decode_reduce_kernel(
     stride_pb, stride_ph, stride_ps,
     stride_lb, stride_lh,
     stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
+    """Merge the splits of one (request, head): ``sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M)``,
+    ``CHUNK`` splits at a time with a running max ``M``; empty splits (lse = -inf) weigh 0."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
     lse_base = part_lse_ptr + b * stride_lb + h * stride_lh
-    s_all = tl.arange(0, BLOCK_S)
-    lse_all = tl.load(lse_base + s_all, mask=s_all < num_splits, other=float("-inf"))
-    lse_max = tl.max(lse_all, 0)
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    wsum = tl.zeros([CHUNK], tl.float32)
+    out_base = part_out_ptr + b * stride_pb + h * stride_ph
     c = tl.arange(0, CHUNK)
+
+    m = tl.max(tl.full([CHUNK], float("-inf"), tl.float32), 0)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    wsum = tl.sum(tl.zeros([CHUNK], tl.float32), 0)
     for s0 in range(0, num_splits, CHUNK):
         sc = s0 + c
         lse = tl.load(lse_base + sc, mask=sc < num_splits, other=float("-inf"))
         live = lse > float("-inf")
-        w = tl.where(live, tl.exp2(lse - lse_max), 0.0)
-        o = tl.load(part_out_ptr + b * stride_pb + h * stride_ph + sc[:, None] * stride_ps + d[None, :],
-                    mask=live[:, None] & d_mask[None, :], other=0.0)
-        acc += tl.sum(w[:, None] * o, 0)
-        wsum += w
-    total = tl.sum(wsum, 0)
-    out = acc / tl.where(total > 0.0, total, 1.0)
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        rescale = tl.exp2(m - m_ref)  # 0 while nothing was live
+        w = tl.where(live, tl.exp2(lse - m_ref), 0.0)
+        o = tl.load(out_base + sc[:, None] * stride_ps + d[None, :], mask=live[:, None] & d_mask[None, :],
+                    other=0.0)
+        acc = acc * rescale + tl.sum(w[:, None] * o, 0)
+        wsum = wsum * rescale + tl.sum(w, 0)
+        m = m_new
+    out = acc / tl.where(wsum > 0.0, wsum, 1.0)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
@@ -139,6 +141,8 @@ def _decode_reduce_kernel(
 DECODE_TILE_N = 64
 DECODE_NUM_WARPS = 4
 DECODE_NUM_STAGES = 2
+REDUCE_CHUNK = 8  # splits merged per iteration of the reduction kernel
+REDUCE_NUM_WARPS = 2
 #: split-KV rule knobs
 SPLIT_TARGET_PROGRAMS_PER_SM = 2  # aim for this many (request, kv head, split) programs per SM
 SPLIT_MIN_TOKENS = 256  # never give a split fewer tokens than this (at the static bound)
@@ -222,12 +226,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         BLOCK_SIZE=block_size, TILE_N=tile_n, ONE_SPLIT=one, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages)
     if not one:
-        chunk = min(16, next_pow2(num_splits))
         _decode_reduce_kernel[(B, H)](
             part_out, part_lse, out, num_splits,
             *p_strides, *l_strides, out.stride(0), out.stride(1),
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=next_pow2(num_splits), CHUNK=chunk,
-            num_warps=4 if D >= 128 else 2)
+            HEAD_DIM=D, BLOCK_D=block_d, CHUNK=REDUCE_CHUNK, num_warps=REDUCE_NUM_WARPS)
     return out
 
 
