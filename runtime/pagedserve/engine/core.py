@@ -22,6 +22,7 @@ class EngineCore:
         self.runner = ModelRunner(config, use_tqdm=use_tqdm)
         num_blocks = self.runner.determine_num_blocks()
         self.runner.initialize_kv_cache(num_blocks)
+        self.graph_capture_seconds = self.runner.capture_cuda_graphs()
         config.cache_config.num_gpu_blocks = num_blocks
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
         self.startup_seconds = time.perf_counter() - t0

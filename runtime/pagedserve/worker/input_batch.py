@@ -1,5 +1,6 @@
-"""Scheduler output → model input tensors (token ids, positions, attention metadata, which
-hidden rows to turn into logits). Built in numpy and copied to the device once per tensor."""
+"""Scheduler output → model input (token ids, positions, attention metadata, which hidden rows
+become logits). Built with numpy on the host; :func:`to_device` copies each array once
+(pinned memory, non-blocking) — or the CUDA-graph runner copies them into its static buffers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,15 +13,39 @@ from pagedserve.core.scheduler_output import ScheduledRequest
 
 
 @dataclass
+class HostInput:
+    input_ids: np.ndarray  # [T] int64
+    positions: np.ndarray  # [T] int64
+    slot_mapping: np.ndarray  # [T] int64
+    query_start_loc: np.ndarray  # [B + 1] int32
+    seq_lens: np.ndarray  # [B] int32
+    block_tables: np.ndarray  # [B, max_blocks] int32
+    logits_indices: np.ndarray  # rows of the hidden states that become logits
+    num_decodes: int
+    order: list[int]  # scheduled index of each batch row
+    sample_rows: list[tuple[int, int]] = field(default_factory=list)  # (scheduled idx, logits row)
+    # (scheduled idx, first logits row, count, prompt index of the first scored token)
+    prompt_lp_rows: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.seq_lens)
+
+    @property
+    def is_pure_decode(self) -> bool:
+        return self.num_decodes == self.num_reqs and not self.prompt_lp_rows
+
+
+@dataclass
 class ModelInput:
     input_ids: torch.Tensor
     positions: torch.Tensor
     attn_metadata: AttentionMetadata
-    logits_indices: torch.Tensor  # rows of the hidden states that become logits
-    sample_rows: list[tuple[int, int]] = field(default_factory=list)  # (scheduled idx, logits row)
-    # (scheduled idx, first logits row, count, prompt index of the first scored token)
-    prompt_lp_rows: list[tuple[int, int, int, int]] = field(default_factory=list)
-    num_tokens: int = 0
+    logits_indices: torch.Tensor
 
 
 def wants_prompt_logprobs(s: ScheduledRequest) -> bool:
@@ -28,24 +53,29 @@ def wants_prompt_logprobs(s: ScheduledRequest) -> bool:
     return sp.prompt_logprobs is not None and s.start < s.request.num_prompt_tokens - 1
 
 
-def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int, device: torch.device) -> ModelInput:
+def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int) -> HostInput:
     order = sorted(range(len(scheduled)), key=lambda i: scheduled[i].num_tokens != 1)  # decodes first
     num_decodes = sum(1 for i in order if scheduled[i].num_tokens == 1)
-    lens = np.array([scheduled[i].num_tokens for i in order], dtype=np.int64)
-    starts = np.array([scheduled[i].start for i in order], dtype=np.int64)
+    lens = np.fromiter((scheduled[i].num_tokens for i in order), dtype=np.int64, count=len(order))
+    starts = np.fromiter((scheduled[i].start for i in order), dtype=np.int64, count=len(order))
     total = int(lens.sum())
     qsl = np.zeros(len(order) + 1, dtype=np.int32)
     np.cumsum(lens, out=qsl[1:])
     seq_lens = (starts + lens).astype(np.int32)
-    # positions: start_i + arange(len_i), vectorised
     positions = np.arange(total, dtype=np.int64) - np.repeat(qsl[:-1].astype(np.int64) - starts, lens)
-    input_ids = np.empty(total, dtype=np.int64)
     max_blocks = max((len(scheduled[i].block_ids) for i in order), default=1)
     block_tables = np.zeros((len(order), max_blocks), dtype=np.int32)
+    if num_decodes == len(order):  # fast path: one token per request
+        input_ids = np.fromiter((scheduled[i].request.all_token_ids[scheduled[i].start] for i in order),
+                                dtype=np.int64, count=total)
+    else:
+        input_ids = np.empty(total, dtype=np.int64)
+        for row, i in enumerate(order):
+            s = scheduled[i]
+            input_ids[qsl[row]:qsl[row + 1]] = s.token_ids
     for row, i in enumerate(order):
-        s = scheduled[i]
-        input_ids[qsl[row]:qsl[row + 1]] = s.token_ids
-        block_tables[row, :len(s.block_ids)] = s.block_ids
+        ids = scheduled[i].block_ids
+        block_tables[row, :len(ids)] = ids
     block_of = block_tables[np.repeat(np.arange(len(order)), lens), positions // block_size]
     slot_mapping = block_of.astype(np.int64) * block_size + positions % block_size
 
@@ -54,7 +84,7 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int, device: t
     prompt_rows: list[tuple[int, int, int, int]] = []
     for row, i in enumerate(order):
         s = scheduled[i]
-        if wants_prompt_logprobs(s):
+        if s.request.sampling_params.prompt_logprobs is not None and wants_prompt_logprobs(s):
             # hidden row at position p scores prompt token p + 1 (for p + 1 < num_prompt_tokens)
             last = min(s.start + s.num_tokens, s.request.num_prompt_tokens - 1)
             count = last - s.start
@@ -63,15 +93,24 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int, device: t
         if s.do_sample:
             sample_rows.append((i, len(logits_idx)))
             logits_idx.append(int(qsl[row + 1]) - 1)
+    return HostInput(input_ids, positions, slot_mapping, qsl, seq_lens, block_tables,
+                     np.array(logits_idx, dtype=np.int64), num_decodes, order, sample_rows, prompt_rows)
 
-    def dev(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).to(device, non_blocking=True)
 
-    qsl_t, seq_lens_t = torch.from_numpy(qsl), torch.from_numpy(seq_lens)
+def _dev(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(a)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def to_device(h: HostInput, device: torch.device) -> ModelInput:
+    qsl_cpu, sl_cpu = torch.from_numpy(h.query_start_loc), torch.from_numpy(h.seq_lens)
     meta = AttentionMetadata(
-        slot_mapping=dev(slot_mapping), query_start_loc=qsl_t.to(device), seq_lens=seq_lens_t.to(device),
-        block_tables=dev(block_tables), max_query_len=int(lens.max(initial=0)),
-        max_seq_len=int(seq_lens.max(initial=0)), num_decodes=num_decodes,
-        num_prefill_tokens=total - num_decodes, query_start_loc_cpu=qsl_t, seq_lens_cpu=seq_lens_t)
-    return ModelInput(dev(input_ids), dev(positions), meta,
-                      dev(np.array(logits_idx, dtype=np.int64)), sample_rows, prompt_rows, total)
+        slot_mapping=_dev(h.slot_mapping, device), query_start_loc=_dev(h.query_start_loc, device),
+        seq_lens=_dev(h.seq_lens, device), block_tables=_dev(h.block_tables, device),
+        max_query_len=int((h.query_start_loc[1:] - h.query_start_loc[:-1]).max(initial=0)),
+        max_seq_len=int(h.seq_lens.max(initial=0)), num_decodes=h.num_decodes,
+        num_prefill_tokens=h.num_tokens - h.num_decodes, query_start_loc_cpu=qsl_cpu, seq_lens_cpu=sl_cpu)
+    return ModelInput(_dev(h.input_ids, device), _dev(h.positions, device), meta,
+                      _dev(h.logits_indices, device))

@@ -12,7 +12,7 @@ from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.forward_context import ForwardContext, set_forward_context
 from pagedserve.layers.sampler import Sampler
 from pagedserve.models.loader import build_model
-from pagedserve.worker.input_batch import prepare_inputs
+from pagedserve.worker.input_batch import HostInput, prepare_inputs, to_device
 from pagedserve.worker.sampling_metadata import build_sampling_metadata
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,16 @@ class ModelRunner:
         self.block_size = config.cache_config.block_size
         self.model = build_model(self.mc, config.device, use_tqdm=use_tqdm)
         self.backend = get_attention_backend(config.attention_backend, config.device)
+        if self.backend.name == "triton":
+            self.backend.max_seq_len_bound = self.mc.max_model_len  # static split rule (CUDA graphs)
+        if self.device.type == "cuda" and config.attention_backend != "torch":
+            from pagedserve.worker.fusion import install_fused_kernels
+
+            install_fused_kernels(self.model)
         self.sampler = Sampler()
         self.kv_cache: torch.Tensor | None = None
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.graphs = None  # DecodeCUDAGraphs once captured
 
     # -- KV cache -----------------------------------------------------------------------------
     def kv_block_bytes(self) -> int:
@@ -77,24 +84,44 @@ class ModelRunner:
         logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB)", num_blocks, self.block_size,
                     num_blocks * self.block_size, self.kv_cache.numel() * self.kv_cache.element_size() / GiB)
 
+    def capture_cuda_graphs(self) -> float:
+        """Capture decode graphs (CUDA, unless enforce_eager); returns the capture time in seconds."""
+        if self.device.type != "cuda" or self.config.enforce_eager:
+            return 0.0
+        from pagedserve.worker.cuda_graphs import DecodeCUDAGraphs
+
+        self.graphs = DecodeCUDAGraphs(self, self.config.scheduler_config.max_num_seqs)
+        self.graphs.capture()
+        return self.graphs.capture_seconds
+
     # -- one step -----------------------------------------------------------------------------
+    def _logits(self, h: HostInput) -> torch.Tensor:
+        if self.graphs is not None and self.graphs.can_run(h):
+            return self.graphs.run(h)
+        inp = to_device(h, self.device)
+        with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
+            hidden = self.model(inp.input_ids, inp.positions)
+        return self.model.compute_logits(hidden[inp.logits_indices])
+
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         out = ModelRunnerOutput()
         if sched.is_empty:
             return out
-        inp = prepare_inputs(sched.scheduled, self.block_size, self.device)
-        with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
-            hidden = self.model(inp.input_ids, inp.positions)
-        if inp.logits_indices.numel() == 0:
+        h = prepare_inputs(sched.scheduled, self.block_size)
+        if len(h.logits_indices) == 0:
+            inp = to_device(h, self.device)  # a prefill chunk that samples nothing: fill the cache only
+            with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
+                self.model(inp.input_ids, inp.positions)
             return out
-        logits = self.model.compute_logits(hidden[inp.logits_indices]).float()
-        if inp.sample_rows:
-            reqs = [sched.scheduled[i].request for i, _ in inp.sample_rows]
-            rows = torch.tensor([r for _, r in inp.sample_rows], device=self.device)
-            meta = build_sampling_metadata(reqs, self.mc.arch.vocab_size, self.device)
-            so = self.sampler(logits[rows], meta)
-            tokens = so.sampled.tolist()
+        # sampling inputs go to the device before the forward pass is queued: no sync in between
+        reqs = [sched.scheduled[i].request for i, _ in h.sample_rows]
+        meta = build_sampling_metadata(reqs, self.mc.arch.vocab_size, self.device) if reqs else None
+        logits = self._logits(h).float()
+        if meta is not None:
+            rows = [r for _, r in h.sample_rows]
+            so = self.sampler(logits if rows == list(range(len(logits))) else logits[rows], meta)
+            tokens = so.sampled.tolist()  # the step's one host sync
             for req, tok in zip(reqs, tokens):
                 out.sampled[req.request_id] = tok
             if so.logprobs is not None:
@@ -103,9 +130,9 @@ class ModelRunner:
                     k = req.sampling_params.logprobs
                     if k is not None:
                         out.logprobs[req.request_id] = (ids[row][:k + 1], lps[row][:k + 1], ranks[row])
-        for i, first, count, first_index in inp.prompt_lp_rows:
-            req = sched.scheduled[i].request
+        for i, first, count, first_index in h.prompt_lp_rows:
             s = sched.scheduled[i]
+            req = s.request
             targets = torch.tensor(req.all_token_ids[s.start + 1:s.start + 1 + count], device=self.device)
             out.prompt_logprobs[req.request_id] = (first_index, _prompt_logprobs(
                 logits[first:first + count], targets, req.sampling_params.prompt_logprobs or 0))

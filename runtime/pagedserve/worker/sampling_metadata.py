@@ -7,6 +7,12 @@ from pagedserve.engine.request import Request
 from pagedserve.layers.sampler import SamplingMetadata
 
 
+def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on the device without a blocking copy (pinned staging on CUDA)."""
+    t = torch.tensor(values, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
 def _generator(req: Request, device: torch.device) -> torch.Generator | None:
     seed = req.sampling_params.seed
     if seed is None or req.sampling_params.greedy:
@@ -20,15 +26,15 @@ def _generator(req: Request, device: torch.device) -> torch.Generator | None:
 def build_sampling_metadata(reqs: list[Request], vocab_size: int, device: torch.device) -> SamplingMetadata:
     sps = [r.sampling_params for r in reqs]
     temps = [sp.temperature if not sp.greedy else 0.0 for sp in sps]
-    m = SamplingMetadata(temperature=torch.tensor(temps, dtype=torch.float32, device=device),
+    m = SamplingMetadata(temperature=_tensor(temps, torch.float32, device),
                          all_greedy=all(t == 0.0 for t in temps))
     if not m.all_greedy:
         if any(sp.top_k > 0 for sp in sps):
-            m.top_k = torch.tensor([sp.top_k for sp in sps], dtype=torch.int64, device=device)
+            m.top_k = _tensor([sp.top_k for sp in sps], torch.int64, device)
         if any(sp.top_p < 1.0 for sp in sps):
-            m.top_p = torch.tensor([sp.top_p for sp in sps], dtype=torch.float32, device=device)
+            m.top_p = _tensor([sp.top_p for sp in sps], torch.float32, device)
         if any(sp.min_p > 0.0 for sp in sps):
-            m.min_p = torch.tensor([sp.min_p for sp in sps], dtype=torch.float32, device=device)
+            m.min_p = _tensor([sp.min_p for sp in sps], torch.float32, device)
         for row, r in enumerate(reqs):
             gen = _generator(r, device)
             if gen is not None:
@@ -38,11 +44,11 @@ def build_sampling_metadata(reqs: list[Request], vocab_size: int, device: torch.
     if use_rep or use_freq:
         m.output_counts = _token_counts([r.output_token_ids for r in reqs], vocab_size, device)
         if use_rep:
-            m.repetition_penalty = torch.tensor([sp.repetition_penalty for sp in sps], device=device)
+            m.repetition_penalty = _tensor([sp.repetition_penalty for sp in sps], torch.float32, device)
             m.prompt_mask = _token_counts([r.prompt_token_ids for r in reqs], vocab_size, device) > 0
         if use_freq:
-            m.presence_penalty = torch.tensor([sp.presence_penalty for sp in sps], device=device)
-            m.frequency_penalty = torch.tensor([sp.frequency_penalty for sp in sps], device=device)
+            m.presence_penalty = _tensor([sp.presence_penalty for sp in sps], torch.float32, device)
+            m.frequency_penalty = _tensor([sp.frequency_penalty for sp in sps], torch.float32, device)
     for row, r in enumerate(reqs):
         sp = r.sampling_params
         if r.num_output_tokens < sp.min_tokens:
@@ -63,5 +69,6 @@ def _token_counts(seqs: list[list[int]], vocab_size: int, device: torch.device) 
         for i, s in enumerate(seqs):
             if s:
                 padded[i, :len(s)] = torch.tensor(s, dtype=torch.int64)
-        counts.scatter_add_(1, padded.to(device), torch.ones_like(padded, dtype=torch.int32).to(device))
+        idx = padded.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else padded
+        counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.int32, device=device))
     return counts[:, :vocab_size]

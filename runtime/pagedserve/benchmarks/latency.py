@@ -1,0 +1,107 @@
+"""``pagedserve bench latency``: batch-1 (and small-batch) TTFT and TPOT, against the weight-read
+floor of one decode step (weight bytes / copy bandwidth measured in the same run)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from pagedserve.entrypoints.engine_flags import add_engine_flags
+
+    p = sub.add_parser("latency", help="TTFT / TPOT at small batch sizes vs the weight-read floor")
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--output-json", default=None)
+    add_engine_flags(p)
+    p.set_defaults(func=run)
+
+
+def copy_bandwidth_gbs() -> float:
+    """Device-to-device copy bandwidth (bytes read + written), median of 20 copies of 2 GiB."""
+    import torch
+
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    times = []
+    for _ in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n / statistics.median(times) / 1e9
+
+
+def measure(engine, prompt: list[int], output_len: int, batch: int) -> tuple[float, float]:
+    import torch
+
+    from pagedserve.sampling_params import SamplingParams
+
+    sp = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    t0 = time.perf_counter()
+    for i in range(batch):
+        engine.add_request(f"lat-{time.monotonic_ns()}-{i}", {"prompt_token_ids": prompt}, sp)
+    t_first = None
+    while engine.has_unfinished_requests():
+        engine.step()
+        if t_first is None:
+            t_first = time.perf_counter()  # the step that finishes the prefill samples token 1
+    t_end = time.perf_counter()
+    return t_first - t0, (t_end - t_first) / max(1, output_len - 1)
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    import numpy as np
+    import torch
+
+    from pagedserve.engine.llm_engine import LLMEngine
+    from pagedserve.entrypoints.engine_flags import engine_args_from
+
+    eargs = engine_args_from(args)
+    engine = LLMEngine.from_engine_args(eargs, skip_tokenizer_init=True)
+    ready_s = time.perf_counter() - t_start
+    core = engine.core
+    model = core.runner.model
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rng = np.random.default_rng(0)
+    vocab = core.config.model_config.arch.vocab_size
+    prompt = rng.integers(100, vocab - 100, size=args.input_len).tolist()
+    result: dict = {"model": core.config.model_config.model, "input_len": args.input_len, "output_len": args.output_len,
+                    "weight_bytes": weight_bytes, "ready_s": ready_s, "graph_capture_s": core.graph_capture_seconds,
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "runs": []}
+    if torch.cuda.is_available():
+        bw = copy_bandwidth_gbs()
+        result["copy_bandwidth_gbs"] = bw
+        result["weight_read_floor_ms"] = weight_bytes / (bw * 1e9) * 1e3
+    measure(engine, prompt, 8, 1)  # warm-up
+    for b in args.batch_sizes:
+        runs = [measure(engine, prompt, args.output_len, b) for _ in range(args.iters)]
+        ttft = statistics.median(r[0] for r in runs) * 1e3
+        tpot = statistics.median(r[1] for r in runs) * 1e3
+        row = {"batch_size": b, "ttft_ms": ttft, "tpot_ms": tpot}
+        if "weight_read_floor_ms" in result:
+            row["tpot_over_floor"] = tpot / result["weight_read_floor_ms"]
+        result["runs"].append(row)
+        print(f"batch {b}: TTFT {ttft:.2f} ms, TPOT {tpot:.3f} ms"
+              + (f" ({row['tpot_over_floor']:.2f}x the weight-read floor "
+                 f"{result['weight_read_floor_ms']:.2f} ms)" if "tpot_over_floor" in row else ""))
+    print(f"ready in {ready_s:.1f} s (graph capture {core.graph_capture_seconds:.1f} s)")
+    if args.output_json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
+        with open(args.output_json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0

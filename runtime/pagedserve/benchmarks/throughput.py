@@ -1,0 +1,113 @@
+"""``pagedserve bench throughput``: offline throughput on a seeded workload (JSON + PNG), with an
+optional HF transformers static-batching baseline on the same requests in the same run."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from pagedserve.benchmarks.workload import make_workload
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from pagedserve.entrypoints.engine_flags import add_engine_flags
+
+    p = sub.add_parser("throughput", help="offline throughput on a seeded workload")
+    p.add_argument("--dataset", default="lognormal", choices=["lognormal", "chitchat"])
+    p.add_argument("--num-prompts", type=int, default=256)
+    p.add_argument("--dataset-seed", type=int, default=0)
+    p.add_argument("--baseline", choices=["none", "hf"], default="none")
+    p.add_argument("--hf-batch-size", type=int, nargs="+", default=[128])
+    p.add_argument("--output-json", default=None)
+    p.add_argument("--output-png", default=None)
+    p.add_argument("--warmup-prompts", type=int, default=4)
+    add_engine_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    import torch
+
+    from pagedserve.entrypoints.engine_flags import engine_args_from
+    from pagedserve.entrypoints.llm import LLM
+    from pagedserve.sampling_params import SamplingParams
+
+    eargs = engine_args_from(args)
+    cfg = eargs.create_engine_config()
+    tokenizer = None
+    if args.dataset == "chitchat":
+        from pagedserve.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model_config.model)
+    reqs = make_workload(args.dataset, args.num_prompts, args.dataset_seed, cfg.model_config.arch.vocab_size, tokenizer)
+    result: dict = {"dataset": args.dataset, "num_prompts": len(reqs), "dataset_seed": args.dataset_seed,
+                    "model": cfg.model_config.model, "dtype": str(cfg.model_config.dtype),
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                    "input_tokens": sum(len(p) for p, _ in reqs), "output_tokens": sum(o for _, o in reqs)}
+    if args.baseline == "hf":
+        from pagedserve.benchmarks.hf_baseline import hf_static_batching
+
+        result["hf"] = [hf_static_batching(cfg.model_config.model, reqs, b, cfg.model_config.dtype, cfg.device,
+                                           dummy=eargs.load_format == "dummy") for b in args.hf_batch_size]
+        for r in result["hf"]:
+            print(f"HF static batching B={r['batch_size']}: {r['useful_output_tok_s']:.1f} useful output tok/s "
+                  f"({r['elapsed_s']:.1f} s)")
+    t0 = time.perf_counter()
+    llm = LLM.from_engine_args(eargs, skip_tokenizer_init=args.dataset != "chitchat")
+    core = llm.llm_engine.core
+    result["startup_s"] = time.perf_counter() - t0
+    result["graph_capture_s"] = core.graph_capture_seconds
+    result["num_gpu_blocks"] = core.config.cache_config.num_gpu_blocks
+    warm = [SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True)] * args.warmup_prompts
+    if warm:
+        llm.generate([{"prompt_token_ids": p} for p, _ in reqs[:len(warm)]], warm, use_tqdm=False)
+    params = [SamplingParams(temperature=1.0, top_p=1.0, max_tokens=o, ignore_eos=True) for _, o in reqs]
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p, _ in reqs], params, use_tqdm=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    assert out_tokens == result["output_tokens"], "every request must generate exactly its output length"
+    result.update(elapsed_s=elapsed, requests_per_s=len(reqs) / elapsed, output_tok_s=out_tokens / elapsed,
+                  total_tok_s=(out_tokens + result["input_tokens"]) / elapsed,
+                  num_preemptions=core.scheduler.num_preemptions,
+                  peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                  wall_s=time.perf_counter() - t_start)
+    if "hf" in result:
+        best = max(r["useful_output_tok_s"] for r in result["hf"])
+        result["speedup_vs_best_hf"] = result["output_tok_s"] / best
+    print(f"pagedserve: {result['requests_per_s']:.2f} req/s, {result['output_tok_s']:.1f} output tok/s, "
+          f"{result['total_tok_s']:.1f} total tok/s ({elapsed:.2f} s; startup {result['startup_s']:.1f} s, "
+          f"graph capture {result['graph_capture_s']:.1f} s)")
+    if "speedup_vs_best_hf" in result:
+        print(f"speedup vs best HF static batching: {result['speedup_vs_best_hf']:.1f}x")
+    _write(result, args.output_json, args.output_png)
+    return 0
+
+
+def _write(result: dict, json_path: str | None, png_path: str | None) -> None:
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as fh:
+            json.dump(result, fh, indent=2)
+    if png_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = ["pagedserve"] + [f"HF static B={r['batch_size']}" for r in result.get("hf", [])]
+        vals = [result["output_tok_s"]] + [r["useful_output_tok_s"] for r in result.get("hf", [])]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar(names, vals, color=["tab:blue"] + ["tab:gray"] * (len(vals) - 1))
+        ax.set_ylabel("output tokens / s")
+        ax.set_title(f"{result['num_prompts']} prompts, {result['dataset']}, {result['device']}")
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom")
+        fig.tight_layout()
+        fig.savefig(png_path, dpi=100)

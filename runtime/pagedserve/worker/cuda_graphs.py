@@ -1,0 +1,111 @@
+"""CUDA graphs for decode steps: the model forward and the LM head for one token per request,
+captured once at startup for padded batch-size buckets and replayed every decode step.
+
+Static input buffers hold token ids, positions, slot mapping, seq lens and block tables; a
+step copies its rows in (padding rows get slot -1: no KV write, and seq_len 1) and replays the
+smallest graph that fits. Mixed prefill/decode steps run eagerly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pagedserve.attention.metadata import AttentionMetadata
+from pagedserve.forward_context import ForwardContext, set_forward_context
+from pagedserve.utils import cdiv
+
+if TYPE_CHECKING:
+    from pagedserve.worker.input_batch import HostInput
+    from pagedserve.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+def capture_sizes(max_batch: int) -> list[int]:
+    sizes = [1, 2, 4, 8] + list(range(16, 257, 16)) + list(range(288, 1025, 32))
+    return [s for s in sizes if s <= max_batch] or [1]
+
+
+class DecodeCUDAGraphs:
+    def __init__(self, runner: "ModelRunner", max_batch: int) -> None:
+        self.runner = runner
+        self.sizes = capture_sizes(max_batch)
+        self.max_batch = self.sizes[-1]
+        dev = runner.device
+        mc = runner.mc
+        self.max_blocks = cdiv(mc.max_model_len, runner.block_size)
+        n = self.max_batch
+        self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
+        self.slot_mapping = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
+        self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32, device=dev)
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)
+        # pinned host staging (one step in flight at a time: the runner syncs every step)
+        self.h_ids = torch.zeros(n, dtype=torch.long).pin_memory()
+        self.h_pos = torch.zeros(n, dtype=torch.long).pin_memory()
+        self.h_slots = torch.zeros(n, dtype=torch.long).pin_memory()
+        self.h_lens = torch.zeros(n, dtype=torch.int32).pin_memory()
+        self.h_tables = torch.zeros(n * self.max_blocks, dtype=torch.int32).pin_memory()
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self.capture_seconds = 0.0
+
+    def _meta(self, bs: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping[:bs], query_start_loc=self.query_start_loc[:bs + 1],
+            seq_lens=self.seq_lens[:bs], block_tables=self.block_tables[:bs], max_query_len=1,
+            max_seq_len=self.runner.mc.max_model_len, num_decodes=bs, num_prefill_tokens=0)
+
+    def _forward(self, bs: int) -> torch.Tensor:
+        r = self.runner
+        with set_forward_context(ForwardContext(self._meta(bs), r.kv_caches, r.backend)):
+            hidden = r.model(self.input_ids[:bs], self.positions[:bs])
+        return r.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        t0 = time.perf_counter()
+        pool = None
+        torch.cuda.synchronize()
+        for bs in reversed(self.sizes):  # largest first: smaller graphs reuse its memory pool
+            self._forward(bs)  # warm-up (Triton compilation, cuBLAS heuristics)
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self.logits[bs] = self._forward(bs)
+            pool = g.pool()
+            self.graphs[bs] = g
+        torch.cuda.synchronize()
+        self.capture_seconds = time.perf_counter() - t0
+        logger.info("captured %d decode CUDA graphs (batch 1..%d) in %.1f s", len(self.sizes), self.max_batch,
+                    self.capture_seconds)
+
+    def can_run(self, h: "HostInput") -> bool:
+        return h.is_pure_decode and h.num_reqs <= self.max_batch and h.block_tables.shape[1] <= self.max_blocks
+
+    def run(self, h: "HostInput") -> torch.Tensor:
+        """Replay the decode graph for ``h``; returns logits [B, vocab] (a view of a static buffer)."""
+        b = h.num_reqs
+        bs = next(s for s in self.sizes if s >= b)
+        w = h.block_tables.shape[1]
+        self.h_ids.numpy()[:b] = h.input_ids
+        self.h_pos.numpy()[:b] = h.positions
+        self.h_slots.numpy()[:b] = h.slot_mapping
+        self.h_lens.numpy()[:b] = h.seq_lens
+        tables = self.h_tables.numpy()[:b * w].reshape(b, w)
+        tables[:] = h.block_tables
+        self.input_ids[:b].copy_(self.h_ids[:b], non_blocking=True)
+        self.positions[:b].copy_(self.h_pos[:b], non_blocking=True)
+        self.slot_mapping[:b].copy_(self.h_slots[:b], non_blocking=True)
+        self.seq_lens[:b].copy_(self.h_lens[:b], non_blocking=True)
+        self.block_tables[:b, :w].copy_(self.h_tables[:b * w].view(b, w), non_blocking=True)
+        if bs > b:
+            self.slot_mapping[b:bs].fill_(-1)
+            self.seq_lens[b:bs].fill_(1)
+        self.graphs[bs].replay()
+        return self.logits[bs][:b]
