@@ -105,3 +105,17 @@ def run(args: argparse.Namespace) -> int:
         with open(args.output_json, "w") as fh:
             json.dump(result, fh, indent=2)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pagedserve bench")
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["latency", *(argv if argv is not None else __import__("sys").argv[1:])])
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -111,3 +111,17 @@ def _write(result: dict, json_path: str | None, png_path: str | None) -> None:
             ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom")
         fig.tight_layout()
         fig.savefig(png_path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pagedserve bench")
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["throughput", *(argv if argv is not None else __import__("sys").argv[1:])])
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Where the time of a step goes on the GPU (run on the device machine):
+
+1. GEMM / GEMV micro-benchmarks for every Llama-3.1-8B weight shape at M = 1, 4, 16, 64, 256, 512
+   (torch F.linear = cuBLAS), as achieved bandwidth and TFLOP/s;
+2. torch.profiler kernel tables for an eager batch-1 decode step, a 512-token prefill step and a
+   batch-256 decode step (dummy weights, bf16), plus the CUDA-graph decode step time at 1 / 256.
+
+PYTHONPATH=runtime python bench/profile_gpu.py --out $OUT/profile.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+          "lm_head": (128256, 4096)}
+
+
+def bench(fn, iters: int = 50) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=10, rep=iters, return_mode="median")
+
+
+def gemm_table() -> list[dict]:
+    rows = []
+    for name, (n, k) in SHAPES.items():
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(3)]
+        for m in (1, 4, 16, 64, 256, 512):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            i = [0]
+
+            def run():
+                i[0] = (i[0] + 1) % 3
+                F.linear(x, ws[i[0]])
+            ms = bench(run)
+            byts = n * k * 2 + m * k * 2 + m * n * 2
+            rows.append(dict(op=name, m=m, n=n, k=k, ms=ms, tbps=byts / ms / 1e9, tflops=2 * m * n * k / ms / 1e9))
+            print(f"{name:8s} M={m:4d}: {ms * 1e3:8.1f} us  {byts / ms / 1e9:6.2f} TB/s  {2 * m * n * k / ms / 1e9:7.1f} TFLOP/s",
+                  flush=True)
+        del ws
+    return rows
+
+
+def gemv_sweep() -> list[dict]:
+    """The Triton skinny GEMV vs cuBLAS at M = 1 and 8, over a few tile configurations."""
+    from pagedserve.kernels.gemv import gemv
+
+    rows = []
+    configs = [(bn, bk, nw, ns) for bn in (8, 16, 32) for bk in (256, 512) for nw in (4,) for ns in (3, 5)]
+    for name, (n, k) in SHAPES.items():
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(3)]
+        for m in (1, 8):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = F.linear(x, ws[0])
+            cub = bench(lambda: F.linear(x, ws[1]))
+            best = None
+            for bn, bk, nw, ns in configs:
+                try:
+                    y = gemv(x, ws[0], block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+                    err = (y.float() - ref.float()).abs().max().item()
+                    i = [0]
+
+                    def run():
+                        i[0] = (i[0] + 1) % 3
+                        gemv(x, ws[i[0]], block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+                    ms = bench(run)
+                except Exception as e:  # noqa: BLE001
+                    print("gemv config failed", bn, bk, nw, ns, repr(e)[:200])
+                    continue
+                if best is None or ms < best[0]:
+                    best = (ms, (bn, bk, nw, ns), err)
+            byts = n * k * 2
+            row = dict(op=name, m=m, cublas_ms=cub, cublas_tbps=byts / cub / 1e9, gemv_ms=best[0],
+                       gemv_tbps=byts / best[0] / 1e9, config=best[1], max_err=best[2])
+            rows.append(row)
+            print(f"gemv {name:8s} M={m}: cuBLAS {cub * 1e3:7.1f} us ({byts / cub / 1e9:.2f} TB/s)  triton "
+                  f"{best[0] * 1e3:7.1f} us ({byts / best[0] / 1e9:.2f} TB/s) cfg={best[1]} err={best[2]:.2e}", flush=True)
+        del ws
+    return rows
+
+
+def profile_steps(model_dir: str) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    from pagedserve.engine.llm_engine import LLMEngine
+    from pagedserve.config import EngineArgs
+    from pagedserve.sampling_params import SamplingParams
+
+    out = {}
+    for eager in (True, False):
+        eng = LLMEngine.from_engine_args(EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16",
+                                                    enforce_eager=eager, max_model_len=4096,
+                                                    gpu_memory_utilization=0.85), skip_tokenizer_init=True)
+        g = torch.Generator().manual_seed(0)
+
+        def add(n: int, plen: int, max_tokens: int) -> None:
+            for _ in range(n):
+                eng.add_request(f"r{time.monotonic_ns()}", {"prompt_token_ids": torch.randint(100, 120000, (plen,), generator=g).tolist()},
+                                SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True))
+
+        def drain() -> None:
+            while eng.has_unfinished_requests():
+                eng.step()
+
+        tag = "eager" if eager else "graphs"
+        add(1, 512, 40)
+        eng.step()  # warm prefill
+        drain()
+        # prefill 512 + batch-1 decode
+        add(1, 512, 30)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter(); eng.step(); torch.cuda.synchronize(); pre = time.perf_counter() - t
+        if eager:
+            out[f"prefill512_{tag}_table"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18)
+        for _ in range(5):
+            eng.step()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(20):
+            eng.step()
+        torch.cuda.synchronize()
+        d1 = (time.perf_counter() - t) / 20
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                eng.step()
+            torch.cuda.synchronize()
+        out[f"decode1_{tag}_table"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22)
+        drain()
+        # batch-256 decode at context ~300
+        add(256, 300, 40)
+        while any(r.num_computed_tokens < r.num_prompt_tokens for r in eng.core.scheduler.running) or eng.core.scheduler.waiting:
+            eng.step()
+        for _ in range(3):
+            eng.step()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10):
+            eng.step()
+        torch.cuda.synchronize()
+        d256 = (time.perf_counter() - t) / 10
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                eng.step()
+            torch.cuda.synchronize()
+        out[f"decode256_{tag}_table"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22)
+        drain()
+        out[f"{tag}_step_ms"] = dict(prefill512=pre * 1e3, decode1=d1 * 1e3, decode256=d256 * 1e3)
+        print(tag, out[f"{tag}_step_ms"], flush=True)
+        del eng
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="bench/configs/llama-3.1-8b")
+    ap.add_argument("--out", default="bench/out/profile.json")
+    ap.add_argument("--skip-gemm", action="store_true")
+    args = ap.parse_args()
+    res = {"gemm": [] if args.skip_gemm else gemm_table(), "gemv": gemv_sweep()}
+    res.update(profile_steps(args.model))
+    for k, v in res.items():
+        if k.endswith("_table"):
+            print(f"=== {k}\n{v}")
+    with open(args.out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
