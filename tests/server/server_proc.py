@@ -70,7 +70,7 @@ class ServerProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        for pid in self.leftover_children():
+        for pid in self.leftover_children(wait=5.0):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -98,12 +98,26 @@ class ServerProc:
                 out.append(pid)
         return out
 
-    def leftover_children(self) -> list[int]:
-        self._children_seen = getattr(self, "_children_seen", set())
-        return [p for p in self._children_seen if os.path.exists(f"/proc/{p}")]
+    def leftover_children(self, wait: float = 10.0) -> list[int]:
+        """Children seen while the server ran that are still alive (zombies do not count)."""
+        seen = getattr(self, "_children_seen", set())
+        deadline = time.monotonic() + wait
+        while True:
+            alive = [p for p in seen if _alive(p)]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.1)
 
     def remember_children(self) -> None:
         self._children_seen = set(self.children())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def request(server: Any, method: str, path: str, body: Any = None, headers: dict | None = None,

@@ -1,0 +1,79 @@
+"""SIGTERM drains in-flight requests (bounded by --shutdown-timeout) and exits 0."""
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+import time
+
+from tests.server.conftest import start_server
+
+
+class StreamReader(threading.Thread):
+    """Streams one completion; records the SSE payloads and when the first token arrived."""
+
+    def __init__(self, port: int, body: dict) -> None:
+        super().__init__(daemon=True)
+        self.port, self.body = port, body
+        self.events: list = []
+        self.first_token = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            conn.request("POST", "/v1/completions", json.dumps(self.body), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.read()
+            buf = b""
+            while True:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n\n" in buf:
+                    block, buf = buf.split(b"\n\n", 1)
+                    data = block.decode()[len("data: "):]
+                    self.events.append(data if data == "[DONE]" else json.loads(data))
+                    if data != "[DONE]" and self.events[-1].get("choices") and self.events[-1]["choices"][0].get("text"):
+                        self.first_token.set()
+            conn.close()
+        except BaseException as e:  # noqa: BLE001 — reported by the test
+            self.error = e
+            self.first_token.set()
+
+
+def test_sigterm_drains_then_exits(tmp_path_factory):
+    srv = start_server(tmp_path_factory, "drain", ["--shutdown-timeout", "10", "--max-num-seqs", "4"])
+    try:
+        short = StreamReader(srv.port, {"prompt": "One, two,", "max_tokens": 2, "ignore_eos": True, "stream": True})
+        long = StreamReader(srv.port, {"prompt": "Tell me everything.", "max_tokens": 480, "ignore_eos": True,
+                                       "stream": True})
+        long.start()
+        assert long.first_token.wait(120) and long.error is None, long.error
+        short.start()
+        assert short.first_token.wait(120) and short.error is None, short.error
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        short.join(60)
+        assert short.error is None and short.events[-1] == "[DONE]"
+        assert all("choices" in e for e in short.events[:-1]), (short.events, srv.log_text()[-3000:])
+        finishes = [e["choices"][0]["finish_reason"] for e in short.events[:-1] if e["choices"][0]["finish_reason"]]
+        assert finishes == ["length"]  # the in-flight request completed normally during the drain
+        long.join(60)
+        assert long.error is None and long.events[-1] == "[DONE]", long.events[-3:]
+        assert "error" in long.events[-2] and "shutting down" in long.events[-2]["error"]["message"]
+        code = srv.proc.wait(60)
+        elapsed = time.monotonic() - t0
+        assert code == 0, srv.log_text()[-3000:]
+        assert 9.0 <= elapsed <= 45.0, elapsed  # waited for the drain timeout, then stopped
+        # nothing listens any more, and the engine core is gone too
+        try:
+            http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2).request("GET", "/health")
+            raise AssertionError("server still listening")
+        except ConnectionRefusedError:
+            pass
+        assert not srv.leftover_children()
+    finally:
+        srv.stop()
