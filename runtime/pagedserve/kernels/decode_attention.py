@@ -141,6 +141,7 @@ def _decode_reduce_kernel(
 DECODE_TILE_N = 64
 DECODE_NUM_WARPS = 4
 DECODE_NUM_STAGES = 2
+DECODE_TILE_N_FP32 = 16  # fp32 inputs (tests only): the FMA dot needs small tiles
 REDUCE_CHUNK = 8  # splits merged per iteration of the reduction kernel
 REDUCE_NUM_WARPS = 2
 #: split-KV rule knobs
@@ -200,7 +201,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     group = H // KVH
     block_g = max(16, next_pow2(group))
     block_d = max(16, next_pow2(D))
-    tile_n = tile_n or DECODE_TILE_N
+    tile_n = tile_n or (DECODE_TILE_N if q.dtype != torch.float32 else DECODE_TILE_N_FP32)
     num_warps = num_warps or DECODE_NUM_WARPS
     num_stages = num_stages or DECODE_NUM_STAGES
     scale_log2 = float(scale) * LOG2E

@@ -1,0 +1,173 @@
+"""Compile every kernel for a CUDA target **without a GPU** (Triton's bundled ptxas) and report
+shared memory, registers and local-memory spills per specialisation.
+
+    .venv/bin/python tests/kernels/aot_compile.py [--arch 90] [--quick]
+
+Run in its own process (``TRITON_INTERPRET`` must be unset: the interpreter has no compiler).
+The kernel wrappers are called on ``meta`` tensors with ``JITFunction.__getitem__`` patched, so
+each launch becomes a ``triton.compile`` of exactly the specialisation the wrapper would launch
+(constexprs, dtypes, divisibility-by-16 hints). Uses internal Triton APIs (``ASTSource``,
+``GPUTarget``), checked against Triton 3.6 and 3.9. Exit status 1 if a kernel fails to compile,
+needs more shared memory than the target has, or a 16-bit kernel spills to local memory.
+``tests/kernels/test_aot_compile.py`` runs it when ``PAGEDSERVE_KERNELS_AOT=1``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("aot_compile.py: unset TRITON_INTERPRET (the interpreter has no compiler)")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+TT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
+      torch.int64: "i64", torch.uint8: "u8"}
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
+
+
+class Compiler:
+    def __init__(self, arch: int) -> None:
+        self.target = GPUTarget("cuda", arch, 32)
+        self.arch = arch
+        self.rows: list[dict] = []
+
+    def compile(self, jitfn: JITFunction, args: tuple, kw: dict) -> None:
+        opts = {k: kw.pop(k) for k in list(kw) if k in ("num_warps", "num_stages")}
+        bound = dict(zip(jitfn.arg_names, args))
+        bound.update(kw)
+        sig, consts, attrs = {}, {}, {}
+        for i, (name, p) in enumerate(zip(jitfn.arg_names, jitfn.params)):
+            v = bound[name]
+            if p.is_constexpr:
+                sig[name], consts[name] = "constexpr", v
+            elif isinstance(v, torch.Tensor):
+                sig[name] = "*" + TT[v.dtype]
+                attrs[(i,)] = [["tt.divisibility", 16]]
+            elif isinstance(v, bool):
+                sig[name] = "i1"
+            elif isinstance(v, int):
+                sig[name] = "i64" if abs(v) >= 2 ** 31 else "i32"
+                if v and v % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+            elif isinstance(v, float):
+                sig[name] = "fp32"
+            else:
+                raise TypeError(f"{name}: {type(v)}")
+        dtypes = {s for s in sig.values() if s in ("*fp16", "*bf16", "*fp32")}
+        row = dict(kernel=jitfn.fn.__name__, consts={k: v for k, v in consts.items() if k.isupper()},
+                   opts=opts, dtypes=sorted(dtypes))
+        try:
+            k = triton.compile(ASTSource(jitfn, sig, constexprs=consts, attrs=attrs), target=self.target,
+                               options=opts)
+            row.update(shared=int(k.metadata.shared), **_resources(k.asm["cubin"]))
+            ptx = k.asm["ptx"]
+            row["mma"] = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "-"
+        except Exception as e:  # noqa: BLE001
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        self.rows.append(row)
+        print(_fmt(row), flush=True)
+
+    def problems(self) -> list[str]:
+        out = []
+        limit = SHARED_LIMIT.get(self.arch, 227 * 1024)
+        for r in self.rows:
+            if "error" in r:
+                out.append(f"{r['kernel']}: {r['error']}")
+                continue
+            if r["shared"] > limit:
+                out.append(f"{r['kernel']} {r['consts']}: shared {r['shared']} > {limit}")
+            if r.get("stack", 0) > 0 and "*fp32" not in r["dtypes"]:
+                out.append(f"{r['kernel']} {r['consts']} {r['opts']}: spills ({r['stack']} B stack)")
+        return out
+
+
+def _resources(cubin: bytes) -> dict:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    line = next((ln for ln in text.splitlines() if "REG:" in ln), "")
+    res = {}
+    for key in ("REG", "STACK", "LOCAL"):
+        if f"{key}:" in line:
+            res[key.lower() if key != "REG" else "regs"] = int(line.split(f"{key}:")[1].split()[0])
+    return res
+
+
+def _fmt(r: dict) -> str:
+    if "error" in r:
+        return f"{r['kernel']:<22} ERROR {r['error']}"
+    return (f"{r['kernel']:<22} {str(r['opts']):<34} shared={r['shared']:>6} regs={r.get('regs', '?'):>3} "
+            f"stack={r.get('stack', '?'):>5} {r['mma']:<5} {r['dtypes']} {r['consts']}")
+
+
+def run_all(c: Compiler, quick: bool) -> None:
+    from pagedserve.kernels.activation import silu_and_mul
+    from pagedserve.kernels.decode_attention import paged_decode_attention
+    from pagedserve.kernels.kv_store_triton import store_kv
+    from pagedserve.kernels.prefill_attention import paged_prefill_attention
+    from pagedserve.kernels.rmsnorm import rms_norm_fused
+    from pagedserve.kernels.rotary import rotary_fused
+
+    def T(*shape, dt=torch.bfloat16):
+        return torch.empty(*shape, dtype=dt, device="meta")
+
+    i32, i64, f32 = torch.int32, torch.int64, torch.float32
+    dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float16]
+    block_sizes = [16] if quick else [16, 32]
+    for dt in dtypes:
+        for H, KVH, D in ((32, 8, 128), (9, 3, 64)):
+            for bs in block_sizes:
+                kc = T(100, bs, KVH, D, dt=dt)
+                for splits in (1, 4):
+                    paged_decode_attention(T(8, H, D, dt=dt), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1,
+                                           num_splits=splits)
+                paged_prefill_attention(T(100, H, D, dt=dt), kc, kc, T(3, dt=i32), T(2, dt=i32), T(2, 64, dt=i32),
+                                        0.1, 64)
+            store_kv(T(10, KVH, D, dt=dt), T(10, KVH, D, dt=dt), T(100, 16, KVH, D, dt=dt),
+                     T(100, 16, KVH, D, dt=dt), T(10, dt=i64))
+            qkv = T(10, H + 2 * KVH, D, dt=dt)
+            rotary_fused(T(10, dt=i64), qkv[:, :H], qkv[:, H:H + KVH], T(4096, D // 2, dt=f32),
+                         T(4096, D // 2, dt=f32))
+        for hidden, inter in ((4096, 14336), (576, 1536)):
+            rms_norm_fused(T(10, hidden, dt=dt), None, T(hidden, dt=dt), 1e-5)
+            rms_norm_fused(T(10, hidden, dt=dt), T(10, hidden, dt=dt), T(hidden, dt=dt), 1e-5)
+            silu_and_mul(T(10, 2 * inter, dt=dt))
+    if not quick:  # fp32 (GPU pytest runs only): allowed to spill, must compile
+        kc = T(100, 16, 2, 128, dt=f32)
+        paged_decode_attention(T(8, 8, 128, dt=f32), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1, num_splits=3)
+        paged_prefill_attention(T(100, 8, 128, dt=f32), kc, kc, T(3, dt=i32), T(2, dt=i32), T(2, 64, dt=i32),
+                                0.1, 64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--quick", action="store_true", help="bf16, block size 16 only")
+    args = ap.parse_args(argv)
+    c = Compiler(args.arch)
+    JITFunction.__getitem__ = lambda self, grid: (lambda *a, **kw: c.compile(self, a, dict(kw)))
+    print(f"triton {triton.__version__}, target sm_{args.arch}")
+    run_all(c, args.quick)
+    bad = c.problems()
+    print(f"\n{len(c.rows)} specialisations compiled for sm_{args.arch}; problems: {len(bad)}")
+    for b in bad:
+        print("  " + b)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    here = os.path.dirname(os.path.abspath(__file__))
+    runtime = os.path.join(os.path.dirname(os.path.dirname(here)), "runtime")
+    if runtime not in sys.path:
+        sys.path.insert(0, runtime)
+    sys.exit(main())
