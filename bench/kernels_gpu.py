@@ -10,7 +10,7 @@ prefixes, CUDA-graph capture + replay with changed lengths; (b) times them with
 measured device copy bandwidth, prefill attention as TFLOP/s, and the torch reference / dense
 torch SDPA alongside. Every case is isolated: a failure is recorded and the run goes on (after a
 sticky CUDA error the script re-executes itself and resumes at the next section). A global time
-budget (``--budget``, default 225 s) skips what does not fit; ``--quick`` runs a small subset.
+budget (``--budget``, default 200 s) skips what does not fit; ``--quick`` runs a small subset.
 Results: a table on stdout and everything as JSON in ``--out``.
 
 ``--cpu-smoke`` (development only): tiny shapes through the Triton interpreter on CPU, to test
@@ -62,7 +62,7 @@ DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ATTN_TOL = {"bf16": 2e-2, "fp16": 4e-3, "fp32": 1e-4}
 ELEM_TOL = {"bf16": 3.2e-2, "fp16": 4e-3, "fp32": 1e-4}  # one ulp at |x| ~ 4-8
 H200_COPY_TBPS = 4.15
-SECTIONS = ["env", "copy", "fused", "store_kv", "decode", "graph", "prefill", "sweep"]
+SECTIONS = ["env", "copy", "store_kv", "decode", "prefill", "graph", "fused", "sweep"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -748,7 +748,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/out/kernels.json")
     ap.add_argument("--quick", action="store_true", help="a small subset (about a minute)")
-    ap.add_argument("--budget", type=float, default=225.0, help="wall-clock budget in seconds (from start)")
+    ap.add_argument("--budget", type=float, default=200.0, help="wall-clock budget in seconds (from start)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
     ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
