@@ -53,6 +53,8 @@ class SchedulerConfig:
     policy: str = "fcfs"
     max_waiting_requests: int | None = None
     preemption_mode: str = "recompute"
+    priority_aging_interval: float = 10.0  # seconds of waiting worth one priority level (0 = no aging)
+    auto_swap_min_tokens: int = 64  # preemption_mode=auto: swap when this many tokens would be recomputed
 
 
 @dataclass
@@ -92,6 +94,8 @@ class EngineArgs:
     long_prefill_token_threshold: int = 0
     scheduling_policy: str = "fcfs"
     preemption_mode: str = "recompute"
+    priority_aging_interval: float = 10.0
+    auto_swap_min_tokens: int = 64
     max_waiting_requests: int | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
@@ -143,7 +147,8 @@ class EngineArgs:
             max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=max_len,
             long_prefill_token_threshold=self.long_prefill_token_threshold,
             policy=self.scheduling_policy, max_waiting_requests=self.max_waiting_requests,
-            preemption_mode=self.preemption_mode)
+            preemption_mode=self.preemption_mode, priority_aging_interval=self.priority_aging_interval,
+            auto_swap_min_tokens=self.auto_swap_min_tokens)
         parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size)
         return EngineConfig(model_config, cache_config, sched, parallel, device,
                             enforce_eager=self.enforce_eager, attention_backend=self.attention_backend)
@@ -169,6 +174,10 @@ class EngineArgs:
             raise ValueError(f"scheduling_policy must be fcfs or priority, got {self.scheduling_policy!r}")
         if self.preemption_mode not in ("recompute", "swap", "auto"):
             raise ValueError(f"preemption_mode must be recompute, swap or auto, got {self.preemption_mode!r}")
+        if not self.priority_aging_interval >= 0:
+            raise ValueError(f"priority_aging_interval must be >= 0 seconds, got {self.priority_aging_interval}")
+        if self.auto_swap_min_tokens < 0:
+            raise ValueError(f"auto_swap_min_tokens must be >= 0, got {self.auto_swap_min_tokens}")
         if self.quantization not in (None, "none"):
             raise ValueError(f"quantization={self.quantization!r} is not supported yet; "
                              "only unquantized float16/bfloat16/float32 weights are")

@@ -37,12 +37,20 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     output_kind: str = "final"  # "final" | "delta" | "cumulative" (streaming)
-    # Beam search (issue: memory features); kept here so the server can pass it through.
+    # Beam search in the engine core (HF transformers' rules): ``beam_width`` beams (default
+    # ``best_of``, itself defaulting to ``n``), the ``n`` best hypotheses are returned.
     use_beam_search: bool = False
+    beam_width: int | None = None
     length_penalty: float = 1.0
     early_stopping: bool | str = False
+    # Prefix-cache isolation: requests only share cached blocks with requests of the same salt.
+    cache_salt: str | None = None
     # Filled by the engine: stop tokens of the model (eos ids) when ignore_eos is False.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+    # Set by the engine's input processor on the per-child copies of an ``n > 1`` or beam-search
+    # request: (parent request id, child index, n, "sample" | "beam"). The engine core uses it to
+    # prefill the prompt once and fork the children (copy-on-write), or to run one beam group.
+    child_of: tuple[str, int, int, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -91,15 +99,45 @@ class SamplingParams:
             _int("stop_token_ids", t, lo=0, hi=2**31 - 1)
         if self.output_kind not in ("final", "delta", "cumulative"):
             raise ValueError(f"output_kind must be final, delta or cumulative, got {self.output_kind!r}")
+        if self.cache_salt is not None and (not isinstance(self.cache_salt, str) or not self.cache_salt):
+            raise ValueError(f"cache_salt must be a non-empty string, got {self.cache_salt!r}")
+        if self.beam_width is not None:
+            _int("beam_width", self.beam_width, lo=1, hi=256)
         if self.use_beam_search:
-            _num("length_penalty", self.length_penalty, lo=-100.0, hi=100.0)
-            if self.early_stopping not in (True, False, "never"):
-                raise ValueError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}")
+            self._verify_beam_search()
+
+    def _verify_beam_search(self) -> None:
+        width = self.beam_width if self.beam_width is not None else self.best_of
+        if width < self.n:
+            raise ValueError(f"beam_width must be >= n={self.n} (the number of returned beams), got {width}")
+        if width > 256:
+            raise ValueError(f"beam_width must be <= 256, got {width}")
+        _num("length_penalty", self.length_penalty, lo=-100.0, hi=100.0)
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}")
+        if self.temperature >= _GREEDY_EPS:
+            raise ValueError(f"temperature must be 0 with use_beam_search (beam search is deterministic), "
+                             f"got {self.temperature}")
+        for name, value, neutral in (("top_p", self.top_p, 1.0), ("top_k", self.top_k, 0), ("min_p", self.min_p, 0.0),
+                                     ("repetition_penalty", self.repetition_penalty, 1.0),
+                                     ("presence_penalty", self.presence_penalty, 0.0),
+                                     ("frequency_penalty", self.frequency_penalty, 0.0),
+                                     ("min_tokens", self.min_tokens, 0)):
+            if value != neutral:
+                raise ValueError(f"{name} is not supported with use_beam_search (got {value})")
+        if self.logprobs is not None or self.prompt_logprobs is not None:
+            raise ValueError("logprobs / prompt_logprobs are not supported with use_beam_search; each returned "
+                             "beam carries its cumulative_logprob")
 
     # -- helpers ------------------------------------------------------------------------------
     @property
     def greedy(self) -> bool:
         return self.temperature < _GREEDY_EPS
+
+    @property
+    def num_beams(self) -> int:
+        """The beam width of a beam-search request (``beam_width``, else ``best_of``)."""
+        return self.beam_width if self.beam_width is not None else self.best_of
 
     def clone(self, **changes: Any) -> "SamplingParams":
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
@@ -132,3 +170,27 @@ def _num(name: str, v: Any, lo: float, hi: float, lo_open: bool = False) -> None
         raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
     if v > hi:
         raise ValueError(f"{name} must be <= {hi}, got {v}")
+
+
+@dataclass
+class BeamSearchParams:
+    """Parameters of :meth:`LLM.beam_search` (vLLM's names): ``beam_width`` beams, scored like HF
+    transformers' ``generate(num_beams=..., length_penalty=..., early_stopping=...)``."""
+
+    beam_width: int
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    include_stop_str_in_output: bool = False
+    cache_salt: str | None = None
+
+    def to_sampling_params(self, n: int | None = None) -> SamplingParams:
+        if self.temperature != 0.0:
+            raise ValueError("temperature: beam search here is deterministic; only temperature=0 is supported")
+        return SamplingParams(n=n or self.beam_width, beam_width=self.beam_width, use_beam_search=True,
+                              temperature=0.0, max_tokens=self.max_tokens, ignore_eos=self.ignore_eos,
+                              length_penalty=self.length_penalty, early_stopping=self.early_stopping,
+                              include_stop_str_in_output=self.include_stop_str_in_output,
+                              cache_salt=self.cache_salt)

@@ -1,16 +1,35 @@
-"""Per-request block tables over the block pool: allocate on demand, free on finish/preempt."""
+"""Per-sequence block tables over the GPU block pool (and the CPU swap pool): allocation on demand,
+prefix-cache hits, copy-on-write, forks, swap out / swap in, and freeing.
+
+Sequences are ``Request`` objects (a plain request, a child of an ``n > 1`` request, or one beam of a
+beam group), keyed by ``request_id``. This class decides *which* blocks move; it never touches a
+tensor. What the model runner must do to the KV tensors before the next forward pass is appended to
+``ops`` in decision order — ``("copy", src_gpu, dst_gpu)``, ``("swap_out", gpu, cpu)``,
+``("swap_in", cpu, gpu)`` — and applied in that order by ``worker/block_ops.py``, so every op sees
+the cache exactly as the scheduler's bookkeeping did when it issued it.
+"""
 from __future__ import annotations
 
 from pagedserve.core.block_pool import BlockPool, KVCacheBlock
+from pagedserve.core.prefix_hash import update_block_hashes
 from pagedserve.engine.request import Request
 from pagedserve.utils import cdiv
 
+BlockOp = tuple[str, int, int]
+
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = False,
+                 num_cpu_blocks: int = 0) -> None:
         self.block_size = block_size
-        self.pool = BlockPool(num_blocks)
+        self.enable_caching = enable_caching
+        self.pool = BlockPool(num_blocks, enable_caching)
+        self.cpu_pool = BlockPool(num_cpu_blocks) if num_cpu_blocks > 0 else None
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
+        self.req_to_cpu_blocks: dict[str, list[KVCacheBlock]] = {}
+        self.num_hashed: dict[str, int] = {}  # blocks of each sequence already offered to the cache
+        self.ops: list[BlockOp] = []
+        self.num_copies = self.num_swapped_out = self.num_swapped_in = 0  # blocks, cumulative
 
     @property
     def num_blocks(self) -> int:
@@ -20,28 +39,191 @@ class KVCacheManager:
     def usage(self) -> float:
         return self.pool.usage()
 
+    @property
+    def cpu_usage(self) -> float:
+        return self.cpu_pool.usage() if self.cpu_pool is not None else 0.0
+
     def blocks_needed(self, num_tokens: int) -> int:
         return cdiv(num_tokens, self.block_size)
 
     def can_ever_fit(self, num_tokens: int) -> bool:
         return self.blocks_needed(num_tokens) <= self.pool.num_blocks
 
-    def allocate_slots(self, request: Request, num_new_tokens: int) -> list[int] | None:
-        """Make room for ``num_new_tokens`` more tokens; None if the pool has too few free blocks."""
-        blocks = self.req_to_blocks.setdefault(request.request_id, [])
-        need = self.blocks_needed(request.num_computed_tokens + num_new_tokens) - len(blocks)
-        if need > self.pool.num_free_blocks:
-            if not blocks:
-                del self.req_to_blocks[request.request_id]
+    def take_ops(self) -> list[BlockOp]:
+        ops, self.ops = self.ops, []
+        return ops
+
+    # -- prefix cache -------------------------------------------------------------------------
+    def get_computed_blocks(self, seq: Request) -> list[KVCacheBlock]:
+        """The longest run of cached blocks that starts the sequence, leaving at least one token to
+        compute (its logits are needed). Requests that want prompt logprobs never hit."""
+        if not self.enable_caching or seq.sampling_params.prompt_logprobs is not None:
+            return []
+        hashes = update_block_hashes(seq, self.block_size)
+        hit: list[KVCacheBlock] = []
+        for h in hashes[:(seq.num_tokens - 1) // self.block_size]:
+            block = self.pool.cached.get(h)
+            if block is None:
+                break
+            hit.append(block)
+        return hit
+
+    def cache_full_blocks(self, seq: Request) -> None:
+        """After a forward pass: register the sequence's newly completed full blocks in the cache."""
+        if not self.enable_caching:
+            return
+        blocks = self.req_to_blocks.get(seq.request_id)
+        if not blocks:
+            return
+        n_full = min(seq.num_computed_tokens // self.block_size, len(blocks))
+        done = self.num_hashed.get(seq.request_id, 0)
+        if n_full <= done:
+            return
+        hashes = update_block_hashes(seq, self.block_size)
+        for i in range(done, n_full):
+            if blocks[i].block_hash is None:
+                self.pool.cache_block(blocks[i], hashes[i])
+        self.num_hashed[seq.request_id] = n_full
+
+    # -- allocation ---------------------------------------------------------------------------
+    def allocate_slots(self, seq: Request, num_new_tokens: int,
+                       computed: list[KVCacheBlock] | None = None) -> list[int] | None:
+        """Make room for ``num_new_tokens`` more tokens of ``seq`` (after ``computed`` prefix-cache hits,
+        for a sequence that holds no blocks yet). Blocks in the write range that other sequences share
+        are replaced by private copies first (copy-on-write). None, with nothing changed, if the pool
+        has too few free blocks."""
+        computed = computed or []
+        blocks = self.req_to_blocks.get(seq.request_id, [])
+        assert not (computed and blocks), "prefix-cache hits are only taken by a sequence without blocks"
+        bs = self.block_size
+        start = seq.num_computed_tokens + len(computed) * bs  # first position written this step
+        end = start + num_new_tokens
+        have = len(blocks) + len(computed)
+        need_new = max(0, cdiv(end, bs) - have)
+        cow = [i for i in range(start // bs, min(have, cdiv(end, bs))) if blocks[i].ref_cnt > 1] if blocks else []
+        revived = sum(1 for b in computed if b.ref_cnt == 0)  # cached blocks that leave the free queue
+        if need_new + len(cow) + revived > self.pool.num_free_blocks:
             return None
-        if need > 0:
-            blocks.extend(self.pool.get_new_blocks(need))
+        if computed:
+            self.pool.touch(computed)
+            blocks = list(computed)
+        for i in cow:
+            old = blocks[i]
+            new = self.pool.get_new_blocks(1)[0]
+            if i * bs < start:  # the block holds tokens before the write position: copy them
+                self.ops.append(("copy", old.block_id, new.block_id))
+                self.num_copies += 1
+            self.pool.free_blocks([old])  # shared: only drops this sequence's reference
+            blocks[i] = new
+        if need_new:
+            blocks.extend(self.pool.get_new_blocks(need_new))
+        self.req_to_blocks[seq.request_id] = blocks
         return [b.block_id for b in blocks]
+
+    def fork(self, parent: Request, child: Request, num_tokens: int) -> None:
+        """Let ``child`` share the blocks holding ``parent``'s first ``num_tokens`` tokens (one more
+        reference each: O(blocks), no KV is copied until someone writes into a shared block)."""
+        assert child.request_id not in self.req_to_blocks
+        shared = self.req_to_blocks.get(parent.request_id, [])[:self.blocks_needed(num_tokens)]
+        self.pool.touch(shared)
+        if shared:
+            self.req_to_blocks[child.request_id] = list(shared)
+            self.num_hashed[child.request_id] = min(self.num_hashed.get(parent.request_id, 0), len(shared))
 
     def get_block_ids(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.req_to_blocks.get(request_id, [])]
 
-    def free(self, request: Request) -> None:
-        blocks = self.req_to_blocks.pop(request.request_id, None)
+    def num_exclusive_tokens(self, seq: Request) -> int:
+        """Computed tokens in blocks only this sequence holds (what a recompute would really redo when
+        prefix caching keeps the shared, cached blocks alive)."""
+        blocks = self.req_to_blocks.get(seq.request_id, [])
+        shared = 0
+        for b in blocks:
+            if not (b.ref_cnt > 1 and b.block_hash is not None):
+                break
+            shared += 1
+        return max(0, seq.num_computed_tokens - shared * self.block_size)
+
+    def free(self, seq: Request) -> None:
+        blocks = self.req_to_blocks.pop(seq.request_id, None)
+        self.num_hashed.pop(seq.request_id, None)
         if blocks:
             self.pool.free_blocks(list(reversed(blocks)))  # tail blocks first: evicted first later
+        cpu = self.req_to_cpu_blocks.pop(seq.request_id, None)
+        if cpu:
+            assert self.cpu_pool is not None
+            self.cpu_pool.free_blocks(list(reversed(cpu)))
+
+    # -- swapping -----------------------------------------------------------------------------
+    def num_swap_out_blocks(self, seqs: list[Request]) -> int:
+        """Distinct GPU blocks holding the computed tokens of ``seqs`` (shared blocks count once)."""
+        seen: set[int] = set()
+        for seq in seqs:
+            blocks = self.req_to_blocks.get(seq.request_id, [])
+            seen.update(b.block_id for b in blocks[:self.blocks_needed(seq.num_computed_tokens)])
+        return len(seen)
+
+    def can_swap_out(self, seqs: list[Request]) -> bool:
+        return self.cpu_pool is not None and self.num_swap_out_blocks(seqs) <= self.cpu_pool.num_free_blocks
+
+    def swap_out(self, seqs: list[Request]) -> None:
+        """Move the computed blocks of ``seqs`` to the CPU pool (blocks shared among them stay shared
+        there) and free their GPU blocks."""
+        assert self.can_swap_out(seqs) and self.cpu_pool is not None
+        mapping: dict[int, KVCacheBlock] = {}
+        for seq in seqs:
+            blocks = self.req_to_blocks.pop(seq.request_id, [])
+            self.num_hashed.pop(seq.request_id, None)
+            cpu_table = []
+            for b in blocks[:self.blocks_needed(seq.num_computed_tokens)]:
+                c = mapping.get(b.block_id)
+                if c is None:
+                    c = mapping[b.block_id] = self.cpu_pool.get_new_blocks(1)[0]
+                    self.ops.append(("swap_out", b.block_id, c.block_id))
+                    self.num_swapped_out += 1
+                else:
+                    self.cpu_pool.touch([c])
+                cpu_table.append(c)
+            if blocks:
+                self.pool.free_blocks(list(reversed(blocks)))
+            if cpu_table:
+                self.req_to_cpu_blocks[seq.request_id] = cpu_table
+
+    def swap_in_blocks_needed(self, seqs: list[Request], num_new_tokens: list[int]) -> int:
+        """An upper bound on the free GPU blocks that swapping ``seqs`` in and then allocating
+        ``num_new_tokens`` for each needs."""
+        distinct: set[int] = set()
+        extra = 0
+        for seq, n in zip(seqs, num_new_tokens):
+            cpu = self.req_to_cpu_blocks.get(seq.request_id, [])
+            distinct.update(c.block_id for c in cpu)
+            extra += max(0, self.blocks_needed(seq.num_computed_tokens + n) - len(cpu)) + 1  # + a CoW
+        return len(distinct) + extra
+
+    def swap_in(self, seqs: list[Request]) -> None:
+        """Bring the CPU blocks of ``seqs`` back into GPU blocks (shared ones stay shared). A block
+        whose prefix is still in the GPU prefix cache is taken from there instead of copied."""
+        assert self.cpu_pool is not None
+        mapping: dict[int, KVCacheBlock] = {}
+        for seq in seqs:
+            cpu_table = self.req_to_cpu_blocks.pop(seq.request_id, [])
+            hashes = update_block_hashes(seq, self.block_size) if self.enable_caching else []
+            blocks = []
+            for i, c in enumerate(cpu_table):
+                g = mapping.get(c.block_id)
+                if g is not None:
+                    self.pool.touch([g])
+                else:
+                    g = self.pool.get_cached_block(hashes[i]) if i < len(hashes) else None
+                    if g is not None:
+                        self.pool.touch([g])
+                    else:
+                        g = self.pool.get_new_blocks(1)[0]
+                        self.ops.append(("swap_in", c.block_id, g.block_id))
+                        self.num_swapped_in += 1
+                    mapping[c.block_id] = g
+                blocks.append(g)
+            if cpu_table:
+                self.cpu_pool.free_blocks(list(reversed(cpu_table)))
+            if blocks:
+                self.req_to_blocks[seq.request_id] = blocks

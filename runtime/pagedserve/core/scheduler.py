@@ -1,35 +1,60 @@
-"""Continuous batching with chunked prefill under one token budget.
+"""Continuous batching with chunked prefill under one token budget, with priorities, preemption by
+swap or recompute, prefix caching, copy-on-write forks and beam groups.
 
 Every step hands out up to ``max_num_batched_tokens`` tokens: running requests first (usually one
-decode token each, or their next prefill chunk), then waiting requests in arrival order while
-``max_num_seqs`` allows. When the pool runs out of blocks the latest-arrived running request is
-preempted by recompute: its blocks are freed and it restarts from prompt + generated tokens.
+decode token each, or their next prefill chunk), then waiting ones in queue order (arrival, or
+priority with aging: ``core/request_queue.py``) while ``max_num_seqs`` allows. When the pool runs out
+of blocks the last running request (the latest admitted; with the priority policy, the one with the
+worst priority key) is preempted — by recompute (blocks freed, restart from prompt + generated
+tokens) or by swap (blocks copied to the CPU pool, brought back later), per ``preemption_mode``. With
+the priority policy, a waiting request that cannot get blocks (or a sequence slot) also preempts
+running requests whose key is strictly worse than its own.
+
+A request is a *unit* of one or more sequences: a plain request is one sequence; a beam-search
+request runs a beam group (``core/beam_search.py``) whose live beams are the sequences. The children
+of an ``n > 1`` request are separate requests, but a fresh child waits until the first child has
+prefilled the prompt and then *forks* it: it shares the prompt's blocks (reference counts) and only
+computes the last prompt token itself, copying the shared partial block on that first write.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
-from collections import deque
 
 from pagedserve.config import CacheConfig, SchedulerConfig
+from pagedserve.core.beam_search import BeamSearchState
 from pagedserve.core.kv_cache_manager import KVCacheManager
+from pagedserve.core.request_queue import make_queue, priority_key
 from pagedserve.core.scheduler_output import EngineCoreOutput, ScheduledRequest, SchedulerOutput
 from pagedserve.core.stats import SchedulerStats
-from pagedserve.engine.request import Request, RequestStatus
+from pagedserve.engine.request import Request, RequestStatus, child_request_id
+from pagedserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+_WAIT = object()  # a fresh n > 1 child whose first sibling has not prefilled the prompt yet
+
 
 class Scheduler:
-    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
+                 num_cpu_blocks: int = 0) -> None:
         self.config = scheduler_config
-        self.kv = KVCacheManager(num_blocks, cache_config.block_size)
+        self.policy = scheduler_config.policy
+        self.kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching,
+                                 num_cpu_blocks)
         self.requests: dict[str, Request] = {}
-        self.waiting: deque[Request] = deque()
+        self.waiting = make_queue(self.policy)
         self.running: list[Request] = []
+        self.beam_placeholders: dict[str, list[Request]] = {}  # beam leader id → the other children
+        self._seq_no = itertools.count()
         self.num_preemptions = 0
+        self.num_preemptions_by_mode = {"recompute": 0, "swap": 0}
+        self.prefix_cache_queries = self.prefix_cache_hits = 0  # tokens
 
     # -- admission ----------------------------------------------------------------------------
-    def check_fits(self, num_prompt_tokens: int) -> None:
+    def check_fits(self, num_prompt_tokens: int, params: SamplingParams | None = None,
+                   max_tokens: int | None = None) -> None:
         """Reject requests that can never run (raise ValueError naming the limit)."""
         max_len = self.config.max_model_len
         if num_prompt_tokens > max_len:
@@ -39,13 +64,31 @@ class Scheduler:
         if not self.kv.can_ever_fit(num_prompt_tokens + 1):
             raise ValueError(f"prompt is {num_prompt_tokens} tokens, more than the whole KV cache holds "
                              f"({self.kv.num_blocks} blocks of {self.kv.block_size} tokens)")
+        if params is not None and params.use_beam_search:
+            width = params.num_beams
+            if width > self.config.max_num_seqs:
+                raise ValueError(f"beam_width={width} is larger than max_num_seqs={self.config.max_num_seqs}")
+            out = max_tokens if max_tokens is not None else (params.max_tokens or max_len - num_prompt_tokens)
+            need = self.kv.blocks_needed(num_prompt_tokens) + width * (self.kv.blocks_needed(out) + 1)
+            if need > self.kv.num_blocks:
+                raise ValueError(f"beam search with beam_width={width} and max_tokens={out} may need {need} KV "
+                                 f"blocks, more than the whole cache holds ({self.kv.num_blocks} blocks)")
 
     def add_request(self, request: Request) -> None:
-        self.check_fits(request.num_prompt_tokens)
+        self.check_fits(request.num_prompt_tokens, request.sampling_params, request.max_tokens)
         if request.request_id in self.requests:
             raise ValueError(f"request_id {request.request_id!r} is already in use")
+        seq_no = next(self._seq_no)
+        request.sort_key = (priority_key(request, self.config.priority_aging_interval, seq_no)
+                            if self.policy == "priority" else (seq_no,))
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        group = request.child_of
+        if request.sampling_params.use_beam_search:
+            if group is not None and group[1] > 0:  # gets the i-th best hypothesis when the leader finishes
+                self.beam_placeholders.setdefault(child_request_id(group[0], 0, group[2]), []).append(request)
+                return
+            self._start_beam_group(request)
+        self.waiting.push(request)
 
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> list[Request]:
         done = []
@@ -53,7 +96,11 @@ class Scheduler:
             req = self.requests.get(rid)
             if req is None or req.is_finished:
                 continue
-            if req.status == RequestStatus.RUNNING:
+            if req.beam is None and req.sampling_params.use_beam_search:  # a placeholder
+                group = self.beam_placeholders.get(child_request_id(req.child_of[0], 0, req.child_of[2]), [])
+                if req in group:
+                    group.remove(req)
+            elif req.status == RequestStatus.RUNNING:
                 self.running.remove(req)
             else:
                 self.waiting.remove(req)
@@ -62,70 +109,255 @@ class Scheduler:
             done.append(req)
         return done
 
+    # -- units and sequences ------------------------------------------------------------------
+    @staticmethod
+    def _seqs(req: Request) -> list[Request]:
+        return req.beam.beams if req.beam is not None else [req]
+
+    @staticmethod
+    def _width(req: Request) -> int:
+        return req.beam.width if req.beam is not None else 1
+
+    def _start_beam_group(self, req: Request) -> None:
+        sp = req.sampling_params
+        stop = set(sp.stop_token_ids) | (set() if sp.ignore_eos else set(req.eos_token_ids))
+        st = BeamSearchState(sp.num_beams, sp.n, sp.length_penalty, sp.early_stopping, req.max_tokens, stop)
+        st.seq_params = SamplingParams(temperature=0.0, logprobs=st.num_candidates, max_tokens=None, ignore_eos=True)
+        st.seq_ids = itertools.count()
+        req.beam = st
+        st.beams = [self._new_beam_seq(req)]
+
+    def _new_beam_seq(self, leader: Request) -> Request:
+        st = leader.beam
+        seq = Request(f"{leader.request_id}#beam{next(st.seq_ids)}", leader.prompt_token_ids, st.seq_params,
+                      arrival_time=leader.arrival_time, priority=leader.priority, max_tokens=leader.max_tokens,
+                      cache_salt=leader.cache_salt)
+        seq.beam_leader = leader
+        return seq
+
     # -- scheduling ---------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        preempted: list[Request] = []
+        planned: dict[int, list[ScheduledRequest]] = {}  # id(unit) → its entries this step
+        num_seqs = sum(self._width(r) for r in self.running)
+        preempted = False
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = self._num_new_tokens(req, budget)
-            block_ids = self.kv.allocate_slots(req, n)
-            while block_ids is None:
-                victim = self.running.pop()
-                self._preempt(victim)
-                preempted.append(victim)
+            plan = self._plan(req, budget)
+            if not plan:
+                i += 1
+                continue
+            while not self._allocate(plan):
+                victim = self.running[-1]
+                self._preempt(victim, out, planned)
+                num_seqs -= self._width(victim)
+                preempted = True
                 if victim is req:
                     break
-                block_ids = self.kv.allocate_slots(req, n)
-            if block_ids is None:
+            if req.status != RequestStatus.RUNNING:
                 break
-            out.scheduled.append(self._scheduled(req, n, block_ids))
-            budget -= n
+            planned[id(req)] = entries = self._emit(plan)
+            out.scheduled.extend(entries)
+            budget -= sum(s.num_tokens for s in entries)
             i += 1
         if not preempted:
-            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-                req = self.waiting[0]
-                n = self._num_new_tokens(req, budget)
-                block_ids = self.kv.allocate_slots(req, n)
-                if block_ids is None:
-                    break
-                self.waiting.popleft()
+            skipped: list[Request] = []
+            while len(self.waiting) and budget > 0:
+                req = self.waiting.peek()
+                fork_src = self._fork_source(req)
+                if fork_src is _WAIT:
+                    skipped.append(self.waiting.pop())
+                    continue
+                width = self._width(req)
+                entries = None
+                if num_seqs + width <= self.config.max_num_seqs:
+                    entries = self._admit(req, budget, fork_src)  # type: ignore[arg-type]
+                if entries is None:
+                    victim = self._priority_victim(req)
+                    if victim is None:
+                        break
+                    budget += self._preempt(victim, out, planned)
+                    num_seqs -= self._width(victim)
+                    continue
+                self.waiting.pop()
                 req.status = RequestStatus.RUNNING
-                self.running.append(req)
-                out.scheduled.append(self._scheduled(req, n, block_ids))
-                budget -= n
-        out.preempted_ids = [r.request_id for r in preempted]
+                if self.policy == "priority":
+                    bisect.insort(self.running, req, key=lambda r: r.sort_key)
+                else:
+                    self.running.append(req)
+                num_seqs += width
+                planned[id(req)] = entries
+                out.scheduled.extend(entries)
+                budget -= sum(s.num_tokens for s in entries)
+            for req in reversed(skipped):
+                self.waiting.push_front(req)
         out.total_num_scheduled_tokens = self.config.max_num_batched_tokens - budget
+        out.block_ops = self.kv.take_ops()
         for s in out.scheduled:  # advance now so the next schedule() sees this step's work
             s.request.num_computed_tokens += s.num_tokens
         return out
 
-    def _num_new_tokens(self, req: Request, budget: int) -> int:
-        n = req.num_tokens - req.num_computed_tokens
-        if self.config.long_prefill_token_threshold > 0:
-            n = min(n, self.config.long_prefill_token_threshold)
-        return min(n, budget)
+    def _plan(self, unit: Request, budget: int) -> list[tuple[Request, int]]:
+        """The tokens each sequence of ``unit`` computes this step. The sequences of a beam group
+        sample together: if they cannot all reach their end this step, none does."""
+        seqs = self._seqs(unit)
+        cap = self.config.long_prefill_token_threshold
+        needs = [s.num_tokens - s.num_computed_tokens for s in seqs]
+        if len(seqs) == 1:
+            n = min(needs[0], budget, cap) if cap > 0 else min(needs[0], budget)
+            return [(seqs[0], n)] if n > 0 else []
+        if sum(needs) <= budget and (cap <= 0 or max(needs) <= cap):
+            return [(s, n) for s, n in zip(seqs, needs) if n > 0]
+        plan, left = [], budget
+        for s, need in zip(seqs, needs):
+            n = min(need - 1, left, cap) if cap > 0 else min(need - 1, left)
+            if n > 0:
+                plan.append((s, n))
+                left -= n
+        return plan
 
-    def _scheduled(self, req: Request, n: int, block_ids: list[int]) -> ScheduledRequest:
-        start = req.num_computed_tokens
-        return ScheduledRequest(req, n, start, block_ids, do_sample=start + n == req.num_tokens)
+    def _allocate(self, plan: list[tuple[Request, int]]) -> bool:
+        return all(self.kv.allocate_slots(seq, n) is not None for seq, n in plan)
 
-    def _preempt(self, req: Request) -> None:
-        self.kv.free(req)
-        lost = req.num_computed_tokens
-        req.num_computed_tokens = 0
-        req.num_preemptions += 1
-        req.status = RequestStatus.PREEMPTED
+    def _emit(self, plan: list[tuple[Request, int]]) -> list[ScheduledRequest]:
+        out = []
+        for seq, n in plan:
+            start = seq.num_computed_tokens
+            out.append(ScheduledRequest(seq, n, start, self.kv.get_block_ids(seq.request_id),
+                                        do_sample=start + n == seq.num_tokens))
+        return out
+
+    def _fork_source(self, req: Request) -> Request | object | None:
+        """For a fresh child of an ``n > 1`` request: the first child to fork from, ``_WAIT`` while it
+        is still prefilling, or None (run on its own: first child gone, preempted, or 1-token prompt)."""
+        g = req.child_of
+        if (g is None or g[3] != "sample" or g[1] == 0 or req.num_output_tokens or req.num_computed_tokens
+                or req.status != RequestStatus.WAITING or req.num_prompt_tokens <= 1):
+            return None
+        leader = self.requests.get(child_request_id(g[0], 0, g[2]))
+        if leader is None or leader.is_finished:
+            return None
+        if leader.status == RequestStatus.RUNNING and leader.num_computed_tokens >= req.num_prompt_tokens - 1:
+            return leader
+        return _WAIT if leader.num_output_tokens == 0 else None
+
+    def _admit(self, req: Request, budget: int, fork_src: Request | None) -> list[ScheduledRequest] | None:
+        """Blocks for a waiting unit's next tokens (swap-in, fork or prefix-cache hits first); None,
+        with nothing changed, if the pool is too small right now."""
+        if req.status == RequestStatus.SWAPPED:
+            plan = self._plan(req, budget)
+            if not plan:
+                return None
+            seqs = self._seqs(req)
+            new = dict((id(s), n) for s, n in plan)
+            if self.kv.swap_in_blocks_needed(seqs, [new.get(id(s), 0) for s in seqs]) > self.kv.pool.num_free_blocks:
+                return None
+            self.kv.swap_in(seqs)
+            ok = self._allocate(plan)
+            assert ok, "swap-in admission checked an upper bound on the blocks it needs"
+            return self._emit(plan)
+        if fork_src is not None:
+            keep = req.num_prompt_tokens - 1
+            self.kv.fork(fork_src, req, keep)
+            req.num_computed_tokens = keep
+            if self.kv.allocate_slots(req, 1) is None:
+                self.kv.free(req)
+                req.num_computed_tokens = 0
+                return None
+            req.num_cached_tokens = fork_src.num_cached_tokens
+            return self._emit([(req, 1)])
+        seqs = self._seqs(req)
+        assert len(seqs) == 1 and seqs[0].num_computed_tokens == 0
+        seq = seqs[0]
+        hit = self.kv.get_computed_blocks(seq)
+        n_hit = len(hit) * self.kv.block_size
+        cap = self.config.long_prefill_token_threshold
+        n = min(seq.num_tokens - n_hit, budget, cap) if cap > 0 else min(seq.num_tokens - n_hit, budget)
+        if n <= 0 or self.kv.allocate_slots(seq, n, hit) is None:
+            return None
+        seq.num_computed_tokens = n_hit
+        if self.kv.enable_caching:
+            self.prefix_cache_queries += seq.num_tokens
+            self.prefix_cache_hits += n_hit
+        if req.num_preemptions == 0:
+            req.num_cached_tokens = n_hit
+        return self._emit([(seq, n)])
+
+    def _priority_victim(self, req: Request) -> Request | None:
+        """With the priority policy: the running unit to preempt for waiting ``req`` (strictly worse key)."""
+        if self.policy != "priority" or not self.running:
+            return None
+        victim = self.running[-1]
+        return victim if victim.sort_key > req.sort_key else None
+
+    # -- preemption ---------------------------------------------------------------------------
+    def _preemption_mode(self, req: Request, seqs: list[Request]) -> str:
+        mode = self.config.preemption_mode
+        computed = sum(s.num_computed_tokens for s in seqs)
+        if mode == "recompute" or computed == 0 or not self.kv.can_swap_out(seqs):
+            return "recompute"
+        if mode == "swap" or req.beam is not None:  # a beam group would restart its whole search
+            return "swap"
+        redo = sum(self.kv.num_exclusive_tokens(s) for s in seqs) if self.kv.enable_caching else computed
+        return "swap" if redo >= self.config.auto_swap_min_tokens else "recompute"
+
+    def preempt_request(self, request_id: str, mode: str | None = None) -> bool:
+        """Preempt a running request now, outside a step (tests, operators); its block ops run with the
+        next step. ``mode``: "recompute" or "swap" (falls back to recompute without CPU room)."""
+        req = self.requests.get(request_id)
+        if req is None or req.status != RequestStatus.RUNNING:
+            return False
+        self._preempt(req, SchedulerOutput(), {}, mode)
+        return True
+
+    def _preempt(self, victim: Request, out: SchedulerOutput, planned: dict[int, list[ScheduledRequest]],
+                 mode: str | None = None) -> int:
+        """Preempt a running unit; returns the tokens it had been given this step (now free again)."""
+        self.running.remove(victim)
+        refund = 0
+        entries = planned.pop(id(victim), None)
+        if entries:
+            drop = {id(e) for e in entries}
+            out.scheduled = [s for s in out.scheduled if id(s) not in drop]
+            refund = sum(e.num_tokens for e in entries)
+        seqs = self._seqs(victim)
+        if mode is None:
+            mode = self._preemption_mode(victim, seqs)
+        elif mode == "swap" and not self.kv.can_swap_out(seqs):
+            mode = "recompute"
+        tokens = sum(s.num_computed_tokens for s in seqs)
+        if mode == "swap":
+            self.kv.swap_out(seqs)
+            victim.status = RequestStatus.SWAPPED
+        else:
+            for s in seqs:
+                self.kv.free(s)
+                s.num_computed_tokens = 0
+            if victim.beam is not None:  # restart the search (deterministic: same result)
+                victim.beam.reset()
+                victim.beam.beams = [self._new_beam_seq(victim)]
+            victim.status = RequestStatus.PREEMPTED
+        victim.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(req)
-        logger.info("request %s preempted (mode=recompute, %d tokens to recompute, preemption #%d)",
-                    req.request_id, lost, req.num_preemptions)
+        self.num_preemptions_by_mode[mode] += 1
+        self.waiting.push_front(victim)
+        out.preempted_ids.append(victim.request_id)
+        logger.info("request %s preempted (mode=%s, %d tokens %s, preemption #%d of this request)",
+                    victim.request_id, mode, tokens, "swapped to CPU" if mode == "swap" else "to recompute",
+                    victim.num_preemptions)
+        return refund
 
     def _free(self, req: Request) -> None:
+        for seq in self._seqs(req):
+            self.kv.free(seq)
         self.kv.free(req)
         self.requests.pop(req.request_id, None)
+        if req.beam is not None:
+            for ph in self.beam_placeholders.pop(req.request_id, []):
+                ph.status = req.status
+                self.requests.pop(ph.request_id, None)
 
     # -- after the forward pass ---------------------------------------------------------------
     def update_from_output(self, sched: SchedulerOutput, sampled: dict[str, int],
@@ -134,10 +366,19 @@ class Scheduler:
         outputs: list[EngineCoreOutput] = []
         logprobs = logprobs or {}
         prompt_logprobs = prompt_logprobs or {}
+        beam_groups: dict[int, Request] = {}
         for s in sched.scheduled:
             req = s.request
+            leader = req.beam_leader
+            if leader is not None:  # one beam of a beam group: the group steps once all beams sampled
+                if not leader.is_finished and req in leader.beam.beams:
+                    self.kv.cache_full_blocks(req)
+                    if s.do_sample:
+                        beam_groups[id(leader)] = leader
+                continue
             if req.is_finished:
                 continue
+            self.kv.cache_full_blocks(req)
             new_tokens: list[int] = []
             if s.do_sample and req.request_id in sampled:
                 token = sampled[req.request_id]
@@ -154,6 +395,55 @@ class Scheduler:
             if req.is_finished:
                 self.running.remove(req)
                 self._free(req)
+        for leader in beam_groups.values():
+            outputs.extend(self._beam_step(leader, logprobs))
+        return outputs
+
+    def _beam_step(self, leader: Request, logprobs: dict[str, object]) -> list[EngineCoreOutput]:
+        st = leader.beam
+        beams = st.beams
+        if any(b.request_id not in logprobs for b in beams):
+            return []
+        topk = []
+        for b in beams:
+            ids, lps, _ = logprobs[b.request_id]  # type: ignore[misc]
+            topk.append((ids[1:], lps[1:]))  # entry 0 is the sampled (argmax) token
+        sel = st.step(topk, [b.output_token_ids for b in beams])
+        if sel.done:
+            return self._finish_beam_group(leader)
+        used: set[int] = set()
+        plan = []
+        for p, token in sel.next_beams:  # fork before any parent appends its own new token
+            parent = beams[p]
+            if p in used:
+                seq = parent.fork(f"{leader.request_id}#beam{next(st.seq_ids)}")
+                self.kv.fork(parent, seq, parent.num_computed_tokens)
+            else:
+                used.add(p)
+                seq = parent
+            plan.append((seq, token))
+        for seq, token in plan:
+            seq.append_output_token(token)
+        for p, b in enumerate(beams):
+            if p not in used:
+                self.kv.free(b)
+        st.beams = [seq for seq, _ in plan]
+        return []
+
+    def _finish_beam_group(self, leader: Request) -> list[EngineCoreOutput]:
+        st = leader.beam
+        hyps = st.results()
+        parent, n = (leader.child_of[0], leader.child_of[2]) if leader.child_of else (leader.request_id, 1)
+        outputs = []
+        for i in range(n):
+            h = hyps[i] if i < len(hyps) else None
+            outputs.append(EngineCoreOutput(
+                child_request_id(parent, i, n), h.token_ids if h else [], h.finish_reason if h else "length",
+                None, None, None, leader.num_cached_tokens, cumulative_logprob=h.cumulative_logprob if h else None))
+        leader.status = (RequestStatus.FINISHED_STOPPED if hyps and hyps[0].finish_reason == "stop"
+                         else RequestStatus.FINISHED_LENGTH_CAPPED)
+        self.running.remove(leader)
+        self._free(leader)
         return outputs
 
     @staticmethod
@@ -181,12 +471,27 @@ class Scheduler:
 
     # -- state --------------------------------------------------------------------------------
     def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(len(self.waiting) or self.running)
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    def reset_prefix_cache(self) -> int:
+        """Drop every cached block no request holds (benchmarks; after a model/weights change)."""
+        return self.kv.pool.reset_prefix_cache()
+
     def get_stats(self) -> SchedulerStats:
-        return SchedulerStats(num_running=len(self.running), num_waiting=len(self.waiting),
-                              kv_cache_usage=self.kv.usage, num_preemptions_total=self.num_preemptions,
-                              num_gpu_blocks=self.kv.num_blocks, block_size=self.kv.block_size)
+        kv = self.kv
+        return SchedulerStats(
+            num_running=len(self.running), num_waiting=len(self.waiting),
+            num_swapped=(sum(1 for r in self.waiting if r.status == RequestStatus.SWAPPED)
+                         if self.num_preemptions_by_mode["swap"] else 0),
+            kv_cache_usage=kv.usage, cpu_cache_usage=kv.cpu_usage, num_preemptions_total=self.num_preemptions,
+            prefix_cache_queries_total=self.prefix_cache_queries, prefix_cache_hits_total=self.prefix_cache_hits,
+            num_gpu_blocks=kv.num_blocks, block_size=kv.block_size,
+            num_cpu_blocks=kv.cpu_pool.num_blocks if kv.cpu_pool is not None else 0,
+            num_preemptions_recompute_total=self.num_preemptions_by_mode["recompute"],
+            num_preemptions_swap_total=self.num_preemptions_by_mode["swap"],
+            num_blocks_swapped_out_total=kv.num_swapped_out, num_blocks_swapped_in_total=kv.num_swapped_in,
+            num_cow_copies_total=kv.num_copies, prefix_cache_evictions_total=kv.pool.num_evictions)
+

@@ -24,10 +24,27 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted_ids: list[str] = field(default_factory=list)
     total_num_scheduled_tokens: int = 0
+    # KV block operations to run before the forward pass, in this order (worker/block_ops.py):
+    # ("copy", src gpu block, dst gpu block)   copy-on-write of a shared block
+    # ("swap_out", gpu block, cpu block)        preemption by swap
+    # ("swap_in", cpu block, gpu block)         resuming a swapped request
+    block_ops: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+    @property
+    def blocks_to_copy(self) -> list[tuple[int, int]]:
+        return [(a, b) for kind, a, b in self.block_ops if kind == "copy"]
+
+    @property
+    def blocks_to_swap_out(self) -> list[tuple[int, int]]:
+        return [(a, b) for kind, a, b in self.block_ops if kind == "swap_out"]
+
+    @property
+    def blocks_to_swap_in(self) -> list[tuple[int, int]]:
+        return [(a, b) for kind, a, b in self.block_ops if kind == "swap_in"]
 
 
 @dataclass
@@ -41,6 +58,7 @@ class EngineCoreOutput:
     new_logprobs: list | None = None
     new_prompt_logprobs: list | None = None
     num_cached_tokens: int = 0
+    cumulative_logprob: float | None = None  # set on the final outputs of a beam search
 
     @property
     def finished(self) -> bool:

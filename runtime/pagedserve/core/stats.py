@@ -16,3 +16,10 @@ class SchedulerStats:
     prefix_cache_hits_total: int = 0  # cumulative, in tokens
     num_gpu_blocks: int = 0
     block_size: int = 16
+    num_cpu_blocks: int = 0
+    num_preemptions_recompute_total: int = 0  # cumulative, by mode (sum = num_preemptions_total)
+    num_preemptions_swap_total: int = 0
+    num_blocks_swapped_out_total: int = 0  # cumulative, in blocks
+    num_blocks_swapped_in_total: int = 0
+    num_cow_copies_total: int = 0  # copy-on-write block copies, cumulative
+    prefix_cache_evictions_total: int = 0  # cached blocks reused for other content, cumulative

@@ -54,14 +54,34 @@ class InputProcessor:
         room = self.config.model_config.max_model_len - prompt_len
         return max(1, min(params.max_tokens, room) if params.max_tokens is not None else room)
 
-    def child_params(self, request_id: str, params: SamplingParams) -> dict[str, SamplingParams]:
-        """``n`` parallel samples become ``n`` engine requests; seeded children get seed + index."""
+    @staticmethod
+    def child_params(request_id: str, params: SamplingParams) -> dict[str, SamplingParams]:
+        """``n`` parallel samples become ``n`` engine requests; seeded children get seed + index. The
+        engine core prefills the prompt once (child 0) and forks the others from it copy-on-write.
+        A beam search is one engine request (child 0 runs the beam group; the other children get the
+        2nd, 3rd, ... best hypotheses when it ends)."""
         n = params.n
         out = {}
         for i in range(n):
-            seed = None if params.seed is None else params.seed + i
-            out[child_request_id(request_id, i, n)] = params if n == 1 else params.clone(n=1, best_of=1, seed=seed)
+            cid = child_request_id(request_id, i, n)
+            if params.use_beam_search:
+                cp = params.clone()
+                cp.child_of = (request_id, i, n, "beam")
+            elif n == 1:
+                cp = params
+            else:
+                cp = params.clone(n=1, best_of=1, seed=None if params.seed is None else params.seed + i)
+                cp.child_of = (request_id, i, n, "sample")
+            out[cid] = cp
         return out
+
+    @staticmethod
+    def with_cache_salt(prompt: "PromptType", params: SamplingParams, cache_salt: str | None) -> SamplingParams:
+        """A ``cache_salt`` given beside the prompt (argument or prompt dict key) travels in the params."""
+        salt = cache_salt if cache_salt is not None else (prompt.get("cache_salt") if isinstance(prompt, dict) else None)
+        if salt is None or salt == params.cache_salt:
+            return params
+        return params.clone(cache_salt=salt)
 
 
 class LLMEngine:
@@ -78,19 +98,23 @@ class LLMEngine:
         return cls(args.create_engine_config(), use_tqdm=use_tqdm, skip_tokenizer_init=skip_tokenizer_init)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
-                    arrival_time: float | None = None, priority: int = 0) -> None:
-        params = params or SamplingParams()
+                    arrival_time: float | None = None, priority: int = 0, cache_salt: str | None = None) -> None:
+        params = self.processor.with_cache_salt(prompt, params or SamplingParams(), cache_salt)
         if request_id in self.output_processor.states:
             raise ValueError(f"request_id {request_id!r} is already in use")
         text, ids = self.processor.tokenize(prompt)
-        self.core.scheduler.check_fits(len(ids))
         max_tokens = self.processor.max_tokens(params, len(ids))
+        self.core.scheduler.check_fits(len(ids), params, max_tokens)
         children = self.processor.child_params(request_id, params)
         self.output_processor.add_request(request_id, text, ids, params, children)
         arrival = time.time() if arrival_time is None else arrival_time
-        for cid, cp in children.items():
-            self.core.add_request(Request(cid, ids, cp, eos_token_ids=self.processor.eos_ids,
-                                          arrival_time=arrival, priority=priority, max_tokens=max_tokens))
+        try:
+            for cid, cp in children.items():
+                self.core.add_request(Request(cid, ids, cp, eos_token_ids=self.processor.eos_ids,
+                                              arrival_time=arrival, priority=priority, max_tokens=max_tokens))
+        except Exception:
+            self.abort_request(request_id)
+            raise
 
     def abort_request(self, request_id: str | list[str]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)

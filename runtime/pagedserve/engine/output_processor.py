@@ -11,6 +11,7 @@ from typing import Any
 
 from pagedserve.core.scheduler_output import EngineCoreOutput
 from pagedserve.engine.detokenizer import IncrementalDetokenizer
+from pagedserve.engine.request import child_request_id  # noqa: F401  (re-exported: the frontends import it here)
 from pagedserve.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
@@ -42,10 +43,6 @@ class RequestState:
     @property
     def finished(self) -> bool:
         return all(c.finish_reason is not None for c in self.children.values())
-
-
-def child_request_id(request_id: str, index: int, n: int) -> str:
-    return request_id if n == 1 else f"{index}_{request_id}"
 
 
 class OutputProcessor:
@@ -113,6 +110,8 @@ class OutputProcessor:
         if child.finish_reason is not None:
             return
         child.token_ids.extend(o.new_token_ids)
+        if o.cumulative_logprob is not None:  # a beam-search result
+            child.cumulative_logprob = o.cumulative_logprob
         if o.new_logprobs and child.logprobs is not None:
             dicts = self._lp_dicts(o.new_logprobs)
             child.logprobs.extend(dicts)

@@ -10,6 +10,11 @@ import torch
 from pagedserve.sampling_params import SamplingParams
 
 
+def child_request_id(request_id: str, index: int, n: int) -> str:
+    """The engine-core id of child ``index`` of a request with ``n`` children (n > 1 or beam search)."""
+    return request_id if n == 1 else f"{index}_{request_id}"
+
+
 class RequestStatus(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
@@ -34,7 +39,7 @@ class Request:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: list[int] | None = None, arrival_time: float | None = None,
-                 priority: int = 0, max_tokens: int | None = None) -> None:
+                 priority: int = 0, max_tokens: int | None = None, cache_salt: str | None = None) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
@@ -54,6 +59,14 @@ class Request:
         self.output_logprobs: list[Any] = []
         self.prompt_logprobs: list[Any] = []
         self.events: dict[str, float] = {"arrival": self.arrival_time}
+        # -- memory features (core/) --
+        self.cache_salt = cache_salt if cache_salt is not None else sampling_params.cache_salt
+        self.block_hashes: list[bytes] = []  # chained hashes of the full blocks (prefix caching)
+        # (parent request id, index, n, "sample" | "beam") for the children of an n > 1 / beam request
+        self.child_of: tuple[str, int, int, str] | None = getattr(sampling_params, "child_of", None)
+        self.beam: Any = None  # BeamSearchState on the request that runs a beam group
+        self.beam_leader: Request | None = None  # on a beam's sequence: the request that owns the group
+        self.sort_key: tuple = ()  # scheduling order (core/request_queue.py)
 
     @property
     def num_tokens(self) -> int:
@@ -70,6 +83,19 @@ class Request:
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+
+    def fork(self, request_id: str) -> "Request":
+        """A copy of this sequence's tokens and progress under a new id (beam search); the KV blocks
+        are shared separately by the KV cache manager (reference counts)."""
+        child = Request.__new__(Request)
+        child.__dict__.update(self.__dict__)
+        child.request_id = request_id
+        child.all_token_ids = list(self.all_token_ids)
+        child.output_token_ids = list(self.output_token_ids)
+        child.block_hashes = list(self.block_hashes)
+        child.output_logprobs, child.prompt_logprobs = [], []
+        child.events = dict(self.events)
+        return child
 
     def __repr__(self) -> str:
         return (f"Request({self.request_id!r}, prompt={self.num_prompt_tokens}, out={self.num_output_tokens}, "

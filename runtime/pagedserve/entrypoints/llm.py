@@ -7,9 +7,10 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from pagedserve.config import EngineArgs
+from pagedserve.core.beam_search import BeamSearchOutput, BeamSearchSequence
 from pagedserve.engine.llm_engine import LLMEngine, PromptType
 from pagedserve.outputs import RequestOutput
-from pagedserve.sampling_params import SamplingParams
+from pagedserve.sampling_params import BeamSearchParams, SamplingParams
 
 _GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -66,6 +67,23 @@ class LLM:
             self.llm_engine.abort_request(ids)
             raise
         return self._run(ids, use_tqdm)
+
+    def beam_search(self, prompts: PromptType | Sequence[PromptType], params: BeamSearchParams,
+                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """Beam search in the engine core (beams share KV blocks copy-on-write), scored like HF
+        transformers' ``generate(num_beams=params.beam_width, length_penalty=..., early_stopping=...)``.
+        Returns, per prompt, the ``beam_width`` best sequences (prompt tokens included), best first."""
+        outs = self.generate(prompts, params.to_sampling_params(), use_tqdm=use_tqdm)
+        results = []
+        for o in outs:
+            seqs = []
+            for c in o.outputs:
+                cum = c.cumulative_logprob if c.cumulative_logprob is not None else 0.0
+                score = cum / (max(1, len(c.token_ids)) ** params.length_penalty)
+                seqs.append(BeamSearchSequence(list(o.prompt_token_ids) + list(c.token_ids), c.text, cum, score,
+                                               c.finish_reason))
+            results.append(BeamSearchOutput(seqs))
+        return results
 
     def chat(self, messages: list[dict[str, str]] | list[list[dict[str, str]]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
