@@ -105,6 +105,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        if sched.block_ops:  # copy-on-write block copies and swaps first (worker/block_ops.py)
+            self.block_ops.apply(sched.block_ops)
         out = ModelRunnerOutput()
         if sched.is_empty:
             return out
