@@ -16,6 +16,7 @@ import torch
 
 from pagedserve.attention.metadata import AttentionMetadata
 from pagedserve.forward_context import ForwardContext, set_forward_context
+from pagedserve.worker.input_batch import gather_input_ids
 from pagedserve.utils import cdiv
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class DecodeCUDAGraphs:
     def can_run(self, h: "HostInput") -> bool:
         return h.is_pure_decode and h.num_reqs <= self.max_batch and h.block_tables.shape[1] <= self.max_blocks
 
-    def run(self, h: "HostInput") -> torch.Tensor:
+    def run(self, h: "HostInput", prev_sampled: torch.Tensor | None = None) -> torch.Tensor:
         """Replay the decode graph for ``h``; returns logits [B, vocab] (a view of a static buffer)."""
         b = h.num_reqs
         bs = next(s for s in self.sizes if s >= b)
@@ -100,6 +101,8 @@ class DecodeCUDAGraphs:
         tables = self.h_tables.numpy()[:b * w].reshape(b, w)
         tables[:] = h.block_tables
         self.input_ids[:b].copy_(self.h_ids[:b], non_blocking=True)
+        if h.src_rows is not None:
+            self.input_ids[:b] = gather_input_ids(self.input_ids[:b], h.src_rows, prev_sampled)
         self.positions[:b].copy_(self.h_pos[:b], non_blocking=True)
         self.slot_mapping[:b].copy_(self.h_slots[:b], non_blocking=True)
         self.seq_lens[:b].copy_(self.h_lens[:b], non_blocking=True)

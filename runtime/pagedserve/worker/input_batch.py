@@ -26,6 +26,9 @@ class HostInput:
     sample_rows: list[tuple[int, int]] = field(default_factory=list)  # (scheduled idx, logits row)
     # (scheduled idx, first logits row, count, prompt index of the first scored token)
     prompt_lp_rows: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # async scheduling: per token, the row of the previous step's sampled tensor that holds its id
+    # (the token is not on the host yet), or -1; None when every id is on the host
+    src_rows: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -53,7 +56,10 @@ def wants_prompt_logprobs(s: ScheduledRequest) -> bool:
     return sp.prompt_logprobs is not None and s.start < s.request.num_prompt_tokens - 1
 
 
-def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int) -> HostInput:
+def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int,
+                   prev_rows: dict[str, int] | None = None) -> HostInput:
+    """``prev_rows``: request id → row of the in-flight previous step's sampled tokens (async
+    scheduling); a decode whose input token is not on the host yet reads it from there."""
     order = sorted(range(len(scheduled)), key=lambda i: scheduled[i].num_tokens != 1)  # decodes first
     num_decodes = sum(1 for i in order if scheduled[i].num_tokens == 1)
     lens = np.fromiter((scheduled[i].num_tokens for i in order), dtype=np.int64, count=len(order))
@@ -65,14 +71,23 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int) -> HostIn
     positions = np.arange(total, dtype=np.int64) - np.repeat(qsl[:-1].astype(np.int64) - starts, lens)
     max_blocks = max((len(scheduled[i].block_ids) for i in order), default=1)
     block_tables = np.zeros((len(order), max_blocks), dtype=np.int32)
-    if num_decodes == len(order):  # fast path: one token per request
-        input_ids = np.fromiter((scheduled[i].request.all_token_ids[scheduled[i].start] for i in order),
-                                dtype=np.int64, count=total)
-    else:
-        input_ids = np.empty(total, dtype=np.int64)
-        for row, i in enumerate(order):
-            s = scheduled[i]
-            input_ids[qsl[row]:qsl[row + 1]] = s.token_ids
+    input_ids = np.empty(total, dtype=np.int64)
+    src_rows = None
+    for row, i in enumerate(order):
+        s = scheduled[i]
+        ids = s.request.all_token_ids
+        if s.num_tokens == 1:
+            if s.start < len(ids):
+                input_ids[row] = ids[s.start]
+            else:  # sampled by the step still in flight
+                if prev_rows is None:
+                    raise RuntimeError(f"request {s.request.request_id}: input token not sampled yet")
+                if src_rows is None:
+                    src_rows = np.full(total, -1, dtype=np.int64)
+                input_ids[row] = 0
+                src_rows[row] = prev_rows[s.request.request_id]
+        else:
+            input_ids[qsl[row]:qsl[row + 1]] = ids[s.start:s.start + s.num_tokens]
     for row, i in enumerate(order):
         ids = scheduled[i].block_ids
         block_tables[row, :len(ids)] = ids
@@ -94,7 +109,7 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int) -> HostIn
             sample_rows.append((i, len(logits_idx)))
             logits_idx.append(int(qsl[row + 1]) - 1)
     return HostInput(input_ids, positions, slot_mapping, qsl, seq_lens, block_tables,
-                     np.array(logits_idx, dtype=np.int64), num_decodes, order, sample_rows, prompt_rows)
+                     np.array(logits_idx, dtype=np.int64), num_decodes, order, sample_rows, prompt_rows, src_rows)
 
 
 def _dev(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -104,7 +119,17 @@ def _dev(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return t
 
 
-def to_device(h: HostInput, device: torch.device) -> ModelInput:
+def gather_input_ids(ids: torch.Tensor, src_rows: np.ndarray | None, prev_sampled: torch.Tensor | None
+                     ) -> torch.Tensor:
+    """Fill the placeholder ids from the previous step's sampled tensor, on the device (no sync)."""
+    if src_rows is None:
+        return ids
+    assert prev_sampled is not None
+    src = _dev(src_rows, ids.device)
+    return torch.where(src >= 0, prev_sampled[src.clamp(min=0)], ids)
+
+
+def to_device(h: HostInput, device: torch.device, prev_sampled: torch.Tensor | None = None) -> ModelInput:
     qsl_cpu, sl_cpu = torch.from_numpy(h.query_start_loc), torch.from_numpy(h.seq_lens)
     meta = AttentionMetadata(
         slot_mapping=_dev(h.slot_mapping, device), query_start_loc=_dev(h.query_start_loc, device),
@@ -112,5 +137,5 @@ def to_device(h: HostInput, device: torch.device) -> ModelInput:
         max_query_len=int((h.query_start_loc[1:] - h.query_start_loc[:-1]).max(initial=0)),
         max_seq_len=int(h.seq_lens.max(initial=0)), num_decodes=h.num_decodes,
         num_prefill_tokens=h.num_tokens - h.num_decodes, query_start_loc_cpu=qsl_cpu, seq_lens_cpu=sl_cpu)
-    return ModelInput(_dev(h.input_ids, device), _dev(h.positions, device), meta,
-                      _dev(h.logits_indices, device))
+    ids = gather_input_ids(_dev(h.input_ids, device), h.src_rows, prev_sampled)
+    return ModelInput(ids, _dev(h.positions, device), meta, _dev(h.logits_indices, device))

@@ -48,6 +48,7 @@ class ModelRunner:
         self.kv_cache: torch.Tensor | None = None
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeCUDAGraphs once captured
+        self.piecewise = None  # PiecewiseCUDAGraphs for prefill / mixed steps
 
     # -- KV cache -----------------------------------------------------------------------------
     def kv_block_bytes(self) -> int:
@@ -92,62 +93,121 @@ class ModelRunner:
 
         self.graphs = DecodeCUDAGraphs(self, self.config.scheduler_config.max_num_seqs)
         self.graphs.capture()
-        return self.graphs.capture_seconds
+        seconds = self.graphs.capture_seconds
+        from pagedserve.worker.piecewise_graphs import PiecewiseCUDAGraphs, supports_piecewise
+
+        if supports_piecewise(self.model):
+            self.piecewise = PiecewiseCUDAGraphs(self, self.config.scheduler_config.max_num_batched_tokens)
+            self.piecewise.capture()
+            seconds += self.piecewise.capture_seconds
+        return seconds
 
     # -- one step -----------------------------------------------------------------------------
-    def _logits(self, h: HostInput) -> torch.Tensor:
-        if self.graphs is not None and self.graphs.can_run(h):
-            return self.graphs.run(h)
-        inp = to_device(h, self.device)
+    def _hidden(self, h: HostInput, prev_sampled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states of every token (piecewise graphs or eager) and the rows to turn into logits."""
+        inp = to_device(h, self.device, prev_sampled)
+        if self.piecewise is not None and self.piecewise.can_run(h):
+            return self.piecewise.run(h, inp.input_ids, inp.positions, inp.attn_metadata), inp.logits_indices
         with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
-            hidden = self.model(inp.input_ids, inp.positions)
-        return self.model.compute_logits(hidden[inp.logits_indices])
+            return self.model(inp.input_ids, inp.positions), inp.logits_indices
+
+    def _logits(self, h: HostInput, prev_sampled: torch.Tensor | None) -> torch.Tensor:
+        if self.graphs is not None and self.graphs.can_run(h):
+            return self.graphs.run(h, prev_sampled)  # decode CUDA graph: forward and LM head
+        hidden, rows = self._hidden(h, prev_sampled)
+        return self.model.compute_logits(hidden[rows])
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        return self.collect(self.launch(sched))
+
+    @torch.inference_mode()
+    def launch(self, sched: SchedulerOutput, prev: "StepHandle | None" = None) -> "StepHandle":
+        """Queue one step on the device without waiting for it; ``collect`` reads its results.
+        ``prev`` is the step still in flight (async scheduling): tokens it samples are gathered
+        on the device as inputs of this step."""
         if sched.block_ops:  # copy-on-write block copies and swaps first (worker/block_ops.py)
             self.block_ops.apply(sched.block_ops)
-        out = ModelRunnerOutput()
+        handle = StepHandle()
         if sched.is_empty:
-            return out
-        h = prepare_inputs(sched.scheduled, self.block_size)
+            return handle
+        prev_rows = prev.row_of if prev is not None else None
+        prev_sampled = prev.sampled if prev is not None else None
+        h = prepare_inputs(sched.scheduled, self.block_size, prev_rows)
         if len(h.logits_indices) == 0:
-            inp = to_device(h, self.device)  # a prefill chunk that samples nothing: fill the cache only
-            with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
-                self.model(inp.input_ids, inp.positions)
-            return out
+            self._hidden(h, prev_sampled)  # a prefill chunk that samples nothing: fill the cache only
+            return handle
         # sampling inputs go to the device before the forward pass is queued: no sync in between
         reqs = [sched.scheduled[i].request for i, _ in h.sample_rows]
         meta = build_sampling_metadata(reqs, self.mc.arch.vocab_size, self.device) if reqs else None
-        logits = self._logits(h).float()
+        logits = self._logits(h, prev_sampled).float()
         if meta is not None:
             rows = [r for _, r in h.sample_rows]
             so = self.sampler(logits if rows == list(range(len(logits))) else logits[rows], meta)
-            tokens = so.sampled.tolist()  # the step's one host sync
-            for req, tok in zip(reqs, tokens):
-                out.sampled[req.request_id] = tok
-            if so.logprobs is not None:
-                ids, lps, ranks = so.logprob_token_ids.tolist(), so.logprobs.tolist(), so.sampled_ranks.tolist()
-                for row, req in enumerate(reqs):
-                    k = req.sampling_params.logprobs
-                    if k is not None:
-                        out.logprobs[req.request_id] = (ids[row][:k + 1], lps[row][:k + 1], ranks[row])
+            handle.reqs, handle.sampler_out, handle.sampled = reqs, so, so.sampled
+            handle.row_of = {r.request_id: i for i, r in enumerate(reqs)}
+            handle.host_sampled = _to_host(so.sampled)
         for i, first, count, first_index in h.prompt_lp_rows:
             s = sched.scheduled[i]
             req = s.request
             targets = torch.tensor(req.all_token_ids[s.start + 1:s.start + 1 + count], device=self.device)
-            out.prompt_logprobs[req.request_id] = (first_index, _prompt_logprobs(
-                logits[first:first + count], targets, req.sampling_params.prompt_logprobs or 0))
+            handle.prompt_lp.append((req, first_index, _prompt_logprobs(
+                logits[first:first + count], targets, req.sampling_params.prompt_logprobs or 0)))
+        if self.device.type == "cuda":
+            handle.event = torch.cuda.Event()
+            handle.event.record()
+        return handle
+
+    def collect(self, handle: "StepHandle") -> ModelRunnerOutput:
+        """Wait for a launched step and return its sampled tokens (the step's one host sync)."""
+        out = ModelRunnerOutput()
+        if handle.event is not None:
+            handle.event.synchronize()
+        if handle.host_sampled is not None:
+            for req, tok in zip(handle.reqs, handle.host_sampled.tolist()):
+                out.sampled[req.request_id] = tok
+        so = handle.sampler_out
+        if so is not None and so.logprobs is not None:
+            ids, lps, ranks = so.logprob_token_ids.tolist(), so.logprobs.tolist(), so.sampled_ranks.tolist()
+            for row, req in enumerate(handle.reqs):
+                k = req.sampling_params.logprobs
+                if k is not None:
+                    out.logprobs[req.request_id] = (ids[row][:k + 1], lps[row][:k + 1], ranks[row])
+        for req, first_index, (ids_t, vals_t, ranks_t) in handle.prompt_lp:
+            out.prompt_logprobs[req.request_id] = (first_index, list(zip(ids_t.tolist(), vals_t.tolist(),
+                                                                         ranks_t.tolist())))
         return out
 
 
+@dataclass
+class StepHandle:
+    """A launched step: device tensors of its results and the event that marks their completion."""
+
+    reqs: list = field(default_factory=list)
+    sampled: torch.Tensor | None = None  # [B] on the device (inputs of the next step)
+    host_sampled: torch.Tensor | None = None  # the same, copied to (pinned) host memory
+    sampler_out: object = None
+    row_of: dict[str, int] = field(default_factory=dict)
+    prompt_lp: list = field(default_factory=list)
+    event: "torch.cuda.Event | None" = None
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    if t.device.type != "cuda":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
 def _prompt_logprobs(logits: torch.Tensor, targets: torch.Tensor, k: int
-                     ) -> list[tuple[list[int], list[float], int]]:
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(token ids, logprobs, rank of the prompt token) per scored position, on the device."""
     lp = logits.log_softmax(dim=-1)
     tok_lp = lp.gather(1, targets.unsqueeze(1))
-    ranks = ((lp > tok_lp).sum(dim=-1) + 1).tolist()
+    ranks = (lp > tok_lp).sum(dim=-1) + 1
     ids, vals = targets.unsqueeze(1), tok_lp
     if k > 0:
         top_lp, top_ids = lp.topk(k, dim=-1)
         ids, vals = torch.cat([ids, top_ids], 1), torch.cat([vals, top_lp], 1)
-    return list(zip(ids.tolist(), vals.tolist(), ranks))
+    return ids, vals, ranks
