@@ -76,7 +76,7 @@ def test_metric_names_are_the_runtimes() -> None:
         exprs = [t['expr'] for p in board['panels'] for t in p.get('targets', [])]
         exprs += [v['query']['query'] for v in board['templating']['list'] if v['type'] == 'query']
         for expr in exprs:
-            used |= set(re.findall(r'\b(pagedserve:[a-z_]+|DCGM_FI_[A-Z_]+)', expr))
+            used |= set(re.findall(r'\b(pagedserve:[a-z0-9_]+|DCGM_FI_[A-Z_]+)', expr))
     unknown = {n for n in used if n.startswith('pagedserve:') and n not in exported}
     assert not unknown, f'dashboards use metrics the runtime does not export: {unknown}'
     assert {n for n in used if n.startswith('DCGM_')} <= DCGM
