@@ -118,17 +118,19 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, stream: 
             c["usage"] = usage(prompt_tokens, sum(comp)) if continuous else None
         return sse(c)
 
+    started = [False] * n
     try:
-        for i in range(n):
-            await resp.write(chunk(i, {"role": "assistant", "content": ""}))
-            if echo:
-                await resp.write(chunk(i, {"content": echo}))
         async for out in stream:
             cached = out.num_cached_tokens
             for c in out.outputs:
                 idx = c.index
                 if done[idx]:
                     continue
+                if not started[idx]:  # the role chunk goes out with the first token, so TTFT stays honest
+                    started[idx] = True
+                    await resp.write(chunk(idx, {"role": "assistant", "content": ""}))
+                    if echo:
+                        await resp.write(chunk(idx, {"content": echo}))
                 comp[idx] += len(c.token_ids)
                 lp = chat_logprobs(model, c.token_ids, c.logprobs, k) if k is not None and c.token_ids else None
                 if c.text or lp:
