@@ -72,6 +72,7 @@ class EngineConfig:
     device: str
     enforce_eager: bool = False
     attention_backend: str = "auto"
+    async_scheduling: bool = False
 
 
 @dataclass
@@ -107,6 +108,7 @@ class EngineArgs:
     revision: str | None = None
     enforce_eager: bool = False
     attention_backend: str = "auto"
+    async_scheduling: bool | None = None  # None: on for CUDA, off elsewhere
     hf_overrides: dict[str, Any] | None = None
 
     def create_engine_config(self) -> EngineConfig:
@@ -150,8 +152,10 @@ class EngineArgs:
             preemption_mode=self.preemption_mode, priority_aging_interval=self.priority_aging_interval,
             auto_swap_min_tokens=self.auto_swap_min_tokens)
         parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size)
+        async_sched = on_gpu if self.async_scheduling is None else self.async_scheduling
         return EngineConfig(model_config, cache_config, sched, parallel, device,
-                            enforce_eager=self.enforce_eager, attention_backend=self.attention_backend)
+                            enforce_eager=self.enforce_eager, attention_backend=self.attention_backend,
+                            async_scheduling=async_sched)
 
     def _verify(self) -> None:
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):

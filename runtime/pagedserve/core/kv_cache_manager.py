@@ -75,7 +75,8 @@ class KVCacheManager:
         blocks = self.req_to_blocks.get(seq.request_id)
         if not blocks:
             return
-        n_full = min(seq.num_computed_tokens // self.block_size, len(blocks))
+        # (with a step in flight, num_computed_tokens may run one token ahead of the known ids)
+        n_full = min(min(seq.num_computed_tokens, seq.num_tokens) // self.block_size, len(blocks))
         done = self.num_hashed.get(seq.request_id, 0)
         if n_full <= done:
             return

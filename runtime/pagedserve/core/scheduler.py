@@ -197,14 +197,24 @@ class Scheduler:
         out.block_ops = self.kv.take_ops()
         for s in out.scheduled:  # advance now so the next schedule() sees this step's work
             s.request.num_computed_tokens += s.num_tokens
+            if s.do_sample:  # its token is a placeholder until update_from_output appends it
+                s.request.num_output_placeholders += 1
         return out
+
+    def _done_in_flight(self, seq: Request) -> bool:
+        """The token still in flight will end this sequence by length (async scheduling)."""
+        n_out = seq.num_output_tokens + seq.num_output_placeholders
+        capacity = min(self.config.max_model_len, self.kv.num_blocks * self.kv.block_size)
+        return n_out >= seq.max_tokens or seq.num_tokens + seq.num_output_placeholders >= capacity
 
     def _plan(self, unit: Request, budget: int) -> list[tuple[Request, int]]:
         """The tokens each sequence of ``unit`` computes this step. The sequences of a beam group
         sample together: if they cannot all reach their end this step, none does."""
         seqs = self._seqs(unit)
         cap = self.config.long_prefill_token_threshold
-        needs = [s.num_tokens - s.num_computed_tokens for s in seqs]
+        needs = [s.num_tokens + s.num_output_placeholders - s.num_computed_tokens for s in seqs]
+        if len(seqs) == 1 and seqs[0].num_output_placeholders and self._done_in_flight(seqs[0]):
+            return []  # its in-flight token is its last: nothing more to compute
         if len(seqs) == 1:
             n = min(needs[0], budget, cap) if cap > 0 else min(needs[0], budget)
             return [(seqs[0], n)] if n > 0 else []
@@ -226,7 +236,7 @@ class Scheduler:
         for seq, n in plan:
             start = seq.num_computed_tokens
             out.append(ScheduledRequest(seq, n, start, self.kv.get_block_ids(seq.request_id),
-                                        do_sample=start + n == seq.num_tokens))
+                                        do_sample=start + n == seq.num_tokens + seq.num_output_placeholders))
         return out
 
     def _fork_source(self, req: Request) -> Request | object | None:
@@ -349,6 +359,14 @@ class Scheduler:
                     victim.num_preemptions)
         return refund
 
+    def _dequeue(self, req: Request) -> None:
+        """Take a request that just finished out of its queue (with async scheduling it may have been
+        preempted while its last token was in flight)."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
     def _free(self, req: Request) -> None:
         for seq in self._seqs(req):
             self.kv.free(seq)
@@ -393,7 +411,7 @@ class Scheduler:
                 req.request_id, new_tokens, req.status.finish_reason, req.stop_reason,
                 [lp] if lp is not None else None, plp, req.num_cached_tokens))
             if req.is_finished:
-                self.running.remove(req)
+                self._dequeue(req)
                 self._free(req)
         for leader in beam_groups.values():
             outputs.extend(self._beam_step(leader, logprobs))

@@ -7,11 +7,11 @@ import time
 
 from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler import Scheduler
-from pagedserve.core.scheduler_output import EngineCoreOutput
+from pagedserve.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedserve.core.stats import SchedulerStats
 from pagedserve.engine.request import Request, RequestStatus
 from pagedserve.worker.block_ops import BlockOps
-from pagedserve.worker.model_runner import ModelRunner
+from pagedserve.worker.model_runner import ModelRunner, StepHandle
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ class EngineCore:
         config.cache_config.num_cpu_blocks = num_cpu_blocks
         self.runner.block_ops = BlockOps(self.runner.kv_cache, num_cpu_blocks)  # CoW copies and swaps
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, num_cpu_blocks)
+        self.async_scheduling = config.async_scheduling
+        self.inflight: tuple[SchedulerOutput, StepHandle] | None = None  # the step on the device
         self.startup_seconds = time.perf_counter() - t0
         logger.info("engine core ready in %.2f s", self.startup_seconds)
 
@@ -46,14 +48,45 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
     def step(self) -> list[EngineCoreOutput]:
+        """One step. With async scheduling, step N+1 is scheduled and queued on the device before
+        the results of step N are read back, so the host's work overlaps the device's; outputs then
+        trail the device by one step."""
+        if not self.async_scheduling or self._needs_sync():
+            outputs = self._finish_inflight()
+            sched = self.scheduler.schedule()
+            if sched.is_empty and not sched.block_ops:
+                return outputs
+            out = self.runner.execute_model(sched)
+            return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
         sched = self.scheduler.schedule()
-        if sched.is_empty and not sched.block_ops:
+        handle = None
+        if not sched.is_empty or sched.block_ops:
+            handle = self.runner.launch(sched, self.inflight[1] if self.inflight else None)
+        outputs = self._finish_inflight()
+        if handle is not None:
+            self.inflight = (sched, handle)
+        return outputs
+
+    def _finish_inflight(self) -> list[EngineCoreOutput]:
+        if self.inflight is None:
             return []
-        out = self.runner.execute_model(sched)
+        sched, handle = self.inflight
+        self.inflight = None
+        out = self.runner.collect(handle)
         return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
 
+    def _needs_sync(self) -> bool:
+        """Requests whose next step depends on this step's tokens on the host: beam search (candidates
+        are chosen on the host) and penalties (they count every generated token)."""
+        for req in self.scheduler.requests.values():
+            sp = req.sampling_params
+            if (sp.use_beam_search or sp.repetition_penalty != 1.0 or sp.presence_penalty != 0.0
+                    or sp.frequency_penalty != 0.0 or req.beam_leader is not None):
+                return True
+        return False
+
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.inflight is not None or self.scheduler.has_unfinished_requests()
 
     def get_stats(self) -> SchedulerStats:
         return self.scheduler.get_stats()

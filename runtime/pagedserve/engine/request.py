@@ -51,6 +51,8 @@ class Request:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
         self.output_token_ids: list[int] = []
         self.num_computed_tokens = 0
+        # tokens sampled by a step still in flight (async scheduling): counted, ids not known yet
+        self.num_output_placeholders = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.num_preemptions = 0
         self.status = RequestStatus.WAITING
@@ -83,6 +85,8 @@ class Request:
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+        if self.num_output_placeholders:
+            self.num_output_placeholders -= 1
 
     def fork(self, request_id: str) -> "Request":
         """A copy of this sequence's tokens and progress under a new id (beam search); the KV blocks

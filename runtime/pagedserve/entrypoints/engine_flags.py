@@ -36,6 +36,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--revision", default=None)
     g.add_argument("--enforce-eager", action="store_true")
     g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="schedule step N+1 while step N runs on the device (default: on with CUDA)")
 
 
 def engine_args_from(ns: argparse.Namespace) -> EngineArgs:
