@@ -63,7 +63,9 @@ CASES = [
      400, "messages[0].content[0]", []),
     (CHAT, {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content", []),
     # features not built / options that need server flags
-    (COMP, {"prompt": "hi", "use_beam_search": True}, 400, "use_beam_search", ["not supported"]),
+    (COMP, {"prompt": "hi", "use_beam_search": True, "stream": True}, 400, "stream", ["beam"]),
+    (COMP, {"prompt": "hi", "use_beam_search": True, "temperature": 0.5}, 400, "temperature", ["beam"]),
+    (COMP, {"prompt": "hi", "use_beam_search": True, "n": 3, "best_of": 2}, 400, "best_of", []),
     (COMP, {"prompt": "hi", "logit_bias": {"50": 10}}, 400, "logit_bias", []),
     (COMP, {"prompt": "hi", "suffix": "x"}, 400, "suffix", []),
     (CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", []),

@@ -152,3 +152,11 @@ def test_version_and_openapi(server):
     assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize"} <= set(doc["paths"])
     props = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert {"messages", "max_completion_tokens", "top_k", "ignore_eos", "priority"} <= set(props)
+
+
+def test_beam_search_passthrough(openai_client):
+    r = openai_client.completions.create(model=MODEL_NAME, prompt="The capital of France is", max_tokens=4, n=2,
+                                         best_of=3, extra_body={"use_beam_search": True})
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert r.choices[0].text != r.choices[1].text  # two different beams
+    assert 0 < r.usage.completion_tokens <= 8

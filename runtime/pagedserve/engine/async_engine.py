@@ -30,7 +30,8 @@ from pagedserve.utils import cdiv
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AsyncEngine", "EngineDeadError", "QueueFullError", "RequestAbortedError", "RequestStream"]
+__all__ = ["AsyncEngine", "EngineDeadError", "QueueFullError", "RequestAbortedError", "RequestRejectedError",
+           "RequestStream"]
 
 STATS_LOG_INTERVAL_S = 10.0
 
@@ -40,7 +41,11 @@ class QueueFullError(RuntimeError):
 
 
 class RequestAbortedError(RuntimeError):
-    """The request was aborted by the server (shutdown) or rejected by the engine core."""
+    """The request was aborted by the server (shutdown)."""
+
+
+class RequestRejectedError(ValueError):
+    """The engine core refused the request (e.g. it can never fit); the message says why."""
 
 
 def _merge(old: RequestOutput, new: RequestOutput, delta: bool) -> RequestOutput:
@@ -301,11 +306,11 @@ class AsyncEngine:
         core_outs: list[EngineCoreOutput] = []
         finished: list[tuple[str, str]] = []
         num_prompt = num_gen = 0
-        for rid, toks, fr, sr, lps, plps, ncached, first_sched in wire:
+        for rid, toks, fr, extra, first_sched in wire:
             tr = tracks.get(rid)
             if tr is None:
                 continue  # aborted meanwhile
-            core_outs.append(EngineCoreOutput(rid, toks, fr, sr, lps, plps, ncached))
+            core_outs.append(EngineCoreOutput(rid, toks, fr, **extra) if extra else EngineCoreOutput(rid, toks, fr))
             if first_sched is not None:
                 tr.sched = first_sched
             if toks:
@@ -373,8 +378,8 @@ class AsyncEngine:
         for cid, message in rejected:
             parent = self.output_processor.child_to_parent.get(cid)
             if parent is not None:
-                logger.warning("engine core rejected request %s: %s", cid, message)
-                self.abort(parent, RequestAbortedError(message))
+                logger.info("engine core rejected request %s: %s", cid, message)
+                self.abort(parent, RequestRejectedError(message))
 
     def _on_dead(self, reason: str) -> None:
         exc = EngineDeadError(reason)

@@ -18,8 +18,8 @@ core → frontend::
     ("ready", info) | ("startup_error", message)
     ("step", [out, ...], SchedulerStats, t_step_start, t_step_end)
                                              out = (request_id, new_token_ids, finish_reason,
-                                                    stop_reason, new_logprobs, new_prompt_logprobs,
-                                                    num_cached_tokens, first_scheduled_time | None)
+                                                    {other EngineCoreOutput fields} | None,
+                                                    first_scheduled_time | None)
     ("stats", SchedulerStats)                after input was handled while idle
     ("rejected", [(request_id, message), ...])
     ("reply", call_id, ok, result)
@@ -210,9 +210,41 @@ class EngineCoreProc:
                 first = None
             if o.finish_reason is not None:
                 st.pop(rid, None)
-            wire.append((rid, o.new_token_ids, o.finish_reason, o.stop_reason, o.new_logprobs,
-                         o.new_prompt_logprobs, o.num_cached_tokens, first))
+            wire.append((rid, o.new_token_ids, o.finish_reason, _extras(o), first))
         self.writer.send(("step", wire, self.core.get_stats(), t0, t1))
+
+
+_WIRE_FIELDS = ("request_id", "new_token_ids", "finish_reason")
+_other_fields: tuple[tuple[str, Any], ...] = ()
+_all_default: Callable[[Any], bool] | None = None
+
+
+def _extras(o: Any) -> dict[str, Any] | None:
+    """An EngineCoreOutput's other fields, only those that differ from their defaults (usually
+    none: then just the id, the new tokens and the finish reason travel)."""
+    if _all_default is None:
+        _compile_default_check(o)
+    if _all_default(o):  # type: ignore[misc]
+        return None
+    extra = {}
+    for name, default in _other_fields:
+        v = getattr(o, name)
+        if v is not default and v != default:
+            extra[name] = v
+    return extra
+
+
+def _compile_default_check(o: Any) -> None:
+    """Build ``o.a is None and o.b == 0 and ...`` once for the output dataclass's fields."""
+    import dataclasses
+
+    global _other_fields, _all_default
+    _other_fields = tuple((f.name, None if f.default is dataclasses.MISSING else f.default)
+                          for f in dataclasses.fields(o) if f.init and f.name not in _WIRE_FIELDS)
+    terms = [f"o.{n} is None" if d is None else f"o.{n} == {d!r}" for n, d in _other_fields]
+    ns: dict[str, Any] = {}
+    exec(f"def check(o):\n    return {' and '.join(terms) or 'True'}\n", ns)  # noqa: S102 — our own field names
+    _all_default = ns["check"]
 
 
 def _core_info(core: Any) -> dict[str, Any]:

@@ -96,7 +96,8 @@ class ModelPlan:
 
 
 def unsupported_features(ea: Any) -> list[str]:
-    """Flags whose features the engine does not have yet: refuse them instead of ignoring them."""
+    """Flags whose features the engine does not have yet: refuse them instead of ignoring them.
+    (Delete a line here when the engine gains the feature.)"""
     out = []
     if ea.tensor_parallel_size != 1:
         out.append(f"--tensor-parallel-size {ea.tensor_parallel_size}: tensor parallelism is not built into the "
@@ -106,9 +107,6 @@ def unsupported_features(ea: Any) -> list[str]:
                    "use 1")
     if ea.quantization not in (None, "none"):
         out.append(f"--quantization {ea.quantization}: quantized weights are not supported yet")
-    if ea.preemption_mode == "swap":
-        out.append("--preemption-mode swap: swapping KV blocks to CPU (sized by --swap-space) is not built yet; "
-                   "the engine preempts by recompute")
     if ea.max_waiting_requests is not None and ea.max_waiting_requests < 1:
         out.append(f"--max-waiting-requests must be >= 1, got {ea.max_waiting_requests}")
     return out

@@ -112,10 +112,13 @@ SAMPLING_FIELDS: dict[str, dict] = {
     "user": string(max_length=4096),
     "priority": integer(INT64_MIN, 2**63 - 1, description="Lower runs first (--scheduling-policy priority)."),
     "logit_bias": obj(additional=number(-100.0, 100.0, nullable=False), description="Not supported (must be empty)."),
-    "use_beam_search": boolean(description="Not supported yet (must be false)."),
-    "length_penalty": number(),
+    "use_beam_search": boolean(description="Beam search (temperature 0); best_of is the beam width, n the "
+                                           "number of beams returned."),
+    "length_penalty": number(-100.0, 100.0),
     "early_stopping": any_of(boolean(nullable=False), string(nullable=False), nullable=True),
     "request_id": string(max_length=256),
+    "cache_salt": string(max_length=1024, description="Prefix-cache isolation: only requests with the same salt "
+                                                      "share cached blocks."),
     "add_special_tokens": boolean(),
     "echo": boolean(),
     "response_format": obj({"type": string(nullable=False, enum=["text", "json_object", "json_schema"]),
@@ -369,7 +372,14 @@ def validate_body(body: dict, fields: dict[str, dict], required: tuple[str, ...]
 def require_supported(body: dict) -> None:
     """Fields that are accepted by the schema but whose features are not built: fail clearly."""
     if body.get("use_beam_search"):
-        raise bad_request("beam search is not supported yet (use_beam_search must be false)", "use_beam_search")
+        from pagedserve.sampling_params import SamplingParams
+
+        if not hasattr(SamplingParams, "num_beams"):
+            raise bad_request("beam search is not supported by this engine (use_beam_search must be false)",
+                              "use_beam_search")
+        if body.get("stream"):
+            raise bad_request("use_beam_search cannot be streamed (the beams are only known at the end)",
+                              param="stream")
     if body.get("logit_bias"):
         raise bad_request("logit_bias is not supported", param="logit_bias")
     if body.get("suffix") is not None:

@@ -6,15 +6,15 @@ from typing import Any
 
 from aiohttp import web
 
-from pagedserve.engine.async_engine import EngineDeadError, RequestAbortedError
 from pagedserve.entrypoints.chat_utils import validate_messages
 from pagedserve.entrypoints.openai.errors import bad_request
 from pagedserve.entrypoints.openai.protocol import CHAT_FIELDS, CHAT_REQUIRED, require_supported, validate_body
-from pagedserve.entrypoints.openai.serving_common import (DONE, ServedModel, ServedModels, ServerOptions,
-                                                          abort_unfinished, admit, build_sampling_params,
-                                                          chat_logprobs, check_context, check_priority,
-                                                          collect_final, encode_text, engine_failure, json_response,
-                                                          make_request_id, sse, start_sse, usage)
+from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ServedModel, ServedModels,
+                                                          ServerOptions, abort_unfinished, admit,
+                                                          build_sampling_params, chat_logprobs, check_context,
+                                                          check_priority, collect_final, encode_text, engine_failure,
+                                                          first_and_rest, json_response, make_request_id, sse,
+                                                          start_sse, usage)
 
 # apply_chat_template arguments a request's chat_template_kwargs may not override
 _RESERVED_KWARGS = {"conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
@@ -83,7 +83,7 @@ async def create_chat_completion(request: web.Request, body: dict, served: Serve
             return await _stream(request, body, model, streams[0], params, request_id, len(ids), echo)
         try:
             final = await collect_final(streams[0])
-        except (EngineDeadError, RequestAbortedError) as e:
+        except ENGINE_ERRORS as e:
             raise engine_failure(e) from None
         k = params.logprobs
         choices, comp = [], 0
@@ -101,6 +101,7 @@ async def create_chat_completion(request: web.Request, body: dict, served: Serve
 
 async def _stream(request: web.Request, body: dict, model: ServedModel, stream: Any, params: Any,
                   request_id: str, prompt_tokens: int, echo: str) -> web.StreamResponse:
+    _, outputs = await first_and_rest(stream.__aiter__())
     resp = await start_sse(request, request_id)
     created, name, n, k = int(time.time()), model.name, params.n, params.logprobs
     opts = body.get("stream_options") or {}
@@ -120,7 +121,7 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, stream: 
 
     started = [False] * n
     try:
-        async for out in stream:
+        async for out in outputs:
             cached = out.num_cached_tokens
             for c in out.outputs:
                 idx = c.index
@@ -141,7 +142,7 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, stream: 
         if include_usage:
             await resp.write(sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                                   "model": name, "choices": [], "usage": usage(prompt_tokens, sum(comp), cached)}))
-    except (EngineDeadError, RequestAbortedError) as e:
+    except ENGINE_ERRORS as e:
         await resp.write(sse(engine_failure(e).body()))
     await resp.write(DONE)
     await resp.write_eof()

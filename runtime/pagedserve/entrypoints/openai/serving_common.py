@@ -12,7 +12,9 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from pagedserve.engine.async_engine import (AsyncEngine, EngineDeadError, QueueFullError, RequestAbortedError,
-                                            RequestStream)
+                                            RequestRejectedError, RequestStream)
+
+ENGINE_ERRORS = (EngineDeadError, RequestAbortedError, RequestRejectedError)
 from pagedserve.entrypoints.openai.errors import APIError, bad_request, from_value_error
 from pagedserve.outputs import Logprob, RequestOutput
 from pagedserve.sampling_params import SamplingParams
@@ -106,22 +108,31 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
         raise bad_request(f"{lp_field} must be <= {opts.max_logprobs} (--max-logprobs), got {logprobs}", lp_field)
     n = body.get("n") or 1
     best_of = body.get("best_of")
-    if best_of is not None and best_of != n:
-        raise bad_request(f"best_of must equal n ({n}): best-of ranking is not supported", param="best_of")
+    beam = bool(body.get("use_beam_search"))
+    if best_of is not None and best_of != n and not beam:
+        raise bad_request(f"best_of must equal n ({n}) without use_beam_search: best-of ranking is not supported",
+                          param="best_of")
     prompt_logprobs = body.get("prompt_logprobs")
     if not chat and body.get("echo") and logprobs is not None and prompt_logprobs is None:
         prompt_logprobs = logprobs
     kw: dict[str, Any] = {}
-    if opts.generation_config == "auto":
+    if opts.generation_config == "auto" and not beam:  # beam search is deterministic: no sampling defaults
         kw.update(model.defaults)
     for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
               "repetition_penalty", "seed", "stop", "stop_token_ids", "min_tokens", "ignore_eos",
-              "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens"):
+              "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens", "cache_salt"):
         if body.get(k) is not None:
             kw[k] = body[k]
+    if beam:
+        kw.setdefault("temperature", 0.0)
+        kw.update(use_beam_search=True, best_of=best_of if best_of is not None else n)
+        for k in ("length_penalty", "early_stopping"):
+            if body.get(k) is not None:
+                kw[k] = body[k]
     known = {k: k for k in kw}
     known.update({"max_tokens": max_field, "logprobs": lp_field, "prompt_logprobs": "prompt_logprobs",
-                  "n": "n", "best_of": "best_of"})
+                  "n": "n", "best_of": "best_of", "beam_width": "best_of", "length_penalty": "length_penalty",
+                  "early_stopping": "early_stopping"})
     try:
         sp = SamplingParams(n=n, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
                             output_kind="delta" if stream else "final", **kw)
@@ -184,6 +195,8 @@ def admit(model: ServedModel, request_id: str, prompt: dict, params: SamplingPar
 
 
 def engine_failure(e: BaseException) -> APIError:
+    if isinstance(e, RequestRejectedError):
+        return bad_request(str(e), param="prompt")
     if isinstance(e, EngineDeadError):
         return APIError(503, f"the engine is not available: {e}", code="engine_dead")
     if isinstance(e, RequestAbortedError):
@@ -197,6 +210,22 @@ async def collect_final(stream: RequestStream) -> RequestOutput:
         final = out
     assert final is not None
     return final
+
+
+async def first_and_rest(it: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
+    """Wait for a stream's first item before the HTTP response starts, so that errors raised
+    before any token (engine down, request refused) are still proper HTTP errors."""
+    try:
+        first = await it.__anext__()
+    except ENGINE_ERRORS as e:
+        raise engine_failure(e) from None
+
+    async def chained() -> AsyncIterator[Any]:
+        yield first
+        async for x in it:
+            yield x
+
+    return first, chained()
 
 
 async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:

@@ -7,14 +7,14 @@ from typing import Any
 
 from aiohttp import web
 
-from pagedserve.engine.async_engine import EngineDeadError, RequestAbortedError
 from pagedserve.entrypoints.openai.protocol import COMPLETION_FIELDS, COMPLETION_REQUIRED, require_supported, \
     validate_body
-from pagedserve.entrypoints.openai.serving_common import (DONE, ServedModel, ServedModels, abort_unfinished, admit,
-                                                          build_sampling_params, check_context, check_priority,
-                                                          check_token_ids, collect_final, completion_logprobs,
-                                                          encode_text, engine_failure, json_response,
-                                                          make_request_id, merge_streams, sse, start_sse, usage)
+from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ServedModel, ServedModels,
+                                                          abort_unfinished, admit, build_sampling_params, check_context,
+                                                          check_priority, check_token_ids, collect_final,
+                                                          completion_logprobs, encode_text, engine_failure,
+                                                          first_and_rest, json_response, make_request_id,
+                                                          merge_streams, sse, start_sse, usage)
 from pagedserve.outputs import RequestOutput
 
 
@@ -56,7 +56,7 @@ async def create_completion(request: web.Request, body: dict, served: ServedMode
                 finals = [await collect_final(streams[0])]
             else:
                 finals = list(await asyncio.gather(*(collect_final(s) for s in streams)))
-        except (EngineDeadError, RequestAbortedError) as e:
+        except ENGINE_ERRORS as e:
             raise engine_failure(e) from None
         return json_response(_response(body, model, prompts, finals, params, request_id), request_id)
     finally:
@@ -94,6 +94,7 @@ def _response(body: dict, model: ServedModel, prompts: list, finals: list[Reques
 
 async def _stream(request: web.Request, body: dict, model: ServedModel, prompts: list, streams: list,
                   params: Any, request_id: str) -> web.StreamResponse:
+    _, outputs = await first_and_rest(merge_streams(streams).__aiter__())
     resp = await start_sse(request, request_id)
     created, name, n, k = int(time.time()), model.name, params.n, params.logprobs
     echo = bool(body.get("echo"))
@@ -114,7 +115,7 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, prompts:
         return sse(c)
 
     try:
-        async for i, out in merge_streams(streams):
+        async for i, out in outputs:
             text_p, ids_p, _ = prompts[i]
             cached = max(cached, out.num_cached_tokens)
             for c in out.outputs:
@@ -142,7 +143,7 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, prompts:
         if include_usage:
             await resp.write(sse({"id": request_id, "object": "text_completion", "created": created, "model": name,
                                   "choices": [], "usage": usage(prompt_tokens, sum(comp_tokens), cached)}))
-    except (EngineDeadError, RequestAbortedError) as e:
+    except ENGINE_ERRORS as e:
         await resp.write(sse(engine_failure(e).body()))
     await resp.write(DONE)
     await resp.write_eof()
