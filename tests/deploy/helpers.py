@@ -14,6 +14,7 @@ EXAMPLES = sorted((CHART / 'examples').glob('*.yaml'))
 MANIFESTS = ROOT / 'manifests'
 OPERATOR_TESTS = ROOT / 'tests' / 'operator'
 K8S_VERSIONS = ('1.29', '1.34')
+ISVC_API = 'pagedserve.io/v1alpha1/InferenceService'
 
 for path in (ROOT / 'operator', ROOT / 'runtime', OPERATOR_TESTS):
     if str(path) not in sys.path:
@@ -54,8 +55,12 @@ def run(cmd: list[str], *, input: str | None = None, check: bool = True, timeout
 
 def helm_template(helm: pathlib.Path, values: Iterable[pathlib.Path] = (), sets: Iterable[str] = (),
                   kube_version: str = '1.34.0', namespace: str = 'pagedserve', release: str = 'ps',
-                  check: bool = True) -> subprocess.CompletedProcess[str]:
+                  check: bool = True, crd_served: bool = True) -> subprocess.CompletedProcess[str]:
+    """`helm template`; with ``crd_served`` as on a cluster that already serves the InferenceService
+    kind (the chart renders InferenceServices only then)."""
     cmd: list[Any] = [helm, 'template', release, CHART, '--namespace', namespace, '--kube-version', kube_version]
+    if crd_served:
+        cmd += ['--api-versions', ISVC_API]
     for v in values:
         cmd += ['-f', v]
     for s in sets:

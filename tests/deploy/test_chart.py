@@ -290,29 +290,29 @@ def test_notes_render(helm: Any, tmp_path: pathlib.Path) -> None:
     shutil.copytree(CHART, chart)
     (chart / 'templates' / 'zz-notes.yaml').write_text(
         'notes: |-\n{{ include "pagedserve/templates/NOTES.txt" . | indent 2 }}\n')
-    proc = run([helm, 'template', 'ps', chart, '--namespace', 'llm', '-f', CHART / 'examples' / 'cpu-smoke.yaml',
-                '--show-only', 'templates/zz-notes.yaml'])
-    notes = yaml.safe_load(proc.stdout)['notes']
+    args = ['template', 'ps', chart, '--namespace', 'llm', '-f', CHART / 'examples' / 'cpu-smoke.yaml',
+            '--show-only', 'templates/zz-notes.yaml']
+    notes = yaml.safe_load(run([helm, *args, '--api-versions', 'pagedserve.io/v1alpha1/InferenceService']).stdout)['notes']
     assert 'kubectl -n llm wait --for=condition=Ready isvc/smollm' in notes
     assert 'port-forward svc/smollm 8000:8000' in notes and '"model": "smollm"' in notes
+    assert 'NEXT STEP' not in notes
+    fresh = yaml.safe_load(run([helm, *args]).stdout)['notes']
+    assert 'NEXT STEP' in fresh and 'helm upgrade ps pagedserve -n llm --reuse-values' in fresh
     proc = run([helm, 'template', 'ps', chart, '--show-only', 'templates/zz-notes.yaml'])
     assert 'kubectl apply -f manifests/00-cpu-smoke.yaml' in yaml.safe_load(proc.stdout)['notes']
 
 
-def test_first_install_creates_inferenceservices_after_the_crd(helm: Any) -> None:
-    """Helm maps a release's objects before creating any: on the first install the InferenceServices
-    are a post-install hook (after the CRD); on upgrades they are ordinary release objects, adopted
-    through the ownership metadata they carry from the start."""
-    install = [d for d in render(helm, CHART / 'examples' / 'multi-model.yaml') if d['kind'] == 'InferenceService']
-    upgrade = [d for d in load_all(run([helm, 'template', 'ps', CHART, '--namespace', 'pagedserve', '--is-upgrade',
-                                        '-f', CHART / 'examples' / 'multi-model.yaml']).stdout)
-               if d['kind'] == 'InferenceService']
-    assert len(install) == len(upgrade) == 2
-    for obj in install:
-        ann = obj['metadata']['annotations']
-        assert ann['helm.sh/hook'] == 'post-install'
-        assert ann['meta.helm.sh/release-name'] == 'ps' and ann['meta.helm.sh/release-namespace'] == 'pagedserve'
-        assert obj['metadata']['labels']['app.kubernetes.io/managed-by'] == 'Helm'
-    for obj in upgrade:
-        assert 'helm.sh/hook' not in obj['metadata']['annotations']
-        assert obj['metadata']['annotations']['meta.helm.sh/release-name'] == 'ps'
+def test_inferenceservices_need_the_served_kind(helm: Any) -> None:
+    """Helm maps every object before creating any: InferenceServices are rendered only once the
+    cluster serves the kind (the release's first upgrade on a fresh cluster), as ordinary objects."""
+    values = [CHART / 'examples' / 'multi-model.yaml']
+    fresh = load_all(helm_template(helm, values, crd_served=False).stdout)
+    assert 'InferenceService' not in {d['kind'] for d in fresh}
+    assert 'CustomResourceDefinition' in {d['kind'] for d in fresh}
+    served = [d for d in load_all(helm_template(helm, values).stdout) if d['kind'] == 'InferenceService']
+    assert len(served) == 2
+    for obj in served:
+        assert not [k for k in (obj['metadata'].get('annotations') or {}) if k.startswith('helm.sh/hook')]
+    # the values are checked either way
+    bad = helm_template(helm, values, ('inferenceServices[0].ingress.tls.secretName=',), crd_served=False, check=False)
+    assert bad.returncode != 0 and 'needs ingress.tls.secretName' in bad.stderr

@@ -8,8 +8,7 @@ process itself, with the container's command and arguments taken from the render
 (only the liveness address is moved to a free loopback port) and the stand-in's kubeconfig in
 place of the in-cluster ServiceAccount. `helm install` cannot talk to the stand-in (Helm stores
 releases as protobuf Secrets), so installs are `helm template | kubectl apply --validate=false`,
-the CRD is applied first (Helm creates it before the InferenceServices, which are a post-install
-hook on the first install), and "uninstall" deletes what Helm would delete (everything but
+the CRD is applied first (kubectl maps every object before it creates any), and "uninstall" deletes what Helm would delete (everything but
 helm.sh/resource-policy: keep).
 """
 from __future__ import annotations
@@ -123,8 +122,7 @@ def rendered(helm: pathlib.Path, *sets: str) -> tuple[str, list[dict[str, Any]]]
 def test_chart_applies_and_operator_reconciles(helm: pathlib.Path, cluster: Cluster,
                                                tmp_path: pathlib.Path) -> None:
     text, docs = rendered(helm)
-    # like Helm, which installs the CRD before it maps the InferenceService (a post-install hook on
-    # the first install), kubectl must know the kind before it can apply the rest
+    # kubectl, like Helm, must know the InferenceService kind before it can apply the rest
     crds = [d for d in docs if d['kind'] == 'CustomResourceDefinition']
     cluster.apply('\n---\n'.join(json.dumps(d) for d in crds))
     out = cluster.apply(text)
