@@ -39,3 +39,8 @@ def compose_schema() -> pathlib.Path:
 @pytest.fixture(scope='session')
 def prometheus() -> pathlib.Path:
     return _get(tools.prometheus)
+
+
+@pytest.fixture(scope='session')
+def prometheus_operator_models() -> tuple[pathlib.Path, pathlib.Path]:
+    return _get(tools.prometheus_operator_models)

