@@ -74,14 +74,14 @@ def _merge(old: RequestOutput, new: RequestOutput, delta: bool) -> RequestOutput
 class RequestStream:
     """Outputs of one request, in order; unread deltas are merged instead of queued."""
 
-    __slots__ = ("request_id", "delta", "_pending", "_exc", "_event", "_done", "waiting")
+    __slots__ = ("request_id", "delta", "_pending", "_exc", "_waiter", "_done", "waiting")
 
     def __init__(self, request_id: str, delta: bool) -> None:
         self.request_id = request_id
         self.delta = delta
         self._pending: RequestOutput | None = None
         self._exc: BaseException | None = None
-        self._event = asyncio.Event()
+        self._waiter: asyncio.Future | None = None  # the consumer's, while it waits
         self._done = False
         self.waiting = True  # no token yet: counts toward max_waiting_requests
 
@@ -89,14 +89,21 @@ class RequestStream:
     def finished(self) -> bool:
         return self._done
 
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
     def put(self, out: RequestOutput) -> None:
         self._pending = out if self._pending is None else _merge(self._pending, out, self.delta)
-        self._event.set()
+        self._wake()
 
     def fail(self, exc: BaseException) -> None:
         if self._exc is None:
             self._exc = exc
-        self._event.set()
+        self._wake()
 
     async def get(self) -> RequestOutput:
         while True:
@@ -111,8 +118,8 @@ class RequestStream:
             if self._exc is not None:
                 self._done = True
                 raise self._exc
-            self._event.clear()
-            await self._event.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     def __aiter__(self) -> "RequestStream":
         return self
@@ -139,7 +146,8 @@ class _Track:
 
 class AsyncEngine:
     def __init__(self, config: EngineConfig, tokenizer: Any = None, log_level: str = "INFO",
-                 engine_index: int = 0, enable_metrics: bool = True, log_stats: bool = True) -> None:
+                 engine_index: int = 0, enable_metrics: bool = True, log_stats: bool = True,
+                 core_factory: str | None = None) -> None:
         from pagedserve.tokenizer import load_tokenizer
 
         mc = config.model_config
@@ -157,7 +165,7 @@ class AsyncEngine:
 
             self.metrics = EngineMetrics(self.served_model_name, self.max_model_len, engine_index)
         self.client = EngineCoreClient(config, self._on_step, self._on_stats, self._on_rejected, self._on_dead,
-                                       log_level=log_level)
+                                       log_level=log_level, core_factory=core_factory)
         self.num_gpu_blocks = 0
         self.block_size = config.cache_config.block_size
         self.last_stats = SchedulerStats()

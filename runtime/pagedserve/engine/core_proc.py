@@ -254,16 +254,28 @@ def _core_info(core: Any) -> dict[str, Any]:
             "startup_seconds": getattr(core, "startup_seconds", None)}
 
 
-def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket, log_level: str = "INFO") -> None:
+def _load_factory(path: str | None) -> Callable[..., Any]:
+    if not path:
+        from pagedserve.engine.core import EngineCore
+
+        return EngineCore
+    import importlib
+
+    module, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"engine core factory {path!r} must look like 'package.module:callable'")
+    return getattr(importlib.import_module(module), attr)
+
+
+def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket, log_level: str = "INFO",
+                    core_factory: str | None = None) -> None:
     """Entry point of the engine-core process (multiprocessing 'spawn')."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend decides when the core stops
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s [core]: %(message)s")
     writer = _Writer(out_sock)
     writer.start()
     try:
-        from pagedserve.engine.core import EngineCore
-
-        core = EngineCore(config, use_tqdm=False)
+        core = _load_factory(core_factory)(config, use_tqdm=False)
     except BaseException as e:
         logger.exception("engine core failed to start")
         writer.send(("startup_error", f"{type(e).__name__}: {e}"))
@@ -294,8 +306,9 @@ class EngineCoreClient:
 
     def __init__(self, config: Any, on_step: Callable[..., None], on_stats: Callable[[Any], None],
                  on_rejected: Callable[[list], None], on_dead: Callable[[str], None],
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", core_factory: str | None = None) -> None:
         self.config = config
+        self.core_factory = core_factory
         self.on_step, self.on_stats, self.on_rejected, self.on_dead = on_step, on_stats, on_rejected, on_dead
         self.log_level = log_level
         self.proc: Any = None
@@ -321,7 +334,8 @@ class EngineCoreClient:
         fe_in, core_in = socket.socketpair()  # frontend → core
         fe_out, core_out = socket.socketpair()  # core → frontend
         self.proc = ctx.Process(target=run_engine_core, name="pagedserve-engine-core",
-                                args=(self.config, core_in, core_out, self.log_level), daemon=True)
+                                args=(self.config, core_in, core_out, self.log_level, self.core_factory),
+                                daemon=True)
         self.proc.start()
         core_in.close()  # only the child holds its ends: its death reads as EOF here
         core_out.close()

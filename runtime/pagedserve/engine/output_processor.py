@@ -42,7 +42,10 @@ class RequestState:
 
     @property
     def finished(self) -> bool:
-        return all(c.finish_reason is not None for c in self.children.values())
+        for c in self.children.values():  # a plain loop: this runs for every output of every step
+            if c.finish_reason is None:
+                return False
+        return True
 
 
 class OutputProcessor:
@@ -148,7 +151,8 @@ class OutputProcessor:
         if kind == "final" and not finished:
             return None
         outs = []
-        for child in sorted(st.children.values(), key=lambda c: c.index):
+        children = st.children.values()
+        for child in (children if len(st.children) == 1 else sorted(children, key=lambda c: c.index)):
             done = child.finish_reason is not None
             if kind == "delta":
                 text = child.detok.delta(done) if child.detok else ""

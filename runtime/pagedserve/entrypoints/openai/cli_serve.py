@@ -56,6 +56,9 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--disable-log-stats", action="store_true", help="do not log throughput every 10 s")
     s.add_argument("--disable-log-requests", action="store_true", help=argparse.SUPPRESS)  # vLLM compat, no-op
     s.add_argument("--no-uvloop", action="store_true", help="use asyncio's loop even if uvloop is installed")
+    s.add_argument("--engine-core-factory", default=None, metavar="MODULE:CALLABLE",
+                   help="build the engine core with this callable instead of the real one, e.g. "
+                        "pagedserve.benchmarks.fake_core:FakeEngineCore to benchmark the HTTP layer alone")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -240,7 +243,8 @@ async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any
 
     level = logging.getLevelName(logging.getLogger().level)
     engines = [AsyncEngine(p.config, tokenizer=p.tokenizer, log_level=level if isinstance(level, str) else "INFO",
-                           engine_index=0, log_stats=not args.disable_log_stats) for p in plans]
+                           engine_index=0, log_stats=not args.disable_log_stats,
+                           core_factory=args.engine_core_factory) for p in plans]
     try:
         if all(p.config.device == "cpu" for p in plans):
             await asyncio.gather(*(e.start(args.engine_startup_timeout) for e in engines))
