@@ -7,16 +7,14 @@ import json
 import os
 import time
 
-from pagedserve.benchmarks.workload import make_workload
+from pagedserve.benchmarks.datasets import add_dataset_args, requests_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from pagedserve.entrypoints.engine_flags import add_engine_flags
 
     p = sub.add_parser("throughput", help="offline throughput on a seeded workload")
-    p.add_argument("--dataset", default="lognormal", choices=["lognormal", "chitchat"])
-    p.add_argument("--num-prompts", type=int, default=256)
-    p.add_argument("--dataset-seed", type=int, default=0)
+    add_dataset_args(p, default="lognormal")
     p.add_argument("--baseline", choices=["none", "hf"], default="none")
     p.add_argument("--hf-batch-size", type=int, nargs="+", default=[128])
     p.add_argument("--output-json", default=None)
@@ -41,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         from pagedserve.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model_config.model)
-    reqs = make_workload(args.dataset, args.num_prompts, args.dataset_seed, cfg.model_config.arch.vocab_size, tokenizer)
+    reqs = [(r.prompt_token_ids, r.output_len)
+            for r in requests_from_args(args, cfg.model_config.arch.vocab_size, tokenizer)]
     result: dict = {"dataset": args.dataset, "num_prompts": len(reqs), "dataset_seed": args.dataset_seed,
                     "model": cfg.model_config.model, "dtype": str(cfg.model_config.dtype),
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -54,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         for r in result["hf"]:
             print(f"HF static batching B={r['batch_size']}: {r['useful_output_tok_s']:.1f} useful output tok/s "
                   f"({r['elapsed_s']:.1f} s)")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the engine's own peak, not the baseline's
     t0 = time.perf_counter()
     llm = LLM.from_engine_args(eargs, skip_tokenizer_init=args.dataset != "chitchat")
     core = llm.llm_engine.core
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
                   total_tok_s=(out_tokens + result["input_tokens"]) / elapsed,
                   num_preemptions=core.scheduler.num_preemptions,
                   peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                  peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None,
+                  memory_limit_gib=(torch.cuda.mem_get_info()[1] * eargs.gpu_memory_utilization / 2**30
+                                    if torch.cuda.is_available() else None),
                   wall_s=time.perf_counter() - t_start)
     if "hf" in result:
         best = max(r["useful_output_tok_s"] for r in result["hf"])

@@ -46,12 +46,15 @@ class DecodeCUDAGraphs:
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32, device=dev)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)
-        # pinned host staging (one step in flight at a time: the runner syncs every step)
-        self.h_ids = torch.zeros(n, dtype=torch.long).pin_memory()
-        self.h_pos = torch.zeros(n, dtype=torch.long).pin_memory()
-        self.h_slots = torch.zeros(n, dtype=torch.long).pin_memory()
-        self.h_lens = torch.zeros(n, dtype=torch.int32).pin_memory()
-        self.h_tables = torch.zeros(n * self.max_blocks, dtype=torch.int32).pin_memory()
+        # pinned host staging, two sets: with async scheduling the copies of step N may still be
+        # queued when step N+1 fills its staging buffers
+        self.staging = [dict(ids=torch.zeros(n, dtype=torch.long).pin_memory(),
+                             pos=torch.zeros(n, dtype=torch.long).pin_memory(),
+                             slots=torch.zeros(n, dtype=torch.long).pin_memory(),
+                             lens=torch.zeros(n, dtype=torch.int32).pin_memory(),
+                             tables=torch.zeros(n * self.max_blocks, dtype=torch.int32).pin_memory())
+                        for _ in range(2)]
+        self.num_runs = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.capture_seconds = 0.0
@@ -94,19 +97,20 @@ class DecodeCUDAGraphs:
         b = h.num_reqs
         bs = next(s for s in self.sizes if s >= b)
         w = h.block_tables.shape[1]
-        self.h_ids.numpy()[:b] = h.input_ids
-        self.h_pos.numpy()[:b] = h.positions
-        self.h_slots.numpy()[:b] = h.slot_mapping
-        self.h_lens.numpy()[:b] = h.seq_lens
-        tables = self.h_tables.numpy()[:b * w].reshape(b, w)
-        tables[:] = h.block_tables
-        self.input_ids[:b].copy_(self.h_ids[:b], non_blocking=True)
+        st = self.staging[self.num_runs % 2]
+        self.num_runs += 1
+        st["ids"].numpy()[:b] = h.input_ids
+        st["pos"].numpy()[:b] = h.positions
+        st["slots"].numpy()[:b] = h.slot_mapping
+        st["lens"].numpy()[:b] = h.seq_lens
+        st["tables"].numpy()[:b * w].reshape(b, w)[:] = h.block_tables
+        self.input_ids[:b].copy_(st["ids"][:b], non_blocking=True)
         if h.src_rows is not None:
             self.input_ids[:b] = gather_input_ids(self.input_ids[:b], h.src_rows, prev_sampled)
-        self.positions[:b].copy_(self.h_pos[:b], non_blocking=True)
-        self.slot_mapping[:b].copy_(self.h_slots[:b], non_blocking=True)
-        self.seq_lens[:b].copy_(self.h_lens[:b], non_blocking=True)
-        self.block_tables[:b, :w].copy_(self.h_tables[:b * w].view(b, w), non_blocking=True)
+        self.positions[:b].copy_(st["pos"][:b], non_blocking=True)
+        self.slot_mapping[:b].copy_(st["slots"][:b], non_blocking=True)
+        self.seq_lens[:b].copy_(st["lens"][:b], non_blocking=True)
+        self.block_tables[:b, :w].copy_(st["tables"][:b * w].view(b, w), non_blocking=True)
         if bs > b:
             self.slot_mapping[b:bs].fill_(-1)
             self.seq_lens[b:bs].fill_(1)

@@ -10,6 +10,7 @@ import torch
 
 from pagedserve.config import GiB
 from pagedserve.forward_context import ForwardContext, set_forward_context
+from pagedserve.layers.sampler import SamplingMetadata
 
 if TYPE_CHECKING:
     from pagedserve.worker.model_runner import ModelRunner
@@ -29,9 +30,29 @@ def profile_run(runner: "ModelRunner") -> None:
         hidden = runner.model(ids, pos)
     rows = min(sc.max_num_seqs, n)
     logits = runner.model.compute_logits(hidden[:rows]).float()
-    probs = logits.softmax(-1)
-    probs.sort(dim=-1)  # top-k/top-p sorts the full vocabulary
-    del hidden, logits, probs
+    del hidden
+    # the sampler's worst case: temperature, top-k and top-p (full-vocabulary sorts) and logprobs
+    dev = runner.device
+    meta = SamplingMetadata(temperature=torch.full((rows,), 0.7, device=dev), all_greedy=False,
+                            top_k=torch.full((rows,), 50, dtype=torch.int64, device=dev),
+                            top_p=torch.full((rows,), 0.9, device=dev), min_p=torch.full((rows,), 0.05, device=dev),
+                            max_num_logprobs=20)
+    runner.sampler(logits, meta)
+    del logits
+
+
+def graph_memory_estimate(runner: "ModelRunner") -> int:
+    """Memory the CUDA-graph pools keep (allocated after the KV cache, so reserved up front): the
+    decode graphs' static logits and activations at the largest batch, and the piecewise graphs'
+    activations at their largest token bucket."""
+    arch, sc = runner.mc.arch, runner.config.scheduler_config
+    elem = torch.tensor([], dtype=runner.mc.dtype).element_size()
+    tp = runner.config.parallel_config.tensor_parallel_size
+    max_bs = min(sc.max_num_seqs, 1024)
+    decode = max_bs * (arch.vocab_size + 4 * arch.hidden_size + 2 * arch.intermediate_size // tp) * elem
+    tokens = min(sc.max_num_batched_tokens, 2048)
+    piecewise = tokens * (6 * arch.hidden_size + 2 * arch.intermediate_size // tp) * elem
+    return int(decode + piecewise)
 
 
 def profile_kv_budget(runner: "ModelRunner", utilization: float) -> int:
@@ -44,8 +65,9 @@ def profile_kv_budget(runner: "ModelRunner", utilization: float) -> int:
     free, total = torch.cuda.mem_get_info()
     non_torch = total - free - torch.cuda.memory_reserved()
     torch.cuda.empty_cache()
-    budget = int(total * utilization - peak - max(non_torch, 0) - 256 * (1 << 20))
+    graphs = 0 if runner.config.enforce_eager else graph_memory_estimate(runner)
+    budget = int(total * utilization - peak - max(non_torch, 0) - graphs - 256 * (1 << 20))
     logger.info("memory: total %.1f GiB x %.2f; peak torch %.2f GiB (weights + activations), "
-                "outside torch %.2f GiB -> KV budget %.2f GiB", total / GiB, utilization, peak / GiB,
-                non_torch / GiB, budget / GiB)
+                "outside torch %.2f GiB, CUDA graphs ~%.2f GiB -> KV budget %.2f GiB", total / GiB, utilization,
+                peak / GiB, non_torch / GiB, graphs / GiB, budget / GiB)
     return budget

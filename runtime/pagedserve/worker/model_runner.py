@@ -9,6 +9,7 @@ import torch
 from pagedserve.attention.backend import get_attention_backend
 from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
+from pagedserve.distributed.parallel_state import tp_broadcast
 from pagedserve.forward_context import ForwardContext, set_forward_context
 from pagedserve.layers.sampler import Sampler
 from pagedserve.models.loader import build_model
@@ -35,6 +36,8 @@ class ModelRunner:
         self.config = config
         self.mc = config.model_config
         self.device = torch.device(config.device)
+        if self.device.type == "cuda":
+            _less_fragmentation()
         self.block_size = config.cache_config.block_size
         self.model = build_model(self.mc, config.device, use_tqdm=use_tqdm)
         self.backend = get_attention_backend(config.attention_backend, config.device)
@@ -49,6 +52,9 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeCUDAGraphs once captured
         self.piecewise = None  # PiecewiseCUDAGraphs for prefill / mixed steps
+        # tensor parallelism with async scheduling: the driver broadcasts each step's sampled ids so
+        # that every rank gathers the next step's input ids on its own device (executor/multiproc.py)
+        self.share_sampled = config.parallel_config.tensor_parallel_size > 1 and config.async_scheduling
 
     # -- KV cache -----------------------------------------------------------------------------
     def kv_block_bytes(self) -> int:
@@ -126,16 +132,30 @@ class ModelRunner:
         """Queue one step on the device without waiting for it; ``collect`` reads its results.
         ``prev`` is the step still in flight (async scheduling): tokens it samples are gathered
         on the device as inputs of this step."""
-        if sched.block_ops:  # copy-on-write block copies and swaps first (worker/block_ops.py)
-            self.block_ops.apply(sched.block_ops)
+        h = None
+        if not sched.is_empty:
+            h = prepare_inputs(sched.scheduled, self.block_size, prev.row_of if prev is not None else None)
+        return self.launch_inputs(h, sched.block_ops, prev, sched)
+
+    @torch.inference_mode()
+    def launch_inputs(self, h: HostInput | None, block_ops: list, prev: "StepHandle | None",
+                      sched: SchedulerOutput | None) -> "StepHandle":
+        """Queue the step of host inputs ``h`` (None: block ops only). Every tensor-parallel rank
+        runs this with the same ``h`` and block ops; only the driver (``sched`` given) samples."""
+        if block_ops:  # copy-on-write block copies and swaps first (worker/block_ops.py)
+            self.block_ops.apply(block_ops)
         handle = StepHandle()
-        if sched.is_empty:
+        if h is None:
             return handle
-        prev_rows = prev.row_of if prev is not None else None
         prev_sampled = prev.sampled if prev is not None else None
-        h = prepare_inputs(sched.scheduled, self.block_size, prev_rows)
         if len(h.logits_indices) == 0:
             self._hidden(h, prev_sampled)  # a prefill chunk that samples nothing: fill the cache only
+            return handle
+        if sched is None:  # another TP rank: forward and LM head (their collectives), no sampling
+            self._logits(h, prev_sampled)
+            if h.sample_rows and self.share_sampled:  # the driver's sampled ids: next step's inputs
+                handle.sampled = tp_broadcast(torch.empty(len(h.sample_rows), dtype=torch.int64,
+                                                          device=self.device))
             return handle
         # sampling inputs go to the device before the forward pass is queued: no sync in between
         reqs = [sched.scheduled[i].request for i, _ in h.sample_rows]
@@ -146,6 +166,8 @@ class ModelRunner:
             so = self.sampler(logits if rows == list(range(len(logits))) else logits[rows], meta)
             handle.reqs, handle.sampler_out, handle.sampled = reqs, so, so.sampled
             handle.row_of = {r.request_id: i for i, r in enumerate(reqs)}
+            if self.share_sampled:
+                tp_broadcast(so.sampled)
             handle.host_sampled = _to_host(so.sampled)
         for i, first, count, first_index in h.prompt_lp_rows:
             s = sched.scheduled[i]
@@ -190,6 +212,14 @@ class StepHandle:
     row_of: dict[str, int] = field(default_factory=dict)
     prompt_lp: list = field(default_factory=list)
     event: "torch.cuda.Event | None" = None
+
+
+def _less_fragmentation() -> None:
+    """Expandable segments: varying batch shapes do not strand reserved memory (the KV budget holds)."""
+    try:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    except (RuntimeError, AttributeError):  # older torch, or the allocator is already in use
+        pass
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
