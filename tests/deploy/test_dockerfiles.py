@@ -15,7 +15,10 @@ import importlib.util
 import re
 import shlex
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from dataclasses import dataclass, field
 from typing import Any
 

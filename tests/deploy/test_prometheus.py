@@ -323,6 +323,9 @@ def test_every_dashboard_expression_returns_data(stack: dict[str, Any], all_valu
         if not result:
             empty.append(f'{board} / {title}: {q}')
     assert not empty, 'expressions without data:\n' + '\n'.join(empty)
+    nan = sorted({f'{b} / {t}' for (b, t, _), res in results.items()
+                  if any(not math.isfinite(float(s['value'][1])) for s in res)})
+    print(f'{len(exprs)} expressions, all with data; NaN samples (0/0 or no observation in the window): {nan}')
     # the data is the load's: tokens flowed, latencies are real numbers, GPU panels carry the model
     def values_of(title: str, board: str = 'pagedserve-models.json') -> list[float]:
         return [float(s['value'][1]) for (b, t, _), res in results.items() if b == board and t == title for s in res]
