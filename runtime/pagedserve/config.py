@@ -124,6 +124,8 @@ class EngineArgs:
         from pagedserve.models.registry import check_architecture
 
         check_architecture(arch.architecture)
+        if self.tensor_parallel_size > 1:
+            _check_tensor_parallel(self.tensor_parallel_size, arch, device)
         gen_cfg = _read_json(os.path.join(model_dir, "generation_config.json"), required=False)
         for eos in _as_list(gen_cfg.get("eos_token_id")):
             if eos not in arch.eos_token_ids:
@@ -191,6 +193,21 @@ class EngineArgs:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
+
+
+def _check_tensor_parallel(tp: int, arch: ArchConfig, device: str) -> None:
+    from pagedserve.distributed.parallel_state import check_tensor_parallel
+
+    check_tensor_parallel(arch, tp)  # heads, KV heads, intermediate size must divide
+    if device.startswith("cuda"):
+        if device not in ("cuda", "cuda:0"):
+            raise ValueError(f"device={device!r} with tensor_parallel_size {tp}: rank r runs on cuda:r; pick the GPUs "
+                             "with CUDA_VISIBLE_DEVICES and use device='cuda'")
+        visible = torch.cuda.device_count()
+        if tp > visible:
+            raise ValueError(f"tensor_parallel_size {tp} is larger than the number of visible GPUs ({visible})")
+    elif device != "cpu":
+        raise ValueError(f"tensor parallelism runs on CUDA GPUs (NCCL) or on the CPU (gloo), not on {device!r}")
 
 
 def _read_json(path: str, required: bool) -> dict[str, Any]:

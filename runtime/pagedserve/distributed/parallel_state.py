@@ -1,8 +1,17 @@
-"""Tensor-parallel group state: rank, size and the all-reduce/all-gather the layers need.
+"""Tensor-parallel state: rank, size, the process group and the collectives the layers need.
 
-With one rank (the default) every collective is the identity, so single-device code pays nothing.
+``get_tp_rank`` / ``get_tp_size`` are read while a model is *built* (each sharded layer keeps its
+own rank and size); :func:`tp_context` sets them around the construction only, so a process can
+also hold an unsharded model (their layers never call a collective). The collectives run on the
+default ``torch.distributed`` group: NCCL on GPUs, gloo on CPU (``executor/multiproc.py`` sets it
+up: one process per rank, rank 0 in the engine-core process).
 """
 from __future__ import annotations
+
+import datetime
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -10,10 +19,25 @@ import torch.distributed as dist
 _TP_RANK = 0
 _TP_SIZE = 1
 
+# NVLink multicast (NVLS) stays off on the device machines: set in every process of a TP group
+# (the driver before its NCCL communicator exists, the workers before they import torch's NCCL).
+NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
 
 def init_tensor_parallel(rank: int, size: int) -> None:
     global _TP_RANK, _TP_SIZE
     _TP_RANK, _TP_SIZE = rank, size
+
+
+@contextmanager
+def tp_context(rank: int, size: int) -> Iterator[None]:
+    """Rank and size seen by the layers built inside the block (restored after it)."""
+    prev = (_TP_RANK, _TP_SIZE)
+    init_tensor_parallel(rank, size)
+    try:
+        yield
+    finally:
+        init_tensor_parallel(*prev)
 
 
 def get_tp_rank() -> int:
@@ -24,16 +48,86 @@ def get_tp_size() -> int:
     return _TP_SIZE
 
 
+def disable_multicast_env() -> None:
+    os.environ.update(NO_MULTICAST_ENV)
+
+
+# -- process group ------------------------------------------------------------------------------
+def backend_for(device: str) -> str:
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def init_distributed(device: str, rank: int, size: int, host: str, port: int, store: Any = None,
+                     timeout_s: float = 600.0) -> None:
+    """Join the group over a TCP store at ``tcp://host:port`` (rank 0 passes the store it created)."""
+    disable_multicast_env()
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if store is None:
+        store = dist.TCPStore(host, port, size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=size, timeout=timeout)
+
+
+def destroy_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def abort_distributed() -> None:
+    """Tear the group down without waiting for the peers (one of them died): pending NCCL
+    collectives fail instead of spinning forever."""
+    if not dist.is_initialized():
+        return
+    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+    try:
+        if abort is not None and dist.get_backend() == "nccl":
+            abort()
+        else:
+            dist.destroy_process_group()
+    except Exception:  # best effort: the process is going away or the engine is failed anyway
+        pass
+
+
+# -- collectives (called by sharded layers only, i.e. when their tp_size > 1) --------------------
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
-    if _TP_SIZE == 1:
-        return x
     dist.all_reduce(x)
     return x
 
 
 def tp_all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:
-    if _TP_SIZE == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(_TP_SIZE)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=-1)
+    """[..., n] on each rank → [..., size * n], rank-major along the last dimension."""
+    size = dist.get_world_size()
+    out = torch.empty((size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+    _all_gather_single(out, x.contiguous())  # rank-major along dim 0
+    return out.view(size, *x.shape).movedim(0, -2).reshape(*x.shape[:-1], size * x.shape[-1])
+
+
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # torch >= 2.13 renamed it
+
+
+def tp_broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    dist.broadcast(x, src)
+    return x
+
+
+def tp_min_int(n: int, device: torch.device | str) -> int:
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+# -- validation -----------------------------------------------------------------------------------
+def check_tensor_parallel(arch: Any, tp: int) -> None:
+    """Clear errors before any process starts: what must divide by the number of ranks."""
+    if tp == 1:
+        return
+    if arch.num_heads % tp:
+        raise ValueError(f"tensor_parallel_size {tp} must divide num_attention_heads {arch.num_heads}")
+    kv = arch.num_kv_heads
+    if kv >= tp and kv % tp:
+        raise ValueError(f"tensor_parallel_size {tp} must divide num_key_value_heads {kv} "
+                         "(or be a multiple of it: KV heads are then replicated)")
+    if kv < tp and tp % kv:
+        raise ValueError(f"tensor_parallel_size {tp} must be a multiple of num_key_value_heads {kv} "
+                         "when it is larger (each KV head is replicated on tp / kv ranks)")
+    if arch.intermediate_size % tp:
+        raise ValueError(f"tensor_parallel_size {tp} must divide intermediate_size {arch.intermediate_size}")

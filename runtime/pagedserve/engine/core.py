@@ -10,8 +10,8 @@ from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedserve.core.stats import SchedulerStats
 from pagedserve.engine.request import Request, RequestStatus
-from pagedserve.worker.block_ops import BlockOps
-from pagedserve.worker.model_runner import ModelRunner, StepHandle
+from pagedserve.executor import make_executor
+from pagedserve.worker.model_runner import StepHandle
 
 logger = logging.getLogger(__name__)
 
@@ -20,14 +20,20 @@ class EngineCore:
     def __init__(self, config: EngineConfig, use_tqdm: bool = True) -> None:
         t0 = time.perf_counter()
         self.config = config
-        self.runner = ModelRunner(config, use_tqdm=use_tqdm)
-        num_blocks = self.runner.determine_num_blocks()
-        self.runner.initialize_kv_cache(num_blocks)
-        self.graph_capture_seconds = self.runner.capture_cuda_graphs()
-        config.cache_config.num_gpu_blocks = num_blocks
-        num_cpu_blocks = self._num_cpu_blocks()
-        config.cache_config.num_cpu_blocks = num_cpu_blocks
-        self.runner.block_ops = BlockOps(self.runner.kv_cache, num_cpu_blocks)  # CoW copies and swaps
+        # one process per tensor-parallel rank, or the runner in this process (executor/)
+        self.executor = make_executor(config, use_tqdm=use_tqdm)
+        self.runner = self.executor.runner  # the driver rank's model runner (rank 0, this process)
+        try:
+            num_blocks = self.executor.determine_num_blocks()  # the minimum over ranks
+            self.executor.initialize_kv_cache(num_blocks)
+            self.graph_capture_seconds = self.executor.capture_cuda_graphs()
+            config.cache_config.num_gpu_blocks = num_blocks
+            num_cpu_blocks = self._num_cpu_blocks()
+            config.cache_config.num_cpu_blocks = num_cpu_blocks
+            self.executor.init_block_ops(num_cpu_blocks)  # CoW copies and swaps, on every rank
+        except BaseException:
+            self.executor.shutdown()
+            raise
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, num_cpu_blocks)
         self.async_scheduling = config.async_scheduling
         self.inflight: tuple[SchedulerOutput, StepHandle] | None = None  # the step on the device
@@ -39,7 +45,7 @@ class EngineCore:
         cfg = self.config
         if cfg.scheduler_config.preemption_mode == "recompute" or cfg.cache_config.swap_space <= 0:
             return 0
-        return int(cfg.cache_config.swap_space * GiB // self.runner.kv_block_bytes())
+        return int(cfg.cache_config.swap_space * GiB // self.executor.kv_block_bytes())  # per rank
 
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
@@ -56,12 +62,12 @@ class EngineCore:
             sched = self.scheduler.schedule()
             if sched.is_empty and not sched.block_ops:
                 return outputs
-            out = self.runner.execute_model(sched)
+            out = self.executor.execute_model(sched)
             return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
         sched = self.scheduler.schedule()
         handle = None
         if not sched.is_empty or sched.block_ops:
-            handle = self.runner.launch(sched, self.inflight[1] if self.inflight else None)
+            handle = self.executor.launch(sched, self.inflight[1] if self.inflight else None)
         outputs = self._finish_inflight()
         if handle is not None:
             self.inflight = (sched, handle)
@@ -72,7 +78,7 @@ class EngineCore:
             return []
         sched, handle = self.inflight
         self.inflight = None
-        out = self.runner.collect(handle)
+        out = self.executor.collect(handle)
         return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
 
     def _needs_sync(self) -> bool:
@@ -90,3 +96,7 @@ class EngineCore:
 
     def get_stats(self) -> SchedulerStats:
         return self.scheduler.get_stats()
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes (if any); the core cannot step afterwards."""
+        self.executor.shutdown()

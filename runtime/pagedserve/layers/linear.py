@@ -74,6 +74,9 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel projections stored as one (e.g. gate and up)."""
 
     def __init__(self, in_features: int, out_sizes: list[int], bias: bool = False) -> None:
+        tp = get_tp_size()
+        if any(s % tp for s in out_sizes):
+            raise ValueError(f"output sizes {out_sizes} are not divisible by tensor_parallel_size {tp}")
         self.out_sizes = out_sizes
         super().__init__(in_features, sum(out_sizes), bias)
 
@@ -125,4 +128,4 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
-        return tp_all_reduce(y)
+        return tp_all_reduce(y) if self.tp_size > 1 else y

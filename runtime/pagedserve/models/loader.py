@@ -115,10 +115,50 @@ def _check_complete(params: dict[str, nn.Parameter], packed: dict[str, tuple[str
 
 
 def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
-    """Small uniform random weights (norms stay 1), deterministic per seed and parameter name."""
+    """Small uniform random weights (norms stay 1), deterministic per seed and parameter name.
+
+    A sharded parameter draws the values of the whole (unsharded) parameter and keeps its slice
+    through its weight loader, so a tensor-parallel model holds exactly the weights of TP=1."""
+    owners = {f"{mod_name}.{pn}" if mod_name else pn: mod
+              for mod_name, mod in model.named_modules() for pn, _ in mod.named_parameters(recurse=False)}
     for name, p in model.named_parameters():
         if name.endswith("norm.weight"):
             p.data.fill_(1.0)
             continue
         gen = torch.Generator(device=p.device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        p.data.uniform_(-2e-2, 2e-2, generator=gen)
+        owner = owners.get(name)
+        loader = getattr(p, "weight_loader", None)
+        if loader is None or getattr(owner, "tp_size", 1) == 1:
+            p.data.uniform_(-2e-2, 2e-2, generator=gen)
+            continue
+        shape, shards = _unsharded_layout(owner, p)
+        full = torch.empty(shape, dtype=p.dtype, device=p.device).uniform_(-2e-2, 2e-2, generator=gen)
+        if shards is None:
+            loader(p, full)
+        else:
+            for shard_id, start, size in shards:
+                loader(p, full.narrow(0, start, size), shard_id)
+        del full
+
+
+def _unsharded_layout(layer: nn.Module, p: torch.Tensor) -> tuple[tuple[int, ...], list | None]:
+    """The TP=1 shape of a sharded parameter and, for a fused one, its (shard id, first row, rows)."""
+    from pagedserve.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
+                                          RowParallelLinear)
+    from pagedserve.layers.vocab import VocabParallelEmbedding
+
+    tp, rest = layer.tp_size, tuple(p.shape[1:])
+    if isinstance(layer, QKVParallelLinear):
+        q = layer.num_heads * tp * layer.head_dim
+        kv = layer.num_kv_heads * tp // layer.kv_replicas * layer.head_dim
+        return (q + 2 * kv, *rest), [("q", 0, q), ("k", q, kv), ("v", q + kv, kv)]
+    if isinstance(layer, MergedColumnParallelLinear):
+        starts = [sum(layer.out_sizes[:i]) for i in range(len(layer.out_sizes))]
+        return (sum(layer.out_sizes), *rest), [(i, s, n) for i, (s, n) in enumerate(zip(starts, layer.out_sizes))]
+    if isinstance(layer, VocabParallelEmbedding):
+        return (layer.vocab_size, *rest), None
+    if isinstance(layer, RowParallelLinear):
+        return ((p.shape[0], p.shape[1] * tp) if p.dim() == 2 else tuple(p.shape)), None
+    if isinstance(layer, ReplicatedLinear):
+        return tuple(p.shape), None
+    return (p.shape[0] * tp, *rest), None  # column-parallel

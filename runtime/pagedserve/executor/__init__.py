@@ -1,0 +1,19 @@
+"""Executors: how the engine core's steps reach the model — one process (``uniproc``) or one
+process per tensor-parallel rank (``multiproc``), behind the same API (``base.Executor``)."""
+from __future__ import annotations
+
+from pagedserve.config import EngineConfig
+from pagedserve.executor.base import Executor
+
+
+def make_executor(config: EngineConfig, use_tqdm: bool = True) -> Executor:
+    if config.parallel_config.tensor_parallel_size == 1:
+        from pagedserve.executor.uniproc import UniProcExecutor
+
+        return UniProcExecutor(config, use_tqdm=use_tqdm)
+    from pagedserve.executor.multiproc import MultiprocExecutor
+
+    return MultiprocExecutor(config, use_tqdm=use_tqdm)
+
+
+__all__ = ["Executor", "make_executor"]

@@ -1,0 +1,367 @@
+"""Tensor parallelism: one process per rank. Rank 0 (the driver) lives in this (the engine-core)
+process, keeps the scheduler and samples; ranks 1..N-1 are spawned here (``worker_proc.py``).
+
+Per step the driver builds the step's host inputs once (``prepare_inputs``), sends them pickled
+to every worker over a pipe, and queues its own forward pass; every rank runs the same path
+(decode graph / piecewise graphs / eager) and meets the others in the collectives (all-reduce
+after the row-parallel layers and the vocab-parallel embedding, all-gather of the logits). Only
+the driver samples; with async scheduling it broadcasts the sampled ids over the process group,
+on the device, so every rank gathers the next step's input ids without a host round trip. The
+driver never waits for the workers beyond what the collectives impose.
+
+Process group: NCCL on GPUs (rank r on cuda:r), gloo on CPU, over a TCP store on 127.0.0.1 (a
+free port picked by binding port 0). NVLink multicast stays off in every process.
+
+Failures: a monitor thread waits on the workers' process sentinels. When a worker dies, every
+later call raises a RuntimeError naming the rank, its exit code and its error; with NCCL the
+process group is aborted so that collectives in flight fail instead of spinning forever (and if
+the driver is still stuck inside a call after a grace period, the process exits with a message:
+never a silent hang). Workers exit when the driver's process goes away.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import sys
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from typing import Any, Iterator
+
+from pagedserve.config import EngineConfig
+from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for,
+                                                    destroy_distributed, disable_multicast_env, init_distributed)
+from pagedserve.executor.base import Executor
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_S = float(os.environ.get("PAGEDSERVE_TP_STARTUP_TIMEOUT_S", "600"))
+# after a worker died: how long the driver may stay stuck inside an executor call before the
+# process exits with the error (NCCL collectives that the abort did not release)
+DEATH_GRACE_S = float(os.environ.get("PAGEDSERVE_TP_DEATH_GRACE_S", "30"))
+
+_ACTIVE: "weakref.ref[MultiprocExecutor] | None" = None  # one tensor-parallel group per process
+
+
+@dataclass
+class _Worker:
+    rank: int
+    proc: Any  # multiprocessing Process
+    cmd: Any  # Connection, driver → worker
+    resp: Any  # Connection, worker → driver
+    error: str | None = None
+
+
+@dataclass
+class _Group:
+    """Everything the monitor thread and the finalizer need (no reference to the executor)."""
+
+    backend: str
+    workers: list[_Worker] = field(default_factory=list)
+    dead: _Worker | None = None
+    busy: int = 0  # > 0 while the driver is inside an executor call
+    raised: bool = False  # the driver has reported the failure to its caller
+    closed: bool = False
+    dist_up: bool = False
+    stop_r: Any = None
+    stop_w: Any = None
+    monitor: threading.Thread | None = None
+
+    # -- failure reporting ------------------------------------------------------------------------
+    def failure_message(self) -> str:
+        w = self.dead
+        if w is None:
+            return "tensor-parallel executor failed"
+        if w.error is None:
+            try:
+                while w.resp.poll(0.5):  # the worker's last words, if it had time to send them
+                    msg = w.resp.recv()
+                    if msg[0] == "error":
+                        w.error = msg[1]
+                        break
+            except (EOFError, OSError):
+                pass
+        code = w.proc.exitcode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        msg = (f"tensor-parallel worker rank {w.rank} (pid {w.proc.pid}) {how}; the engine cannot continue "
+               "(restart it)")
+        return msg + (f". Its error: {w.error.strip()}" if w.error else "")
+
+    def find_dead(self, timeout: float = 0.0) -> _Worker | None:
+        if self.dead is None:
+            sentinels = {w.proc.sentinel: w for w in self.workers if w.proc is not None}
+            ready = mp_wait(list(sentinels), timeout) if sentinels else []
+            if ready:
+                self.dead = sentinels[ready[0]]
+        return self.dead
+
+    # -- monitor thread ---------------------------------------------------------------------------
+    def start_monitor(self) -> None:
+        self.stop_r, self.stop_w = mp.Pipe(duplex=False)
+        self.monitor = threading.Thread(target=self._watch, name="tp-monitor", daemon=True)
+        self.monitor.start()
+
+    def _watch(self) -> None:
+        sentinels = {w.proc.sentinel: w for w in self.workers}
+        ready = mp_wait(list(sentinels) + [self.stop_r])
+        if self.closed or self.stop_r in ready:
+            return
+        if self.dead is None:
+            self.dead = sentinels[next(s for s in ready if s in sentinels)]
+        w = self.dead
+        logger.error("tensor-parallel worker rank %d (pid %d) exited with code %s", w.rank, w.proc.pid,
+                     w.proc.exitcode)
+        if self.backend == "nccl" and self.dist_up:
+            abort_distributed()  # collectives in flight fail instead of waiting for the dead rank
+            self.dist_up = False
+        deadline = time.monotonic() + DEATH_GRACE_S
+        while time.monotonic() < deadline:
+            if self.closed or self.raised or self.busy == 0:
+                return
+            time.sleep(0.05)
+        if self.busy and not self.raised and not self.closed:
+            msg = self.failure_message()
+            logger.critical("%s; the driver is stuck in a collective: exiting", msg)
+            os.write(2, f"pagedserve: {msg}; the driver is stuck in a collective: exiting\n".encode())
+            os._exit(70)
+
+    # -- shutdown -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.stop_w is not None:
+            try:
+                self.stop_w.send(None)
+            except OSError:
+                pass
+        bye = pickle.dumps(("shutdown",))
+        for w in self.workers:
+            try:
+                w.cmd.send_bytes(bye)
+            except OSError:
+                pass
+        if self.dist_up:
+            self.dist_up = False
+            if self.dead is not None:
+                abort_distributed()
+            else:  # in a thread: a teardown that waits for a peer must not hang the caller
+                t = threading.Thread(target=destroy_distributed, name="tp-destroy", daemon=True)
+                t.start()
+                t.join(15)
+                if t.is_alive():
+                    logger.warning("tensor-parallel: process group teardown did not finish in 15 s")
+        for w in self.workers:
+            w.proc.join(15)
+            if w.proc.is_alive():
+                logger.warning("tensor-parallel worker rank %d did not exit: terminating it", w.rank)
+                w.proc.terminate()
+                w.proc.join(5)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(5)
+            for c in (w.cmd, w.resp):
+                try:
+                    c.close()
+                except OSError:
+                    pass
+        for c in (self.stop_r, self.stop_w):
+            if c is not None:
+                c.close()
+
+
+class MultiprocExecutor(Executor):
+    def __init__(self, config: EngineConfig, use_tqdm: bool = True) -> None:
+        import torch
+        import torch.distributed as dist
+
+        from pagedserve.executor.worker_proc import RankWorker, worker_main
+
+        self.config = config
+        self.tp_size = tp = config.parallel_config.tensor_parallel_size
+        _claim_process(self)
+        disable_multicast_env()
+        if config.device.startswith("cuda"):
+            config.device = "cuda:0"
+            torch.cuda.set_device(0)
+        self._g = g = _Group(backend_for(config.device))
+        self._finalizer = weakref.finalize(self, g.close)
+        try:
+            store = dist.TCPStore(HOST, 0, tp, is_master=True, wait_for_workers=False,
+                                  timeout=_timedelta(STARTUP_TIMEOUT_S))
+            ctx = mp.get_context("spawn")
+            log_level = logging.getLogger().getEffectiveLevel()
+            with _spawn_workers():
+                for rank in range(1, tp):
+                    cmd_r, cmd_w = ctx.Pipe(duplex=False)
+                    resp_r, resp_w = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=worker_main, name=f"pagedserve-tp{rank}", daemon=True,
+                                       args=(config, rank, tp, HOST, store.port, cmd_r, resp_w,
+                                             dict(NO_MULTICAST_ENV), log_level))
+                    proc.start()
+                    cmd_r.close()
+                    resp_w.close()
+                    g.workers.append(_Worker(rank, proc, cmd_w, resp_r))
+            self._expect("hello")
+            g.start_monitor()
+            with self._call():
+                init_distributed(config.device, 0, tp, HOST, store.port, store=store,
+                                 timeout_s=STARTUP_TIMEOUT_S)
+                g.dist_up = True
+                self.worker = RankWorker(config, 0, tp, use_tqdm=use_tqdm)
+                self.runner = self.worker.runner
+            self._expect("ready")
+            logger.info("tensor parallelism: %d ranks (%s), workers %s", tp, g.backend,
+                        [w.proc.pid for w in g.workers])
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        g = self._g
+        if g.closed:
+            raise RuntimeError("the tensor-parallel executor is shut down")
+        if g.dead is not None:
+            g.raised = True
+            raise RuntimeError(g.failure_message())
+        g.busy += 1
+        try:
+            yield
+        except Exception as e:
+            if g.find_dead(timeout=1.0) is not None:  # a collective or a pipe failed: a rank is gone
+                g.raised = True
+                raise RuntimeError(g.failure_message()) from e
+            raise
+        finally:
+            g.busy -= 1
+
+    def _send(self, msg: tuple) -> None:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        for w in self._g.workers:
+            w.cmd.send_bytes(data)
+
+    def _recv(self, w: _Worker, kind: str, timeout: float | None = None) -> Any:
+        ready = mp_wait([w.resp, w.proc.sentinel], timeout)
+        if not ready:
+            raise TimeoutError(f"tensor-parallel worker rank {w.rank} did not answer in {timeout:.0f} s")
+        if w.resp in ready:
+            try:
+                msg = w.resp.recv()
+            except EOFError:
+                msg = None
+            if msg is not None and msg[0] == kind:
+                return msg[1] if len(msg) > 1 else None
+            if msg is not None and msg[0] == "error":
+                w.error = msg[1]
+        self._g.dead = self._g.dead or w
+        if w.proc.is_alive():
+            w.proc.join(5)
+        self._g.raised = True
+        raise RuntimeError(self._g.failure_message())
+
+    def _expect(self, kind: str) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        for w in self._g.workers:
+            self._recv(w, kind, max(1.0, deadline - time.monotonic()))
+
+    # -- the executor API ---------------------------------------------------------------------------
+    def collective_rpc(self, method: str, *args: Any) -> list[Any]:
+        with self._call():
+            self._send(("rpc", method, args))
+            local = getattr(self.worker, method)(*args)
+            return [local] + [self._recv(w, "result") for w in self._g.workers]
+
+    def launch(self, sched, prev=None):
+        from pagedserve.worker.input_batch import prepare_inputs
+
+        with self._call():
+            h = None
+            if not sched.is_empty:
+                h = prepare_inputs(sched.scheduled, self.runner.block_size, prev.row_of if prev is not None else None)
+            self._send(("step", h, sched.block_ops))
+            return self.runner.launch_inputs(h, sched.block_ops, prev, sched)
+
+    def collect(self, handle):
+        with self._call():
+            if handle.event is not None:
+                handle.event.synchronize()
+                if self._g.dead is not None:  # released by the abort: the step did not happen
+                    raise RuntimeError("a tensor-parallel worker died during the step")
+            return self.runner.collect(handle)
+
+    def check_health(self) -> None:
+        if self._g.find_dead() is not None:
+            self._g.raised = True
+            raise RuntimeError(self._g.failure_message())
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.proc.pid for w in self._g.workers]
+
+    def shutdown(self) -> None:
+        """Stop the workers and leave the process group (idempotent; also runs when collected)."""
+        self._finalizer()
+        global _ACTIVE
+        if _ACTIVE is not None and _ACTIVE() is self:
+            _ACTIVE = None
+
+
+def _claim_process(ex: MultiprocExecutor) -> None:
+    """One tensor-parallel group per process (torch.distributed's default group): an older engine
+    still running here is shut down first."""
+    global _ACTIVE
+    gc.collect()  # an unreachable engine in a reference cycle: its finalizer shuts it down
+    old = _ACTIVE() if _ACTIVE is not None else None
+    if old is not None and not old._g.closed:
+        logger.warning("a tensor-parallel engine was still running in this process: shutting it down "
+                       "(one tensor-parallel engine per process)")
+        old.shutdown()
+    _ACTIVE = weakref.ref(ex)
+
+
+@contextmanager
+def _spawn_workers() -> Iterator[None]:
+    """Around ``Process.start()`` of the ranks:
+
+    * the engine-core process is a daemonic multiprocessing child, and those may not start
+      processes: lift the flag (the ranks are tied to it by their watchdog instead);
+    * 'spawn' re-imports the ``__main__`` script in each child unless it cannot find it: hide it
+      (``worker_main`` lives in this package), so a user's script without an
+      ``if __name__ == "__main__":`` guard neither fails nor runs twice."""
+    cur = mp.current_process()
+    daemon = cur._config.get("daemon")  # type: ignore[attr-defined]
+    cur._config["daemon"] = False  # type: ignore[attr-defined]
+    main = sys.modules.get("__main__")
+    hidden = {}
+    if main is not None:
+        for attr in ("__spec__", "__file__"):
+            if attr in vars(main):
+                hidden[attr] = vars(main)[attr]
+        main.__spec__ = None
+        vars(main).pop("__file__", None)
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__spec__ = hidden.get("__spec__")
+            if "__file__" in hidden:
+                main.__file__ = hidden["__file__"]
+        if daemon is not None:
+            cur._config["daemon"] = daemon  # type: ignore[attr-defined]
+        else:
+            cur._config.pop("daemon", None)  # type: ignore[attr-defined]
+
+
+def _timedelta(seconds: float):
+    import datetime
+
+    return datetime.timedelta(seconds=seconds)

@@ -1,0 +1,160 @@
+"""Tensor parallelism on CPU: two processes over gloo (the driver in this process, one spawned
+worker) give the greedy outputs of TP=1 token for token (float32) for every architecture, with
+chunked prefill, async scheduling, copy-on-write forks, swapping and the piecewise path; each
+rank reads only its own slices of the safetensors; a killed worker is a clear error, not a hang.
+The same code runs over NCCL on GPUs (bench/tp_gpu.py)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from pagedserve import LLM, EngineArgs, SamplingParams
+from tests.runtime.model_factory import ARCHS
+
+PROMPTS = [[5 + (i * 7) % 200 for i in range(n)] for n in (1, 9, 30, 17, 55, 4)]
+KV = dict(kv_cache_memory=1 << 24)  # 16 MiB of KV per rank: quick to allocate
+
+
+def _llm(model_dir: str, tp: int, **kw) -> LLM:
+    return LLM(model_dir, device="cpu", dtype="float32", skip_tokenizer_init=True, use_tqdm=False,
+               tensor_parallel_size=tp, **kw)
+
+
+def _generate(llm: LLM, params: list[SamplingParams], prompts=PROMPTS) -> list:
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    return [[(c.token_ids, c.finish_reason, c.logprobs) for c in o.outputs] + [o.prompt_logprobs] for o in outs]
+
+
+def _params() -> list[SamplingParams]:
+    return [SamplingParams(temperature=0, max_tokens=10, ignore_eos=True),
+            SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=3),
+            SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, prompt_logprobs=2),
+            SamplingParams(temperature=0, max_tokens=6, n=2, ignore_eos=True),  # a copy-on-write fork
+            SamplingParams(temperature=0, max_tokens=9, ignore_eos=True),
+            SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)]
+
+
+def _assert_same(ref: list, got: list) -> None:
+    """Token ids and finish reasons exactly; logprobs within float32 reduction-order noise."""
+    for r_req, g_req in zip(ref, got, strict=True):
+        for r, g in zip(r_req[:-1], g_req[:-1], strict=True):
+            assert g[0] == r[0] and g[1] == r[1]
+            if r[2] is not None:
+                for rd, gd in zip(r[2], g[2], strict=True):
+                    assert rd.keys() == gd.keys()
+                    for t in rd:
+                        assert abs(rd[t].logprob - gd[t].logprob) < 1e-4
+        if r_req[-1] is not None:
+            for rd, gd in zip(r_req[-1], g_req[-1], strict=True):
+                if rd is None:
+                    assert gd is None
+                    continue
+                for t in rd:
+                    assert abs(rd[t].logprob - gd[t].logprob) < 1e-4
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_tp2_equals_tp1(tiny_models, arch):
+    """Chunked prefill (budget 24 < the 55-token prompt: prefill chunks share steps with decodes),
+    async scheduling (the driver broadcasts the sampled ids), then the synchronous loop."""
+    kw = dict(max_num_batched_tokens=24, async_scheduling=True, **KV)
+    piecewise = arch in ("llama3_scaled", "qwen3")  # the piecewise-graph path, its pieces run eagerly
+    ref_llm = _llm(tiny_models[arch], 1, **kw)
+    if piecewise:
+        ref_llm.llm_engine.core.executor.collective_rpc("use_eager_piecewise", 24)
+    ref = _generate(ref_llm, _params())
+    llm = _llm(tiny_models[arch], 2, **kw)
+    core = llm.llm_engine.core
+    try:
+        if piecewise:
+            core.executor.collective_rpc("use_eager_piecewise", 24)
+        _assert_same(ref, _generate(llm, _params()))
+        core.async_scheduling = False
+        _assert_same(ref, _generate(llm, _params()))
+        info = core.executor.collective_rpc("info")
+        assert [i["rank"] for i in info] == [0, 1] and info[1]["pid"] != os.getpid()
+        assert info[1]["num_steps"] > 0
+        kv_heads = ARCHS[arch].get("num_key_value_heads", 2)
+        assert info[0]["kv_cache_shape"][4] == info[1]["kv_cache_shape"][4] == max(1, kv_heads // 2)
+        pool = core.scheduler.kv.pool
+        assert pool.num_free_blocks == pool.num_blocks
+    finally:
+        core.shutdown()
+
+
+def test_tp2_swap_preemption_equals_tp1(tiny_models):
+    """A cache too small for the batch: requests are swapped out and back on every rank (each
+    rank swaps its own KV heads to its own CPU pool)."""
+    kw = dict(num_gpu_blocks_override=12, block_size=8, max_num_batched_tokens=32, preemption_mode="swap",
+              swap_space=0.01, async_scheduling=True)
+    params = [SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)] * len(PROMPTS)
+    ref_llm = _llm(tiny_models["llama"], 1, **kw)
+    ref = _generate(ref_llm, params)
+    assert ref_llm.llm_engine.core.scheduler.num_preemptions > 0
+    llm = _llm(tiny_models["llama"], 2, **kw)
+    try:
+        _assert_same(ref, _generate(llm, params))
+        assert llm.llm_engine.core.scheduler.num_preemptions == ref_llm.llm_engine.core.scheduler.num_preemptions
+    finally:
+        llm.llm_engine.core.shutdown()
+
+
+def test_killed_worker_is_a_clear_error(tiny_models):
+    llm = _llm(tiny_models["qwen2"], 2, async_scheduling=True, **KV)
+    core = llm.llm_engine.core
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    try:
+        _generate(llm, [params] * 2, PROMPTS[:2])
+        pid = core.executor.worker_pids[0]
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"worker rank 1 \(pid \d+\) was killed by signal 9"):
+            _generate(llm, [params] * 2, PROMPTS[:2])
+        assert time.monotonic() - t0 < 30
+        with pytest.raises(RuntimeError, match="worker rank 1"):  # and it stays failed
+            core.executor.collective_rpc("info")
+    finally:
+        t0 = time.monotonic()
+        core.shutdown()
+        assert time.monotonic() - t0 < 30
+
+
+def test_shutdown_joins_workers_and_a_new_engine_starts(tiny_models):
+    llm = _llm(tiny_models["mistral"], 2, **KV)
+    ex = llm.llm_engine.core.executor
+    procs = [w.proc for w in ex._g.workers]
+    llm.llm_engine.core.shutdown()
+    assert all(not p.is_alive() and p.exitcode == 0 for p in procs)
+    with pytest.raises(RuntimeError, match="shut down"):
+        ex.collective_rpc("info")
+    llm.llm_engine.core.shutdown()  # idempotent
+
+
+# -- validation: errors before any process starts ----------------------------------------------------
+@pytest.mark.parametrize("overrides, tp, device, match", [
+    ({}, 3, "cpu", "must divide num_attention_heads 4"),
+    ({"num_attention_heads": 6, "num_key_value_heads": 3, "head_dim": 16}, 2, "cpu",
+     "must divide num_key_value_heads 3"),
+    ({"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 8}, 8, "cpu", None),  # replicated KV heads: ok
+    ({"num_attention_heads": 12, "num_key_value_heads": 4, "head_dim": 8}, 6, "cpu", "must be a multiple of num_key_value_heads 4"),
+    ({"intermediate_size": 130}, 4, "cpu", "must divide intermediate_size 130"),
+    ({}, 2, "cuda:1", "CUDA_VISIBLE_DEVICES"),
+    ({}, 2, "mps", "not on 'mps'"),
+])
+def test_tp_validation(tiny_models, overrides, tp, device, match):
+    args = EngineArgs(model=tiny_models["llama"], device=device, tensor_parallel_size=tp, hf_overrides=overrides)
+    if match is None:
+        assert args.create_engine_config().parallel_config.tensor_parallel_size == tp
+    else:
+        with pytest.raises(ValueError, match=match):
+            args.create_engine_config()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="needs fewer than 2 visible GPUs")
+def test_tp_larger_than_visible_gpus(tiny_models):
+    with pytest.raises(ValueError, match=r"larger than the number of visible GPUs \(\d\)"):
+        EngineArgs(model=tiny_models["llama"], device="cuda", tensor_parallel_size=2).create_engine_config()
