@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.server.conftest import start_server
+from tests.server.test_lifecycle import StreamReader
 from tests.server.server_proc import metrics, post, request, wait_for
 
 KEY = "s3cret-key"
@@ -57,7 +58,14 @@ def test_models_routed_by_name(multi):
 def test_engine_death_gives_503_not_hang(multi):
     pids = dict(re.findall(r"engine for '([^']+)' ready: .* engine core pid (\d+)", multi.log_text()))
     assert set(pids) == {"smol-a", "smol-b"}
+    in_flight = StreamReader(multi.port, {"model": "smol-b", "prompt": "Go on and on.", "max_tokens": 400,
+                                          "ignore_eos": True, "stream": True}, headers=AUTH)
+    in_flight.start()
+    assert in_flight.first_token.wait(120) and in_flight.error is None, in_flight.error
     os.kill(int(pids["smol-b"]), signal.SIGKILL)
+    in_flight.join(30)  # the open stream ends with an error event, it does not hang
+    assert not in_flight.is_alive() and in_flight.error is None
+    assert in_flight.events[-1] == "[DONE]" and in_flight.events[-2]["error"]["code"] == "engine_dead"
     status, resp = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(request(multi, "GET", "/health")), 30,
                             what="/health to fail")
     assert "smol-b" in resp["error"]["message"] and resp["error"]["code"] == "engine_dead"

@@ -13,9 +13,9 @@ from tests.server.conftest import start_server
 class StreamReader(threading.Thread):
     """Streams one completion; records the SSE payloads and when the first token arrived."""
 
-    def __init__(self, port: int, body: dict) -> None:
+    def __init__(self, port: int, body: dict, headers: dict | None = None) -> None:
         super().__init__(daemon=True)
-        self.port, self.body = port, body
+        self.port, self.body, self.headers = port, body, headers or {}
         self.events: list = []
         self.first_token = threading.Event()
         self.error: BaseException | None = None
@@ -23,7 +23,8 @@ class StreamReader(threading.Thread):
     def run(self) -> None:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-            conn.request("POST", "/v1/completions", json.dumps(self.body), {"Content-Type": "application/json"})
+            conn.request("POST", "/v1/completions", json.dumps(self.body),
+                         {"Content-Type": "application/json", **self.headers})
             resp = conn.getresponse()
             assert resp.status == 200, resp.read()
             buf = b""

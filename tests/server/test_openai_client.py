@@ -160,3 +160,17 @@ def test_beam_search_passthrough(openai_client):
     assert sorted(c.index for c in r.choices) == [0, 1]
     assert r.choices[0].text != r.choices[1].text  # two different beams
     assert 0 < r.usage.completion_tokens <= 8
+
+
+def test_request_id_header_echoed(server):
+    import http.client
+    import json
+
+    for _ in range(2):  # the same id twice: still two distinct engine requests
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "hi", "max_tokens": 1}),
+                     {"Content-Type": "application/json", "X-Request-Id": "my-req-1"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 200 and resp.getheader("X-Request-Id") == "my-req-1" and body["id"] == "my-req-1"

@@ -254,6 +254,18 @@ def _core_info(core: Any) -> dict[str, Any]:
             "startup_seconds": getattr(core, "startup_seconds", None)}
 
 
+def tune_gc(gen0_threshold: int = 10_000) -> None:
+    """After startup: move everything allocated so far (model, tokenizer, modules) out of the
+    collector's reach, and collect the young generation less often. Full collections over the
+    startup heap otherwise stall a busy loop for tens of milliseconds at a time."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, g1, g2)
+
+
 def _load_factory(path: str | None) -> Callable[..., Any]:
     if not path:
         from pagedserve.engine.core import EngineCore
@@ -282,6 +294,7 @@ def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket
         writer.close()
         os._exit(1)
     writer.send(("ready", _core_info(core)))
+    tune_gc()
     in_sock.setblocking(False)
     proc = EngineCoreProc(core, in_sock, writer)
     code = 0

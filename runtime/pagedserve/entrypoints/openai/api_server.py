@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import hmac
 import logging
+import os
 import signal
 import socket
 import sys
@@ -200,6 +201,9 @@ async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> in
         return 0
     waiter.cancel()
     served = start.result()  # raises if an engine failed to start
+    from pagedserve.engine.core_proc import tune_gc
+
+    tune_gc()
     app = build_app(served, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)))
     state = app[STATE]
     access_log = None if args.disable_access_log else logging.getLogger("pagedserve.access")
@@ -210,7 +214,18 @@ async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> in
     host, port = sock.getsockname()[:2]
     logger.info("serving %s on http://%s:%d (OpenAI API at /v1)", ", ".join(n for m in served.models for n in m.names),
                 host, port)
+    profile_path = os.environ.get("PAGEDSERVE_FRONTEND_PROFILE")  # cProfile of the HTTP process while serving
+    profiler = None
+    if profile_path:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     await stop.wait()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
+        logger.info("frontend profile written to %s", profile_path)
 
     # drain: refuse new work, let in-flight requests finish, then stop the engines
     state.draining = True
@@ -244,6 +259,7 @@ def run_server(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop if not args.no_uvloop else None
     except ImportError:
         loop_factory = None
+    logger.info("event loop: %s", "uvloop" if loop_factory is not None else "asyncio")
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(_serve(args, plan, sock))
 

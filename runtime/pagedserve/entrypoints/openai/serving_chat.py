@@ -74,11 +74,11 @@ async def create_chat_completion(request: web.Request, body: dict, served: Serve
     priority = check_priority(model, body)
     ids, msgs = render_messages(model, body, served.options)
     check_context(model, len(ids), params, max_field, "messages")
-    request_id = request.headers.get("X-Request-Id") or make_request_id("chatcmpl", request)
+    request_id, engine_id = make_request_id("chatcmpl", request)
     echo = msgs[-1]["content"] if body.get("echo") and msgs[-1]["role"] == "assistant" else ""
     streams = []
     try:
-        streams.append(admit(model, request_id, {"prompt_token_ids": ids}, params, priority, time.time()))
+        streams.append(admit(model, engine_id, {"prompt_token_ids": ids}, params, priority, time.time()))
         if stream:
             return await _stream(request, body, model, streams[0], params, request_id, len(ids), echo)
         try:

@@ -3,6 +3,7 @@ logprobs and usage formatting, admission of engine requests, and Server-Sent Eve
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -80,8 +81,15 @@ def generation_defaults(engine: AsyncEngine) -> dict[str, Any]:
     return out
 
 
-def make_request_id(prefix: str, request: web.Request) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+_engine_ids = itertools.count()
+
+
+def make_request_id(prefix: str, request: web.Request) -> tuple[str, str]:
+    """(the id the client sees, a unique id for the engine). A client's ``X-Request-Id`` (up to
+    128 printable characters) is echoed back; the engine id stays unique even if clients reuse it."""
+    given = request.headers.get("X-Request-Id", "")
+    public = given if 0 < len(given) <= 128 and given.isprintable() else f"{prefix}-{uuid.uuid4().hex}"
+    return public, f"{public}#{next(_engine_ids)}"
 
 
 # -- request → SamplingParams ---------------------------------------------------------------------

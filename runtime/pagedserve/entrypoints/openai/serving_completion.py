@@ -42,12 +42,12 @@ async def create_completion(request: web.Request, body: dict, served: ServedMode
         if text is None:
             check_token_ids(model, ids, param)
         check_context(model, len(ids), params, max_field, param)
-    request_id = request.headers.get("X-Request-Id") or make_request_id("cmpl", request)
+    request_id, engine_id = make_request_id("cmpl", request)
     arrival = time.time()
     streams = []
     try:
         for i, (text, ids, _) in enumerate(prompts):
-            rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
+            rid = engine_id if len(prompts) == 1 else f"{engine_id}-{i}"
             streams.append(admit(model, rid, {"prompt": text, "prompt_token_ids": ids}, params, priority, arrival))
         if stream:
             return await _stream(request, body, model, prompts, streams, params, request_id)
