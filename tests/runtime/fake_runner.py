@@ -94,19 +94,20 @@ class FakeCore:
         sampled: dict[str, int] = {}
         logprobs: dict[str, tuple] = {}
         self.scheduled_log.append([s.request.request_id for s in sched.scheduled])
-        for s in sched.scheduled:
+        for s in sched.scheduled:  # every layer stores the whole step's K/V first ...
             req = s.request
-            # what the attention reads: positions before this step's tokens must hold this sequence's tokens
-            for pos in range(s.start):
+            for pos in range(s.start, s.start + s.num_tokens):
+                blk = s.block_ids[pos // bs]
+                self.kv[0, 0, blk, pos % bs, 0, 0] = req.all_token_ids[pos]
+                self.kv[0, 1, blk, pos % bs, 0, 0] = pos
+        for s in sched.scheduled:  # ... then attends: every position up to its last must be its own
+            req = s.request
+            for pos in range(s.start + s.num_tokens):
                 blk = s.block_ids[pos // bs]
                 got = (int(self.kv[0, 0, blk, pos % bs, 0, 0]), int(self.kv[0, 1, blk, pos % bs, 0, 0]))
                 want = (req.all_token_ids[pos], pos)
                 assert got == want, (f"step {self.steps}: {req.request_id} position {pos} in block {blk} holds "
                                      f"{got}, expected {want}")
-            for pos in range(s.start, s.start + s.num_tokens):
-                blk = s.block_ids[pos // bs]
-                self.kv[0, 0, blk, pos % bs, 0, 0] = req.all_token_ids[pos]
-                self.kv[0, 1, blk, pos % bs, 0, 0] = pos
             if s.do_sample:
                 toks = req.all_token_ids[:s.start + s.num_tokens]
                 sp = req.sampling_params

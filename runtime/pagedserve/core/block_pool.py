@@ -80,6 +80,9 @@ class BlockPool:
         self.cached[block_hash] = block
         return True
 
+    def uncache_block(self, block: KVCacheBlock) -> None:
+        self._uncache(block)
+
     def _uncache(self, block: KVCacheBlock) -> None:
         if self.cached.get(block.block_hash) is block:  # type: ignore[arg-type]
             del self.cached[block.block_hash]  # type: ignore[arg-type]

@@ -68,23 +68,36 @@ class KVCacheManager:
             hit.append(block)
         return hit
 
-    def cache_full_blocks(self, seq: Request) -> None:
-        """After a forward pass: register the sequence's newly completed full blocks in the cache."""
+    def cache_full_blocks(self, seq: Request, num_tokens: int | None = None) -> list[KVCacheBlock]:
+        """Register the sequence's full blocks among its first ``num_tokens`` (default: its computed
+        tokens) in the cache; returns the blocks newly registered. The scheduler calls it when it
+        schedules their computation: a request admitted later in the same step may then hit them,
+        which is safe because every attention layer stores the step's K/V before it attends."""
         if not self.enable_caching:
-            return
+            return []
         blocks = self.req_to_blocks.get(seq.request_id)
         if not blocks:
-            return
-        # (with a step in flight, num_computed_tokens may run one token ahead of the known ids)
-        n_full = min(min(seq.num_computed_tokens, seq.num_tokens) // self.block_size, len(blocks))
+            return []
+        upto = seq.num_computed_tokens if num_tokens is None else num_tokens
+        # (ids of tokens still in flight (async scheduling) are unknown: only known tokens are hashed)
+        n_full = min(min(upto, seq.num_tokens) // self.block_size, len(blocks))
         done = self.num_hashed.get(seq.request_id, 0)
         if n_full <= done:
-            return
+            return []
         hashes = update_block_hashes(seq, self.block_size)
+        new = []
         for i in range(done, n_full):
-            if blocks[i].block_hash is None:
-                self.pool.cache_block(blocks[i], hashes[i])
+            if blocks[i].block_hash is None and self.pool.cache_block(blocks[i], hashes[i]):
+                new.append(blocks[i])
         self.num_hashed[seq.request_id] = n_full
+        return new
+
+    def uncache_blocks(self, blocks: list[KVCacheBlock]) -> None:
+        """Take back cache entries whose computation was cancelled (a request unscheduled in the step
+        that registered them)."""
+        for b in blocks:
+            if b.block_hash is not None:
+                self.pool.uncache_block(b)
 
     # -- allocation ---------------------------------------------------------------------------
     def allocate_slots(self, seq: Request, num_new_tokens: int,

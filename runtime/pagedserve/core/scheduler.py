@@ -48,6 +48,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.beam_placeholders: dict[str, list[Request]] = {}  # beam leader id → the other children
         self._seq_no = itertools.count()
+        self._step_cached: dict[int, list] = {}
         self.num_preemptions = 0
         self.num_preemptions_by_mode = {"recompute": 0, "swap": 0}
         self.prefix_cache_queries = self.prefix_cache_hits = 0  # tokens
@@ -140,6 +141,7 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         planned: dict[int, list[ScheduledRequest]] = {}  # id(unit) → its entries this step
+        self._step_cached = {}  # id(unit) → blocks it registered in the prefix cache this step
         num_seqs = sum(self._width(r) for r in self.running)
         preempted = False
         i = 0
@@ -158,7 +160,7 @@ class Scheduler:
                     break
             if req.status != RequestStatus.RUNNING:
                 break
-            planned[id(req)] = entries = self._emit(plan)
+            planned[id(req)] = entries = self._emit(req, plan)
             out.scheduled.extend(entries)
             budget -= sum(s.num_tokens for s in entries)
             i += 1
@@ -166,6 +168,8 @@ class Scheduler:
             skipped: list[Request] = []
             while len(self.waiting) and budget > 0:
                 req = self.waiting.peek()
+                if req.request_id in out.preempted_ids:
+                    break  # just made room for a better request: not back in the same step
                 fork_src = self._fork_source(req)
                 if fork_src is _WAIT:
                     skipped.append(self.waiting.pop())
@@ -193,6 +197,7 @@ class Scheduler:
                 budget -= sum(s.num_tokens for s in entries)
             for req in reversed(skipped):
                 self.waiting.push_front(req)
+        self._step_cached = {}
         out.total_num_scheduled_tokens = self.config.max_num_batched_tokens - budget
         out.block_ops = self.kv.take_ops()
         for s in out.scheduled:  # advance now so the next schedule() sees this step's work
@@ -231,10 +236,13 @@ class Scheduler:
     def _allocate(self, plan: list[tuple[Request, int]]) -> bool:
         return all(self.kv.allocate_slots(seq, n) is not None for seq, n in plan)
 
-    def _emit(self, plan: list[tuple[Request, int]]) -> list[ScheduledRequest]:
+    def _emit(self, unit: Request, plan: list[tuple[Request, int]]) -> list[ScheduledRequest]:
         out = []
         for seq, n in plan:
             start = seq.num_computed_tokens
+            new = self.kv.cache_full_blocks(seq, start + n)  # hits for requests admitted after it
+            if new:
+                self._step_cached.setdefault(id(unit), []).extend(new)
             out.append(ScheduledRequest(seq, n, start, self.kv.get_block_ids(seq.request_id),
                                         do_sample=start + n == seq.num_tokens + seq.num_output_placeholders))
         return out
@@ -267,7 +275,7 @@ class Scheduler:
             self.kv.swap_in(seqs)
             ok = self._allocate(plan)
             assert ok, "swap-in admission checked an upper bound on the blocks it needs"
-            return self._emit(plan)
+            return self._emit(req, plan)
         if fork_src is not None:
             keep = req.num_prompt_tokens - 1
             self.kv.fork(fork_src, req, keep)
@@ -277,7 +285,7 @@ class Scheduler:
                 req.num_computed_tokens = 0
                 return None
             req.num_cached_tokens = fork_src.num_cached_tokens
-            return self._emit([(req, 1)])
+            return self._emit(req, [(req, 1)])
         seqs = self._seqs(req)
         assert len(seqs) == 1 and seqs[0].num_computed_tokens == 0
         seq = seqs[0]
@@ -293,14 +301,24 @@ class Scheduler:
             self.prefix_cache_hits += n_hit
         if req.num_preemptions == 0:
             req.num_cached_tokens = n_hit
-        return self._emit([(seq, n)])
+        return self._emit(req, [(seq, n)])
 
     def _priority_victim(self, req: Request) -> Request | None:
         """With the priority policy: the running unit to preempt for waiting ``req`` (strictly worse key)."""
         if self.policy != "priority" or not self.running:
             return None
         victim = self.running[-1]
-        return victim if victim.sort_key > req.sort_key else None
+        if victim.sort_key <= req.sort_key:
+            return None
+        new_cached = self._step_cached.get(id(victim))
+        if new_cached:  # requests admitted after it this step may already read blocks it computes now
+            own: dict[int, int] = {}
+            for seq in self._seqs(victim):
+                for b in self.kv.req_to_blocks.get(seq.request_id, []):
+                    own[b.block_id] = own.get(b.block_id, 0) + 1
+            if any(b.ref_cnt > own.get(b.block_id, 0) for b in new_cached):
+                return None
+        return victim
 
     # -- preemption ---------------------------------------------------------------------------
     def _preemption_mode(self, req: Request, seqs: list[Request]) -> str:
@@ -328,6 +346,7 @@ class Scheduler:
         self.running.remove(victim)
         refund = 0
         entries = planned.pop(id(victim), None)
+        self.kv.uncache_blocks(self._step_cached.pop(id(victim), []))  # their KV will not be computed
         if entries:
             drop = {id(e) for e in entries}
             out.scheduled = [s for s in out.scheduled if id(s) not in drop]
@@ -493,6 +512,12 @@ class Scheduler:
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.waiting) + len(self.running)
+
+    def set_prefix_caching(self, enabled: bool) -> None:
+        """Turn prefix caching on or off at run time (benchmarks); off also forgets free cached blocks."""
+        self.kv.enable_caching = self.kv.pool.enable_caching = enabled
+        if not enabled:
+            self.reset_prefix_cache()
 
     def reset_prefix_cache(self) -> int:
         """Drop every cached block no request holds (benchmarks; after a model/weights change)."""
