@@ -49,7 +49,7 @@ def measure(engine, prompt: list[int], output_len: int, batch: int) -> tuple[flo
 
     from pagedserve.sampling_params import SamplingParams
 
-    sp = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    sp = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True, output_kind="delta")
     torch.cuda.synchronize() if torch.cuda.is_available() else None
     t0 = time.perf_counter()
     for i in range(batch):

@@ -31,12 +31,19 @@ class EngineCore:
             num_cpu_blocks = self._num_cpu_blocks()
             config.cache_config.num_cpu_blocks = num_cpu_blocks
             self.executor.init_block_ops(num_cpu_blocks)  # CoW copies and swaps, on every rank
+            if self.runner.device.type == "cuda":
+                from pagedserve.worker.warmup import warmup
+
+                warmup(self.runner, self.executor.execute_model)
         except BaseException:
             self.executor.shutdown()
             raise
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, num_cpu_blocks)
         self.async_scheduling = config.async_scheduling
         self.inflight: tuple[SchedulerOutput, StepHandle] | None = None  # the step on the device
+        # per-step trace for benchmarks: (start, launched, done, tokens, requests, runner path)
+        self.trace: list[tuple] | None = None
+        self.wait_seconds = 0.0  # host time spent waiting for the device
         self.startup_seconds = time.perf_counter() - t0
         logger.info("engine core ready in %.2f s", self.startup_seconds)
 
@@ -64,13 +71,18 @@ class EngineCore:
                 return outputs
             out = self.executor.execute_model(sched)
             return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
+        t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         handle = None
         if not sched.is_empty or sched.block_ops:
             handle = self.executor.launch(sched, self.inflight[1] if self.inflight else None)
+        t1 = time.perf_counter()
         outputs = self._finish_inflight()
         if handle is not None:
             self.inflight = (sched, handle)
+        if self.trace is not None:
+            self.trace.append((t0, t1, time.perf_counter(), sched.total_num_scheduled_tokens, len(sched.scheduled),
+                               self.runner.last_path))
         return outputs
 
     def _finish_inflight(self) -> list[EngineCoreOutput]:
@@ -78,7 +90,9 @@ class EngineCore:
             return []
         sched, handle = self.inflight
         self.inflight = None
+        tw = time.perf_counter()
         out = self.executor.collect(handle)
+        self.wait_seconds += time.perf_counter() - tw
         return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
 
     def _needs_sync(self) -> bool:

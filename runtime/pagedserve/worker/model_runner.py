@@ -52,6 +52,7 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeCUDAGraphs once captured
         self.piecewise = None  # PiecewiseCUDAGraphs for prefill / mixed steps
+        self.last_path = ""  # how the last step ran: decode-graph, piecewise or eager (for traces)
         # tensor parallelism with async scheduling: the driver broadcasts each step's sampled ids so
         # that every rank gathers the next step's input ids on its own device (executor/multiproc.py)
         self.share_sampled = config.parallel_config.tensor_parallel_size > 1 and config.async_scheduling
@@ -113,12 +114,15 @@ class ModelRunner:
         """Hidden states of every token (piecewise graphs or eager) and the rows to turn into logits."""
         inp = to_device(h, self.device, prev_sampled)
         if self.piecewise is not None and self.piecewise.can_run(h):
+            self.last_path = "piecewise"
             return self.piecewise.run(h, inp.input_ids, inp.positions, inp.attn_metadata), inp.logits_indices
+        self.last_path = "eager"
         with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
             return self.model(inp.input_ids, inp.positions), inp.logits_indices
 
     def _logits(self, h: HostInput, prev_sampled: torch.Tensor | None) -> torch.Tensor:
         if self.graphs is not None and self.graphs.can_run(h):
+            self.last_path = "decode-graph"
             return self.graphs.run(h, prev_sampled)  # decode CUDA graph: forward and LM head
         hidden, rows = self._hidden(h, prev_sampled)
         return self.model.compute_logits(hidden[rows])
