@@ -64,7 +64,11 @@ def init_distributed(device: str, rank: int, size: int, host: str, port: int, st
     timeout = datetime.timedelta(seconds=timeout_s)
     if store is None:
         store = dist.TCPStore(host, port, size, is_master=False, timeout=timeout)
-    dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=size, timeout=timeout)
+    # on GPUs, bind the group to this rank's device: the NCCL communicator is created now (its
+    # buffers are then outside torch's allocator when the KV budget is profiled)
+    device_id = torch.device(device) if device.startswith("cuda") else None
+    dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=size, timeout=timeout,
+                            device_id=device_id)
 
 
 def destroy_distributed() -> None:

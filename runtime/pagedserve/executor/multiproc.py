@@ -88,6 +88,7 @@ class _Group:
                         break
             except (EOFError, OSError):
                 pass
+        w.proc.join(2)  # reap it: its exit code
         code = w.proc.exitcode
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         msg = (f"tensor-parallel worker rank {w.rank} (pid {w.proc.pid}) {how}; the engine cannot continue "
@@ -116,6 +117,7 @@ class _Group:
         if self.dead is None:
             self.dead = sentinels[next(s for s in ready if s in sentinels)]
         w = self.dead
+        w.proc.join(1)  # reap it: its exit code
         logger.error("tensor-parallel worker rank %d (pid %d) exited with code %s", w.rank, w.proc.pid,
                      w.proc.exitcode)
         if self.backend == "nccl" and self.dist_up:

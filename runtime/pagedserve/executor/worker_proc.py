@@ -85,6 +85,57 @@ class RankWorker:
                 "kv_cache_shape": list(r.kv_cache.shape) if r.kv_cache is not None else None,
                 "memory_allocated": torch.cuda.memory_allocated() if r.device.type == "cuda" else None}
 
+    def bench_all_reduce(self, numels: list[int], iters: int = 100) -> dict[str, dict[int, float]]:
+        """Median microseconds of one all-reduce of ``numels`` elements (model dtype) on this group:
+        eager (what a launch costs on the host and device) and inside a CUDA graph (what a decode
+        step pays). All ranks must call it together."""
+        import statistics
+        import time
+
+        import torch
+        import torch.distributed as dist
+
+        dev, dtype = self.runner.device, self.runner.mc.dtype
+        cuda = dev.type == "cuda"
+        eager: dict[int, float] = {}
+        graph: dict[int, float] = {}
+        for n in numels:
+            x = torch.ones(n, dtype=dtype, device=dev)
+            for _ in range(5):
+                dist.all_reduce(x)
+            samples = []
+            for _ in range(5):
+                if cuda:
+                    torch.cuda.synchronize()
+                dist.barrier()
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    dist.all_reduce(x)
+                if cuda:
+                    torch.cuda.synchronize()
+                samples.append((time.perf_counter() - t0) / iters * 1e6)
+            eager[n] = statistics.median(samples)
+            if cuda:
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    for _ in range(iters):
+                        dist.all_reduce(x)
+                g.replay()
+                torch.cuda.synchronize()
+                times = []
+                for _ in range(5):
+                    dist.barrier()
+                    torch.cuda.synchronize()
+                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    s.record()
+                    g.replay()
+                    e.record()
+                    e.synchronize()
+                    times.append(s.elapsed_time(e) * 1e3 / iters)
+                graph[n] = statistics.median(times)
+                del g
+        return {"eager_us": eager, "graph_us": graph}
+
     # -- steps (ranks 1..N-1; the driver runs ModelRunner.launch_inputs with its scheduler output) --
     def execute_step(self, h: Any, block_ops: list) -> None:
         self.prev = self.runner.launch_inputs(h, block_ops, self.prev, None)
