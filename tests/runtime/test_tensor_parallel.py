@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pagedserve import LLM, EngineArgs, SamplingParams
+from pagedserve.sampling_params import BeamSearchParams
 from tests.runtime.model_factory import ARCHS
 
 PROMPTS = [[5 + (i * 7) % 200 for i in range(n)] for n in (1, 9, 30, 17, 55, 4)]
@@ -75,6 +76,11 @@ def test_tp2_equals_tp1(tiny_models, arch):
         _assert_same(ref, _generate(llm, _params()))
         core.async_scheduling = False
         _assert_same(ref, _generate(llm, _params()))
+        if arch == "llama":  # beam search (candidates chosen on the host from the gathered logits)
+            bp = BeamSearchParams(beam_width=3, max_tokens=6, ignore_eos=True)
+            prompts = [{"prompt_token_ids": p} for p in PROMPTS[1:3]]
+            beams = [[b.tokens for b in o.sequences] for o in llm.beam_search(prompts, bp)]
+            assert beams == [[b.tokens for b in o.sequences] for o in ref_llm.beam_search(prompts, bp)]
         info = core.executor.collective_rpc("info")
         assert [i["rank"] for i in info] == [0, 1] and info[1]["pid"] != os.getpid()
         assert info[1]["num_steps"] > 0
@@ -121,6 +127,17 @@ def test_killed_worker_is_a_clear_error(tiny_models):
         t0 = time.monotonic()
         core.shutdown()
         assert time.monotonic() - t0 < 30
+
+
+def test_worker_exception_is_reported_with_its_traceback(tiny_models):
+    llm = _llm(tiny_models["llama3_scaled"], 2, **KV)
+    core = llm.llm_engine.core
+    try:
+        with pytest.raises(RuntimeError, match=r"worker rank 1 \(pid \d+\) exited with code 1.*Its error: "
+                                               r"AttributeError: 'RankWorker' object has no attribute 'no_such'"):
+            core.executor.collective_rpc("no_such")
+    finally:
+        core.shutdown()
 
 
 def test_shutdown_joins_workers_and_a_new_engine_starts(tiny_models):

@@ -66,6 +66,7 @@ class _Group:
     backend: str
     workers: list[_Worker] = field(default_factory=list)
     dead: _Worker | None = None
+    failed: str | None = None  # an error escaped a call: the ranks may be out of lockstep
     busy: int = 0  # > 0 while the driver is inside an executor call
     raised: bool = False  # the driver has reported the failure to its caller
     closed: bool = False
@@ -150,9 +151,10 @@ class _Group:
                 w.cmd.send_bytes(bye)
             except OSError:
                 pass
+        broken = self.dead is not None or self.failed is not None
         if self.dist_up:
             self.dist_up = False
-            if self.dead is not None:
+            if broken:
                 abort_distributed()
             else:  # in a thread: a teardown that waits for a peer must not hang the caller
                 t = threading.Thread(target=destroy_distributed, name="tp-destroy", daemon=True)
@@ -161,7 +163,7 @@ class _Group:
                 if t.is_alive():
                     logger.warning("tensor-parallel: process group teardown did not finish in 15 s")
         for w in self.workers:
-            w.proc.join(15)
+            w.proc.join(2 if broken else 15)  # after a failure, ranks may be stuck in a collective
             if w.proc.is_alive():
                 logger.warning("tensor-parallel worker rank %d did not exit: terminating it", w.rank)
                 w.proc.terminate()
@@ -235,6 +237,8 @@ class MultiprocExecutor(Executor):
         if g.dead is not None:
             g.raised = True
             raise RuntimeError(g.failure_message())
+        if g.failed is not None:
+            raise RuntimeError(f"the tensor-parallel engine failed in an earlier call ({g.failed}); restart it")
         g.busy += 1
         try:
             yield
@@ -242,6 +246,7 @@ class MultiprocExecutor(Executor):
             if g.find_dead(timeout=1.0) is not None:  # a collective or a pipe failed: a rank is gone
                 g.raised = True
                 raise RuntimeError(g.failure_message()) from e
+            g.failed = f"{type(e).__name__}: {e}"  # the other ranks may wait in a collective for good
             raise
         finally:
             g.busy -= 1
