@@ -14,9 +14,8 @@ from tests.server.server_proc import free_port
 
 CASES = [
     # every refused feature is named in one message
-    (["--tensor-parallel-size", "2", "--pipeline-parallel-size", "2", "--quantization", "awq",
-      "--max-waiting-requests", "0"],
-     ["tensor-parallel-size 2", "pipeline-parallel-size 2", "quantization awq", "max-waiting-requests must be >= 1"]),
+    (["--pipeline-parallel-size", "2", "--quantization", "awq", "--max-waiting-requests", "0"],
+     ["pipeline-parallel-size 2", "quantization awq", "max-waiting-requests must be >= 1"]),
     (["--block-size", "7"], "block_size"),
     (["--max-model-len", "100000"], "max_model_len"),
     (["--model", "/nonexistent/model"], "/nonexistent/model"),

@@ -78,6 +78,12 @@ def _fam() -> dict[str, Any]:
                 "pc_hits": c("prefix_cache_hits", "Prefix cache hits, in cached tokens."),
                 "rejected": c("request_rejected", "Requests refused before reaching the engine, by reason.",
                               ["reason"]),
+                # memory features (pagedserve-specific)
+                "preempt_mode": c("preemptions_by_mode", "Preemptions by mode (recompute or swap).", ["mode"]),
+                "swap_out": c("kv_blocks_swapped_out", "KV blocks copied from GPU to CPU memory (swap preemption)."),
+                "swap_in": c("kv_blocks_swapped_in", "KV blocks copied back from CPU to GPU memory."),
+                "cow": c("kv_block_cow_copies", "Copy-on-write copies of shared KV blocks (n > 1, beam search)."),
+                "pc_evictions": c("prefix_cache_evictions", "Cached prefix blocks reused for other content."),
                 # latency histograms
                 "ttft": h("time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                           TTFT_BUCKETS),
@@ -147,7 +153,18 @@ class EngineMetrics:
         self.req_max_gen, self.req_max_tokens = t["req_max_gen"].labels(*lab), t["req_max_tokens"].labels(*lab)
         self._cache_info_labels = f["cache_info"]
         self._lab = lab
-        self._last_cumulative = {"preemptions": 0, "pc_queries": 0, "pc_hits": 0}
+        # (SchedulerStats cumulative field, counter); a field the engine does not report stays at 0
+        self._cumulative = [
+            ("num_preemptions_total", self.preemptions), ("prefix_cache_queries_total", self.pc_queries),
+            ("prefix_cache_hits_total", self.pc_hits),
+            ("num_preemptions_recompute_total", f["preempt_mode"].labels(*lab, "recompute")),
+            ("num_preemptions_swap_total", f["preempt_mode"].labels(*lab, "swap")),
+            ("num_blocks_swapped_out_total", f["swap_out"].labels(*lab)),
+            ("num_blocks_swapped_in_total", f["swap_in"].labels(*lab)),
+            ("num_cow_copies_total", f["cow"].labels(*lab)),
+            ("prefix_cache_evictions_total", f["pc_evictions"].labels(*lab)),
+        ]
+        self._last_cumulative = {name: 0 for name, _ in self._cumulative}
 
     def set_cache_info(self, **info: Any) -> None:
         self._cache_info_labels.labels(*self._lab, *(str(info.get(k, "")) for k in (
@@ -162,13 +179,11 @@ class EngineMetrics:
         self.kv_usage.set(getattr(stats, "kv_cache_usage", 0.0))
         self.cpu_usage.set(getattr(stats, "cpu_cache_usage", 0.0))
         last = self._last_cumulative
-        for key, attr, counter in (("preemptions", "num_preemptions_total", self.preemptions),
-                                   ("pc_queries", "prefix_cache_queries_total", self.pc_queries),
-                                   ("pc_hits", "prefix_cache_hits_total", self.pc_hits)):
+        for attr, counter in self._cumulative:
             value = getattr(stats, attr, 0) or 0
-            if value > last[key]:
-                counter.inc(value - last[key])
-            last[key] = value
+            if value > last[attr]:
+                counter.inc(value - last[attr])
+            last[attr] = value
 
     def record_finished(self, reason: str, e2e: float, queue: float, prefill: float, decode: float,
                         inference: float, prompt_tokens: int, generation_tokens: int, tpot: float | None,

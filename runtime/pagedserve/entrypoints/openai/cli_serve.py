@@ -102,9 +102,6 @@ def unsupported_features(ea: Any) -> list[str]:
     """Flags whose features the engine does not have yet: refuse them instead of ignoring them.
     (Delete a line here when the engine gains the feature.)"""
     out = []
-    if ea.tensor_parallel_size != 1:
-        out.append(f"--tensor-parallel-size {ea.tensor_parallel_size}: tensor parallelism is not built into the "
-                   "serving engine yet; use 1")
     if ea.pipeline_parallel_size != 1:
         out.append(f"--pipeline-parallel-size {ea.pipeline_parallel_size}: pipeline parallelism is not built yet; "
                    "use 1")
