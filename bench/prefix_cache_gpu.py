@@ -7,7 +7,10 @@
 2. sharing: peak KV blocks of n=4 parallel sampling and of beam width 4 against the same work without
    sharing (4 independent requests per prompt, prefix caching off): % saved;
 3. memory pressure: more requests than the KV cache holds, with preemption by recompute, swap and
-   auto (prefix caching off and on): wall time.
+   auto (prefix caching off and on): wall time;
+0. first, a correctness check on a small random float32 Llama: outputs identical (greedy and seeded)
+   with and without prefix caching and under recompute / swap / auto preemption in a tiny cache, n=4
+   forks equal to independent seeded requests, beam search equal to HF transformers' on the device.
 
 One engine serves 1 and 2 (prefix caching is switched at run time), a second one with a small cache
 and a pinned CPU swap pool serves 3 (the preemption mode is switched at run time).
@@ -171,6 +174,110 @@ def bench_pressure(llm: LLM, args: argparse.Namespace, vocab: int) -> dict:
     return res
 
 
+def _tiny_llama(root: str, quick: bool) -> str:
+    """A small random Llama (float32) for the correctness check."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=128 if quick else 512, intermediate_size=256 if quick else 1024,
+                                   num_hidden_layers=2 if quick else 4, num_attention_heads=4 if quick else 8,
+                                   num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1,
+                                   eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    out = os.path.join(root, "tiny-llama")
+    model.save_pretrained(out)
+    return out
+
+
+def bench_check(args: argparse.Namespace) -> dict:
+    """Outputs identical (greedy and seeded sampling, float32) with and without prefix caching, under
+    recompute / swap / auto preemption in a tiny cache; n=4 forks equal independent seeded requests;
+    beam search equals HF transformers' on the same device."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="pfx-check-")
+    model_dir = _tiny_llama(root, args.quick)
+    rng = np.random.RandomState(3)
+    shared = _tokens(rng, 60 if args.quick else 300, 4096)
+    prompts = [shared + _tokens(rng, int(rng.randint(1, 40)), 4096) for _ in range(8)]
+    prompts += [_tokens(rng, int(rng.randint(5, 60 if args.quick else 400)), 4096) for _ in range(8)]
+    m = 12 if args.quick else 48
+    greedy = SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True)
+    seeded = [SamplingParams(temperature=0.8, top_k=50, seed=100 + i, max_tokens=m, ignore_eos=True)
+              for i in range(len(prompts))]
+    base = dict(dtype="float32", skip_tokenizer_init=True, use_tqdm=False, max_model_len=1024, device=args.device,
+                max_num_seqs=32, max_num_batched_tokens=1024)
+    tiny = 12 if args.quick else 90
+    settings = {  # name → engine arguments
+        "reference": dict(enable_prefix_caching=False, num_gpu_blocks_override=4096),
+        "prefix_caching": dict(enable_prefix_caching=True, num_gpu_blocks_override=4096),
+        "tiny_recompute": dict(enable_prefix_caching=False, num_gpu_blocks_override=tiny, preemption_mode="recompute"),
+        "tiny_swap": dict(enable_prefix_caching=False, num_gpu_blocks_override=tiny, preemption_mode="swap",
+                          swap_space=0.5),
+        "tiny_auto_cached": dict(enable_prefix_caching=True, num_gpu_blocks_override=tiny, preemption_mode="auto",
+                                 swap_space=0.5),
+    }
+    reqs = [{"prompt_token_ids": p} for p in prompts]
+    res: dict = {}
+    ref = None
+    for name, kw in settings.items():
+        llm = LLM(model_dir, **base, **kw)
+        sched = llm.llm_engine.core.scheduler
+        g = [o.outputs[0].token_ids for o in llm.generate(reqs, greedy, use_tqdm=False)]
+        s_ = [o.outputs[0].token_ids for o in llm.generate(reqs, seeded, use_tqdm=False)]
+        row = {"preemptions": sched.num_preemptions, "by_mode": dict(sched.num_preemptions_by_mode),
+               "prefix_cache_hits": sched.prefix_cache_hits}
+        if name == "reference":
+            ref = (g, s_)
+            fork = llm.generate(reqs[:4], SamplingParams(n=4, temperature=0.8, seed=7, max_tokens=m, ignore_eos=True),
+                                use_tqdm=False)
+            alone = llm.generate([r for r in reqs[:4] for _ in range(4)],
+                                 [SamplingParams(temperature=0.8, seed=7 + i, max_tokens=m, ignore_eos=True)
+                                  for _ in range(4) for i in range(4)], use_tqdm=False)
+            got = [c.token_ids for o in fork for c in o.outputs]
+            want = [o.outputs[0].token_ids for o in alone]
+            res["n4_fork_equal_independent"] = sum(a == b for a, b in zip(got, want)) == len(want)
+            res["beam_vs_hf"] = _beam_vs_hf(llm, model_dir, prompts[8:11], m)
+        else:
+            row["greedy_identical"] = sum(a == b for a, b in zip(g, ref[0]))
+            row["seeded_identical"] = sum(a == b for a, b in zip(s_, ref[1]))
+            row["of"] = len(prompts)
+        res[name] = row
+        del llm
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    ok = all(res[n]["greedy_identical"] == len(prompts) and res[n]["seeded_identical"] == len(prompts)
+             for n in settings if n != "reference")
+    res["all_identical"] = ok and res["n4_fork_equal_independent"]
+    for n in settings:
+        if n != "reference":
+            r = res[n]
+            print(f"  check {n:17s}: greedy {r['greedy_identical']}/{r['of']}, seeded {r['seeded_identical']}/{r['of']} "
+                  f"identical; preemptions {r['preemptions']} {r['by_mode']}, hits {r['prefix_cache_hits']}", flush=True)
+    print(f"  check n=4 forks == independent seeded requests: {res['n4_fork_equal_independent']}; beam search vs HF: "
+          f"{res['beam_vs_hf']['equal']}/{res['beam_vs_hf']['of']} prompts equal", flush=True)
+    print(f"CHECK {'OK' if res['all_identical'] else 'FAILED'}", flush=True)
+    return res
+
+
+def _beam_vs_hf(llm: LLM, model_dir: str, prompts: list[list[int]], m: int) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    device = llm.llm_engine.config.device
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    sp = SamplingParams(n=4, beam_width=4, use_beam_search=True, temperature=0.0, max_tokens=m, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    equal = 0
+    for p, o in zip(prompts, outs):
+        ids = torch.tensor([p], device=device)
+        with torch.no_grad():
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), num_beams=4, num_return_sequences=4,
+                              do_sample=False, max_new_tokens=m, eos_token_id=None, pad_token_id=0)
+        equal += [c.token_ids for c in o.outputs] == [r[len(p):].tolist() for r in ref]
+    del hf
+    return {"equal": equal, "of": len(prompts)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="bench/configs/llama-3.1-8b")
@@ -179,7 +286,7 @@ def main() -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--load-format", default="dummy")
     p.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test of the script)")
-    p.add_argument("--sections", default="prefix,sharing,pressure")
+    p.add_argument("--sections", default="check,prefix,sharing,pressure")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--swap-space", type=float, default=16.0, help="GiB of pinned CPU memory (pressure run)")
@@ -202,6 +309,8 @@ def main() -> int:
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                     "model": args.model, "dtype": args.dtype, "load_format": args.load_format,
                     "git": _git_rev(), "torch": torch.__version__, "quick": args.quick}
+    if "check" in sections:
+        result["check"] = bench_check(args)
     if sections & {"prefix", "sharing"}:
         t0 = time.perf_counter()
         llm = LLM(args.model, gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=True,
@@ -237,6 +346,10 @@ def main() -> int:
 
 def _table(r: dict) -> None:
     print("\n== memory features ({}, {}) ==".format(r["device"], os.path.basename(os.path.normpath(r["model"]))))
+    if "check" in r:
+        c = r["check"]
+        print(f"check             outputs identical with/without caching, swap/recompute/auto, tiny cache: "
+              f"{'yes' if c['all_identical'] else 'NO'}; beam vs HF {c['beam_vs_hf']['equal']}/{c['beam_vs_hf']['of']}")
     if "shared_prefix" in r:
         s = r["shared_prefix"]
         print(f"shared prefix     off {s['off']['output_tok_s']:>9.1f} tok/s   on {s['on']['output_tok_s']:>9.1f} tok/s   "

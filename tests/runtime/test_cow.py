@@ -12,6 +12,7 @@ PROMPT = [(31 * j) % 800 + 40 for j in range(42)]  # 42 tokens: (42 - 1) % 4 != 
 
 def _engine(model_dir: str, **kw) -> LLM:
     kw.setdefault("num_gpu_blocks_override", 400)
+    kw.setdefault("enable_prefix_caching", False)  # sharing through forks only, not through the prefix cache
     return LLM(model_dir, dtype="float32", device="cpu", max_model_len=128, use_tqdm=False, block_size=4, **kw)
 
 

@@ -26,6 +26,7 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks, enable_caching)
         self.cpu_pool = BlockPool(num_cpu_blocks) if num_cpu_blocks > 0 else None
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
+        self.req_to_ids: dict[str, list[int]] = {}  # the block ids of req_to_blocks (kept in step)
         self.req_to_cpu_blocks: dict[str, list[KVCacheBlock]] = {}
         self.num_hashed: dict[str, int] = {}  # blocks of each sequence already offered to the cache
         self.ops: list[BlockOp] = []
@@ -75,15 +76,16 @@ class KVCacheManager:
         which is safe because every attention layer stores the step's K/V before it attends."""
         if not self.enable_caching:
             return []
-        blocks = self.req_to_blocks.get(seq.request_id)
-        if not blocks:
-            return []
         upto = seq.num_computed_tokens if num_tokens is None else num_tokens
-        # (ids of tokens still in flight (async scheduling) are unknown: only known tokens are hashed)
-        n_full = min(min(upto, seq.num_tokens) // self.block_size, len(blocks))
+        known = len(seq.all_token_ids)  # ids still in flight (async scheduling) are unknown: not hashed
+        n_full = (upto if upto < known else known) // self.block_size
         done = self.num_hashed.get(seq.request_id, 0)
         if n_full <= done:
             return []
+        blocks = self.req_to_blocks.get(seq.request_id)
+        if not blocks:
+            return []
+        n_full = min(n_full, len(blocks))
         hashes = update_block_hashes(seq, self.block_size)
         new = []
         for i in range(done, n_full):
@@ -104,23 +106,39 @@ class KVCacheManager:
                        computed: list[KVCacheBlock] | None = None) -> list[int] | None:
         """Make room for ``num_new_tokens`` more tokens of ``seq`` (after ``computed`` prefix-cache hits,
         for a sequence that holds no blocks yet). Blocks in the write range that other sequences share
-        are replaced by private copies first (copy-on-write). None, with nothing changed, if the pool
-        has too few free blocks."""
-        computed = computed or []
-        blocks = self.req_to_blocks.get(seq.request_id, [])
-        assert not (computed and blocks), "prefix-cache hits are only taken by a sequence without blocks"
+        are replaced by private copies first (copy-on-write). Returns the sequence's block ids (do not
+        modify the list), or None, with nothing changed, if the pool has too few free blocks."""
+        rid = seq.request_id
+        blocks = self.req_to_blocks.get(rid)
         bs = self.block_size
-        start = seq.num_computed_tokens + len(computed) * bs  # first position written this step
-        end = start + num_new_tokens
-        have = len(blocks) + len(computed)
-        need_new = max(0, cdiv(end, bs) - have)
-        cow = [i for i in range(start // bs, min(have, cdiv(end, bs))) if blocks[i].ref_cnt > 1] if blocks else []
-        revived = sum(1 for b in computed if b.ref_cnt == 0)  # cached blocks that leave the free queue
-        if need_new + len(cow) + revived > self.pool.num_free_blocks:
+        start = seq.num_computed_tokens  # first position written this step
+        if computed:
+            assert not blocks, "prefix-cache hits are only taken by a sequence without blocks"
+            start += len(computed) * bs
+            have = len(computed)
+            revived = sum(1 for b in computed if b.ref_cnt == 0)  # cached blocks that leave the free queue
+        else:
+            have = len(blocks) if blocks else 0
+            revived = 0
+        end_blocks = (start + num_new_tokens + bs - 1) // bs
+        need_new = end_blocks - have if end_blocks > have else 0
+        first = start // bs
+        cow: list[int] = []
+        if blocks and first < have:  # existing blocks written into: shared ones are copied first
+            for i in range(first, min(have, end_blocks)):
+                if blocks[i].ref_cnt > 1:
+                    cow.append(i)
+        if need_new + len(cow) + revived > len(self.pool.free_queue):
             return None
         if computed:
             self.pool.touch(computed)
             blocks = list(computed)
+            self.req_to_blocks[rid] = blocks
+            self.req_to_ids[rid] = [b.block_id for b in blocks]
+        elif blocks is None:
+            blocks = self.req_to_blocks[rid] = []
+            self.req_to_ids[rid] = []
+        ids = self.req_to_ids[rid]
         for i in cow:
             old = blocks[i]
             new = self.pool.get_new_blocks(1)[0]
@@ -129,10 +147,12 @@ class KVCacheManager:
                 self.num_copies += 1
             self.pool.free_blocks([old])  # shared: only drops this sequence's reference
             blocks[i] = new
+            ids[i] = new.block_id
         if need_new:
-            blocks.extend(self.pool.get_new_blocks(need_new))
-        self.req_to_blocks[seq.request_id] = blocks
-        return [b.block_id for b in blocks]
+            fresh = self.pool.get_new_blocks(need_new)
+            blocks.extend(fresh)
+            ids.extend(b.block_id for b in fresh)
+        return ids
 
     def fork(self, parent: Request, child: Request, num_tokens: int) -> None:
         """Let ``child`` share the blocks holding ``parent``'s first ``num_tokens`` tokens (one more
@@ -142,10 +162,13 @@ class KVCacheManager:
         self.pool.touch(shared)
         if shared:
             self.req_to_blocks[child.request_id] = list(shared)
+            self.req_to_ids[child.request_id] = [b.block_id for b in shared]
             self.num_hashed[child.request_id] = min(self.num_hashed.get(parent.request_id, 0), len(shared))
 
     def get_block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.req_to_blocks.get(request_id, [])]
+        """A copy of the sequence's block ids."""
+        ids = self.req_to_ids.get(request_id)
+        return list(ids) if ids else []
 
     def num_exclusive_tokens(self, seq: Request) -> int:
         """Computed tokens in blocks only this sequence holds (what a recompute would really redo when
@@ -160,6 +183,7 @@ class KVCacheManager:
 
     def free(self, seq: Request) -> None:
         blocks = self.req_to_blocks.pop(seq.request_id, None)
+        self.req_to_ids.pop(seq.request_id, None)
         self.num_hashed.pop(seq.request_id, None)
         if blocks:
             self.pool.free_blocks(list(reversed(blocks)))  # tail blocks first: evicted first later
@@ -187,6 +211,7 @@ class KVCacheManager:
         mapping: dict[int, KVCacheBlock] = {}
         for seq in seqs:
             blocks = self.req_to_blocks.pop(seq.request_id, [])
+            self.req_to_ids.pop(seq.request_id, None)
             self.num_hashed.pop(seq.request_id, None)
             cpu_table = []
             for b in blocks[:self.blocks_needed(seq.num_computed_tokens)]:
@@ -241,3 +266,4 @@ class KVCacheManager:
                 self.cpu_pool.free_blocks(list(reversed(cpu_table)))
             if blocks:
                 self.req_to_blocks[seq.request_id] = blocks
+                self.req_to_ids[seq.request_id] = [b.block_id for b in blocks]

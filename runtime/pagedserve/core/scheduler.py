@@ -142,11 +142,47 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         planned: dict[int, list[ScheduledRequest]] = {}  # id(unit) → its entries this step
         self._step_cached = {}  # id(unit) → blocks it registered in the prefix cache this step
-        num_seqs = sum(self._width(r) for r in self.running)
+        running, kv, scheduled = self.running, self.kv, out.scheduled
+        num_seqs = len(running) + sum(r.beam.width - 1 for r in running if r.beam is not None)
+        cap = self.config.long_prefill_token_threshold
         preempted = False
         i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
+        while i < len(running) and budget > 0:
+            req = running[i]
+            if req.beam is None:  # the common case, inlined: one sequence
+                n = req.num_tokens + req.num_output_placeholders - req.num_computed_tokens
+                if req.num_output_placeholders and self._done_in_flight(req):
+                    n = 0  # its in-flight token is its last: nothing more to compute
+                if 0 < cap < n:
+                    n = cap
+                if n > budget:
+                    n = budget
+                if n <= 0:
+                    i += 1
+                    continue
+                ids = kv.allocate_slots(req, n)
+                while ids is None:
+                    victim = running[-1]
+                    self._preempt(victim, out, planned)
+                    num_seqs -= self._width(victim)
+                    preempted = True
+                    if victim is req:
+                        break
+                    ids = kv.allocate_slots(req, n)
+                if ids is None:
+                    break
+                start = req.num_computed_tokens
+                if kv.enable_caching:
+                    new = kv.cache_full_blocks(req, start + n)  # hits for requests admitted after it
+                    if new:
+                        self._step_cached[id(req)] = new
+                entry = ScheduledRequest(req, n, start, list(ids),
+                                         start + n == req.num_tokens + req.num_output_placeholders)
+                planned[id(req)] = [entry]
+                scheduled.append(entry)
+                budget -= n
+                i += 1
+                continue
             plan = self._plan(req, budget)
             if not plan:
                 i += 1
@@ -161,7 +197,7 @@ class Scheduler:
             if req.status != RequestStatus.RUNNING:
                 break
             planned[id(req)] = entries = self._emit(req, plan)
-            out.scheduled.extend(entries)
+            scheduled.extend(entries)
             budget -= sum(s.num_tokens for s in entries)
             i += 1
         if not preempted:
@@ -404,6 +440,7 @@ class Scheduler:
         logprobs = logprobs or {}
         prompt_logprobs = prompt_logprobs or {}
         beam_groups: dict[int, Request] = {}
+        caching = self.kv.enable_caching
         for s in sched.scheduled:
             req = s.request
             leader = req.beam_leader
@@ -415,7 +452,6 @@ class Scheduler:
                 continue
             if req.is_finished:
                 continue
-            self.kv.cache_full_blocks(req)
             new_tokens: list[int] = []
             if s.do_sample and req.request_id in sampled:
                 token = sampled[req.request_id]
@@ -430,6 +466,8 @@ class Scheduler:
                 req.request_id, new_tokens, req.status.finish_reason, req.stop_reason,
                 [lp] if lp is not None else None, plp, req.num_cached_tokens))
             if req.is_finished:
+                if caching:  # (blocks completed by tokens that were in flight when it was scheduled)
+                    self.kv.cache_full_blocks(req)
                 self._dequeue(req)
                 self._free(req)
         for leader in beam_groups.values():
