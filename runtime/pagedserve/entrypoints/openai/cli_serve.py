@@ -196,18 +196,18 @@ def plan_models(args: argparse.Namespace) -> list[ModelPlan]:
     """Resolve and validate every model to serve. Raises ValueError with a clear message."""
     from pagedserve.tokenizer import load_tokenizer
 
+    entries = _model_entries(args)  # first: a --config file fills in flags left at their defaults
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.api_key is not None and not args.api_key.strip():
         raise ValueError("--api-key must not be empty")
     if args.shutdown_timeout < 0:
         raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
-    base = engine_args_from(args)
-    base = replace(base, model=None, served_model_name=None)
+    base = replace(engine_args_from(args), model=None, served_model_name=None)
     template = _read_template(args.chat_template)
     plans: list[ModelPlan] = []
     seen: set[str] = set()
-    for overrides, names in _model_entries(args):
+    for overrides, names in entries:
         ea = replace(base, **overrides, served_model_name=names[0] if names else None)
         problems = unsupported_features(ea)
         if problems:
