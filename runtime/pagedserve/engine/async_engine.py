@@ -308,7 +308,7 @@ class AsyncEngine:
             stream.waiting = False
             self._num_waiting -= 1
 
-    def _on_step(self, wire: list[tuple], stats: SchedulerStats, t0: float, t1: float) -> None:
+    def _on_step(self, wire: list[tuple], stats: SchedulerStats | None, t0: float, t1: float) -> None:
         now = time.time()
         tracks, m = self._tracks, self.metrics
         core_outs: list[EngineCoreOutput] = []
@@ -350,7 +350,8 @@ class AsyncEngine:
             s.put(out)
             if out.finished:
                 del streams[out.request_id]
-        self._on_stats(stats)
+        if stats is not None:
+            self._on_stats(stats)
         if m is not None and (num_prompt or num_gen):
             m.prompt_tokens.inc(num_prompt)
             m.generation_tokens.inc(num_gen)

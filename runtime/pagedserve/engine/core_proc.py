@@ -16,7 +16,7 @@ frontend → core::
     ("shutdown",)
 core → frontend::
     ("ready", info) | ("startup_error", message)
-    ("step", [out, ...], SchedulerStats, t_step_start, t_step_end)
+    ("step", [out, ...], SchedulerStats | None, t_step_start, t_step_end)
                                              out = (request_id, new_token_ids, finish_reason,
                                                     {other EngineCoreOutput fields} | None,
                                                     first_scheduled_time | None)
@@ -44,6 +44,7 @@ from typing import Any, Callable
 logger = logging.getLogger(__name__)
 
 _HDR = struct.Struct("!Q")
+STATS_INTERVAL_S = 0.05  # scheduler stats ride on step messages at most this often (and when idle)
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 
@@ -135,6 +136,7 @@ class EngineCoreProc:
         self.writer = writer
         # request id → time it was first scheduled (>= 0), or -1.0 once reported
         self.sched_time: dict[str, float] = {}
+        self.stats_time = 0.0  # when scheduler stats were last sent
         self.running = True
 
     def run(self) -> None:
@@ -158,6 +160,7 @@ class EngineCoreProc:
                 self._step()
             elif msgs:
                 self.writer.send(("stats", core.get_stats()))
+                self.stats_time = time.time()
 
     def _handle(self, msgs: list[Any]) -> None:
         for msg in msgs:
@@ -211,7 +214,10 @@ class EngineCoreProc:
             if o.finish_reason is not None:
                 st.pop(rid, None)
             wire.append((rid, o.new_token_ids, o.finish_reason, _extras(o), first))
-        self.writer.send(("step", wire, self.core.get_stats(), t0, t1))
+        stats = None
+        if t1 - self.stats_time >= STATS_INTERVAL_S or not self.core.has_unfinished_requests():
+            stats, self.stats_time = self.core.get_stats(), t1
+        self.writer.send(("step", wire, stats, t0, t1))
 
 
 _WIRE_FIELDS = ("request_id", "new_token_ids", "finish_reason")
