@@ -77,3 +77,24 @@ def test_bench_kinds_register_from_their_modules():
     p = subprocess.run([sys.executable, "-m", "pagedserve.entrypoints.cli", "bench", "--help"], capture_output=True,
                        text=True, timeout=120, env={**os.environ})
     assert p.returncode == 0 and "serve" in p.stdout
+
+
+def test_http_layer_with_model_free_core(tmp_path_factory, tmp_path):
+    """The frontend alone (a fake core stepping every 5 ms): 200 concurrent streams all complete with
+    exactly their token counts — slow consumers get merged chunks, nothing is lost or stuck."""
+    from tests.server.conftest import start_server
+
+    srv = start_server(tmp_path_factory, "fake-core", [
+        "--engine-core-factory", "pagedserve.benchmarks.fake_core:FakeEngineCore", "--max-num-seqs", "256",
+        "--disable-access-log"], env={"PAGEDSERVE_FAKE_STEP_MS": "5"})
+    try:
+        cmd = [sys.executable, "-m", "pagedserve.entrypoints.cli", "bench", "serve", "--base-url", srv.base_url,
+               "--model", "default", "--dataset", "random", "--random-input-len", "32", "--random-output-len", "50",
+               "--num-prompts", "200", "--result-dir", str(tmp_path), "--no-plot", "--num-warmups", "0"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        res = json.loads((tmp_path / "bench-serve-random-rateinf.json").read_text())
+        assert res["completed"] == 200 and res["failed"] == 0 and res["total_output_tokens"] == 200 * 50
+        assert res["max_concurrent_requests"] == 200
+    finally:
+        srv.stop()
