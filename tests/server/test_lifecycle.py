@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from tests.server.conftest import start_server
+from tests.server.server_proc import COMMON_ARGS, ServerProc, request
 
 
 class StreamReader(threading.Thread):
@@ -45,9 +45,33 @@ class StreamReader(threading.Thread):
             self.first_token.set()
 
 
+def _startup_statuses(srv: ServerProc, timeout: float = 240.0) -> list:
+    """Poll /health from process start until 200: [(status, error code), ...] in order, deduplicated."""
+    seen: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert srv.proc.poll() is None, srv.log_text()[-3000:]
+        try:
+            status, body = request(srv, "GET", "/health", timeout=5)
+        except OSError:
+            status, body = None, None
+        item = (status, body["error"]["code"] if isinstance(body, dict) else None)
+        if not seen or seen[-1] != item:
+            seen.append(item)
+        if status == 200:
+            return seen
+        time.sleep(0.05)
+    raise TimeoutError(seen)
+
+
 def test_sigterm_drains_then_exits(tmp_path_factory):
-    srv = start_server(tmp_path_factory, "drain", ["--shutdown-timeout", "10", "--max-num-seqs", "4"])
+    log = tmp_path_factory.mktemp("drain") / "server.log"
+    srv = ServerProc(COMMON_ARGS + ["--shutdown-timeout", "10", "--max-num-seqs", "4"], str(log))
     try:
+        seen = _startup_statuses(srv)
+        # the port answers while the model loads: 503 "starting", then 200 (never a hanging connection)
+        assert (503, "starting") in seen and seen[-1] == (200, None), seen
+        srv.remember_children()
         short = StreamReader(srv.port, {"prompt": "One, two,", "max_tokens": 2, "ignore_eos": True, "stream": True})
         long = StreamReader(srv.port, {"prompt": "Tell me everything.", "max_tokens": 480, "ignore_eos": True,
                                        "stream": True})

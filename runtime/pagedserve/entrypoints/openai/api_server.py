@@ -37,7 +37,7 @@ _PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
 
 @dataclass
 class ServerState:
-    served: ServedModels
+    served: ServedModels | None  # None while the engines start
     api_key: bytes | None = None
     draining: bool = False
     in_flight: int = 0
@@ -45,6 +45,12 @@ class ServerState:
 
 
 STATE = web.AppKey("state", ServerState)
+
+
+def _served(state: ServerState) -> ServedModels:
+    if state.served is None:
+        raise APIError(503, "the server is starting: the models are still loading", code="starting")
+    return state.served
 
 
 # -- middleware -----------------------------------------------------------------------------------
@@ -88,10 +94,11 @@ def _generation(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[w
         state = request.app[STATE]
         if state.draining:
             raise APIError(503, "the server is shutting down", code="shutting_down")
+        served = _served(state)
         state.in_flight += 1
         try:
             body = parse_json_body(await request.read())
-            return await fn(request, body, state.served)
+            return await fn(request, body, served)
         finally:
             state.in_flight -= 1
 
@@ -100,8 +107,9 @@ def _generation(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[w
 
 def _json_handler(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[Any]]:
     async def handler(request: web.Request) -> web.StreamResponse:
+        served = _served(request.app[STATE])
         body = parse_json_body(await request.read())
-        return await fn(request, body, request.app[STATE].served)
+        return await fn(request, body, served)
 
     return handler
 
@@ -113,12 +121,12 @@ def _model_card(m: Any) -> dict:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    served = request.app[STATE].served
+    served = _served(request.app[STATE])
     return json_response({"object": "list", "data": [_model_card(m) for m in served.models]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    m = request.app[STATE].served.resolve(request.match_info["model"])
+    m = _served(request.app[STATE]).resolve(request.match_info["model"])
     return json_response(_model_card(m))
 
 
@@ -126,7 +134,7 @@ async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.draining:
         raise APIError(503, "the server is shutting down", code="shutting_down")
-    for eng in state.served.engines:
+    for eng in _served(state).engines:
         reason = eng.dead_reason
         if reason is not None:
             raise APIError(503, f"engine for {eng.served_model_name!r} is down: {reason}", code="engine_dead")
@@ -148,7 +156,8 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(request.app["openapi"])
 
 
-def build_app(served: ServedModels, api_key: str | None = None, max_body_bytes: int = 64 << 20) -> web.Application:
+def build_app(served: ServedModels | None, api_key: str | None = None, max_body_bytes: int = 64 << 20
+              ) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body_bytes)
     app[STATE] = ServerState(served, api_key.encode("utf-8") if api_key else None)
     app["openapi"] = openapi_document(__version__)
@@ -190,21 +199,8 @@ async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> in
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    start = asyncio.create_task(start_engines(plan, args))
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if not start.done():
-        logger.info("stopping before the engines finished starting")
-        start.cancel()
-        await asyncio.gather(start, return_exceptions=True)
-        sock.close()
-        return 0
-    waiter.cancel()
-    served = start.result()  # raises if an engine failed to start
-    from pagedserve.engine.core_proc import tune_gc
-
-    tune_gc()
-    app = build_app(served, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)))
+    # listen at once: while the models load, /health and the API answer 503 ("starting")
+    app = build_app(None, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)))
     state = app[STATE]
     access_log = None if args.disable_access_log else logging.getLogger("pagedserve.access")
     runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True, access_log=access_log)
@@ -212,6 +208,26 @@ async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> in
     site = web.SockSite(runner, sock, shutdown_timeout=1.0)
     await site.start()
     host, port = sock.getsockname()[:2]
+    logger.info("listening on http://%s:%d; loading %d model(s)", host, port, len(plan))
+    start = asyncio.create_task(start_engines(plan, args))
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not start.done():
+        logger.info("stopping before the engines finished starting")
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+        await runner.cleanup()
+        return 0
+    waiter.cancel()
+    try:
+        served = start.result()  # raises if an engine failed to start
+    except BaseException:
+        await runner.cleanup()
+        raise
+    from pagedserve.engine.core_proc import tune_gc
+
+    tune_gc()
+    state.served = served
     logger.info("serving %s on http://%s:%d (OpenAI API at /v1)", ", ".join(n for m in served.models for n in m.names),
                 host, port)
     profile_path = os.environ.get("PAGEDSERVE_FRONTEND_PROFILE")  # cProfile of the HTTP process while serving
