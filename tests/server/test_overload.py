@@ -14,7 +14,8 @@ from tests.server.server_proc import metric, post, request, wait_for
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    srv = start_server(tmp_path_factory, "overload", ["--max-waiting-requests", "2", "--max-num-seqs", "2"])
+    srv = start_server(tmp_path_factory, "overload", ["--max-waiting-requests", "2", "--max-num-seqs", "2",
+                                                      "--scheduling-policy", "priority"])
     yield srv
     srv.stop()
 
@@ -53,3 +54,11 @@ def test_overload_gets_429_not_hangs(small_server):
              and metric(srv, "pagedserve:kv_cache_usage_perc") == 0, 60, what="idle")
     status, resp = post(srv, "/v1/completions", {"prompt": "after the storm", "max_tokens": 2})
     assert status == 200 and resp["usage"]["completion_tokens"] == 2
+
+
+def test_priority_requests_accepted(small_server):
+    """With --scheduling-policy priority, the request's priority reaches the scheduler (lower first)."""
+    for prio in (-5, 0, 7):
+        status, resp = post(small_server, "/v1/chat/completions",
+                            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "priority": prio})
+        assert status == 200 and resp["usage"]["completion_tokens"] <= 2
