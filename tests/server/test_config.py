@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pagedserve.entrypoints.openai.cli_serve import make_parser, plan_models
 
 

@@ -57,7 +57,7 @@ def valid(s: dict, name: str = "") -> st.SearchStrategy:
             opts.append(st.booleans())
         elif t == "integer":
             lo, hi = s.get("minimum", -(2**40)), s.get("maximum", 2**40)
-            if name in ("prompt", "messages") or lo >= 0 and hi > VOCAB:
+            if name in ("prompt", "messages") or (lo >= 0 and hi > VOCAB):
                 hi = min(hi, VOCAB - 1)  # token ids
             opts.append(st.integers(lo, hi))
         elif t == "number":
