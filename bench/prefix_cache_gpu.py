@@ -178,8 +178,8 @@ def _tiny_llama(root: str, quick: bool) -> str:
     """A small random Llama (float32) for the correctness check."""
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=128 if quick else 512, intermediate_size=256 if quick else 1024,
-                                   num_hidden_layers=2 if quick else 4, num_attention_heads=4 if quick else 8,
+    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=128 if quick else 512,
+                                   intermediate_size=256 if quick else 1024, num_hidden_layers=2 if quick else 4, num_attention_heads=4 if quick else 8,
                                    num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1,
                                    eos_token_id=None, bos_token_id=None, pad_token_id=None)
     torch.manual_seed(0)
@@ -252,8 +252,9 @@ def bench_check(args: argparse.Namespace) -> dict:
     for n in settings:
         if n != "reference":
             r = res[n]
-            print(f"  check {n:17s}: greedy {r['greedy_identical']}/{r['of']}, seeded {r['seeded_identical']}/{r['of']} "
-                  f"identical; preemptions {r['preemptions']} {r['by_mode']}, hits {r['prefix_cache_hits']}", flush=True)
+            print(f"  check {n:17s}: greedy {r['greedy_identical']}/{r['of']}, seeded "
+                  f"{r['seeded_identical']}/{r['of']} identical; preemptions {r['preemptions']} {r['by_mode']}, "
+                  f"hits {r['prefix_cache_hits']}", flush=True)
     print(f"  check n=4 forks == independent seeded requests: {res['n4_fork_equal_independent']}; beam search vs HF: "
           f"{res['beam_vs_hf']['equal']}/{res['beam_vs_hf']['of']} prompts equal", flush=True)
     print(f"CHECK {'OK' if res['all_identical'] else 'FAILED'}", flush=True)
@@ -352,7 +353,8 @@ def _table(r: dict) -> None:
               f"{'yes' if c['all_identical'] else 'NO'}; beam vs HF {c['beam_vs_hf']['equal']}/{c['beam_vs_hf']['of']}")
     if "shared_prefix" in r:
         s = r["shared_prefix"]
-        print(f"shared prefix     off {s['off']['output_tok_s']:>9.1f} tok/s   on {s['on']['output_tok_s']:>9.1f} tok/s   "
+        print(f"shared prefix     off {s['off']['output_tok_s']:>9.1f} tok/s   "
+              f"on {s['on']['output_tok_s']:>9.1f} tok/s   "
               f"x{s['speedup_on_vs_off']:.2f}   (vLLM 0.26.0: 3614 / 11488, x3.18; target on >= 12500 and >= x3)")
     if "sharing" in r:
         for name in ("n4", "beam4"):

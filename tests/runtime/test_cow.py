@@ -84,7 +84,8 @@ def test_fork_with_preemption_and_prefix_cache(tiny_models):
     llm = _engine(tiny_models["qwen3"], num_gpu_blocks_override=18, enable_prefix_caching=True,
                   preemption_mode="auto", swap_space=0.001, max_num_batched_tokens=32)
     sp = SamplingParams(n=3, temperature=1.0, seed=2, max_tokens=16, ignore_eos=True)
-    out = llm.generate([{"prompt_token_ids": PROMPT}, {"prompt_token_ids": PROMPT[:30]}], sp)
-    roomy = _engine(tiny_models["qwen3"]).generate([{"prompt_token_ids": PROMPT}, {"prompt_token_ids": PROMPT[:30]}], sp)
+    prompts = [{"prompt_token_ids": PROMPT}, {"prompt_token_ids": PROMPT[:30]}]
+    out = llm.generate(prompts, sp)
+    roomy = _engine(tiny_models["qwen3"]).generate(prompts, sp)
     assert [[c.token_ids for c in o.outputs] for o in out] == [[c.token_ids for c in o.outputs] for o in roomy]
     assert llm.llm_engine.core.scheduler.num_preemptions > 0
