@@ -98,3 +98,28 @@ def test_http_layer_with_model_free_core(tmp_path_factory, tmp_path):
         assert res["max_concurrent_requests"] == 200
     finally:
         srv.stop()
+
+
+def test_bench_serve_starts_its_own_server(tmp_path):
+    """The GPU recipe in miniature: a model directory with only config.json (dummy weights) plus a
+    separate tokenizer; `bench serve` starts the server itself, runs, and stops it."""
+    import shutil
+
+    from pagedserve.models.resolve import resolve_model_dir
+
+    smol = resolve_model_dir("default")
+    model = tmp_path / "config-only"
+    model.mkdir()
+    shutil.copy(os.path.join(smol, "config.json"), model / "config.json")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pagedserve.entrypoints.cli", "bench", "serve", "--model", str(model),
+           "--tokenizer", smol, "--server-args",
+           f"--load-format dummy --max-model-len 256 --kv-cache-memory {64 << 20} --disable-access-log",
+           "--dataset", "random", "--random-input-len", "12", "--random-output-len", "3", "--num-prompts", "4",
+           "--request-rate", "inf", "--result-dir", str(out), "--no-plot"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((out / "bench-serve-random-rateinf.json").read_text())
+    assert res["completed"] == 4 and res["total_output_tokens"] == sum(
+        r.output_len for r in random_requests(4, 49152, 12, 3, seed=0))
+    assert "--load-format" in res["server_cmd"] and "server stopped" in (out / "bench-serve-random-server.log").read_text()
