@@ -9,7 +9,7 @@ from aiohttp import web
 from pagedserve.entrypoints.chat_utils import validate_messages
 from pagedserve.entrypoints.openai.errors import bad_request
 from pagedserve.entrypoints.openai.protocol import CHAT_FIELDS, CHAT_REQUIRED, require_supported, validate_body
-from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ServedModel, ServedModels,
+from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ChunkTemplate, ServedModel, ServedModels,
                                                           ServerOptions, abort_unfinished, admit,
                                                           build_sampling_params, chat_logprobs, check_context,
                                                           check_priority, collect_final, encode_text, engine_failure,
@@ -120,6 +120,7 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, stream: 
         return sse(c)
 
     started = [False] * n
+    fast = ChunkTemplate(request_id, "chat.completion.chunk", created, name, include_usage)
     try:
         async for out in outputs:
             cached = out.num_cached_tokens
@@ -135,7 +136,8 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, stream: 
                 comp[idx] += len(c.token_ids)
                 lp = chat_logprobs(model, c.token_ids, c.logprobs, k) if k is not None and c.token_ids else None
                 if c.text or lp:
-                    await resp.write(chunk(idx, {"content": c.text}, lp))
+                    await resp.write(chunk(idx, {"content": c.text}, lp) if lp is not None or continuous
+                                     else fast.content(idx, c.text))
                 if c.finish_reason is not None:
                     done[idx] = True
                     await resp.write(chunk(idx, {}, None, c.finish_reason, c.stop_reason))

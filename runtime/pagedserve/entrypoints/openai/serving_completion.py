@@ -9,7 +9,7 @@ from aiohttp import web
 
 from pagedserve.entrypoints.openai.protocol import COMPLETION_FIELDS, COMPLETION_REQUIRED, require_supported, \
     validate_body
-from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ServedModel, ServedModels,
+from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ChunkTemplate, ServedModel, ServedModels,
                                                           abort_unfinished, admit, build_sampling_params, check_context,
                                                           check_priority, check_token_ids, collect_final,
                                                           completion_logprobs, encode_text, engine_failure,
@@ -106,7 +106,11 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, prompts:
     prompt_tokens = sum(len(p[1]) for p in prompts)
     cached = 0
 
+    fast = ChunkTemplate(request_id, "text_completion", created, name, include_usage)
+
     def chunk(idx: int, text: str, lp: Any, reason: str | None, stop_reason: Any) -> bytes:
+        if lp is None and reason is None and not continuous:
+            return fast.text(idx, text)
         c: dict[str, Any] = {"id": request_id, "object": "text_completion", "created": created, "model": name,
                              "choices": [{"index": idx, "text": text, "logprobs": lp, "finish_reason": reason,
                                           "stop_reason": stop_reason}]}
