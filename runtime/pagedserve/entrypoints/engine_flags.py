@@ -20,12 +20,17 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-gpu-blocks-override", type=int, default=None)
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--swap-space", type=float, default=4.0, help="GiB of CPU memory for swapped KV blocks")
-    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="automatic prefix caching (default: on)")
     g.add_argument("--max-num-seqs", type=int, default=None)
     g.add_argument("--max-num-batched-tokens", type=int, default=None)
     g.add_argument("--long-prefill-token-threshold", type=int, default=0)
     g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority"])
     g.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap", "auto"])
+    g.add_argument("--priority-aging-interval", type=float, default=None,
+                   help="seconds of waiting worth one priority level (0 = strict priority; default 10)")
+    g.add_argument("--auto-swap-min-tokens", type=int, default=None,
+                   help="--preemption-mode auto swaps when recompute would redo at least this many tokens (default 64)")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
@@ -41,5 +46,7 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
 
 
 def engine_args_from(ns: argparse.Namespace) -> EngineArgs:
-    names = {f.name for f in fields(EngineArgs)}
-    return EngineArgs(**{k: v for k, v in vars(ns).items() if k in names})
+    """EngineArgs from parsed flags; a flag left unset (None) keeps EngineArgs' own default."""
+    defaults = {f.name: f.default for f in fields(EngineArgs)}
+    return EngineArgs(**{k: v for k, v in vars(ns).items()
+                         if k in defaults and not (v is None and defaults[k] is not None)})
