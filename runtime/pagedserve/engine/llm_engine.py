@@ -130,5 +130,9 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished_requests() or self.core.has_unfinished_requests()
 
+    def shutdown(self) -> None:
+        """Stop the engine core (and its tensor-parallel worker processes, if any)."""
+        self.core.shutdown()
+
     def get_num_unfinished_requests(self) -> int:
         return len(self.output_processor.states)

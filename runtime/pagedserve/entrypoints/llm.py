@@ -35,6 +35,16 @@ class LLM:
         llm._counter = itertools.count()
         return llm
 
+    def shutdown(self) -> None:
+        """Release the engine (tensor-parallel worker processes included)."""
+        self.llm_engine.shutdown()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 
