@@ -198,7 +198,7 @@ class AsyncEngine:
         logger.info("engine for %r ready: %d KV blocks of %d tokens, engine core pid %s",
                     self.served_model_name, self.num_gpu_blocks, self.block_size, info.get("pid"))
 
-    async def shutdown(self, timeout: float = 10.0) -> None:
+    async def shutdown(self, timeout: float = 30.0) -> None:
         self.abort_all(RequestAbortedError("the server is shutting down"))
         await self.client.shutdown(timeout)
 

@@ -311,6 +311,11 @@ def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket
         writer.send(("fatal", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"))
         code = 1
     writer.close()
+    try:
+        if hasattr(core, "shutdown"):
+            core.shutdown()  # tensor-parallel worker processes, if any
+    except Exception:
+        logger.exception("engine core shutdown failed")
     os._exit(code)  # skip interpreter teardown (CUDA contexts, daemon threads)
 
 
