@@ -6,8 +6,8 @@ so both run exactly the same requests.
   prefix (``--random-prefix-len``), random token ids; every request generates exactly its output
   length (``ignore_eos``).
 - ``lognormal``: input lengths lognormal with median ~200 (clipped 16-1024), output median ~150
-  (clipped 16-512), random token ids, ``ignore_eos``. The same requests as
-  :func:`pagedserve.benchmarks.workload.lognormal_workload` for the same seed.
+  (clipped 16-512), random token ids, ``ignore_eos``; ``bench throughput`` and ``bench serve`` both
+  use this module, so they run the same requests for the same seed.
 - ``chitchat``: real conversations from the ``chitchat-dataset`` wheel (MIT; install with
   ``--no-deps``), read through importlib.metadata without importing the package; prompts are
   tokenized with the model's tokenizer (capped at 1024 tokens), output lengths as in lognormal.
