@@ -18,31 +18,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pagedserve import LLM, SamplingParams  # noqa: E402
+from gpu_models import ARCH_CFG, make_tiny  # noqa: E402  (bench/gpu_models.py)
 
-ARCH_CFG = {  # (a subset runs in bfloat16; all run in float32)
-    "llama": ("LlamaConfig", dict(tie_word_embeddings=True)),
-    "llama3_scaled": ("LlamaConfig", dict(rope_theta=500000.0, rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 256})),
-    "mistral": ("MistralConfig", dict(sliding_window=None)),
-    "qwen2": ("Qwen2Config", dict(use_sliding_window=False)),
-    "qwen3": ("Qwen3Config", dict(head_dim=64, use_sliding_window=False)),
-}
-
-
-def make_model(root: str, arch: str, seed: int) -> str:
-    import transformers
-
-    cls_name, extra = ARCH_CFG[arch]
-    cfg = getattr(transformers, cls_name)(
-        vocab_size=4096, hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1, **extra)
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    out = os.path.join(root, arch)
-    model.save_pretrained(out)
-    return out
 
 
 def run_engine(model_dir: str, dtype: str, backend: str, eager: bool, prompts: list[list[int]], **kw) -> list[list[int]]:
@@ -71,7 +50,7 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory() as root:
         for i, arch in enumerate(ARCH_CFG):
-            d = make_model(root, arch, i)
+            d = make_tiny(root, arch, i)
             for dtype in ("float32", "bfloat16") if arch in ("llama", "qwen3") else ("float32",):
                 for name, kw in (("chunked", dict(max_num_batched_tokens=128)),
                                  ("preempt", dict(num_gpu_blocks_override=60, max_num_batched_tokens=256))):

@@ -88,6 +88,26 @@ def gemv_sweep() -> list[dict]:
     return rows
 
 
+def timed_steps(eng, table_key: str, out: dict, warm: int, timed: int) -> float:
+    """Mean wall time of ``timed`` engine steps (after ``warm``), then a kernel table of 3 more."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warm):
+        eng.step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(timed):
+        eng.step()
+    torch.cuda.synchronize()
+    mean = (time.perf_counter() - t) / timed
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            eng.step()
+        torch.cuda.synchronize()
+    out[table_key] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22)
+    return mean
+
+
 def profile_steps(model_dir: str) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -122,37 +142,13 @@ def profile_steps(model_dir: str) -> dict:
             t = time.perf_counter(); eng.step(); torch.cuda.synchronize(); pre = time.perf_counter() - t
         if eager:
             out[f"prefill512_{tag}_table"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18)
-        for _ in range(5):
-            eng.step()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(20):
-            eng.step()
-        torch.cuda.synchronize()
-        d1 = (time.perf_counter() - t) / 20
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            for _ in range(3):
-                eng.step()
-            torch.cuda.synchronize()
-        out[f"decode1_{tag}_table"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22)
+        d1 = timed_steps(eng, f"decode1_{tag}_table", out, warm=5, timed=20)
         drain()
         # batch-256 decode at context ~300
         add(256, 300, 40)
         while any(r.num_computed_tokens < r.num_prompt_tokens for r in eng.core.scheduler.running) or eng.core.scheduler.waiting:
             eng.step()
-        for _ in range(3):
-            eng.step()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(10):
-            eng.step()
-        torch.cuda.synchronize()
-        d256 = (time.perf_counter() - t) / 10
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            for _ in range(3):
-                eng.step()
-            torch.cuda.synchronize()
-        out[f"decode256_{tag}_table"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22)
+        d256 = timed_steps(eng, f"decode256_{tag}_table", out, warm=3, timed=10)
         drain()
         out[f"{tag}_step_ms"] = dict(prefill512=pre * 1e3, decode1=d1 * 1e3, decode256=d256 * 1e3)
         print(tag, out[f"{tag}_step_ms"], flush=True)
