@@ -23,7 +23,7 @@ import itertools
 import logging
 
 from pagedserve.config import CacheConfig, SchedulerConfig
-from pagedserve.core.beam_search import BeamSearchState
+from pagedserve.core.beam_groups import BeamGroupsMixin
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.request_queue import make_queue, priority_key
 from pagedserve.core.scheduler_output import EngineCoreOutput, ScheduledRequest, SchedulerOutput
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 _WAIT = object()  # a fresh n > 1 child whose first sibling has not prefilled the prompt yet
 
 
-class Scheduler:
+class Scheduler(BeamGroupsMixin):
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
                  num_cpu_blocks: int = 0) -> None:
         self.config = scheduler_config
@@ -118,23 +118,6 @@ class Scheduler:
     @staticmethod
     def _width(req: Request) -> int:
         return req.beam.width if req.beam is not None else 1
-
-    def _start_beam_group(self, req: Request) -> None:
-        sp = req.sampling_params
-        stop = set(sp.stop_token_ids) | (set() if sp.ignore_eos else set(req.eos_token_ids))
-        st = BeamSearchState(sp.num_beams, sp.n, sp.length_penalty, sp.early_stopping, req.max_tokens, stop)
-        st.seq_params = SamplingParams(temperature=0.0, logprobs=st.num_candidates, max_tokens=None, ignore_eos=True)
-        st.seq_ids = itertools.count()
-        req.beam = st
-        st.beams = [self._new_beam_seq(req)]
-
-    def _new_beam_seq(self, leader: Request) -> Request:
-        st = leader.beam
-        seq = Request(f"{leader.request_id}#beam{next(st.seq_ids)}", leader.prompt_token_ids, st.seq_params,
-                      arrival_time=leader.arrival_time, priority=leader.priority, max_tokens=leader.max_tokens,
-                      cache_salt=leader.cache_salt)
-        seq.beam_leader = leader
-        return seq
 
     # -- scheduling ---------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -472,53 +455,6 @@ class Scheduler:
                 self._free(req)
         for leader in beam_groups.values():
             outputs.extend(self._beam_step(leader, logprobs))
-        return outputs
-
-    def _beam_step(self, leader: Request, logprobs: dict[str, object]) -> list[EngineCoreOutput]:
-        st = leader.beam
-        beams = st.beams
-        if any(b.request_id not in logprobs for b in beams):
-            return []
-        topk = []
-        for b in beams:
-            ids, lps, _ = logprobs[b.request_id]  # type: ignore[misc]
-            topk.append((ids[1:], lps[1:]))  # entry 0 is the sampled (argmax) token
-        sel = st.step(topk, [b.output_token_ids for b in beams])
-        if sel.done:
-            return self._finish_beam_group(leader)
-        used: set[int] = set()
-        plan = []
-        for p, token in sel.next_beams:  # fork before any parent appends its own new token
-            parent = beams[p]
-            if p in used:
-                seq = parent.fork(f"{leader.request_id}#beam{next(st.seq_ids)}")
-                self.kv.fork(parent, seq, parent.num_computed_tokens)
-            else:
-                used.add(p)
-                seq = parent
-            plan.append((seq, token))
-        for seq, token in plan:
-            seq.append_output_token(token)
-        for p, b in enumerate(beams):
-            if p not in used:
-                self.kv.free(b)
-        st.beams = [seq for seq, _ in plan]
-        return []
-
-    def _finish_beam_group(self, leader: Request) -> list[EngineCoreOutput]:
-        st = leader.beam
-        hyps = st.results()
-        parent, n = (leader.child_of[0], leader.child_of[2]) if leader.child_of else (leader.request_id, 1)
-        outputs = []
-        for i in range(n):
-            h = hyps[i] if i < len(hyps) else None
-            outputs.append(EngineCoreOutput(
-                child_request_id(parent, i, n), h.token_ids if h else [], h.finish_reason if h else "length",
-                None, None, None, leader.num_cached_tokens, cumulative_logprob=h.cumulative_logprob if h else None))
-        leader.status = (RequestStatus.FINISHED_STOPPED if hyps and hyps[0].finish_reason == "stop"
-                         else RequestStatus.FINISHED_LENGTH_CAPPED)
-        self.running.remove(leader)
-        self._free(leader)
         return outputs
 
     @staticmethod
