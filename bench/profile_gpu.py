@@ -160,12 +160,45 @@ def profile_steps(model_dir: str) -> dict:
     return out
 
 
+def decode_sweep(model_dir: str, batches: list[int]) -> dict:
+    """CUDA-graph decode step wall time and kernel table at each batch size (context ~300)."""
+    from pagedserve.config import EngineArgs
+    from pagedserve.engine.llm_engine import LLMEngine
+    from pagedserve.sampling_params import SamplingParams
+
+    eng = LLMEngine.from_engine_args(EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16",
+                                                max_model_len=4096, gpu_memory_utilization=0.85),
+                                     skip_tokenizer_init=True)
+    g = torch.Generator().manual_seed(0)
+    out: dict = {}
+    for b in batches:
+        for _ in range(b):
+            eng.add_request(f"s{time.monotonic_ns()}", {"prompt_token_ids": torch.randint(100, 40000, (300,), generator=g).tolist()},
+                            SamplingParams(temperature=1.0, max_tokens=40, ignore_eos=True))
+        sched = eng.core.scheduler
+        while any(r.num_computed_tokens < r.num_prompt_tokens for r in sched.running) or sched.waiting:
+            eng.step()
+        ms = timed_steps(eng, f"decode{b}_sweep_table", out, warm=3, timed=15) * 1e3
+        out[f"decode{b}_sweep_ms"] = ms
+        print(f"decode batch {b}: {ms:.2f} ms/step", flush=True)
+        while eng.has_unfinished_requests():
+            eng.step()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", type=int, nargs="*", default=None,
+                    help="only the GEMM table and a graph decode-step sweep at these batch sizes")
     ap.add_argument("--model", default="bench/configs/llama-3.1-8b")
     ap.add_argument("--out", default="bench/out/profile.json")
     ap.add_argument("--skip-gemm", action="store_true")
     args = ap.parse_args()
+    if args.sweep:
+        res = {"gemm": gemm_table(), **decode_sweep(args.model, args.sweep)}
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+        return 0
     res = {"gemm": [] if args.skip_gemm else gemm_table(), "gemv": gemv_sweep()}
     res.update(profile_steps(args.model))
     for k, v in res.items():
