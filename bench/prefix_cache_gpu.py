@@ -325,9 +325,8 @@ def main() -> int:
             result["shared_prefix"] = bench_shared_prefix(llm, args, vocab)
         if "sharing" in sections:
             result["sharing"] = bench_sharing(llm, args, vocab)
+        llm.shutdown()  # frees the weights, KV cache and graphs before the second engine starts
         del llm
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     if "pressure" in sections:
         t0 = time.perf_counter()
         llm = LLM(args.model, num_gpu_blocks_override=args.pressure_blocks, preemption_mode="auto",
@@ -335,6 +334,7 @@ def main() -> int:
         vocab = llm.llm_engine.config.model_config.arch.vocab_size
         print(f"engine 2 ready in {time.perf_counter() - t0:.1f} s", flush=True)
         result["pressure"] = bench_pressure(llm, args, vocab)
+        llm.shutdown()
         del llm
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     _table(result)

@@ -109,6 +109,16 @@ def test_cache_salt_isolates(tiny_models):
     assert same.outputs[0].token_ids == other.outputs[0].token_ids == unsalted.outputs[0].token_ids
 
 
+def test_reset_prefix_cache_forgets_free_blocks(tiny_models):
+    llm = _engine(tiny_models["llama"], True)
+    sp = SamplingParams(temperature=0.0, max_tokens=2)
+    first = llm.generate({"prompt_token_ids": SHARED}, sp)[0]
+    assert llm.generate({"prompt_token_ids": SHARED}, sp)[0].num_cached_tokens == 36
+    assert llm.reset_prefix_cache() >= 36 // 4  # every full block of the prompt was cached
+    again = llm.generate({"prompt_token_ids": SHARED}, sp)[0]
+    assert again.num_cached_tokens == 0 and again.outputs[0].token_ids == first.outputs[0].token_ids
+
+
 def test_tiny_cache_with_prefix_caching_matches_hf(tiny_models):
     """Eviction, preemption and re-hits under a cache that holds ~2 requests: still HF's greedy tokens."""
     model = tiny_models["llama"]

@@ -55,6 +55,17 @@ def test_models_routed_by_name(multi):
     assert {"smol-a", "smol-b"} <= names
 
 
+def test_reset_prefix_cache_resets_every_model(multi):
+    prompt = {"model": "smol-a", "prompt": "The quick brown fox jumps over the lazy dog. " * 6, "max_tokens": 1}
+    assert request(multi, "POST", "/v1/completions", prompt, headers=AUTH)[0] == 200
+    assert request(multi, "POST", "/reset_prefix_cache")[0] == 401  # an admin action: the key is required
+    status, body = request(multi, "POST", "/reset_prefix_cache", headers=AUTH)
+    assert status == 200 and set(body["dropped_blocks"]) == {"smol-a", "smol-b"}
+    assert body["dropped_blocks"]["smol-a"] >= 3  # the prompt's full 16-token blocks were cached
+    status, body = request(multi, "POST", "/reset_prefix_cache", headers=AUTH)
+    assert body["dropped_blocks"] == {"smol-a": 0, "smol-b": 0}
+
+
 def test_engine_death_gives_503_not_hang(multi):
     pids = dict(re.findall(r"engine for '([^']+)' ready: .* engine core pid (\d+)", multi.log_text()))
     assert set(pids) == {"smol-a", "smol-b"}

@@ -32,6 +32,8 @@ def test_bench_serve_writes_json_and_png(server, tmp_path):
         assert res["median_e2el_ms"] >= res["median_ttft_ms"]
         assert res["output_throughput"] > 0 and res["request_rate"] in (20.0, "inf")
         assert res["server_counters_delta"]["pagedserve:generation_tokens_total"] == res["total_output_tokens"]
+        # the prefix cache is reset before each rate: the second rate must not hit the first one's blocks
+        assert res["server_counters_delta"]["pagedserve:prefix_cache_hits_total"] == 0
 
 
 def test_random_dataset_matches_vllm_definition():

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -58,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                    help="generate exactly each request's output length (default: on)")
     w.add_argument("--num-warmups", type=int, default=1)
+    w.add_argument("--no-reset-prefix-cache", dest="reset_prefix_cache", action="store_false",
+                   help="keep the server's prefix cache between rates (by default it is reset before each "
+                        "rate, so a rate does not hit the blocks cached by the one before on the same prompts)")
     o = p.add_argument_group("output")
     o.add_argument("--metric-percentiles", default="99", help="comma-separated, e.g. 50,90,99")
     o.add_argument("--result-dir", default=".")
@@ -72,6 +76,18 @@ def _get_json(url: str, api_key: str | None, timeout: float = 10.0) -> Any:
     with urllib.request.urlopen(req, timeout=timeout) as r:
         body = r.read()
     return json.loads(body) if body else None
+
+
+def _reset_prefix_cache(base_url: str, api_key: str | None) -> None:
+    """POST /reset_prefix_cache; a server without the endpoint gets a warning, not a failure."""
+    req = urllib.request.Request(base_url + "/reset_prefix_cache", data=b"", method="POST",
+                                 headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30.0) as r:
+            r.read()
+    except (urllib.error.URLError, OSError) as e:
+        print(f"warning: could not reset the server's prefix cache ({e}); later rates may hit blocks cached "
+              "by earlier ones", flush=True)
 
 
 def _free_port() -> int:
@@ -124,7 +140,8 @@ class LaunchedServer:
 def _server_counters(base_url: str) -> dict[str, float]:
     """A few server-side counters from /metrics (summed over models)."""
     names = ("pagedserve:prompt_tokens_total", "pagedserve:generation_tokens_total",
-             "pagedserve:num_preemptions_total", "pagedserve:request_success_total")
+             "pagedserve:num_preemptions_total", "pagedserve:request_success_total",
+             "pagedserve:prefix_cache_hits_total")
     out = dict.fromkeys(names, 0.0)
     try:
         with urllib.request.urlopen(base_url + "/metrics", timeout=10) as r:
@@ -215,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
             if bad:
                 raise RuntimeError(f"the warm-up request failed: {bad[0]}")
         for rate in rates:
+            if args.reset_prefix_cache:
+                _reset_prefix_cache(base_url, args.api_key)
             before = _server_counters(base_url)
             print(f"request rate {rate} req/s, burstiness {args.burstiness}, max concurrency "
                   f"{args.max_concurrency or 'unlimited'}", flush=True)

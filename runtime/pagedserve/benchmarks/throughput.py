@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         torch.cuda.synchronize()
     runs = []
     for _ in range(max(1, args.repeat)):
+        llm.reset_prefix_cache()  # neither the warm-up nor an earlier repeat may hit the cache
         core.trace, core.wait_seconds = [], 0.0
         t0 = time.perf_counter()
         outs = llm.generate([{"prompt_token_ids": p} for p, _ in reqs], params, use_tqdm=False)
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - t0
         runs.append(round(result["output_tokens"] / elapsed, 1))
     result["output_tok_s_each_run"] = runs
+    if len(runs) > 1:
+        print(f"output tok/s of each timed run: {runs}")
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     assert out_tokens == result["output_tokens"], "every request must generate exactly its output length"
     result.update(elapsed_s=elapsed, requests_per_s=len(reqs) / elapsed, output_tok_s=out_tokens / elapsed,

@@ -111,6 +111,13 @@ class EngineCore:
     def get_stats(self) -> SchedulerStats:
         return self.scheduler.get_stats()
 
+    def reset_prefix_cache(self) -> int:
+        """Forget cached blocks no request holds (benchmarks: a repeat must not hit the last run's cache)."""
+        return self.scheduler.reset_prefix_cache()
+
     def shutdown(self) -> None:
-        """Stop the tensor-parallel worker processes (if any); the core cannot step afterwards."""
+        """Stop the tensor-parallel worker processes (if any) and release the device memory; the core
+        cannot step afterwards."""
+        self.inflight = None
+        self.runner = None  # type: ignore[assignment]
         self.executor.shutdown()

@@ -130,6 +130,9 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished_requests() or self.core.has_unfinished_requests()
 
+    def reset_prefix_cache(self) -> int:
+        return self.core.reset_prefix_cache()
+
     def shutdown(self) -> None:
         """Stop the engine core (and its tensor-parallel worker processes, if any)."""
         self.core.shutdown()

@@ -39,6 +39,10 @@ class LLM:
         """Release the engine (tensor-parallel worker processes included)."""
         self.llm_engine.shutdown()
 
+    def reset_prefix_cache(self) -> int:
+        """Forget the prefix cache's free blocks (as vLLM's ``LLM.reset_prefix_cache``); returns how many."""
+        return self.llm_engine.reset_prefix_cache()
+
     def __enter__(self) -> "LLM":
         return self
 

@@ -21,3 +21,14 @@ class UniProcExecutor(Executor):
 
     def collect(self, handle):
         return self.runner.collect(handle)
+
+    def shutdown(self) -> None:
+        """Drop the model, KV cache and CUDA graphs so their memory can go back to the device."""
+        import gc
+
+        import torch
+
+        self.worker = self.runner = None  # type: ignore[assignment]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -32,7 +32,7 @@ from pagedserve.entrypoints.openai.serving_tokens import detokenize, tokenize
 
 logger = logging.getLogger("pagedserve.server")
 
-_PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
+_PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/reset_prefix_cache")
 
 
 @dataclass
@@ -148,6 +148,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": ctype})
 
 
+async def reset_prefix_cache(request: web.Request) -> web.Response:
+    """Forget every engine's free cached prefix blocks (as vLLM's endpoint; benchmarks reset between runs)."""
+    dropped = {}
+    for eng in _served(request.app[STATE]).engines:
+        if eng.dead_reason is None:
+            dropped[eng.served_model_name] = await eng.call_core("reset_prefix_cache")
+    return json_response({"dropped_blocks": dropped})
+
+
 async def version(request: web.Request) -> web.Response:
     return json_response({"version": __version__})
 
@@ -171,6 +180,7 @@ def build_app(served: ServedModels | None, api_key: str | None = None, max_body_
     r.add_get("/health", health)
     r.add_get("/metrics", metrics)
     r.add_get("/version", version)
+    r.add_post("/reset_prefix_cache", reset_prefix_cache)
     r.add_get("/openapi.json", openapi)
     return app
 

@@ -67,6 +67,10 @@ def openapi_document(version: str) -> dict:
             "/health": _get("200 when every engine is up, 503 otherwise", extra=(503,)),
             "/metrics": _get("Prometheus metrics (prefix pagedserve:)", "text/plain", {"type": "string"}),
             "/version": _get("Server version"),
+            "/reset_prefix_cache": {"post": {
+                "summary": "Forget every model's free cached prefix blocks (benchmarks); needs the API key",
+                "responses": {"200": {"description": "OK: {\"dropped_blocks\": {model: count}}",
+                                      "content": {"application/json": {"schema": obj}}}, **_errors(401)}}},
             "/openapi.json": _get("This document"),
         },
         "components": {
