@@ -89,7 +89,7 @@ class _Group:
                         break
             except (EOFError, OSError):
                 pass
-        w.proc.join(2)  # reap it: its exit code
+        w.proc.join(10)  # reap it: its exit code (it exits right after its last words; slow on a loaded host)
         code = w.proc.exitcode
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         msg = (f"tensor-parallel worker rank {w.rank} (pid {w.proc.pid}) {how}; the engine cannot continue "
