@@ -30,6 +30,7 @@ import signal  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 
@@ -139,7 +140,15 @@ def big_model(model: str, tp: int, bw_gbs: float, args) -> dict:
     out["tpot_over_floor"] = out["tpot_ms"] / floor_ms
     log(f"(b) TP={tp}: batch 1 TTFT {out['ttft_ms']:.1f} ms, TPOT {out['tpot_ms']:.3f} ms "
         f"({out['tpot_over_floor']:.2f}x the floor {floor_ms:.2f} ms)")
-    # throughput
+    # throughput (a watcher logs progress, so a stall shows where it is)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(15):
+            st = core.scheduler.get_stats()
+            log(f"(b) TP={tp}: ... running {st.num_running}, waiting {st.num_waiting}, KV {st.kv_cache_usage:.2f}, "
+                f"path {core.runner.last_path}")
+    threading.Thread(target=watch, daemon=True).start()
     reqs = lognormal_requests(args.num_prompts, vocab, seed=0)
     warm = [SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True)] * 4
     llm.generate([{"prompt_token_ids": r.prompt_token_ids} for r in reqs[:4]], warm, use_tqdm=False)
@@ -155,6 +164,7 @@ def big_model(model: str, tp: int, bw_gbs: float, args) -> dict:
     out.update(num_prompts=len(reqs), input_tokens=n_in, output_tokens=n_out, elapsed_s=elapsed,
                output_tok_s=n_out / elapsed, total_tok_s=(n_in + n_out) / elapsed, requests_per_s=len(reqs) / elapsed,
                num_preemptions=core.scheduler.num_preemptions)
+    stop.set()
     log(f"(b) TP={tp}: {len(reqs)} lognormal prompts: {out['output_tok_s']:.0f} output tok/s, "
         f"{out['total_tok_s']:.0f} total tok/s ({elapsed:.1f} s, {out['num_preemptions']} preemptions)")
     # (c) all-reduce latency on this group, at the sizes of a step
@@ -237,10 +247,15 @@ def main() -> int:
     ap.add_argument("--max-model-len", type=int, default=None)
     ap.add_argument("--skip", nargs="*", default=[], choices=["equality", "big", "death"])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-tp1", action="store_true", help="skip the TP=1 reference in the big-model section")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: smoke-test this script (gloo)")
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
+    if float(os.environ.get("PAGEDSERVE_DEBUG_STACKS_S") or 0) > 0:  # a stall prints every process's stacks
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["PAGEDSERVE_DEBUG_STACKS_S"]), repeat=True)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -278,7 +293,7 @@ def main() -> int:
             ok = False
         save()
     if "big" not in args.skip:
-        sizes = ([1] if not cuda or fits_one_gpu(args.model) else []) + [args.tp]
+        sizes = ([1] if not args.no_tp1 and (not cuda or fits_one_gpu(args.model)) else []) + [args.tp]
         result["big"] = {}
         for size in sizes:
             try:

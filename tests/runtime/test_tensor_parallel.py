@@ -175,3 +175,27 @@ def test_tp_validation(tiny_models, overrides, tp, device, match):
 def test_tp_larger_than_visible_gpus(tiny_models):
     with pytest.raises(ValueError, match=r"larger than the number of visible GPUs \(\d\)"):
         EngineArgs(model=tiny_models["llama"], device="cuda", tensor_parallel_size=2).create_engine_config()
+
+
+def test_teardown_is_bounded_and_a_leftover_group_gets_a_clear_error():
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    from pagedserve.distributed.parallel_state import destroy_distributed, init_distributed, run_bounded
+
+    done = threading.Event()
+    t0 = time.monotonic()
+    assert run_bounded(done.wait, 0.2, "stuck teardown") is False  # a blocked teardown does not block us
+    assert time.monotonic() - t0 < 5
+    done.set()
+    assert run_bounded(lambda: None, 5, "quick teardown") is True
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="earlier tensor-parallel engine.*new process"):
+            init_distributed("cpu", 0, 1, "127.0.0.1", 0, store=store)
+    finally:
+        destroy_distributed()
+    assert not dist.is_initialized()

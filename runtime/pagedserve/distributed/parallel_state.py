@@ -9,12 +9,16 @@ up: one process per rank, rank 0 in the engine-core process).
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 _TP_RANK = 0
 _TP_SIZE = 1
@@ -60,6 +64,11 @@ def backend_for(device: str) -> str:
 def init_distributed(device: str, rank: int, size: int, host: str, port: int, store: Any = None,
                      timeout_s: float = 600.0) -> None:
     """Join the group over a TCP store at ``tcp://host:port`` (rank 0 passes the store it created)."""
+    if dist.is_initialized():
+        raise RuntimeError("this process still holds the process group of an earlier tensor-parallel engine: "
+                           "its NCCL teardown did not finish (PyTorch cannot tear a group down once CUDA graphs "
+                           "captured its collectives, pytorch/pytorch#115388). Start the new engine in a new "
+                           "process, or run with enforce_eager=True")
     disable_multicast_env()
     timeout = datetime.timedelta(seconds=timeout_s)
     if store is None:
@@ -72,8 +81,28 @@ def init_distributed(device: str, rank: int, size: int, host: str, port: int, st
 
 
 def destroy_distributed() -> None:
+    """Leave the group. With NCCL this can block for good: PyTorch's teardown hangs once collectives
+    were captured in CUDA graphs (pytorch/pytorch#115388; seen on 2 x H200, torch 2.11, NCCL 2.28), so
+    callers run it in a daemon thread with a bounded wait (executor/multiproc.py), and worker
+    processes skip it and exit (the OS releases their communicators)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def uses_nccl() -> bool:
+    return dist.is_initialized() and dist.get_backend() == "nccl"
+
+
+def run_bounded(fn: Any, seconds: float, what: str) -> bool:
+    """Run ``fn`` in a daemon thread and wait at most ``seconds``; False (and a warning) if it is
+    still running then: a teardown that waits on a peer must not hang its caller."""
+    t = threading.Thread(target=fn, name=f"tp-{what}", daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        logger.warning("tensor-parallel: %s did not finish in %.0f s; going on without it", what, seconds)
+        return False
+    return True
 
 
 def abort_distributed() -> None:

@@ -35,7 +35,7 @@ from multiprocessing.connection import wait as mp_wait
 from typing import Any, Iterator
 
 from pagedserve.config import EngineConfig
-from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for,
+from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for, run_bounded,
                                                     destroy_distributed, disable_multicast_env, init_distributed)
 from pagedserve.executor.base import Executor
 
@@ -122,7 +122,9 @@ class _Group:
         logger.error("tensor-parallel worker rank %d (pid %d) exited with code %s", w.rank, w.proc.pid,
                      w.proc.exitcode)
         if self.backend == "nccl" and self.dist_up:
-            abort_distributed()  # collectives in flight fail instead of waiting for the dead rank
+            # collectives in flight fail instead of waiting for the dead rank; bounded, as the abort
+            # itself can block (seen on 2 x H200): the grace-period exit below must still come
+            run_bounded(abort_distributed, 5, "process group abort")
             self.dist_up = False
         deadline = time.monotonic() + DEATH_GRACE_S
         while time.monotonic() < deadline:
@@ -152,16 +154,10 @@ class _Group:
             except OSError:
                 pass
         broken = self.dead is not None or self.failed is not None
-        if self.dist_up:
+        if self.dist_up:  # bounded: NCCL's teardown can block for good (parallel_state.destroy_distributed)
             self.dist_up = False
-            if broken:
-                abort_distributed()
-            else:  # in a thread: a teardown that waits for a peer must not hang the caller
-                t = threading.Thread(target=destroy_distributed, name="tp-destroy", daemon=True)
-                t.start()
-                t.join(15)
-                if t.is_alive():
-                    logger.warning("tensor-parallel: process group teardown did not finish in 15 s")
+            run_bounded(abort_distributed if broken else destroy_distributed, 2 if broken else 5,
+                        "process group abort" if broken else "process group teardown")
         for w in self.workers:
             w.proc.join(2 if broken else 15)  # after a failure, ranks may be stuck in a collective
             if w.proc.is_alive():

@@ -166,11 +166,16 @@ def worker_main(config: EngineConfig, rank: int, size: int, host: str, port: int
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when ranks stop
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s [tp rank {rank}]: %(message)s")
     _exit_with_parent()
+    dump_s = float(os.environ.get("PAGEDSERVE_DEBUG_STACKS_S") or 0)
+    if dump_s > 0:  # debugging a stall: every rank prints its Python stacks to stderr periodically
+        import faulthandler
+
+        faulthandler.dump_traceback_later(dump_s, repeat=True)
     code = 0
     try:
         import torch
 
-        from pagedserve.distributed.parallel_state import destroy_distributed, init_distributed
+        from pagedserve.distributed.parallel_state import destroy_distributed, init_distributed, uses_nccl
 
         resp.send(("hello", os.getpid()))
         from tqdm import tqdm
@@ -198,7 +203,8 @@ def worker_main(config: EngineConfig, rank: int, size: int, host: str, port: int
                 break
             else:
                 raise RuntimeError(f"unknown message {kind!r}")
-        destroy_distributed()
+        if not uses_nccl():  # NCCL: exit without the teardown that can hang (parallel_state); the OS frees it
+            destroy_distributed()
     except BaseException as e:  # noqa: BLE001 — reported to the driver, then exit
         code = 1
         logger.error("tensor-parallel rank %d failed: %s", rank, e)

@@ -16,15 +16,15 @@ captured batch) gets zeros. No host syncs anywhere.
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
+from pagedserve.kernels.jit import jit_unspecialized
 from pagedserve.kernels.utils import cdiv, dot_precision, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "stride_bt", "stride_lb", "stride_lh")
 def _decode_attn_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
@@ -94,7 +94,7 @@ def _decode_attn_kernel(
         tl.store(part_lse_ptr + b64 * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
 
 
-@triton.jit
+@jit_unspecialized("num_splits", "stride_lb", "stride_lh")
 def _decode_reduce_kernel(
     part_out_ptr, part_lse_ptr, out_ptr,
     num_splits,

@@ -15,15 +15,15 @@ diagonal tiles after it are masked; tiles past the last query's position are nev
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
+from pagedserve.kernels.jit import jit_unspecialized
 from pagedserve.kernels.utils import cdiv, dot_precision, next_pow2
 
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "stride_bt")
 def _prefill_attn_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, out_ptr,
     scale_log2,
