@@ -2,15 +2,10 @@
 # Eighth H200 run: prefix caching / sharing / pressure benchmark (memory-features issue), online serving
 # re-measured after the frontend changes, 256-request throughput with the startup warm-up, latency, and
 # a CUDA-graph decode-step sweep over batch sizes (where the time of batch 8-64 steps goes).
-set -uo pipefail
-export PYTHONPATH=runtime PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-OUT=${OUT:-bench/out}; mkdir -p "$OUT"
-M=bench/configs/llama-3.1-8b
-MT=.devcarry/llama-3.1-8b-tok   # the same config + the Llama 3 tokenizer (carried, not committed)
+source "$(dirname "$0")/gpu_env.sh"
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 timeout 290 python bench/prefix_cache_gpu.py --model $M --out "$OUT/prefix.json" > "$OUT/prefix.log" 2>&1; echo "prefix rc=$?"
 tail -30 "$OUT/prefix.log"
-RND="--dataset random --random-input-len 250 --random-output-len 180 --random-range-ratio 0.5 --num-prompts 400"
 timeout 120 python -m pagedserve.entrypoints.cli bench serve --model $MT --server-args "--load-format dummy --dtype bfloat16" $RND --request-rate 32 inf --result-dir /tmp/serve > "$OUT/serve.log" 2>&1; echo "serve rc=$?"
 grep -ihE "error|traceback" /tmp/serve/*-server.log 2>/dev/null | tail -5
 grep -vE "^INFO|^\s*$" "$OUT/serve.log" | tail -40

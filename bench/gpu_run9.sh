@@ -3,15 +3,10 @@
 # its first engine was not released), online serving with the prefix cache reset before each rate, the
 # offline engine on the same requests, and the 256-request throughput against HF in the same process
 # with the cache reset before each timed repeat (run 8's second repeat hit the first one's blocks).
-set -uo pipefail
-export PYTHONPATH=runtime PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-OUT=${OUT:-bench/out}; mkdir -p "$OUT"
-M=bench/configs/llama-3.1-8b
-MT=.devcarry/llama-3.1-8b-tok   # the same config + the Llama 3 tokenizer (carried, not committed)
+source "$(dirname "$0")/gpu_env.sh"
 date -u
 timeout 150 python bench/prefix_cache_gpu.py --model $M --sections pressure --out "$OUT/pressure.json" > "$OUT/pressure.log" 2>&1; echo "pressure rc=$?"
 grep -E "pressure|Error|wrote" "$OUT/pressure.log" | tail -12
-RND="--dataset random --random-input-len 250 --random-output-len 180 --random-range-ratio 0.5 --num-prompts 400"
 timeout 120 python -m pagedserve.entrypoints.cli bench serve --model $MT --server-args "--load-format dummy --dtype bfloat16" $RND --request-rate 32 inf --result-dir /tmp/serve > "$OUT/serve.log" 2>&1; echo "serve rc=$?"
 grep -ihE "error|traceback" /tmp/serve/*-server.log 2>/dev/null | tail -5
 grep -E "Serving Benchmark|warning|throughput|Median|P99 T" "$OUT/serve.log"
