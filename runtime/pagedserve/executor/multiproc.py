@@ -89,8 +89,7 @@ class _Group:
                         break
             except (EOFError, OSError):
                 pass
-        w.proc.join(10)  # reap it: its exit code (it exits right after its last words; slow on a loaded host)
-        code = w.proc.exitcode
+        code = _exit_code(w.proc, 10)  # it exits right after its last words (slow on a loaded host)
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         msg = (f"tensor-parallel worker rank {w.rank} (pid {w.proc.pid}) {how}; the engine cannot continue "
                "(restart it)")
@@ -118,9 +117,8 @@ class _Group:
         if self.dead is None:
             self.dead = sentinels[next(s for s in ready if s in sentinels)]
         w = self.dead
-        w.proc.join(1)  # reap it: its exit code
         logger.error("tensor-parallel worker rank %d (pid %d) exited with code %s", w.rank, w.proc.pid,
-                     w.proc.exitcode)
+                     _exit_code(w.proc, 1))
         if self.backend == "nccl" and self.dist_up:
             # collectives in flight fail instead of waiting for the dead rank; bounded, as the abort
             # itself can block (seen on 2 x H200): the grace-period exit below must still come
@@ -316,6 +314,17 @@ class MultiprocExecutor(Executor):
         global _ACTIVE
         if _ACTIVE is not None and _ACTIVE() is self:
             _ACTIVE = None
+
+
+def _exit_code(proc: Any, timeout: float) -> int | None:
+    """The worker's exit code, waiting up to ``timeout`` s for it. Two threads reap the same process
+    (the monitor and the caller that reports the failure): the one whose ``waitpid`` loses the race
+    reads None until the winner has stored the code, so poll again rather than trust one join."""
+    deadline = time.monotonic() + timeout
+    proc.join(timeout)
+    while proc.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc.exitcode
 
 
 def _claim_process(ex: MultiprocExecutor) -> None:
