@@ -1,7 +1,7 @@
 """``AsyncEngine``: the online engine used by the server.
 
-The engine core (scheduler + model) runs in its own process (:mod:`pagedserve.engine.core_proc`);
-this object lives on the HTTP process's event loop and does tokenization (``InputProcessor``),
+The engine core (scheduler + model) runs in its own process (:mod:`pagedserve.engine.core_proc`,
+driven through :mod:`pagedserve.engine.core_client`); this object lives on the HTTP process's event loop and does tokenization (``InputProcessor``),
 detokenization and stop strings (``OutputProcessor``), the ``n`` fan-out, per-request streams,
 the waiting-queue bound, and the Prometheus metrics.
 
@@ -21,7 +21,8 @@ from typing import Any, AsyncIterator
 from pagedserve.config import EngineArgs, EngineConfig
 from pagedserve.core.scheduler_output import EngineCoreOutput
 from pagedserve.core.stats import SchedulerStats
-from pagedserve.engine.core_proc import EngineCoreClient, EngineDeadError
+from pagedserve.engine.core_client import EngineCoreClient
+from pagedserve.engine.core_wire import EngineDeadError
 from pagedserve.engine.llm_engine import InputProcessor, PromptType
 from pagedserve.engine.output_processor import OutputProcessor
 from pagedserve.outputs import CompletionOutput, RequestOutput
