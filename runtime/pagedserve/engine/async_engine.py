@@ -1,9 +1,10 @@
 """``AsyncEngine``: the online engine used by the server.
 
 The engine core (scheduler + model) runs in its own process (:mod:`pagedserve.engine.core_proc`,
-driven through :mod:`pagedserve.engine.core_client`); this object lives on the HTTP process's event loop and does tokenization (``InputProcessor``),
-detokenization and stop strings (``OutputProcessor``), the ``n`` fan-out, per-request streams,
-the waiting-queue bound, and the Prometheus metrics.
+driven through :mod:`pagedserve.engine.core_client`); this object lives on the HTTP process's
+event loop and does tokenization (``InputProcessor``), detokenization and stop strings
+(``OutputProcessor``), the ``n`` fan-out, per-request streams, the waiting-queue bound, and the
+Prometheus metrics.
 
 ``generate(prompt, sampling_params, request_id, priority)`` is an async iterator of
 ``RequestOutput``; ``abort(request_id)`` frees the request's KV blocks in the core. If the
