@@ -33,3 +33,13 @@ def default_device() -> str:
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def thread_lock_for_tqdm() -> None:
+    """In a child process that leaves through ``os._exit``: give tqdm a thread lock instead of its
+    default multiprocessing one, whose semaphore would otherwise be reported leaked at exit."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())

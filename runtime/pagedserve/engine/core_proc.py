@@ -190,6 +190,9 @@ def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket
     """Entry point of the engine-core process (multiprocessing 'spawn')."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend decides when the core stops
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s [core]: %(message)s")
+    from pagedserve.utils import thread_lock_for_tqdm
+
+    thread_lock_for_tqdm()
     writer = FrameWriter(out_sock)
     writer.start()
     try:

@@ -178,9 +178,9 @@ def worker_main(config: EngineConfig, rank: int, size: int, host: str, port: int
         from pagedserve.distributed.parallel_state import destroy_distributed, init_distributed, uses_nccl
 
         resp.send(("hello", os.getpid()))
-        from tqdm import tqdm
+        from pagedserve.utils import thread_lock_for_tqdm
 
-        tqdm.set_lock(threading.RLock())  # not tqdm's multiprocessing lock: os._exit below would leak it
+        thread_lock_for_tqdm()
         if config.device.startswith("cuda"):
             torch.cuda.set_device(rank)
             config.device = f"cuda:{rank}"
