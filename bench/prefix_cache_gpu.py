@@ -243,9 +243,7 @@ def bench_check(args: argparse.Namespace) -> dict:
             row["seeded_identical"] = sum(a == b for a, b in zip(s_, ref[1]))
             row["of"] = len(prompts)
         res[name] = row
-        del llm
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        llm.shutdown()  # frees its device memory before the next setting's engine
     ok = all(res[n]["greedy_identical"] == len(prompts) and res[n]["seeded_identical"] == len(prompts)
              for n in settings if n != "reference")
     res["all_identical"] = ok and res["n4_fork_equal_independent"]

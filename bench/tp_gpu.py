@@ -51,12 +51,8 @@ DEVICE = "cuda"  # --device cpu: a smoke test of this script on CPU (gloo), with
 
 
 def free_engine(llm) -> None:
-    llm.llm_engine.core.shutdown()
-    del llm
+    llm.shutdown()  # workers stopped; one GPU's weights, KV cache and graphs released
     gc.collect()
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
 
 
 def greedy(llm, prompts: list[list[int]], max_tokens: int, n2: bool = False) -> list[list[int]]:
@@ -226,7 +222,7 @@ def death_check(tp: int) -> dict:
             err = str(e)
         raised_s = time.time() - t0
         t1 = time.time()
-        llm.llm_engine.core.shutdown()
+        llm.shutdown()
         out = {"raised": err is not None, "error": err, "raised_after_s": round(raised_s, 2),
                "shutdown_s": round(time.time() - t1, 2)}
         del llm

@@ -71,20 +71,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # -- server ---------------------------------------------------------------------------------------
-def _get_json(url: str, api_key: str | None, timeout: float = 10.0) -> Any:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+def _http(url: str, api_key: str | None, data: bytes | None = None, timeout: float = 10.0) -> bytes:
+    """GET (or POST ``data``) with the API key; the response body."""
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                 headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
     with urllib.request.urlopen(req, timeout=timeout) as r:
-        body = r.read()
+        return r.read()
+
+
+def _get_json(url: str, api_key: str | None, timeout: float = 10.0) -> Any:
+    body = _http(url, api_key, timeout=timeout)
     return json.loads(body) if body else None
 
 
 def _reset_prefix_cache(base_url: str, api_key: str | None) -> None:
     """POST /reset_prefix_cache; a server without the endpoint gets a warning, not a failure."""
-    req = urllib.request.Request(base_url + "/reset_prefix_cache", data=b"", method="POST",
-                                 headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
     try:
-        with urllib.request.urlopen(req, timeout=30.0) as r:
-            r.read()
+        _http(base_url + "/reset_prefix_cache", api_key, data=b"", timeout=30.0)
     except (urllib.error.URLError, OSError) as e:
         print(f"warning: could not reset the server's prefix cache ({e}); later rates may hit blocks cached "
               "by earlier ones", flush=True)
@@ -139,21 +142,20 @@ class LaunchedServer:
 
 def _server_counters(base_url: str) -> dict[str, float]:
     """A few server-side counters from /metrics (summed over models)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     names = ("pagedserve:prompt_tokens_total", "pagedserve:generation_tokens_total",
              "pagedserve:num_preemptions_total", "pagedserve:request_success_total",
              "pagedserve:prefix_cache_hits_total")
     out = dict.fromkeys(names, 0.0)
     try:
-        with urllib.request.urlopen(base_url + "/metrics", timeout=10) as r:
-            text = r.read().decode()
+        text = _http(base_url + "/metrics", None).decode()
     except OSError:
         return {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key = line.split("{", 1)[0].split(" ", 1)[0]
-        if key in out:
-            out[key] += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in out:
+                out[sample.name] += sample.value
     return out
 
 

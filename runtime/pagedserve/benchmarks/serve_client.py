@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,7 @@ class ClientConfig:
 def arrival_offsets(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> list[float]:
     """Send times (s from the start): gamma-distributed gaps with shape ``burstiness`` (1 = Poisson),
     rescaled so the last request goes out at exactly ``n / rate``. ``rate=inf``: all at once."""
-    if math_isinf(rate):
+    if math.isinf(rate):
         return [0.0] * n
     if rate <= 0 or burstiness <= 0:
         raise ValueError("--request-rate and --burstiness must be > 0")
@@ -56,10 +57,6 @@ def arrival_offsets(n: int, rate: float, burstiness: float = 1.0, seed: int = 0)
     t = np.cumsum(gaps)
     t *= (n / rate) / t[-1]
     return t.tolist()
-
-
-def math_isinf(x: float) -> bool:
-    return x == float("inf")
 
 
 def _payload(cfg: ClientConfig, req: SampleRequest, tokenizer: Any) -> dict:
