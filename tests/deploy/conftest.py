@@ -1,12 +1,14 @@
 """Fixtures of the deployment tests: the real tools (fetched once into ~/.cache/pagedserve/tools)."""
 from __future__ import annotations
 
+import importlib
 import pathlib
 
 import pytest
 
 from tests.deploy import tools
-from tests.deploy.helpers import ROOT  # noqa: F401  (puts operator/, runtime/, tests/operator on sys.path)
+
+importlib.import_module('tests.deploy.helpers')  # puts operator/, runtime/, tests/operator on sys.path
 
 
 def _get(getter):  # type: ignore[no-untyped-def]

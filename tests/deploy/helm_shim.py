@@ -21,10 +21,10 @@ import base64
 import http.client
 import http.server
 import json
-import socket
-import threading
 import urllib.parse
 from typing import Any
+
+from tests.deploy.helpers import serve_in_thread
 
 PROTOBUF = 'application/vnd.kubernetes.protobuf'
 MAGIC = b'k8s\x00'
@@ -126,22 +126,17 @@ class HelmShim:
     def __init__(self, upstream: str, report_version: str = '1.29.0') -> None:
         parsed = urllib.parse.urlparse(upstream)
         self.host, self.up_port = parsed.hostname or '127.0.0.1', parsed.port or 80
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            self.port = int(s.getsockname()[1])
-        self.url = f'http://127.0.0.1:{self.port}'
         self.decoded: list[str] = []
-        self.requests: list[str] = []
         shim = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = 'HTTP/1.1'
 
             def _forward(self) -> None:
-                shim.requests.append(f'{self.command} {self.path}')
-                if self.path.split('?')[0] == '/openapi/v3':
+                url = urllib.parse.urlparse(self.path)
+                if url.path == '/openapi/v3':
                     return self._reply(200, json.dumps({'paths': {}}).encode())
-                if self.path.split('?')[0] == '/openapi/v2':
+                if url.path == '/openapi/v2':
                     # an empty openapi_v2.Document (protobuf): no schemas, so clients skip validation
                     return self._reply(200, b'', 'application/com.github.proto-openapi.spec.v2.v1.0+protobuf')
                 length = int(self.headers.get('Content-Length') or 0)
@@ -169,8 +164,8 @@ class HelmShim:
                     status, rtype = resp.status, resp.getheader('Content-Type', 'application/json')
                 finally:
                     conn.close()
-                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-                if urllib.parse.urlparse(self.path).path == '/version' and status == 200:
+                query = urllib.parse.parse_qs(url.query)
+                if url.path == '/version' and status == 200:
                     major, minor, _ = report_version.split('.')
                     data = dict(json.loads(payload), major=major, minor=minor,
                                 gitVersion=f'v{report_version}+standin')
@@ -196,9 +191,9 @@ class HelmShim:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve_in_thread(Handler)
+        self.port = self.server.server_address[1]
+        self.url = f'http://127.0.0.1:{self.port}'
 
     def stop(self) -> None:
         self.server.shutdown()

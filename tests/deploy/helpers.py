@@ -1,9 +1,12 @@
 """Shared helpers of the deployment tests: paths, a strict YAML loader, helm/kubectl runs, validation."""
 from __future__ import annotations
 
+import http.server
+import json
 import pathlib
 import subprocess
 import sys
+import threading
 from typing import Any, Iterable
 
 import yaml
@@ -15,6 +18,7 @@ MANIFESTS = ROOT / 'manifests'
 OPERATOR_TESTS = ROOT / 'tests' / 'operator'
 K8S_VERSIONS = ('1.29', '1.34')
 ISVC_API = 'pagedserve.io/v1alpha1/InferenceService'
+DASHBOARDS = sorted((CHART / 'dashboards').glob('*.json'))
 
 for path in (ROOT / 'operator', ROOT / 'runtime', OPERATOR_TESTS):
     if str(path) not in sys.path:
@@ -84,3 +88,31 @@ def describe(obj: dict[str, Any]) -> str:
     meta = obj.get('metadata') or {}
     ns = meta.get('namespace')
     return f'{obj.get("kind")} {ns + "/" if ns else ""}{meta.get("name")}'
+
+
+def serve_in_thread(handler_cls: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
+    """A ThreadingHTTPServer on a free loopback port, serving in a daemon thread. The port is
+    ``server.server_address[1]``; stop it with ``server.shutdown(); server.server_close()``."""
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler_cls)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def dashboard_exprs(paths: Iterable[pathlib.Path] = DASHBOARDS) -> list[tuple[str, str, str]]:
+    """(dashboard file name, panel title, expr) of every panel target of the Grafana dashboards."""
+    out = []
+    for path in paths:
+        for panel in json.loads(path.read_text())['panels']:
+            for target in panel.get('targets', []):
+                out.append((path.name, panel['title'], target['expr']))
+    return out
+
+
+def dashboard_variables(paths: Iterable[pathlib.Path] = DASHBOARDS) -> list[tuple[str, str, str]]:
+    """(dashboard file name, variable name, query) of every query variable of the Grafana dashboards."""
+    out = []
+    for path in paths:
+        for var in json.loads(path.read_text())['templating']['list']:
+            if var['type'] == 'query':
+                out.append((path.name, var['name'], var['query']['query']))
+    return out

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.helpers import CHART, EXAMPLES, K8S_VERSIONS, ROOT, describe, helm_template, k8s_errors, load_all, run
+from tests.deploy.helpers import (CHART, EXAMPLES, ISVC_API, K8S_VERSIONS, ROOT, describe, helm_template, k8s_errors,
+                                  load_all, run)
 
 VALUES = [None, *EXAMPLES]
 VALUE_IDS = ['default' if v is None else v.stem for v in VALUES]
@@ -308,7 +309,7 @@ def test_notes_render(helm: Any, tmp_path: pathlib.Path) -> None:
         'notes: |-\n{{ include "pagedserve/templates/NOTES.txt" . | indent 2 }}\n')
     args = ['template', 'ps', chart, '--namespace', 'llm', '-f', CHART / 'examples' / 'cpu-smoke.yaml',
             '--show-only', 'templates/zz-notes.yaml']
-    notes = yaml.safe_load(run([helm, *args, '--api-versions', 'pagedserve.io/v1alpha1/InferenceService']).stdout)['notes']
+    notes = yaml.safe_load(run([helm, *args, '--api-versions', ISVC_API]).stdout)['notes']
     assert 'kubectl -n llm wait --for=condition=Ready isvc/smollm' in notes
     assert 'port-forward svc/smollm 8000:8000' in notes and '"model": "smollm"' in notes
     assert 'NEXT STEP' not in notes

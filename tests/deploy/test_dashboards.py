@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.helpers import CHART, ROOT
+from tests.deploy.helpers import CHART, DASHBOARDS, ROOT, dashboard_exprs, dashboard_variables
 
-BOARDS = sorted((CHART / 'dashboards').glob('*.json'))
 DCGM = {'DCGM_FI_DEV_GPU_UTIL', 'DCGM_FI_DEV_FB_USED', 'DCGM_FI_DEV_FB_FREE', 'DCGM_FI_DEV_POWER_USAGE'}
 
 
@@ -38,7 +37,7 @@ def test_generator_is_current() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize('path', BOARDS, ids=lambda p: p.name)
+@pytest.mark.parametrize('path', DASHBOARDS, ids=lambda p: p.name)
 def test_dashboard_structure(path: Any) -> None:
     board = json.loads(path.read_text())
     for key in ('uid', 'title', 'panels', 'templating', 'schemaVersion', 'time'):
@@ -71,12 +70,8 @@ def test_metric_names_are_the_runtimes() -> None:
     exported = runtime_metric_names()
     assert 'pagedserve:time_to_first_token_seconds_bucket' in exported
     used: set[str] = set()
-    for path in BOARDS:
-        board = json.loads(path.read_text())
-        exprs = [t['expr'] for p in board['panels'] for t in p.get('targets', [])]
-        exprs += [v['query']['query'] for v in board['templating']['list'] if v['type'] == 'query']
-        for expr in exprs:
-            used |= set(re.findall(r'\b(pagedserve:[a-z0-9_]+|DCGM_FI_[A-Z_]+)', expr))
+    for *_, expr in dashboard_exprs() + dashboard_variables():
+        used |= set(re.findall(r'\b(pagedserve:[a-z0-9_]+|DCGM_FI_[A-Z_]+)', expr))
     unknown = {n for n in used if n.startswith('pagedserve:') and n not in exported}
     assert not unknown, f'dashboards use metrics the runtime does not export: {unknown}'
     assert {n for n in used if n.startswith('DCGM_')} <= DCGM
@@ -90,10 +85,9 @@ def test_metric_names_are_the_runtimes() -> None:
 
 
 def test_per_model_and_per_pod() -> None:
-    models = json.loads((CHART / 'dashboards' / 'pagedserve-models.json').read_text())
     pods = json.loads((CHART / 'dashboards' / 'pagedserve-pods.json').read_text())
-    m_exprs = [t['expr'] for p in models['panels'] for t in p.get('targets', [])]
-    p_exprs = [t['expr'] for p in pods['panels'] for t in p.get('targets', [])]
+    m_exprs = [e for *_, e in dashboard_exprs([CHART / 'dashboards' / 'pagedserve-models.json'])]
+    p_exprs = [e for *_, e in dashboard_exprs([CHART / 'dashboards' / 'pagedserve-pods.json'])]
     assert all('model_name' in e for e in m_exprs)
     assert all('pod' in e for e in p_exprs)
     assert 'pod' in {v['name'] for v in pods['templating']['list']}

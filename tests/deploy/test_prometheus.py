@@ -18,13 +18,11 @@ $__rate_interval by a window that covers the load.
 """
 from __future__ import annotations
 
-import http.client
 import http.server
 import json
 import math
 import pathlib
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -36,7 +34,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from tests.deploy.helpers import CHART, MANIFESTS
+from tests.deploy.helpers import MANIFESTS, dashboard_exprs, dashboard_variables, serve_in_thread
+from tests.server.server_proc import COMMON_ARGS, ServerProc, free_port, post, request
 
 NAMESPACE = 'llm'
 POD = 'smollm-7d9c6b5f4-x2k8q'
@@ -47,17 +46,10 @@ SCRAPE = '1s'
 LOAD_SECONDS = 12.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return int(s.getsockname()[1])
-
-
 class DcgmExporterStandIn:
     """A stand-in for NVIDIA dcgm-exporter (see the module docstring): two GPUs of one pod."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.started = time.monotonic()
         stand_in = self
 
@@ -73,9 +65,8 @@ class DcgmExporterStandIn:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve_in_thread(Handler)
+        self.port = self.server.server_address[1]
 
     def exposition(self) -> str:
         t = time.monotonic() - self.started
@@ -169,19 +160,7 @@ class Prometheus:
         self._log.close()
 
 
-def _request(port: int, path: str, body: dict[str, Any]) -> str:
-    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=300)
-    try:
-        conn.request('POST', path, body=json.dumps(body), headers={'Content-Type': 'application/json'})
-        resp = conn.getresponse()
-        text = resp.read().decode()
-        assert resp.status == 200, (resp.status, text[:500])
-        return text
-    finally:
-        conn.close()
-
-
-def run_load(port: int, model: str, seconds: float) -> int:
+def run_load(server: ServerProc, model: str, seconds: float) -> int:
     """Four clients for ``seconds``: streamed chats sharing a long system prompt (prefix caching),
     plain completions; more clients than --max-num-seqs so requests also wait."""
     system = ('You are a concise assistant for a Kubernetes operations team. Answer in one short sentence, '
@@ -195,14 +174,16 @@ def run_load(port: int, model: str, seconds: float) -> int:
         try:
             while time.monotonic() < stop_at or n == 0:
                 if (i + n) % 2 == 0:
-                    text = _request(port, '/v1/chat/completions', {
+                    status, text = post(server, '/v1/chat/completions', {
                         'model': model, 'stream': True, 'max_tokens': 8, 'temperature': 0,
                         'messages': [{'role': 'system', 'content': system},
-                                     {'role': 'user', 'content': f'What is a pod? ({i}.{n})'}]})
+                                     {'role': 'user', 'content': f'What is a pod? ({i}.{n})'}]}, timeout=300)
+                    assert status == 200, (status, str(text)[:500])
                     assert text.rstrip().endswith('data: [DONE]'), text[-200:]
                 else:
-                    _request(port, '/v1/completions', {'model': model, 'prompt': f'Kubernetes is {n}',
-                                                        'max_tokens': 6, 'temperature': 0})
+                    status, resp = post(server, '/v1/completions', {'model': model, 'prompt': f'Kubernetes is {n}',
+                                                                    'max_tokens': 6, 'temperature': 0}, timeout=300)
+                    assert status == 200, (status, str(resp)[:500])
                 n += 1
                 done[0] += 1
         except BaseException as exc:  # noqa: BLE001
@@ -217,34 +198,18 @@ def run_load(port: int, model: str, seconds: float) -> int:
     return done[0]
 
 
-def dashboard_exprs() -> list[tuple[str, str, str]]:
-    """(dashboard, panel title, expr) of every target, and the variable queries."""
-    out = []
-    for path in sorted((CHART / 'dashboards').glob('*.json')):
-        board = json.loads(path.read_text())
-        for panel in board['panels']:
-            for target in panel.get('targets', []):
-                out.append((path.name, panel['title'], target['expr']))
-    return out
-
-
 def variable_queries() -> list[tuple[str, str, str, str]]:
     """(dashboard, variable, series selector, label) of every label_values(...) variable."""
     out = []
-    for path in sorted((CHART / 'dashboards').glob('*.json')):
-        for var in json.loads(path.read_text())['templating']['list']:
-            if var['type'] != 'query':
-                continue
-            m = re.fullmatch(r'label_values\((.+),\s*(\w+)\)', var['query']['query'])
-            assert m, var
-            out.append((path.name, var['name'], m.group(1), m.group(2)))
+    for board, name, query in dashboard_variables():
+        m = re.fullmatch(r'label_values\((.+),\s*(\w+)\)', query)
+        assert m, (board, name, query)
+        out.append((board, name, m.group(1), m.group(2)))
     return out
 
 
 @pytest.fixture(scope='module')
 def stack(tmp_path_factory: pytest.TempPathFactory, prometheus: pathlib.Path) -> Iterator[dict[str, Any]]:
-    from tests.server.server_proc import COMMON_ARGS, ServerProc
-
     work = tmp_path_factory.mktemp('prometheus')
     server = ServerProc(COMMON_ARGS + ['--device', 'cpu', '--max-num-seqs', '2', '--enable-prefix-caching',
                                        '--disable-log-stats'], str(work / 'server.log'))
@@ -252,13 +217,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prometheus: pathlib.Path) ->
     try:
         server.wait_ready()
         server.remember_children()
-        with urllib.request.urlopen(server.base_url + '/v1/models', timeout=30) as r:
-            model = json.loads(r.read())['data'][0]['id']
+        status, models = request(server, 'GET', '/v1/models', timeout=30)
+        assert status == 200, (status, models)
+        model = models['data'][0]['id']
         dcgm = DcgmExporterStandIn()
         prom = Prometheus(prometheus, work, server.port, dcgm.port)
         time.sleep(3)  # a few scrapes before the load, so rates have a baseline
         t0 = time.time()
-        requests = run_load(server.port, model, LOAD_SECONDS)
+        requests = run_load(server, model, LOAD_SECONDS)
         time.sleep(3)  # the last samples
         at = time.time()
         window = f'{math.ceil(at - t0) + 5}s'

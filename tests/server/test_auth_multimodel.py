@@ -10,8 +10,7 @@ import openai
 import pytest
 
 from tests.server.conftest import start_server
-from tests.server.server_proc import metrics, post, request, wait_for
-from tests.server.test_lifecycle import StreamReader
+from tests.server.server_proc import StreamReader, metrics, post, request, wait_for
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -2,47 +2,10 @@
 from __future__ import annotations
 
 import http.client
-import json
 import signal
-import threading
 import time
 
-from tests.server.server_proc import COMMON_ARGS, ServerProc, request
-
-
-class StreamReader(threading.Thread):
-    """Streams one completion; records the SSE payloads and when the first token arrived."""
-
-    def __init__(self, port: int, body: dict, headers: dict | None = None) -> None:
-        super().__init__(daemon=True)
-        self.port, self.body, self.headers = port, body, headers or {}
-        self.events: list = []
-        self.first_token = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-            conn.request("POST", "/v1/completions", json.dumps(self.body),
-                         {"Content-Type": "application/json", **self.headers})
-            resp = conn.getresponse()
-            assert resp.status == 200, resp.read()
-            buf = b""
-            while True:
-                chunk = resp.read1(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n\n" in buf:
-                    block, buf = buf.split(b"\n\n", 1)
-                    data = block.decode()[len("data: "):]
-                    self.events.append(data if data == "[DONE]" else json.loads(data))
-                    if data != "[DONE]" and self.events[-1].get("choices") and self.events[-1]["choices"][0].get("text"):
-                        self.first_token.set()
-            conn.close()
-        except BaseException as e:  # noqa: BLE001 — reported by the test
-            self.error = e
-            self.first_token.set()
+from tests.server.server_proc import COMMON_ARGS, ServerProc, StreamReader, request
 
 
 def _startup_statuses(srv: ServerProc, timeout: float = 240.0) -> list:

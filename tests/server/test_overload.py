@@ -56,8 +56,10 @@ def test_overload_gets_429_not_hangs(small_server):
     assert status == 200 and resp["usage"]["completion_tokens"] == 2
 
 
-def test_priority_requests_accepted(small_server):
-    """With --scheduling-policy priority, the request's priority reaches the scheduler (lower first)."""
+def test_priority_requests_accepted_over_http(small_server):
+    """With --scheduling-policy priority, chat requests carrying a ``priority`` (negative, zero, positive)
+    are accepted over HTTP: each gets a 200 with at most max_tokens completion tokens. Only acceptance is
+    checked here; the scheduling order itself is covered by tests/runtime/test_priority.py."""
     for prio in (-5, 0, 7):
         status, resp = post(small_server, "/v1/chat/completions",
                             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "priority": prio})
