@@ -24,11 +24,11 @@ from aiohttp import web
 from pagedserve import __version__
 from pagedserve.entrypoints.openai.errors import APIError
 from pagedserve.entrypoints.openai.openapi import openapi_document
-from pagedserve.entrypoints.openai.protocol import parse_json_body
 from pagedserve.entrypoints.openai.serving_chat import create_chat_completion
 from pagedserve.entrypoints.openai.serving_common import ServedModels, json_response
 from pagedserve.entrypoints.openai.serving_completion import create_completion
 from pagedserve.entrypoints.openai.serving_tokens import detokenize, tokenize
+from pagedserve.entrypoints.openai.validation import parse_json_body
 
 logger = logging.getLogger("pagedserve.server")
 

@@ -1,5 +1,5 @@
 """The server's OpenAPI 3.1 description (``GET /openapi.json``), built from the same schemas the
-validator uses (:mod:`.protocol`)."""
+validator (:mod:`.validation`) checks requests against (:mod:`.protocol`)."""
 from __future__ import annotations
 
 from typing import Any

@@ -8,13 +8,14 @@ from aiohttp import web
 
 from pagedserve.entrypoints.chat_utils import validate_messages
 from pagedserve.entrypoints.openai.errors import bad_request
-from pagedserve.entrypoints.openai.protocol import CHAT_FIELDS, CHAT_REQUIRED, require_supported, validate_body
+from pagedserve.entrypoints.openai.protocol import CHAT_FIELDS, CHAT_REQUIRED, require_supported
 from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ChunkTemplate, ServedModel, ServedModels,
                                                           ServerOptions, abort_unfinished, admit,
                                                           build_sampling_params, chat_logprobs, check_context,
                                                           check_priority, collect_final, encode_text, engine_failure,
                                                           first_and_rest, json_response, make_request_id, sse,
                                                           start_sse, usage)
+from pagedserve.entrypoints.openai.validation import validate_body
 
 # apply_chat_template arguments a request's chat_template_kwargs may not override
 _RESERVED_KWARGS = {"conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",

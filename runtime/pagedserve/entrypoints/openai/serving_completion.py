@@ -7,14 +7,14 @@ from typing import Any
 
 from aiohttp import web
 
-from pagedserve.entrypoints.openai.protocol import COMPLETION_FIELDS, COMPLETION_REQUIRED, require_supported, \
-    validate_body
+from pagedserve.entrypoints.openai.protocol import COMPLETION_FIELDS, COMPLETION_REQUIRED, require_supported
 from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ChunkTemplate, ServedModel, ServedModels,
                                                           abort_unfinished, admit, build_sampling_params, check_context,
                                                           check_priority, check_token_ids, collect_final,
                                                           completion_logprobs, encode_text, engine_failure,
                                                           first_and_rest, json_response, make_request_id,
                                                           merge_streams, sse, start_sse, usage)
+from pagedserve.entrypoints.openai.validation import validate_body
 from pagedserve.outputs import RequestOutput
 
 

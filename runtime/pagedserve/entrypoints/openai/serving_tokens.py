@@ -4,9 +4,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from pagedserve.entrypoints.openai.errors import bad_request
-from pagedserve.entrypoints.openai.protocol import DETOKENIZE_FIELDS, TOKENIZE_FIELDS, validate_body
+from pagedserve.entrypoints.openai.protocol import DETOKENIZE_FIELDS, TOKENIZE_FIELDS
 from pagedserve.entrypoints.openai.serving_chat import render_messages
 from pagedserve.entrypoints.openai.serving_common import ServedModels, check_token_ids, encode_text, json_response
+from pagedserve.entrypoints.openai.validation import validate_body
 
 
 async def tokenize(request: web.Request, body: dict, served: ServedModels) -> web.Response:
