@@ -111,6 +111,8 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, stream: 
     cached = 0
 
     def chunk(idx: int, delta: dict, lp: Any = None, reason: str | None = None, stop_reason: Any = None) -> bytes:
+        if lp is None and reason is None and not continuous and list(delta) == ["content"]:
+            return fast.content(idx, delta["content"])  # the common chunk, from pre-encoded pieces
         choice: dict[str, Any] = {"index": idx, "delta": delta, "logprobs": lp, "finish_reason": reason}
         if reason is not None:
             choice["stop_reason"] = stop_reason
@@ -137,8 +139,7 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, stream: 
                 comp[idx] += len(c.token_ids)
                 lp = chat_logprobs(model, c.token_ids, c.logprobs, k) if k is not None and c.token_ids else None
                 if c.text or lp:
-                    await resp.write(chunk(idx, {"content": c.text}, lp) if lp is not None or continuous
-                                     else fast.content(idx, c.text))
+                    await resp.write(chunk(idx, {"content": c.text}, lp))
                 if c.finish_reason is not None:
                     done[idx] = True
                     await resp.write(chunk(idx, {}, None, c.finish_reason, c.stop_reason))
