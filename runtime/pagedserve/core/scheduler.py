@@ -53,6 +53,8 @@ class Scheduler(PreemptionMixin, BeamGroupsMixin):
         self.num_preemptions = 0
         self.num_preemptions_by_mode = {"recompute": 0, "swap": 0}
         self.prefix_cache_queries = self.prefix_cache_hits = 0  # tokens
+        # the most tokens one sequence can hold: the model limit, or the whole cache if smaller
+        self.capacity = min(scheduler_config.max_model_len, num_blocks * cache_config.block_size)
 
     # -- admission ----------------------------------------------------------------------------
     def check_fits(self, num_prompt_tokens: int, params: SamplingParams | None = None,
@@ -229,8 +231,10 @@ class Scheduler(PreemptionMixin, BeamGroupsMixin):
     def _done_in_flight(self, seq: Request) -> bool:
         """The token still in flight will end this sequence by length (async scheduling)."""
         n_out = seq.num_output_tokens + seq.num_output_placeholders
-        capacity = min(self.config.max_model_len, self.kv.num_blocks * self.kv.block_size)
-        return n_out >= seq.max_tokens or seq.num_tokens + seq.num_output_placeholders >= capacity
+        return self._length_capped(n_out, seq.max_tokens, seq.num_tokens + seq.num_output_placeholders)
+
+    def _length_capped(self, num_output: int, max_tokens: int, num_tokens: int) -> bool:
+        return num_output >= max_tokens or num_tokens >= self.capacity
 
     def _plan(self, unit: Request, budget: int) -> list[tuple[Request, int]]:
         """The tokens each sequence of ``unit`` computes this step. The sequences of a beam group
@@ -402,8 +406,7 @@ class Scheduler(PreemptionMixin, BeamGroupsMixin):
             if token in sp.stop_token_ids:
                 req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, token
                 return
-        capacity = min(self.config.max_model_len, self.kv.num_blocks * self.kv.block_size)
-        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= capacity:
+        if self._length_capped(req.num_output_tokens, req.max_tokens, req.num_tokens):
             req.status = RequestStatus.FINISHED_LENGTH_CAPPED
 
     # -- state --------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from pagedserve.attention.metadata import AttentionMetadata

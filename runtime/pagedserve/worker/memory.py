@@ -48,9 +48,12 @@ def graph_memory_estimate(runner: "ModelRunner") -> int:
     arch, sc = runner.mc.arch, runner.config.scheduler_config
     elem = torch.tensor([], dtype=runner.mc.dtype).element_size()
     tp = runner.config.parallel_config.tensor_parallel_size
-    max_bs = min(sc.max_num_seqs, 1024)
+    from pagedserve.worker.cuda_graphs import capture_sizes
+    from pagedserve.worker.piecewise_graphs import BUCKETS
+
+    max_bs = capture_sizes(sc.max_num_seqs)[-1]  # the largest captured decode batch
     decode = max_bs * (arch.vocab_size + 4 * arch.hidden_size + 2 * arch.intermediate_size // tp) * elem
-    tokens = min(sc.max_num_batched_tokens, 2048)
+    tokens = min(sc.max_num_batched_tokens, BUCKETS[-1])
     piecewise = tokens * (6 * arch.hidden_size + 2 * arch.intermediate_size // tp) * elem
     return int(decode + piecewise)
 
