@@ -135,6 +135,13 @@ class SamplingParams:
         return self.temperature < _GREEDY_EPS
 
     @property
+    def needs_host_tokens(self) -> bool:
+        """The next step needs this step's tokens on the host: beam search picks its candidates there
+        and penalties count every generated token (async scheduling pauses while such a request runs)."""
+        return (self.use_beam_search or self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
+
+    @property
     def num_beams(self) -> int:
         """The beam width of a beam-search request (``beam_width``, else ``best_of``)."""
         return self.beam_width if self.beam_width is not None else self.best_of

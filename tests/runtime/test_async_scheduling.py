@@ -63,3 +63,26 @@ def test_async_abort_mid_flight(tiny_models):
         eng.step()
     pool = eng.core.scheduler.kv.pool
     assert pool.num_free_blocks == pool.num_blocks
+
+
+def test_penalties_and_beam_search_pause_async_and_count_back_to_zero(tiny_models):
+    """Requests that need their tokens on the host each step (penalties, beam search) make the loop
+    synchronous while they run; finishing or aborting them brings the count back to zero."""
+    llm = LLM(tiny_models["llama"], device="cpu", skip_tokenizer_init=True, use_tqdm=False, async_scheduling=True)
+    eng, core = llm.llm_engine, llm.llm_engine.core
+    eng.add_request("plain", {"prompt_token_ids": PROMPTS[1]}, SamplingParams(max_tokens=6, ignore_eos=True))
+    assert not core._needs_sync()
+    eng.add_request("pen", {"prompt_token_ids": PROMPTS[2]},
+                    SamplingParams(max_tokens=6, repetition_penalty=1.3, ignore_eos=True))
+    eng.add_request("beam", {"prompt_token_ids": PROMPTS[3]},
+                    SamplingParams(temperature=0, max_tokens=4, use_beam_search=True, beam_width=2, n=2,
+                                   ignore_eos=True))
+    eng.add_request("freq", {"prompt_token_ids": PROMPTS[4]},
+                    SamplingParams(max_tokens=30, frequency_penalty=0.5, ignore_eos=True))
+    assert core._needs_sync()
+    for _ in range(2):
+        eng.step()
+    eng.abort_request(["freq"])
+    while eng.has_unfinished_requests():
+        eng.step()
+    assert core.scheduler.num_host_sync_requests == 0 and not core._needs_sync()

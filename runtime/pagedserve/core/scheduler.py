@@ -53,6 +53,7 @@ class Scheduler(PreemptionMixin, BeamGroupsMixin):
         self.num_preemptions = 0
         self.num_preemptions_by_mode = {"recompute": 0, "swap": 0}
         self.prefix_cache_queries = self.prefix_cache_hits = 0  # tokens
+        self.num_host_sync_requests = 0  # requests whose params need host tokens every step (async pauses)
         # the most tokens one sequence can hold: the model limit, or the whole cache if smaller
         self.capacity = min(scheduler_config.max_model_len, num_blocks * cache_config.block_size)
 
@@ -86,6 +87,8 @@ class Scheduler(PreemptionMixin, BeamGroupsMixin):
         request.sort_key = (priority_key(request, self.config.priority_aging_interval, seq_no)
                             if self.policy == "priority" else (seq_no,))
         self.requests[request.request_id] = request
+        if request.sampling_params.needs_host_tokens:
+            self.num_host_sync_requests += 1
         group = request.child_of
         if request.sampling_params.use_beam_search:
             if group is not None and group[1] > 0:  # gets the i-th best hypothesis when the leader finishes
@@ -339,11 +342,16 @@ class Scheduler(PreemptionMixin, BeamGroupsMixin):
         for seq in self._seqs(req):
             self.kv.free(seq)
         self.kv.free(req)
-        self.requests.pop(req.request_id, None)
+        self._forget(req)
         if req.beam is not None:
             for ph in self.beam_placeholders.pop(req.request_id, []):
                 ph.status = req.status
-                self.requests.pop(ph.request_id, None)
+                self._forget(ph)
+
+    def _forget(self, req: Request) -> None:
+        known = self.requests.pop(req.request_id, None)
+        if known is not None and known.sampling_params.needs_host_tokens:
+            self.num_host_sync_requests -= 1
 
     # -- after the forward pass ---------------------------------------------------------------
     def update_from_output(self, sched: SchedulerOutput, sampled: dict[str, int],

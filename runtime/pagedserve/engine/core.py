@@ -98,12 +98,7 @@ class EngineCore:
     def _needs_sync(self) -> bool:
         """Requests whose next step depends on this step's tokens on the host: beam search (candidates
         are chosen on the host) and penalties (they count every generated token)."""
-        for req in self.scheduler.requests.values():
-            sp = req.sampling_params
-            if (sp.use_beam_search or sp.repetition_penalty != 1.0 or sp.presence_penalty != 0.0
-                    or sp.frequency_penalty != 0.0 or req.beam_leader is not None):
-                return True
-        return False
+        return self.scheduler.num_host_sync_requests > 0
 
     def has_unfinished_requests(self) -> bool:
         return self.inflight is not None or self.scheduler.has_unfinished_requests()
