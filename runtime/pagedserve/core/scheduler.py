@@ -25,9 +25,10 @@ import logging
 from pagedserve.config import CacheConfig, SchedulerConfig
 from pagedserve.core.beam_groups import BeamGroupsMixin
 from pagedserve.core.kv_cache_manager import KVCacheManager
+from pagedserve.core.output_update import OutputUpdateMixin
 from pagedserve.core.preemption import PreemptionMixin
 from pagedserve.core.request_queue import make_queue, priority_key
-from pagedserve.core.scheduler_output import EngineCoreOutput, ScheduledRequest, SchedulerOutput
+from pagedserve.core.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedserve.core.stats import SchedulerStats
 from pagedserve.engine.request import Request, RequestStatus, child_request_id
 from pagedserve.sampling_params import SamplingParams
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 _WAIT = object()  # a fresh n > 1 child whose first sibling has not prefilled the prompt yet
 
 
-class Scheduler(PreemptionMixin, BeamGroupsMixin):
+class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
                  num_cpu_blocks: int = 0) -> None:
         self.config = scheduler_config
@@ -352,70 +353,6 @@ class Scheduler(PreemptionMixin, BeamGroupsMixin):
         known = self.requests.pop(req.request_id, None)
         if known is not None and known.sampling_params.needs_host_tokens:
             self.num_host_sync_requests -= 1
-
-    # -- after the forward pass ---------------------------------------------------------------
-    def update_from_output(self, sched: SchedulerOutput, sampled: dict[str, int],
-                           logprobs: dict[str, object] | None = None,
-                           prompt_logprobs: dict[str, list] | None = None) -> list[EngineCoreOutput]:
-        outputs: list[EngineCoreOutput] = []
-        logprobs = logprobs or {}
-        prompt_logprobs = prompt_logprobs or {}
-        beam_groups: dict[int, Request] = {}
-        caching = self.kv.enable_caching
-        for s in sched.scheduled:
-            req = s.request
-            leader = req.beam_leader
-            if leader is not None:  # one beam of a beam group: the group steps once all beams sampled
-                if not leader.is_finished and req in leader.beam.beams:
-                    self.kv.cache_full_blocks(req)
-                    if s.do_sample:
-                        beam_groups[id(leader)] = leader
-                continue
-            if req.is_finished:
-                continue
-            new_tokens: list[int] = []
-            if s.do_sample and req.request_id in sampled:
-                token = sampled[req.request_id]
-                req.append_output_token(token)
-                new_tokens.append(token)
-                self._check_stop(req, token)
-            plp = self._new_prompt_logprobs(req, prompt_logprobs.get(req.request_id))
-            if not new_tokens and plp is None:
-                continue
-            lp = logprobs.get(req.request_id)
-            outputs.append(EngineCoreOutput(
-                req.request_id, new_tokens, req.status.finish_reason, req.stop_reason,
-                [lp] if lp is not None else None, plp, req.num_cached_tokens))
-            if req.is_finished:
-                if caching:  # (blocks completed by tokens that were in flight when it was scheduled)
-                    self.kv.cache_full_blocks(req)
-                self._dequeue(req)
-                self._free(req)
-        for leader in beam_groups.values():
-            outputs.extend(self._beam_step(leader, logprobs))
-        return outputs
-
-    @staticmethod
-    def _new_prompt_logprobs(req: Request, scored: tuple[int, list] | None) -> list | None:
-        """Keep prompt logprobs not reported before (a recomputed request scores them again)."""
-        if scored is None:
-            return None
-        first, entries = scored
-        fresh = entries[max(0, len(req.prompt_logprobs) + 1 - first):]
-        req.prompt_logprobs.extend(fresh)
-        return fresh or None
-
-    def _check_stop(self, req: Request, token: int) -> None:
-        sp = req.sampling_params
-        if req.num_output_tokens >= sp.min_tokens:
-            if not sp.ignore_eos and token in req.eos_token_ids:
-                req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, None
-                return
-            if token in sp.stop_token_ids:
-                req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, token
-                return
-        if self._length_capped(req.num_output_tokens, req.max_tokens, req.num_tokens):
-            req.status = RequestStatus.FINISHED_LENGTH_CAPPED
 
     # -- state --------------------------------------------------------------------------------
     def has_unfinished_requests(self) -> bool:
