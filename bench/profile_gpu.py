@@ -186,6 +186,85 @@ def decode_sweep(model_dir: str, batches: list[int]) -> dict:
     return out
 
 
+def scenario_profiles(model_dir: str) -> dict:
+    """Kernel tables and step times (CUDA graphs on) for the steps of online serving and of the
+    unlimited-rate run: a mixed step (32 decodes at context ~300 + one 256-token prompt), a
+    decode step at batch 400 (context ~350) and a 16k-token prefill step (64 prompts of 256)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pagedserve.config import EngineArgs
+    from pagedserve.engine.llm_engine import LLMEngine
+    from pagedserve.sampling_params import SamplingParams
+
+    eng = LLMEngine.from_engine_args(EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16",
+                                                max_model_len=4096, gpu_memory_utilization=0.85),
+                                     skip_tokenizer_init=True)
+    g = torch.Generator().manual_seed(0)
+    sched = eng.core.scheduler
+    out: dict = {}
+
+    def add(n: int, plen: int, max_tokens: int) -> None:
+        for _ in range(n):
+            eng.add_request(f"p{time.monotonic_ns()}", {"prompt_token_ids": torch.randint(100, 40000, (plen,), generator=g).tolist()},
+                            SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True))
+
+    def settle() -> None:
+        while any(r.num_computed_tokens < r.num_prompt_tokens for r in sched.running) or sched.waiting:
+            eng.step()
+
+    def drain() -> None:
+        while eng.has_unfinished_requests():
+            eng.step()
+
+    def one_step(key: str, n: int = 3) -> float:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            eng.step()
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - t) * 1e3
+        out[key + "_table"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=24)
+        out[key + "_gpu_ms"] = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+        return ms
+
+    # mixed: 32 decodes + 1 new 256-token prompt per step (5 timed, the last profiled)
+    add(32, 300, 60)
+    settle()
+    for _ in range(3):
+        eng.step()
+    mixed = []
+    for _ in range(5):
+        add(1, 256, 60)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        eng.step()
+        torch.cuda.synchronize()
+        mixed.append((time.perf_counter() - t) * 1e3)
+    add(1, 256, 60)
+    out["mixed_profiled_ms"] = one_step("mixed32p256")
+    out["mixed_ms"] = mixed
+    plain = []
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        eng.step()
+        torch.cuda.synchronize()
+        plain.append((time.perf_counter() - t) * 1e3)
+    out["decode38_ms"] = plain
+    drain()
+    # prefill of 64 x 256 = 16k tokens in one step
+    add(64, 256, 4)
+    out["prefill16k_ms"] = one_step("prefill16k")
+    drain()
+    # decode at batch 400, context ~350
+    add(400, 350, 30)
+    settle()
+    out["decode400_ms"] = timed_steps(eng, "decode400_table", out, warm=3, timed=10) * 1e3
+    drain()
+    print({k: v for k, v in out.items() if not k.endswith("_table")}, flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", type=int, nargs="*", default=None,
@@ -193,9 +272,19 @@ def main() -> int:
     ap.add_argument("--model", default="bench/configs/llama-3.1-8b")
     ap.add_argument("--out", default="bench/out/profile.json")
     ap.add_argument("--skip-gemm", action="store_true")
+    ap.add_argument("--scenarios", action="store_true",
+                    help="only the serving-step profiles (mixed step, batch-400 decode, 16k prefill)")
     args = ap.parse_args()
+    if args.scenarios:
+        res = scenario_profiles(args.model)
+        for k, v in res.items():
+            if k.endswith("_table"):
+                print(f"=== {k}\n{v}")
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+        return 0
     if args.sweep:
-        res = {"gemm": gemm_table(), **decode_sweep(args.model, args.sweep)}
+        res = {"gemm": [] if args.skip_gemm else gemm_table(), **decode_sweep(args.model, args.sweep)}
         with open(args.out, "w") as fh:
             json.dump(res, fh, indent=1)
         return 0

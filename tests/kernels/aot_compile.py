@@ -131,6 +131,9 @@ def run_all(c: Compiler, quick: bool) -> None:
                 for splits in (1, 4):
                     paged_decode_attention(T(8, H, D, dt=dt), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1,
                                            num_splits=splits)
+                # a large batch (>= DECODE_MANY_PROGRAMS programs) takes the small-tile configuration
+                paged_decode_attention(T(2048, H, D, dt=dt), kc, kc, T(2048, 64, dt=i32), T(2048, dt=i32), 0.1,
+                                       num_splits=1)
                 paged_prefill_attention(T(100, H, D, dt=dt), kc, kc, T(3, dt=i32), T(2, dt=i32), T(2, 64, dt=i32),
                                         0.1, 64)
             store_kv(T(10, KVH, D, dt=dt), T(10, KVH, D, dt=dt), T(100, 16, KVH, D, dt=dt),

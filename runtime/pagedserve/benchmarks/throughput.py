@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hf-batch-size", type=int, nargs="+", default=[128])
     p.add_argument("--output-json", default=None)
     p.add_argument("--output-png", default=None)
+    p.add_argument("--trace-json", default=None,
+                   help="write the last timed run's per-step trace (start/launched/done ms, tokens, requests, path)")
     p.add_argument("--warmup-prompts", type=int, default=4)
     p.add_argument("--repeat", type=int, default=1, help="timed runs (the last one is reported; all are listed)")
     add_engine_flags(p)
@@ -93,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
                                     if torch.cuda.is_available() else None),
                   wall_s=time.perf_counter() - t_start)
     result["step_profile"] = step_profile(core.trace, core.wait_seconds)
+    if args.trace_json:
+        base = core.trace[0][0] if core.trace else 0.0
+        rows = [[round((a - base) * 1e3, 3), round((b - base) * 1e3, 3), round((c - base) * 1e3, 3), n, r, path]
+                for a, b, c, n, r, path in core.trace]
+        with open(args.trace_json, "w") as fh:
+            json.dump(rows, fh)
     print("steps:", json.dumps(result["step_profile"]))
     if "hf" in result:
         best = max(r["useful_output_tok_s"] for r in result["hf"])

@@ -137,15 +137,19 @@ def _decode_reduce_kernel(
 # host side
 # ----------------------------------------------------------------------------------------------
 
-#: default launch parameters (tunable; see docs/kernels.md and bench/kernels_gpu.py)
+#: default launch parameters (tuned on the H200 with bench/attn_tune_gpu.py; see docs/kernels.md)
 DECODE_TILE_N = 64
-DECODE_NUM_WARPS = 4
-DECODE_NUM_STAGES = 2
+DECODE_NUM_WARPS = 2
+DECODE_NUM_STAGES = 3
+#: with many programs per SM (large batches) smaller tiles keep more loads in flight
+DECODE_MANY_PROGRAMS = 2048
+DECODE_MANY_TILE_N, DECODE_MANY_NUM_WARPS, DECODE_MANY_NUM_STAGES = 32, 2, 2
 DECODE_TILE_N_FP32 = 16  # fp32 inputs (tests only): the FMA dot needs small tiles
+DECODE_NUM_WARPS_FP32, DECODE_NUM_STAGES_FP32 = 4, 2
 REDUCE_CHUNK = 8  # splits merged per iteration of the reduction kernel
 REDUCE_NUM_WARPS = 2
 #: split-KV rule knobs
-SPLIT_TARGET_PROGRAMS_PER_SM = 2  # aim for this many (request, kv head, split) programs per SM
+SPLIT_TARGET_PROGRAMS_PER_SM = 1  # aim for this many (request, kv head, split) programs per SM
 SPLIT_MIN_TOKENS = 256  # never give a split fewer tokens than this (at the static bound)
 SPLIT_MAX = 64
 
@@ -168,6 +172,19 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, device: t
     want = cdiv(pps * (sm_count or num_sms(device)), programs)
     by_len = max(1, max_seq_len // mt)
     return int(max(1, min(want, by_len, mx)))
+
+
+def decode_launch_config(num_programs: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """Default (tile_n, num_warps, num_stages) for a decode launch of ``num_programs`` programs.
+
+    H200 sweep (bench/attn_tune_gpu.py, bf16, contexts 300-350): tile 64 / 2 warps / 3 stages is
+    the best or within 1% at batch 8-64; from ~16 programs per SM (batch 256+) tile 32 / 2 warps /
+    2 stages reads K/V 10% faster."""
+    if dtype == torch.float32:
+        return DECODE_TILE_N_FP32, DECODE_NUM_WARPS_FP32, DECODE_NUM_STAGES_FP32
+    if num_programs >= DECODE_MANY_PROGRAMS:
+        return DECODE_MANY_TILE_N, DECODE_MANY_NUM_WARPS, DECODE_MANY_NUM_STAGES
+    return DECODE_TILE_N, DECODE_NUM_WARPS, DECODE_NUM_STAGES
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -201,9 +218,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     group = H // KVH
     block_g = max(16, next_pow2(group))
     block_d = max(16, next_pow2(D))
-    tile_n = tile_n or (DECODE_TILE_N if q.dtype != torch.float32 else DECODE_TILE_N_FP32)
-    num_warps = num_warps or DECODE_NUM_WARPS
-    num_stages = num_stages or DECODE_NUM_STAGES
+    d_tile, d_warps, d_stages = decode_launch_config(B * KVH * num_splits, q.dtype)
+    tile_n, num_warps, num_stages = tile_n or d_tile, num_warps or d_warps, num_stages or d_stages
     scale_log2 = float(scale) * LOG2E
     one = num_splits == 1
     if one:
@@ -241,4 +257,4 @@ def decode_flops_bytes(seq_lens: list[int], num_heads: int, num_kv_heads: int, h
     return 4.0 * ctx * num_heads * head_dim, 2.0 * ctx * num_kv_heads * head_dim * elem_bytes
 
 
-__all__ = ["paged_decode_attention", "decode_num_splits", "decode_flops_bytes"]
+__all__ = ["paged_decode_attention", "decode_num_splits", "decode_launch_config", "decode_flops_bytes"]

@@ -88,8 +88,29 @@ def exponential_noise(like: torch.Tensor, generators: dict[int, torch.Generator]
     return q
 
 
+def fusable(m: SamplingMetadata) -> bool:
+    """Whether the one-pass kernel can serve this batch: temperature (or greedy) only, no
+    logprobs, penalties, banned tokens, top-k / top-p / min-p or per-request seeds."""
+    return (m.max_num_logprobs is None and not m.banned and not m.generators and m.top_k is None
+            and m.top_p is None and m.min_p is None and m.repetition_penalty is None
+            and m.frequency_penalty is None)
+
+
 class Sampler:
+    def __init__(self, fused: bool | None = None) -> None:
+        #: use the fused Triton kernel (kernels/sampling.py) for the batches it can serve;
+        #: default: on CUDA. Its noise comes from Philox keyed by torch's CPU generator, so
+        #: ``--seed`` still makes runs reproducible.
+        self.fused = torch.cuda.is_available() if fused is None else fused
+        self.last_fused = False
+
     def __call__(self, logits: torch.Tensor, m: SamplingMetadata) -> SamplerOutput:
+        self.last_fused = self.fused and fusable(m)
+        if self.last_fused:
+            from pagedserve.kernels.sampling import sample_fused
+
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+            return SamplerOutput(sample_fused(logits, m.temperature, seed))
         logits = logits.float()
         raw_logprobs = logits.log_softmax(dim=-1) if m.max_num_logprobs is not None else None
         for row, banned in m.banned:
