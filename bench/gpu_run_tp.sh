@@ -9,6 +9,6 @@ timeout -k 5 120 python bench/tp_gpu.py --tp 2 --archs llama --skip equality dea
 grep -E "^\[|did not finish" "$OUT/tp2.log"
 timeout -k 5 90 python bench/tp_gpu.py --tp 2 --archs llama --skip equality big --out "$OUT/death.json" > "$OUT/death.log" 2>&1; echo "death rc=$?"
 grep -E "^\[|did not finish" "$OUT/death.log"
-timeout -k 5 200 python bench/tp_gpu.py --tp 2 --archs llama qwen3 --skip death --out "$OUT/seq.json" > "$OUT/seq.log" 2>&1; echo "seq rc=$?"
+timeout -k 5 150 python bench/tp_gpu.py --tp 2 --archs llama --skip death --out "$OUT/seq.json" > "$OUT/seq.log" 2>&1; echo "seq rc=$?"
 grep -E "^\[|did not finish" "$OUT/seq.log"; grep -E "File \"/work|Timeout" "$OUT/seq.log" | head -60
 date -u

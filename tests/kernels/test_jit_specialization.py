@@ -1,5 +1,5 @@
-"""The attention kernels leave the arguments that change from step to step unspecialised (block
-table width and row offset, split count), so serving never compiles a new variant mid-run
+"""The attention and sampling kernels leave the arguments that change from step to step
+unspecialised (block table width and row offset, split count, seed), so serving never compiles a new variant mid-run
 (kernels/jit.py). Checked on the real ``JITFunction`` (a subprocess without TRITON_INTERPRET)."""
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ PROBE = """
 import json
 from pagedserve.kernels.decode_attention import _decode_attn_kernel, _decode_reduce_kernel
 from pagedserve.kernels.prefill_attention import _prefill_attn_kernel
+from pagedserve.kernels.sampling import _sample_kernel
 print(json.dumps({k.fn.__name__: sorted(p.name for p in k.params if p.do_not_specialize and p.do_not_specialize_on_alignment)
-                  for k in (_decode_attn_kernel, _decode_reduce_kernel, _prefill_attn_kernel)}))
+                  for k in (_decode_attn_kernel, _decode_reduce_kernel, _prefill_attn_kernel, _sample_kernel)}))
 """
 
 
@@ -28,3 +29,4 @@ def test_step_varying_arguments_are_not_specialised():
     assert {"block_tables_ptr", "seq_lens_ptr", "stride_bt", "stride_lb", "stride_lh"} <= set(got["_decode_attn_kernel"])
     assert {"num_splits", "stride_lb", "stride_lh"} <= set(got["_decode_reduce_kernel"])
     assert {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "stride_bt"} <= set(got["_prefill_attn_kernel"])
+    assert {"seed", "stride_row", "split_len", "num_splits"} <= set(got["_sample_kernel"])

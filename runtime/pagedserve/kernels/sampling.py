@@ -7,7 +7,10 @@ each logit once, adds the noise from Triton's counter-based Philox generator (``
 index) and keeps a running (max, argmax). Rows with ``T == 0`` take the plain argmax (no noise).
 Grid ``(B, S)``: ``S`` programs per row each own a slice of the vocabulary and write a partial
 (max, index); the host merges the S partials with one argmax + gather. Ties go to the lowest
-index, as in ``torch.argmax``. Reference: :func:`sample_ref`.
+index, as in ``torch.argmax``. The split count, slice length, seed and row stride are runtime
+arguments, not specialised: one compiled variant serves every batch size (a variant per batch
+size compiled in the middle of a run on the H200 and halved its throughput, run 15).
+Reference: :func:`sample_ref`.
 """
 from __future__ import annotations
 
@@ -31,9 +34,9 @@ def sample_ref(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.T
     return torch.where(t.squeeze(1) > 0, noisy.argmax(dim=-1), x.argmax(dim=-1))
 
 
-@jit_unspecialized("seed", "stride_row")
-def _sample_kernel(logits_ptr, temp_ptr, part_val_ptr, part_idx_ptr, V, stride_row, seed, split_len,
-                   NUM_SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+@jit_unspecialized("seed", "stride_row", "split_len", "num_splits")
+def _sample_kernel(logits_ptr, temp_ptr, part_val_ptr, part_idx_ptr, V, stride_row, seed, split_len, num_splits,
+                   BLOCK: tl.constexpr):
     row = tl.program_id(0)
     split = tl.program_id(1)
     t = tl.load(temp_ptr + row)
@@ -59,8 +62,8 @@ def _sample_kernel(logits_ptr, temp_ptr, part_val_ptr, part_idx_ptr, V, stride_r
         better = m > best_val
         best_idx = tl.where(better, i, best_idx)
         best_val = tl.where(better, m, best_val)
-    tl.store(part_val_ptr + row * NUM_SPLITS + split, best_val)
-    tl.store(part_idx_ptr + row * NUM_SPLITS + split, best_idx)
+    tl.store(part_val_ptr + row * num_splits + split, best_val)
+    tl.store(part_idx_ptr + row * num_splits + split, best_idx)
 
 
 def sample_fused(logits: torch.Tensor, temperature: torch.Tensor, seed: int) -> torch.Tensor:
@@ -77,7 +80,7 @@ def sample_fused(logits: torch.Tensor, temperature: torch.Tensor, seed: int) -> 
     part_val = torch.empty((B, splits), dtype=torch.float32, device=logits.device)
     part_idx = torch.empty((B, splits), dtype=torch.int32, device=logits.device)
     _sample_kernel[(B, splits)](logits, temperature, part_val, part_idx, V, logits.stride(0),
-                                seed % (2**31 - 1), split_len, NUM_SPLITS=splits, BLOCK=BLOCK_V, num_warps=4)
+                                seed % (2**31 - 1), split_len, splits, BLOCK=BLOCK_V, num_warps=4)
     if splits == 1:
         return part_idx[:, 0].long()
     best = part_val.argmax(dim=1, keepdim=True)
