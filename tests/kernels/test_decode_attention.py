@@ -73,5 +73,7 @@ def test_num_splits_rule_is_static_and_bounded():
     assert decode_num_splits(1, 8, 2048, "cpu", **h200) == 2048 // 256
     assert decode_num_splits(256, 8, 8192, "cpu", **h200) == 1  # plenty of programs already
     assert decode_num_splits(8, 8, 8192, "cpu", programs_per_sm=2, **h200) == 5
+    assert decode_num_splits(16, 8, 8192, "cpu", **h200) == 3
+    assert decode_num_splits(32, 8, 8192, "cpu", **h200) == 1  # two splits would not pay for the merge
     assert decode_num_splits(1, 8, 100, "cpu", **h200) == 1  # short contexts never split
     assert decode_num_splits(1, 1, 10 ** 6, "cpu", max_splits=16, **h200) == 16

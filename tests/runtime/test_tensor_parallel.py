@@ -183,13 +183,21 @@ def test_teardown_is_bounded_and_a_leftover_group_gets_a_clear_error():
 
     import torch.distributed as dist
 
+    from pagedserve.distributed import parallel_state
     from pagedserve.distributed.parallel_state import destroy_distributed, init_distributed, run_bounded
 
     done = threading.Event()
     t0 = time.monotonic()
     assert run_bounded(done.wait, 0.2, "stuck teardown") is False  # a blocked teardown does not block us
     assert time.monotonic() - t0 < 5
+    # while it is still stuck, a new group would stall behind it: refused with a clear error
+    with pytest.raises(RuntimeError, match="hung NCCL teardown.*new process"):
+        init_distributed("cpu", 0, 1, "127.0.0.1", 0, store=dist.HashStore())
+    assert not dist.is_initialized()
     done.set()
+    deadline = time.monotonic() + 5
+    while parallel_state._HUNG and parallel_state._HUNG[-1].is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert run_bounded(lambda: None, 5, "quick teardown") is True
     store = dist.HashStore()
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)

@@ -64,6 +64,12 @@ def backend_for(device: str) -> str:
 def init_distributed(device: str, rank: int, size: int, host: str, port: int, store: Any = None,
                      timeout_s: float = 600.0) -> None:
     """Join the group over a TCP store at ``tcp://host:port`` (rank 0 passes the store it created)."""
+    if any(t.is_alive() for t in _HUNG):
+        # an earlier group's teardown still blocks inside NCCL: a new group's collectives stalled
+        # behind it on the H200 (runs 7, 10, 17), so refuse instead of hanging later
+        raise RuntimeError("this process still runs the hung NCCL teardown of an earlier tensor-parallel engine "
+                           "(pytorch/pytorch#115388): a new group would stall behind it. Start the new engine in "
+                           "a new process, or run with enforce_eager=True")
     if dist.is_initialized():
         raise RuntimeError("this process still holds the process group of an earlier tensor-parallel engine: "
                            "its NCCL teardown did not finish (PyTorch cannot tear a group down once CUDA graphs "
@@ -101,8 +107,13 @@ def run_bounded(fn: Any, seconds: float, what: str) -> bool:
     t.join(seconds)
     if t.is_alive():
         logger.warning("tensor-parallel: %s did not finish in %.0f s; going on without it", what, seconds)
+        _HUNG.append(t)
         return False
     return True
+
+
+#: teardown threads that did not finish (run_bounded): while one is alive no new group may start
+_HUNG: list[threading.Thread] = []
 
 
 def abort_distributed() -> None:

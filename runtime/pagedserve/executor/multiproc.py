@@ -71,6 +71,7 @@ class _Group:
     raised: bool = False  # the driver has reported the failure to its caller
     closed: bool = False
     dist_up: bool = False
+    rank0: Any = None  # rank 0's ModelRunner: its CUDA graphs are released before the teardown
     stop_r: Any = None
     stop_w: Any = None
     monitor: threading.Thread | None = None
@@ -152,6 +153,12 @@ class _Group:
             except OSError:
                 pass
         broken = self.dead is not None or self.failed is not None
+        runner, self.rank0 = self.rank0, None
+        if runner is not None and not broken:  # captured collectives pin the communicator: graphs first
+            try:
+                runner.release_cuda_graphs()
+            except Exception:  # best effort: the group is torn down (or aborted) next either way
+                logger.exception("tensor-parallel: releasing rank 0's CUDA graphs failed")
         if self.dist_up:  # bounded: NCCL's teardown can block for good (parallel_state.destroy_distributed)
             self.dist_up = False
             run_bounded(abort_distributed if broken else destroy_distributed, 2 if broken else 5,
@@ -214,7 +221,7 @@ class MultiprocExecutor(Executor):
                                  timeout_s=STARTUP_TIMEOUT_S)
                 g.dist_up = True
                 self.worker = RankWorker(config, 0, tp, use_tqdm=use_tqdm)
-                self.runner = self.worker.runner
+                self.runner = g.rank0 = self.worker.runner
             self._expect("ready")
             logger.info("tensor parallelism: %d ranks (%s), workers %s", tp, g.backend,
                         [w.proc.pid for w in g.workers])

@@ -109,6 +109,23 @@ class ModelRunner:
             seconds += self.piecewise.capture_seconds
         return seconds
 
+    def release_cuda_graphs(self) -> int:
+        """Destroy every captured graph (``CUDAGraph.reset``) and drop it; returns how many. A graph
+        that captured NCCL collectives keeps the communicator busy: the process group's teardown
+        hangs until the graphs are gone (pytorch/pytorch#115388), so tensor parallelism calls this
+        before leaving the group."""
+        n = 0
+        for holder in (self.graphs, self.piecewise):
+            if holder is None:
+                continue
+            for g in holder.graphs.values():
+                for graph in (g if isinstance(g, list) else [g]):
+                    graph.reset()
+                    n += 1
+            holder.graphs.clear()
+        self.graphs = self.piecewise = None
+        return n
+
     # -- one step -----------------------------------------------------------------------------
     def _hidden(self, h: HostInput, prev_sampled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of every token (piecewise graphs or eager) and the rows to turn into logits."""
