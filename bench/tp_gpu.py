@@ -28,6 +28,7 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -104,6 +105,26 @@ def equality(tp: int, archs: list[str]) -> list[dict]:
 
 
 # -- (b) -------------------------------------------------------------------------------------------------
+def big_model_in_child(size: int, bw_gbs: float) -> dict:
+    """``big_model`` in a fresh process (this script with ``--big-size``), its output passed through."""
+    argv = [a for a in sys.argv[1:]]
+    env = dict(os.environ, TP_GPU_BW=str(bw_gbs))
+    env.pop("PAGEDSERVE_ALLOW_LATER_TP_ENGINE", None)
+    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--big-size", str(size)], env=env,
+                         stdout=subprocess.PIPE, text=True)
+    result = None
+    assert p.stdout is not None
+    for line in p.stdout:
+        if line.startswith("BIGRESULT "):
+            result = json.loads(line[len("BIGRESULT "):])
+        else:
+            print(line, end="", flush=True)
+    p.wait()
+    if result is None:
+        raise RuntimeError(f"the TP={size} run exited with code {p.returncode} without a result")
+    return result
+
+
 def big_model(model: str, tp: int, bw_gbs: float, args) -> dict:
     from pagedserve import LLM, SamplingParams
     from pagedserve.benchmarks.datasets import lognormal_requests
@@ -245,8 +266,17 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-tp1", action="store_true", help="skip the TP=1 reference in the big-model section")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: smoke-test this script (gloo)")
+    ap.add_argument("--big-size", type=int, default=None, help=argparse.SUPPRESS)  # one big-model run, then exit
     args = ap.parse_args()
     global DEVICE
+    if args.big_size is not None:  # a child process: its engine is the first of its process
+        DEVICE = args.device
+        res = big_model(args.model, args.big_size, float(os.environ["TP_GPU_BW"]), args)
+        print("BIGRESULT " + json.dumps(res), flush=True)
+        return 0
+    # the small equality / killed-worker engines share this process (they pass there; a big TP engine
+    # after another engine stalled, executor/multiproc.check_first_gpu_engine): big runs get their own
+    os.environ["PAGEDSERVE_ALLOW_LATER_TP_ENGINE"] = "1"
     DEVICE = args.device
     if float(os.environ.get("PAGEDSERVE_DEBUG_STACKS_S") or 0) > 0:  # a stall prints every process's stacks
         import faulthandler
@@ -293,7 +323,7 @@ def main() -> int:
         result["big"] = {}
         for size in sizes:
             try:
-                result["big"][f"tp{size}"] = big_model(args.model, size, bw, args)
+                result["big"][f"tp{size}"] = big_model_in_child(size, bw) if cuda else big_model(args.model, size, bw, args)
             except Exception:
                 result["big"][f"tp{size}_error"] = traceback.format_exc()
                 log(result["big"][f"tp{size}_error"])

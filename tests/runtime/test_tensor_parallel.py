@@ -207,3 +207,15 @@ def test_teardown_is_bounded_and_a_leftover_group_gets_a_clear_error():
     finally:
         destroy_distributed()
     assert not dist.is_initialized()
+
+
+def test_a_gpu_tensor_parallel_engine_must_be_first_in_its_process(monkeypatch):
+    from pagedserve.executor.multiproc import LATER_ENGINE_ENV, check_first_gpu_engine
+
+    monkeypatch.delenv(LATER_ENGINE_ENV, raising=False)
+    check_first_gpu_engine("cuda:0", earlier=0)  # the first engine: fine
+    check_first_gpu_engine("cpu", earlier=3)  # gloo: later engines are fine (this file runs many)
+    with pytest.raises(RuntimeError, match="first GPU engine of its process.*new process"):
+        check_first_gpu_engine("cuda:0", earlier=1)
+    monkeypatch.setenv(LATER_ENGINE_ENV, "1")
+    check_first_gpu_engine("cuda:0", earlier=1)  # explicitly allowed

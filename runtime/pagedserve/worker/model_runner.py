@@ -31,12 +31,18 @@ class ModelRunnerOutput:
         default_factory=dict)
 
 
+#: model runners created on a GPU in this process (tensor parallelism checks it: executor/multiproc.py)
+CUDA_RUNNERS_CREATED = 0
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, use_tqdm: bool = True) -> None:
+        global CUDA_RUNNERS_CREATED
         self.config = config
         self.mc = config.model_config
         self.device = torch.device(config.device)
         if self.device.type == "cuda":
+            CUDA_RUNNERS_CREATED += 1
             _less_fragmentation()
         self.block_size = config.cache_config.block_size
         self.model = build_model(self.mc, config.device, use_tqdm=use_tqdm)
