@@ -109,7 +109,7 @@ def big_model_in_child(size: int, bw_gbs: float) -> dict:
     """``big_model`` in a fresh process (this script with ``--big-size``), its output passed through."""
     argv = [a for a in sys.argv[1:]]
     env = dict(os.environ, TP_GPU_BW=str(bw_gbs))
-    env.pop("PAGEDSERVE_ALLOW_LATER_TP_ENGINE", None)
+    env.pop("PAGEDSERVE_ALLOW_LATER_TP_ENGINE", None)  # the child's engine is the first of its process
     p = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--big-size", str(size)], env=env,
                          stdout=subprocess.PIPE, text=True)
     result = None
@@ -267,6 +267,9 @@ def main() -> int:
     ap.add_argument("--no-tp1", action="store_true", help="skip the TP=1 reference in the big-model section")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: smoke-test this script (gloo)")
     ap.add_argument("--big-size", type=int, default=None, help=argparse.SUPPRESS)  # one big-model run, then exit
+    ap.add_argument("--in-process", action="store_true",
+                    help="big-model engines in this process after the others (reproduces the later-engine stall; "
+                         "needs PAGEDSERVE_ALLOW_LATER_TP_ENGINE=1)")
     args = ap.parse_args()
     global DEVICE
     if args.big_size is not None:  # a child process: its engine is the first of its process
@@ -323,7 +326,8 @@ def main() -> int:
         result["big"] = {}
         for size in sizes:
             try:
-                result["big"][f"tp{size}"] = big_model_in_child(size, bw) if cuda else big_model(args.model, size, bw, args)
+                child = cuda and not args.in_process
+                result["big"][f"tp{size}"] = big_model_in_child(size, bw) if child else big_model(args.model, size, bw, args)
             except Exception:
                 result["big"][f"tp{size}_error"] = traceback.format_exc()
                 log(result["big"][f"tp{size}_error"])

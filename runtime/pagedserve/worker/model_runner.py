@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -242,7 +243,11 @@ class StepHandle:
 
 
 def _less_fragmentation() -> None:
-    """Expandable segments: varying batch shapes do not strand reserved memory (the KV budget holds)."""
+    """Expandable segments: varying batch shapes do not strand reserved memory (the KV budget holds).
+    ``PAGEDSERVE_EXPANDABLE_SEGMENTS=0`` leaves the allocator alone (a suspect in the tensor-parallel
+    later-engine stall, docs/tensor_parallel.md)."""
+    if os.environ.get("PAGEDSERVE_EXPANDABLE_SEGMENTS") == "0":
+        return
     try:
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     except (RuntimeError, AttributeError):  # older torch, or the allocator is already in use
