@@ -5,3 +5,17 @@ OUT=${OUT:-bench/out}; mkdir -p "$OUT"
 M=bench/configs/llama-3.1-8b
 MT=.devcarry/llama-3.1-8b-tok   # the same config + the Llama 3 tokenizer (carried, not committed)
 RND="--dataset random --random-input-len 250 --random-output-len 180 --random-range-ratio 0.5 --num-prompts 400"
+
+# The standard single-GPU measurements of an issue-4 run (runs 15-16): offline random-400 with the
+# step trace, serving at 32 req/s and unlimited, 256 lognormal requests, the decode-step sweep.
+# $1: extra flags for the random-400 throughput run (e.g. --repeat 2).
+standard_measurements() {
+  timeout -k 5 60 python -m pagedserve.benchmarks.throughput --model $MT --load-format dummy --dtype bfloat16 $RND ${1:-} --trace-json "$OUT/trace400.json" > /tmp/t400.log 2>&1; echo "tput400 rc=$?"
+  grep -E "pagedserve:|each timed run|steps:|ready in|Error" /tmp/t400.log | tail -4
+  timeout -k 5 100 python -m pagedserve.entrypoints.cli bench serve --model $MT --server-args "--load-format dummy --dtype bfloat16" $RND --request-rate 32 inf --result-dir /tmp/serve > /tmp/serve.log 2>&1; echo "serve rc=$?"
+  grep -E "Serving Benchmark|throughput|Median|P99 T" /tmp/serve.log
+  timeout -k 5 60 python -m pagedserve.benchmarks.throughput --model $M --load-format dummy --dtype bfloat16 --num-prompts 256 --repeat 2 > /tmp/t256.log 2>&1; echo "tput256 rc=$?"
+  grep -E "pagedserve:|each timed run|steps:|Error" /tmp/t256.log | tail -3
+  timeout -k 5 50 python bench/profile_gpu.py --sweep 1 8 16 32 64 --skip-gemm --out "$OUT/sweep.json" > /tmp/sweep.log 2>&1; echo "sweep rc=$?"
+  grep -E "decode batch" /tmp/sweep.log
+}

@@ -277,26 +277,17 @@ def main() -> int:
     args = ap.parse_args()
     if args.scenarios:
         res = scenario_profiles(args.model)
+    elif args.sweep:
+        res = {"gemm": [] if args.skip_gemm else gemm_table(), **decode_sweep(args.model, args.sweep)}
+    else:
+        res = {"gemm": [] if args.skip_gemm else gemm_table(), "gemv": gemv_sweep(), **profile_steps(args.model)}
+    if not args.sweep:
         for k, v in res.items():
             if k.endswith("_table"):
                 print(f"=== {k}\n{v}")
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
-        return 0
-    if args.sweep:
-        res = {"gemm": [] if args.skip_gemm else gemm_table(), **decode_sweep(args.model, args.sweep)}
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
-        return 0
-    res = {"gemm": [] if args.skip_gemm else gemm_table(), "gemv": gemv_sweep()}
-    res.update(profile_steps(args.model))
-    for k, v in res.items():
-        if k.endswith("_table"):
-            print(f"=== {k}\n{v}")
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=1)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
