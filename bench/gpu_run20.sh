@@ -12,3 +12,6 @@ for case in "NCCL_GRAPH_REGISTER=0" "NCCL_CUMEM_ENABLE=0" "PAGEDSERVE_EXPANDABLE
   echo "$case rc=$?"; grep -E "lognormal|running|did not finish" "$OUT/${case%%=*}.log" | tail -2
 done
 date -u
+# then (single GPU is enough; CUDA_VISIBLE_DEVICES=0): does the Triton skinny GEMM beat cuBLAS at M <= 64?
+CUDA_VISIBLE_DEVICES=0 timeout -k 5 150 python bench/skinny_gemm_gpu.py --out "$OUT/skinny.json" > "$OUT/skinny.log" 2>&1; echo "skinny rc=$?"
+grep -E "M=" "$OUT/skinny.log"

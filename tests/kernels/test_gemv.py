@@ -7,7 +7,8 @@ import torch
 from pagedserve.kernels.gemv import gemv, linear_ref
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 48, 64), (3, 33, 96), (16, 64, 128), (7, 100, 80)])
+@pytest.mark.parametrize("m,n,k", [(1, 48, 64), (3, 33, 96), (16, 64, 128), (7, 100, 80), (17, 40, 64), (33, 24, 96),
+                                   (64, 32, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gemv_matches_linear(m, n, k, dtype, bias):

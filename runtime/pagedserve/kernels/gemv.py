@@ -1,11 +1,13 @@
-"""Skinny matrix product for decode: ``y[M, N] = x[M, K] @ w[N, K]^T (+ bias)`` for small M.
+"""Skinny matrix product for decode: ``y[M, N] = x[M, K] @ w[N, K]^T (+ bias)`` for M <= 64.
 
-At batch sizes of a few tokens a linear layer is a pure weight read; this kernel streams each
-weight row once at close to copy bandwidth. Grid ``(cdiv(N, BLOCK_N),)``: a program owns
-``BLOCK_N`` output features, walks K in ``BLOCK_K`` steps (pipelined loads), multiplies the
-zero-padded ``[16, BLOCK_K]`` activation tile with the ``[BLOCK_N, BLOCK_K]`` weight tile on the
-tensor cores and accumulates in fp32. No split-K, so there is one launch and the result is
-deterministic. Reference: ``torch.nn.functional.linear``.
+At decode batch sizes a linear layer is a weight read; this kernel streams each weight row once.
+Grid ``(cdiv(N, BLOCK_N),)``: a program owns ``BLOCK_N`` output features, walks K in ``BLOCK_K``
+steps (pipelined loads), multiplies the zero-padded ``[BLOCK_M, BLOCK_K]`` activation tile
+(BLOCK_M = 16, 32 or 64: the smallest that holds M) with the ``[BLOCK_N, BLOCK_K]`` weight tile on
+the tensor cores and accumulates in fp32. No split-K: one launch, deterministic. Not used by the
+engine yet: cuBLAS reached 3.0 TB/s on the qkv / o shapes at M=32 on the H200 (RESULTS.md run 8)
+and ``bench/skinny_gemm_gpu.py`` measures whether this beats it inside a graph. Reference:
+``torch.nn.functional.linear``.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-MAX_M = 16
+MAX_M = 64
 
 
 def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,7 +55,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stri
 
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, block_n: int = 16,
          block_k: int = 512, num_warps: int = 4, num_stages: int = 4) -> torch.Tensor:
-    """x: [M, K] (M <= 16, unit last stride), w: [N, K] contiguous → y [M, N] in x's dtype."""
+    """x: [M, K] (M <= 64, unit last stride), w: [N, K] contiguous → y [M, N] in x's dtype."""
     M, K = x.shape
     N = w.shape[0]
     assert M <= MAX_M and w.shape[1] == K and w.stride(1) == 1 and x.stride(1) == 1
@@ -63,6 +65,6 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, 
     block_k = min(block_k, triton.next_power_of_2(K))
     _gemv_kernel[(triton.cdiv(N, block_n),)](
         x, w, bias if bias is not None else w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=K % block_k == 0,
-        num_warps=num_warps, num_stages=num_stages)
+        HAS_BIAS=bias is not None, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_N=block_n,
+        BLOCK_K=block_k, EVEN_K=K % block_k == 0, num_warps=num_warps, num_stages=num_stages)
     return y
