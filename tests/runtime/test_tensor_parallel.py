@@ -210,7 +210,7 @@ def test_teardown_is_bounded_and_a_leftover_group_gets_a_clear_error():
 
 
 def test_a_gpu_tensor_parallel_engine_must_be_first_in_its_process(monkeypatch):
-    from pagedserve.executor.multiproc import LATER_ENGINE_ENV, check_first_gpu_engine
+    from pagedserve.executor.tp_process import LATER_ENGINE_ENV, check_first_gpu_engine
 
     monkeypatch.delenv(LATER_ENGINE_ENV, raising=False)
     check_first_gpu_engine("cuda:0", earlier=0)  # the first engine: fine

@@ -102,11 +102,12 @@ class Sampler:
         #: default: on CUDA (CPU logits on a GPU machine keep the torch path; off CUDA, True means
         #: Triton's interpreter, for tests). Its noise comes from Philox keyed by torch's CPU generator, so
         #: ``--seed`` still makes runs reproducible.
-        self.fused = torch.cuda.is_available() if fused is None else fused
+        self._cuda = torch.cuda.is_available()
+        self.fused = self._cuda if fused is None else fused
         self.last_fused = False
 
     def __call__(self, logits: torch.Tensor, m: SamplingMetadata) -> SamplerOutput:
-        self.last_fused = self.fused and (logits.is_cuda or not torch.cuda.is_available()) and fusable(m)
+        self.last_fused = self.fused and (logits.is_cuda or not self._cuda) and fusable(m)
         if self.last_fused:
             from pagedserve.kernels.sampling import sample_fused
 

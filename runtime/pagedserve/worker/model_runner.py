@@ -32,7 +32,7 @@ class ModelRunnerOutput:
         default_factory=dict)
 
 
-#: model runners created on a GPU in this process (tensor parallelism checks it: executor/multiproc.py)
+#: model runners created on a GPU in this process (tensor parallelism checks it: executor/tp_process.py)
 CUDA_RUNNERS_CREATED = 0
 
 
@@ -188,7 +188,7 @@ class ModelRunner:
         # sampling inputs go to the device before the forward pass is queued: no sync in between
         reqs = [sched.scheduled[i].request for i, _ in h.sample_rows]
         meta = build_sampling_metadata(reqs, self.mc.arch.vocab_size, self.device) if reqs else None
-        logits = self._logits(h, prev_sampled).float()
+        logits = self._logits(h, prev_sampled)  # model dtype: the samplers and prompt logprobs cast
         if meta is not None:
             rows = [r for _, r in h.sample_rows]
             so = self.sampler(logits if rows == list(range(len(logits))) else logits[rows], meta)
@@ -265,7 +265,7 @@ def _to_host(t: torch.Tensor) -> torch.Tensor:
 def _prompt_logprobs(logits: torch.Tensor, targets: torch.Tensor, k: int
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(token ids, logprobs, rank of the prompt token) per scored position, on the device."""
-    lp = logits.log_softmax(dim=-1)
+    lp = logits.float().log_softmax(dim=-1)
     tok_lp = lp.gather(1, targets.unsqueeze(1))
     ranks = (lp > tok_lp).sum(dim=-1) + 1
     ids, vals = targets.unsqueeze(1), tok_lp

@@ -35,40 +35,20 @@ def parse_json_body(raw: bytes) -> dict:
     return body
 
 
+#: Python type → JSON type name; bool before int (a bool is an int in Python)
+_JSON_TYPES = ((type(None), "null"), (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+               (list, "array"), (dict, "object"))
+
+
 def _jtype(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
+    return next((name for t, name in _JSON_TYPES if isinstance(v, t)), type(v).__name__)
 
 
 def _type_ok(kind: str, v: Any) -> bool:
-    if kind == "null":
-        return v is None
-    if kind == "boolean":
-        return isinstance(v, bool)
-    if kind == "integer":
-        return isinstance(v, int) and not isinstance(v, bool)
+    """Whether ``v`` is of JSON type ``kind`` ("number" takes integers too, but not NaN / inf)."""
     if kind == "number":
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if kind == "string":
-        return isinstance(v, str)
-    if kind == "array":
-        return isinstance(v, list)
-    if kind == "object":
-        return isinstance(v, dict)
-    return False
+        return _jtype(v) in ("integer", "number") and math.isfinite(v)
+    return _jtype(v) == kind
 
 
 class _Invalid(Exception):
