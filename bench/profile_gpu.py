@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
 
+QUANT: str | None = None  # --quantization for every engine this script builds
+
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
           "lm_head": (128256, 4096)}
 
@@ -50,42 +52,12 @@ def gemm_table() -> list[dict]:
     return rows
 
 
-def gemv_sweep() -> list[dict]:
-    """The Triton skinny GEMV vs cuBLAS at M = 1 and 8, over a few tile configurations."""
-    from pagedserve.kernels.gemv import gemv
+def engine_args(model_dir: str, **kw):
+    """The engines of this script: dummy bf16 weights (``--quantization`` from the command line)."""
+    from pagedserve.config import EngineArgs
 
-    rows = []
-    configs = [(bn, bk, nw, ns) for bn in (8, 16, 32) for bk in (256, 512) for nw in (4,) for ns in (3, 5)]
-    for name, (n, k) in SHAPES.items():
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(3)]
-        for m in (1, 8):
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            ref = F.linear(x, ws[0])
-            cub = bench(lambda: F.linear(x, ws[1]))
-            best = None
-            for bn, bk, nw, ns in configs:
-                try:
-                    y = gemv(x, ws[0], block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
-                    err = (y.float() - ref.float()).abs().max().item()
-                    i = [0]
-
-                    def run():
-                        i[0] = (i[0] + 1) % 3
-                        gemv(x, ws[i[0]], block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
-                    ms = bench(run)
-                except Exception as e:  # noqa: BLE001
-                    print("gemv config failed", bn, bk, nw, ns, repr(e)[:200])
-                    continue
-                if best is None or ms < best[0]:
-                    best = (ms, (bn, bk, nw, ns), err)
-            byts = n * k * 2
-            row = dict(op=name, m=m, cublas_ms=cub, cublas_tbps=byts / cub / 1e9, gemv_ms=best[0],
-                       gemv_tbps=byts / best[0] / 1e9, config=best[1], max_err=best[2])
-            rows.append(row)
-            print(f"gemv {name:8s} M={m}: cuBLAS {cub * 1e3:7.1f} us ({byts / cub / 1e9:.2f} TB/s)  triton "
-                  f"{best[0] * 1e3:7.1f} us ({byts / best[0] / 1e9:.2f} TB/s) cfg={best[1]} err={best[2]:.2e}", flush=True)
-        del ws
-    return rows
+    return EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16", quantization=QUANT,
+                      max_model_len=4096, gpu_memory_utilization=0.85, **kw)
 
 
 def timed_steps(eng, table_key: str, out: dict, warm: int, timed: int) -> float:
@@ -112,14 +84,11 @@ def profile_steps(model_dir: str) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from pagedserve.engine.llm_engine import LLMEngine
-    from pagedserve.config import EngineArgs
     from pagedserve.sampling_params import SamplingParams
 
     out = {}
     for eager in (True, False):
-        eng = LLMEngine.from_engine_args(EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16",
-                                                    enforce_eager=eager, max_model_len=4096,
-                                                    gpu_memory_utilization=0.85), skip_tokenizer_init=True)
+        eng = LLMEngine.from_engine_args(engine_args(model_dir, enforce_eager=eager), skip_tokenizer_init=True)
         g = torch.Generator().manual_seed(0)
 
         def add(n: int, plen: int, max_tokens: int) -> None:
@@ -162,13 +131,10 @@ def profile_steps(model_dir: str) -> dict:
 
 def decode_sweep(model_dir: str, batches: list[int]) -> dict:
     """CUDA-graph decode step wall time and kernel table at each batch size (context ~300)."""
-    from pagedserve.config import EngineArgs
     from pagedserve.engine.llm_engine import LLMEngine
     from pagedserve.sampling_params import SamplingParams
 
-    eng = LLMEngine.from_engine_args(EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16",
-                                                max_model_len=4096, gpu_memory_utilization=0.85),
-                                     skip_tokenizer_init=True)
+    eng = LLMEngine.from_engine_args(engine_args(model_dir), skip_tokenizer_init=True)
     g = torch.Generator().manual_seed(0)
     out: dict = {}
     for b in batches:
@@ -192,13 +158,10 @@ def scenario_profiles(model_dir: str) -> dict:
     decode step at batch 400 (context ~350) and a 16k-token prefill step (64 prompts of 256)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from pagedserve.config import EngineArgs
     from pagedserve.engine.llm_engine import LLMEngine
     from pagedserve.sampling_params import SamplingParams
 
-    eng = LLMEngine.from_engine_args(EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16",
-                                                max_model_len=4096, gpu_memory_utilization=0.85),
-                                     skip_tokenizer_init=True)
+    eng = LLMEngine.from_engine_args(engine_args(model_dir), skip_tokenizer_init=True)
     g = torch.Generator().manual_seed(0)
     sched = eng.core.scheduler
     out: dict = {}
@@ -272,15 +235,18 @@ def main() -> int:
     ap.add_argument("--model", default="bench/configs/llama-3.1-8b")
     ap.add_argument("--out", default="bench/out/profile.json")
     ap.add_argument("--skip-gemm", action="store_true")
+    ap.add_argument("--quantization", default=None, help="e.g. fp8 (the engines' --quantization)")
     ap.add_argument("--scenarios", action="store_true",
                     help="only the serving-step profiles (mixed step, batch-400 decode, 16k prefill)")
     args = ap.parse_args()
+    global QUANT
+    QUANT = args.quantization
     if args.scenarios:
         res = scenario_profiles(args.model)
     elif args.sweep:
         res = {"gemm": [] if args.skip_gemm else gemm_table(), **decode_sweep(args.model, args.sweep)}
     else:
-        res = {"gemm": [] if args.skip_gemm else gemm_table(), "gemv": gemv_sweep(), **profile_steps(args.model)}
+        res = {"gemm": [] if args.skip_gemm else gemm_table(), **profile_steps(args.model)}
     if not args.sweep:
         for k, v in res.items():
             if k.endswith("_table"):

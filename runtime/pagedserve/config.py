@@ -19,6 +19,9 @@ from pagedserve.utils import default_device, parse_dtype
 GiB = 1 << 30
 
 
+QUANTIZATIONS = (None, "none", "fp8")
+
+
 @dataclass
 class ModelConfig:
     model: str  # the HF directory actually loaded
@@ -30,6 +33,7 @@ class ModelConfig:
     seed: int = 0
     generation_config: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
+    quantization: str | None = None  # None or "fp8" (online: layers/fp8.py)
 
 
 @dataclass
@@ -142,7 +146,12 @@ class EngineArgs:
         model_config = ModelConfig(
             model=model_dir, served_model_name=name, arch=arch, dtype=dtype, max_model_len=max_len,
             load_format=self.load_format, seed=self.seed, generation_config=gen_cfg,
-            trust_remote_code=self.trust_remote_code)
+            trust_remote_code=self.trust_remote_code,
+            quantization=None if self.quantization in (None, "none") else self.quantization)
+        if model_config.quantization == "fp8":
+            from pagedserve.layers.fp8 import check_fp8_device
+
+            check_fp8_device(device)
         cache_config = CacheConfig(
             block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
             kv_cache_memory=self.kv_cache_memory, num_gpu_blocks_override=self.num_gpu_blocks_override,
@@ -184,9 +193,9 @@ class EngineArgs:
             raise ValueError(f"priority_aging_interval must be >= 0 seconds, got {self.priority_aging_interval}")
         if self.auto_swap_min_tokens < 0:
             raise ValueError(f"auto_swap_min_tokens must be >= 0, got {self.auto_swap_min_tokens}")
-        if self.quantization not in (None, "none"):
-            raise ValueError(f"quantization={self.quantization!r} is not supported yet; "
-                             "only unquantized float16/bfloat16/float32 weights are")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(q for q in QUANTIZATIONS if q)}, "
+                             f"got {self.quantization!r}")
         if self.pipeline_parallel_size != 1:
             raise ValueError("pipeline_parallel_size > 1 is not supported; use tensor_parallel_size")
         if self.tensor_parallel_size < 1:

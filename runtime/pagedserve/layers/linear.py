@@ -51,8 +51,23 @@ class LinearBase(nn.Module):
         size = param.shape[self.tp_dim]
         _copy(param, _read(source, self.tp_dim, self.tp_rank * size, size))
 
+    def quantize_fp8(self) -> None:
+        """Replace the loaded weight by fp8 + a per-output-channel scale (``layers/fp8.py``)."""
+        from pagedserve.layers.fp8 import quantize_weight
+
+        q, scale = quantize_weight(self.weight.data)
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.register_buffer("weight_scale", scale)
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.weight.element_size() == 1:
+            from pagedserve.layers.fp8 import fp8_linear
+
+            return fp8_linear(x, self.weight, self.weight_scale, bias)
+        return F.linear(x, self.weight, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
 class ReplicatedLinear(LinearBase):
@@ -127,5 +142,5 @@ class RowParallelLinear(LinearBase):
         super().__init__(in_features // tp, out_features, bias, tp_dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
+        y = self.matmul(x, self.bias if self.tp_rank == 0 else None)
         return tp_all_reduce(y) if self.tp_size > 1 else y

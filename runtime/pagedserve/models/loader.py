@@ -38,9 +38,14 @@ def build_model(mc: ModelConfig, device: str, use_tqdm: bool = True) -> nn.Modul
         init_dummy_weights(model, mc.seed)
     else:
         load_safetensors(model, mc.model, use_tqdm=use_tqdm)
+    if mc.quantization == "fp8":
+        from pagedserve.layers.fp8 import quantize_model_fp8
+
+        quantize_model_fp8(model)
     model.eval()
-    logger.info("model %s loaded in %.2f s (%s, %.1fM params)", mc.arch.architecture,
-                time.perf_counter() - t0, mc.dtype, sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info("model %s loaded in %.2f s (%s%s, %.1fM params)", mc.arch.architecture,
+                time.perf_counter() - t0, mc.dtype, ", fp8 linear layers" if mc.quantization == "fp8" else "",
+                sum(p.numel() for p in model.parameters()) / 1e6)
     return model
 
 

@@ -105,8 +105,9 @@ def unsupported_features(ea: Any) -> list[str]:
     if ea.pipeline_parallel_size != 1:
         out.append(f"--pipeline-parallel-size {ea.pipeline_parallel_size}: pipeline parallelism is not built yet; "
                    "use 1")
-    if ea.quantization not in (None, "none"):
-        out.append(f"--quantization {ea.quantization}: quantized weights are not supported yet")
+    if ea.quantization not in (None, "none", "fp8"):
+        out.append(f"--quantization {ea.quantization}: only fp8 (online quantization of an unquantized "
+                   "checkpoint) is supported")
     if ea.max_waiting_requests is not None and ea.max_waiting_requests < 1:
         out.append(f"--max-waiting-requests must be >= 1, got {ea.max_waiting_requests}")
     return out

@@ -1,0 +1,105 @@
+"""``--quantization fp8``: online fp8 (e4m3) quantization of the linear layers, as vLLM's flag does
+for an unquantized checkpoint.
+
+After loading, each linear weight becomes fp8 with one fp32 scale per output channel (its row's
+absolute maximum / 448); activations are quantized per token at run time. Both scales are applied
+to the fp32 accumulator, so ``y ≈ x @ w^T`` within fp8's ~3 mantissa bits. The embedding and the
+LM head stay in the model dtype (as in vLLM). Where the weight is read once for a few tokens
+(M <= 64, decode) the product runs in the skinny Triton kernel (``kernels/gemv.py``); larger M
+goes to ``torch._scaled_mm`` (CUTLASS, fp8 tensor cores: ~1.5x bf16 cuBLAS from M = 1,024 on the
+H200, RESULTS.md run 20). On CPU (tests) the same arithmetic runs through torch.
+
+Needs a GPU of compute capability 8.9+ (fp8 tensor cores); checked when the engine is configured.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from pagedserve.kernels.quant_fp8 import FP8_DTYPE, quantize_per_token_ref
+
+logger = logging.getLogger(__name__)
+
+# The skinny kernel's tile per weight shape class: (block_n, block_k, num_warps, num_stages).
+GEMV_CONFIG = (64, 256, 4, 4)
+
+
+def check_fp8_device(device: str) -> None:
+    """fp8 tensor cores: Ada / Hopper (compute capability 8.9) or newer."""
+    if device.startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability(torch.device(device))
+        if (major, minor) < (8, 9):
+            raise ValueError(f"quantization=fp8 needs a GPU with compute capability >= 8.9 (fp8 tensor cores); "
+                             f"this one has {major}.{minor}")
+
+
+def quantizable(weight: torch.Tensor) -> bool:
+    """fp8 GEMMs need both dimensions divisible by 16."""
+    return weight.dim() == 2 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] → (fp8 [N, K], fp32 per-output-channel scale [N])."""
+    q, s = quantize_per_token_ref(weight)
+    return q.contiguous(), s.view(-1).contiguous()
+
+
+def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.is_cuda:
+        from pagedserve.kernels.quant_fp8 import quantize_per_token
+
+        return quantize_per_token(x)
+    return quantize_per_token_ref(x)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ dequant(weight)^T + bias`` with ``x`` quantized per token; result in x's dtype."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    q, s = quantize_activation(x2)
+    from pagedserve.kernels.gemv import MAX_M
+
+    if x2.is_cuda and q.shape[0] <= MAX_M:
+        from pagedserve.kernels.gemv import gemv
+
+        bn, bk, nw, ns = GEMV_CONFIG
+        y = gemv(q, weight, bias, x_scale=s.view(-1), w_scale=weight_scale, out_dtype=x.dtype,
+                 block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+    else:
+        # CUDA's row-wise scaled GEMM writes bf16 only
+        out = torch.bfloat16 if x2.is_cuda else x.dtype
+        y = torch._scaled_mm(q, weight.t(), scale_a=s, scale_b=weight_scale.view(1, -1), out_dtype=out)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        if bias is not None:
+            y = y + bias
+    return y.view(*shape[:-1], weight.shape[0])
+
+
+def quantize_model_fp8(model: nn.Module) -> int:
+    """Convert every tensor-parallel linear layer of a loaded model to fp8; returns how many."""
+    from pagedserve.layers.linear import LinearBase
+
+    n = skipped = 0
+    for m in model.modules():
+        if isinstance(m, LinearBase):
+            if quantizable(m.weight):
+                m.quantize_fp8()
+                n += 1
+            else:
+                skipped += 1
+    if skipped:
+        logger.warning("fp8: %d linear layer(s) kept in %s (a dimension is not divisible by 16)",
+                       skipped, next(model.parameters()).dtype)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    logger.info("fp8: %d linear layers quantized (per-channel weight scales, per-token activations)", n)
+    return n
+
+
+__all__ = ["FP8_DTYPE", "check_fp8_device", "fp8_linear", "quantize_model_fp8", "quantize_weight"]
