@@ -4,8 +4,8 @@ At decode batch sizes a linear layer is a weight read; this kernel streams each 
 Grid ``(cdiv(N, BLOCK_N),)``: a program owns ``BLOCK_N`` output features and walks K in
 ``BLOCK_K`` steps (pipelined loads). The product is computed transposed, ``w_tile @ x_tile^T``, so
 the weight tile is the tensor-core operand with the long side and the batch (padded to
-BLOCK_M = 16, 32 or 64) the short one; it accumulates in fp32. No split-K: one launch,
-deterministic.
+BLOCK_M = 16, 32 or 64) the short one; it accumulates in fp32 (fp32 operands multiply in full
+precision, not TF32). No split-K: one launch, deterministic.
 
 Operands are both 16-bit, or both fp8 (e4m3) with scales: ``y = (xq @ wq^T) * x_scale[M] *
 w_scale[N]`` (per-token activation and per-channel weight scales, ``layers/fp8.py``): the tensor
@@ -35,7 +35,8 @@ def linear_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, xs_ptr, ws_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                 PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -53,7 +54,7 @@ def _gemv_kernel(x_ptr, w_ptr, xs_ptr, ws_ptr, b_ptr, y_ptr, M, N, K, stride_xm,
             mk = (k0 + offs_k) < K
             w = tl.load(w_ptrs, mask=mask_n[:, None] & mk[None, :], other=0.0)
             x = tl.load(x_ptrs, mask=mask_m[:, None] & mk[None, :], other=0.0)
-        acc += tl.dot(w, tl.trans(x))
+        acc += tl.dot(w, tl.trans(x), input_precision=PRECISION)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
     if HAS_SCALE:
@@ -86,5 +87,6 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
         x, w, x_scale if fp8 else w, w_scale if fp8 else w, bias if bias is not None else w, y, M, N, K,
         x.stride(0), w.stride(0), y.stride(0), HAS_SCALE=fp8, HAS_BIAS=bias is not None,
         BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_N=block_n, BLOCK_K=block_k,
-        EVEN_K=K % block_k == 0, num_warps=num_warps, num_stages=num_stages)
+        EVEN_K=K % block_k == 0, PRECISION="ieee" if x.dtype == torch.float32 else None,
+        num_warps=num_warps, num_stages=num_stages)
     return y
