@@ -3,8 +3,8 @@
 # 17-19)? Each case: three small TP=2 engines, then the big TP=2 engine in the same process
 # (PAGEDSERVE_ALLOW_LATER_TP_ENGINE=1 lifts the guard), 256 requests; a stall is cut after 75 s.
 # Suspects: NCCL's registration of graph-captured buffers (NCCL_GRAPH_REGISTER), NCCL's cuMem
-# allocations (NCCL_CUMEM_ENABLE), the allocator's expandable segments. Then, on GPU 0, the skinny
-# GEMM against cuBLAS (issue 4: the qkv / o GEMMs read at 3.0 TB/s at batch 32).
+# allocations (NCCL_CUMEM_ENABLE), the allocator's expandable segments.
+
 source "$(dirname "$0")/gpu_env.sh"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PAGEDSERVE_ALLOW_LATER_TP_ENGINE=1
 date -u
@@ -13,6 +13,4 @@ for case in "NCCL_GRAPH_REGISTER=0" "NCCL_CUMEM_ENABLE=0" "PAGEDSERVE_EXPANDABLE
   echo "$case rc=$?"; grep -E "lognormal|running|did not finish" "$OUT/${case%%=*}.log" | tail -2
 done
 date -u
-# then (single GPU is enough; CUDA_VISIBLE_DEVICES=0): does the Triton skinny GEMM beat cuBLAS at M <= 64?
-CUDA_VISIBLE_DEVICES=0 timeout -k 5 150 python bench/skinny_gemm_gpu.py --out "$OUT/skinny.json" > "$OUT/skinny.log" 2>&1; echo "skinny rc=$?"
-grep -E "M=" "$OUT/skinny.log"
+

@@ -132,6 +132,8 @@ def big_model(model: str, tp: int, bw_gbs: float, args) -> dict:
 
     t0 = time.time()
     kw = dict(max_model_len=args.max_model_len) if args.max_model_len else {}
+    if args.quantization:
+        kw["quantization"] = args.quantization
     llm = LLM(model, load_format="dummy", dtype="bfloat16" if DEVICE == "cuda" else "float32", device=DEVICE,
               tensor_parallel_size=tp,
               skip_tokenizer_init=True, use_tqdm=False, **kw)
@@ -262,6 +264,7 @@ def main() -> int:
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=None)
+    ap.add_argument("--quantization", default=None, help="the big-model engines' --quantization (e.g. fp8)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["equality", "big", "death"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-tp1", action="store_true", help="skip the TP=1 reference in the big-model section")

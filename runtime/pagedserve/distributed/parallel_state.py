@@ -56,6 +56,21 @@ def disable_multicast_env() -> None:
     os.environ.update(NO_MULTICAST_ENV)
 
 
+# NCCL settings applied unless the user set them. NCCL_GRAPH_REGISTER=0: NCCL does not register the
+# buffers of collectives captured in CUDA graphs. With registration on (NCCL's default), a TP=2
+# engine created after another engine in the same process stalled for good on 2 x H200 (runs 7,
+# 10, 17-19, and twice more in run 25); with it off, or with NCCL_CUMEM_ENABLE=0, or without the
+# allocator's expandable segments, the same sequence completes at the same speed (runs 24-25): the
+# registration appears to keep stale mappings of memory that the earlier engine freed.
+NCCL_DEFAULT_ENV = {"NCCL_GRAPH_REGISTER": "0"}
+
+
+def nccl_env_defaults() -> None:
+    """Before a process's first NCCL communicator (NCCL reads its settings once per process)."""
+    for k, v in NCCL_DEFAULT_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 # -- process group ------------------------------------------------------------------------------
 def backend_for(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
@@ -76,6 +91,8 @@ def init_distributed(device: str, rank: int, size: int, host: str, port: int, st
                            "captured its collectives, pytorch/pytorch#115388). Start the new engine in a new "
                            "process, or run with enforce_eager=True")
     disable_multicast_env()
+    if device.startswith("cuda"):
+        nccl_env_defaults()
     timeout = datetime.timedelta(seconds=timeout_s)
     if store is None:
         store = dist.TCPStore(host, port, size, is_master=False, timeout=timeout)

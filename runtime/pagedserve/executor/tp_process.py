@@ -1,6 +1,6 @@
 """What one process may hold for tensor parallelism, and how it starts the ranks: one group per
-process (torch.distributed's default group), a GPU tensor-parallel engine only as the process's
-first GPU engine, and the spawning of the worker processes from the engine-core process."""
+process (torch.distributed's default group), a later GPU tensor-parallel engine only with NCCL's
+graph-buffer registration off, and the spawning of the worker processes from the engine-core process."""
 from __future__ import annotations
 
 import gc
@@ -24,20 +24,22 @@ LATER_ENGINE_ENV = "PAGEDSERVE_ALLOW_LATER_TP_ENGINE"
 
 
 def check_first_gpu_engine(device: str, earlier: int | None = None) -> None:
-    """On GPUs a tensor-parallel engine must be the first engine of its process. On 2 x H200 a TP=2
-    engine created after another engine (TP=1 or TP=2) in the same driver process stalled for good
-    in a 256-request run, at the same step every time (RESULTS.md runs 7, 10, 17-19); started
-    first, it never did. The cause is not found yet, so refuse with a clear error instead of a
-    hang (the server runs each engine core in its own process). ``PAGEDSERVE_ALLOW_LATER_TP_ENGINE=1``
-    lifts the check (small models in one process passed the equality checks)."""
+    """With NCCL's graph-buffer registration on, a GPU TP=2 engine created after another engine in
+    the same driver process stalled for good in a 256-request run (2 x H200, RESULTS.md runs 7, 10,
+    17-19, 25). pagedserve turns the registration off (``parallel_state.NCCL_DEFAULT_ENV``), and then
+    the same sequence completes (runs 24-25). A user who turns it back on
+    (``NCCL_GRAPH_REGISTER`` other than 0) gets a clear error for a later engine instead of the
+    hang; ``PAGEDSERVE_ALLOW_LATER_TP_ENGINE=1`` lifts the check."""
     from pagedserve.worker import model_runner
 
     n = model_runner.CUDA_RUNNERS_CREATED if earlier is None else earlier
-    if device.startswith("cuda") and n > 0 and os.environ.get(LATER_ENGINE_ENV) != "1":
+    registering = os.environ.get("NCCL_GRAPH_REGISTER", "0") != "0"
+    if device.startswith("cuda") and n > 0 and registering and os.environ.get(LATER_ENGINE_ENV) != "1":
         raise RuntimeError(
-            f"a tensor-parallel engine must be the first GPU engine of its process ({n} engine(s) ran here "
-            f"before): a later one stalled on 2 x H200 (cause under investigation). Start it in a new process "
-            f"(the OpenAI server runs each engine in its own process), or set {LATER_ENGINE_ENV}=1 to try anyway")
+            f"NCCL_GRAPH_REGISTER={os.environ['NCCL_GRAPH_REGISTER']}: with NCCL's graph-buffer registration on, a "
+            f"tensor-parallel engine that is not the first GPU engine of its process ({n} ran here before) stalled "
+            f"on 2 x H200. Unset NCCL_GRAPH_REGISTER (pagedserve sets it to 0), start the engine in a new process, "
+            f"or set {LATER_ENGINE_ENV}=1 to try anyway")
 
 
 def claim_process(ex: "MultiprocExecutor") -> None:
