@@ -62,3 +62,22 @@ def test_generation_config_defaults(tiny_models, tmp_path):
     sp = llm.get_default_sampling_params()
     assert sp.temperature == 0.6 and sp.top_p == 0.9
     assert {5, 6} <= set(llm.llm_engine.processor.eos_ids)
+
+
+def test_gguf_conversion_runs_in_a_child_and_reports_a_bad_file(tmp_path):
+    """The conversion (transformers' GGUF loader, which imports Triton) runs in a spawned child: the
+    calling process never imports transformers for it, and a broken file is a clear error."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file" * 10)
+    code = ("import sys; from pagedserve.models.gguf import gguf_to_hf_dir\n"
+            f"try:\n    gguf_to_hf_dir({str(bad)!r}, out_root={str(tmp_path / 'out')!r})\n"
+            "except RuntimeError as e:\n    print('ERROR', e)\n"
+            "print('IMPORTED', 'transformers' in sys.modules, 'triton' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert f"ERROR model: could not convert {bad}" in out.stdout and "GGUF" in out.stdout, out.stdout + out.stderr
+    assert "IMPORTED False False" in out.stdout
+    assert not os.listdir(tmp_path / "out")  # the temporary directory is removed

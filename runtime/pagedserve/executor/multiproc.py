@@ -36,7 +36,8 @@ from pagedserve.config import EngineConfig
 from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for, run_bounded,
                                                     destroy_distributed, disable_multicast_env, init_distributed)
 from pagedserve.executor.base import Executor
-from pagedserve.executor.tp_process import check_first_gpu_engine, claim_process, release_process, spawn_workers
+from pagedserve.executor.tp_process import check_first_gpu_engine, claim_process, release_process
+from pagedserve.spawn import spawn_children
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class MultiprocExecutor(Executor):
                                   timeout=_timedelta(STARTUP_TIMEOUT_S))
             ctx = mp.get_context("spawn")
             log_level = logging.getLogger().getEffectiveLevel()
-            with spawn_workers():
+            with spawn_children():
                 for rank in range(1, tp):
                     cmd_r, cmd_w = ctx.Pipe(duplex=False)
                     resp_r, resp_w = ctx.Pipe(duplex=False)

@@ -1,16 +1,13 @@
-"""What one process may hold for tensor parallelism, and how it starts the ranks: one group per
-process (torch.distributed's default group), a later GPU tensor-parallel engine only with NCCL's
-graph-buffer registration off, and the spawning of the worker processes from the engine-core process."""
+"""What one process may hold for tensor parallelism: one group per process (torch.distributed's
+default group), and a later GPU tensor-parallel engine only with NCCL's graph-buffer registration
+off. (``pagedserve.spawn`` starts the worker processes.)"""
 from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing as mp
 import os
-import sys
 import weakref
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pagedserve.executor.multiproc import MultiprocExecutor
@@ -60,36 +57,3 @@ def release_process(ex: "MultiprocExecutor") -> None:
     global _ACTIVE
     if _ACTIVE is not None and _ACTIVE() is ex:
         _ACTIVE = None
-
-
-@contextmanager
-def spawn_workers() -> Iterator[None]:
-    """Around ``Process.start()`` of the ranks:
-
-    * the engine-core process is a daemonic multiprocessing child, and those may not start
-      processes: lift the flag (the ranks are tied to it by their watchdog instead);
-    * 'spawn' re-imports the ``__main__`` script in each child unless it cannot find it: hide it
-      (``worker_main`` lives in this package), so a user's script without an
-      ``if __name__ == "__main__":`` guard neither fails nor runs twice."""
-    cur = mp.current_process()
-    daemon = cur._config.get("daemon")  # type: ignore[attr-defined]
-    cur._config["daemon"] = False  # type: ignore[attr-defined]
-    main = sys.modules.get("__main__")
-    hidden = {}
-    if main is not None:
-        for attr in ("__spec__", "__file__"):
-            if attr in vars(main):
-                hidden[attr] = vars(main)[attr]
-        main.__spec__ = None
-        vars(main).pop("__file__", None)
-    try:
-        yield
-    finally:
-        if main is not None:
-            main.__spec__ = hidden.get("__spec__")
-            if "__file__" in hidden:
-                main.__file__ = hidden["__file__"]
-        if daemon is not None:
-            cur._config["daemon"] = daemon  # type: ignore[attr-defined]
-        else:
-            cur._config.pop("daemon", None)  # type: ignore[attr-defined]

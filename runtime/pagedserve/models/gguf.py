@@ -2,18 +2,25 @@
 
 transformers' own GGUF reader dequantises the weights; we keep them in float32 so that
 loading the directory with ``dtype="float32"`` reproduces transformers' GGUF load exactly.
-The directory is built once (atomically) under the cache directory and reused.
+The directory is built once (atomically) under the cache directory and reused. The conversion
+runs in a spawned child process: transformers' GGUF loader imports Triton, and a process that
+imported it prints nanobind's "leaked instances" report when it exits (the server's frontend at
+SIGTERM, on its very first start). The child sends its result, then exits with its output
+silenced.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
 import time
+from multiprocessing.connection import Connection
 
+from pagedserve.spawn import spawn_children
 from pagedserve.utils import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -44,7 +51,7 @@ def gguf_to_hf_dir(path: str, out_root: str | None = None) -> str:
     logger.info("converting %s to an HF directory (once; cached in %s)", path, out)
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
     try:
-        _convert(path, tmp)
+        _convert_in_child(path, tmp)
         try:
             os.rename(tmp, out)
         except OSError:  # another process finished first
@@ -54,6 +61,37 @@ def gguf_to_hf_dir(path: str, out_root: str | None = None) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("GGUF conversion took %.1f s", time.perf_counter() - t0)
     return out
+
+
+def _convert_in_child(path: str, out: str) -> None:
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    with spawn_children():
+        proc = ctx.Process(target=_convert_child, args=(path, out, send), name="pagedserve-gguf", daemon=True)
+        proc.start()
+    send.close()
+    try:
+        err = recv.recv()
+    except EOFError:
+        proc.join()
+        err = f"the conversion process died (exit code {proc.exitcode})"
+    proc.join()
+    if err is not None:
+        raise RuntimeError(f"model: could not convert {path} to a Hugging Face directory: {err}")
+
+
+def _convert_child(path: str, out: str, conn: Connection) -> None:
+    err = None
+    try:
+        _convert(path, out)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
+        err = f"{type(e).__name__}: {e}"
+    conn.send(err)
+    conn.close()
+    # the result is sent: silence the interpreter's exit (nanobind's report about Triton's objects)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
 
 
 def _convert(path: str, out: str) -> None:
