@@ -4,7 +4,7 @@ One program per row: a first pass finds the row's absolute maximum, the second w
 ``clamp(x / scale)`` as fp8 with ``scale = max(absmax, eps) / 448``. One launch instead of the
 five or six of the torch expression (``quantize_per_token_ref``), which matters inside a decode
 step that quantizes four activations per layer. The row is read twice; it is small and the
-second read hits the cache.
+second read hits the cache. Reference: ``layers.fp8.quantize_per_token_ref``.
 """
 from __future__ import annotations
 
@@ -12,17 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
-# Smallest scale: keeps an all-zero row finite (same floor as vLLM's dynamic quantization).
-MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
-
-
-def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch reference: q [M, K] fp8, scale [M, 1] fp32, with x ≈ q * scale."""
-    xf = x.float()
-    scale = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
-    return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+from pagedserve.layers.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE
 
 
 @triton.jit

@@ -10,6 +10,8 @@ goes to ``torch._scaled_mm`` (CUTLASS, fp8 tensor cores: ~1.5x bf16 cuBLAS from 
 H200, RESULTS.md run 20). On CPU (tests) the same arithmetic runs through torch.
 
 Needs a GPU of compute capability 8.9+ (fp8 tensor cores); checked when the engine is configured.
+This module does not import Triton (the kernels are imported on first use on a GPU), so CPU runs
+never load it.
 """
 from __future__ import annotations
 
@@ -18,9 +20,21 @@ import logging
 import torch
 from torch import nn
 
-from pagedserve.kernels.quant_fp8 import FP8_DTYPE, quantize_per_token_ref
-
 logger = logging.getLogger(__name__)
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
+# Smallest scale: keeps an all-zero row finite (same floor as vLLM's dynamic quantization).
+MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
+GEMV_MAX_M = 64  # kernels/gemv.MAX_M: the skinny kernel's largest M
+
+
+def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise dynamic quantization in torch: q [M, K] fp8, scale [M, 1] fp32, x ≈ q * scale
+    (the reference of ``kernels/quant_fp8.quantize_per_token``)."""
+    xf = x.float()
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
+    return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
 
 def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
@@ -67,9 +81,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     q, s = quantize_activation(x2)
-    from pagedserve.kernels.gemv import MAX_M
-
-    if x2.is_cuda and q.shape[0] <= MAX_M:
+    if x2.is_cuda and q.shape[0] <= GEMV_MAX_M:
         from pagedserve.kernels.gemv import gemv
 
         bn, bk, nw, ns = gemv_config(*weight.shape)
@@ -107,4 +119,4 @@ def quantize_model_fp8(model: nn.Module) -> int:
     return n
 
 
-__all__ = ["FP8_DTYPE", "check_fp8_device", "fp8_linear", "quantize_model_fp8", "quantize_weight"]
+__all__ = ["FP8_DTYPE", "check_fp8_device", "fp8_linear", "quantize_model_fp8", "quantize_per_token_ref", "quantize_weight"]
