@@ -108,6 +108,7 @@ class EngineArgs:
     device: str | None = None
     load_format: str = "auto"
     quantization: str | None = None
+    kv_cache_dtype: str = "auto"
     trust_remote_code: bool = False
     revision: str | None = None
     enforce_eager: bool = False
@@ -196,6 +197,9 @@ class EngineArgs:
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(q for q in QUANTIZATIONS if q)}, "
                              f"got {self.quantization!r}")
+        if self.kv_cache_dtype != "auto":
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported yet: the KV cache is kept in "
+                             "the model dtype (kv_cache_dtype='auto')")
         if self.pipeline_parallel_size != 1:
             raise ValueError("pipeline_parallel_size > 1 is not supported; use tensor_parallel_size")
         if self.tensor_parallel_size < 1:

@@ -14,8 +14,8 @@ from tests.server.server_proc import free_port
 
 CASES = [
     # every refused feature is named in one message
-    (["--pipeline-parallel-size", "2", "--quantization", "awq", "--max-waiting-requests", "0"],
-     ["pipeline-parallel-size 2", "quantization awq", "max-waiting-requests must be >= 1"]),
+    (["--pipeline-parallel-size", "2", "--quantization", "awq", "--max-waiting-requests", "0", "--kv-cache-dtype", "fp8"],
+     ["pipeline-parallel-size 2", "quantization awq", "max-waiting-requests must be >= 1", "kv-cache-dtype fp8"]),
     (["--block-size", "7"], "block_size"),
     (["--max-model-len", "100000"], "max_model_len"),
     (["--model", "/nonexistent/model"], "/nonexistent/model"),
@@ -26,7 +26,7 @@ VLLM_FLAGS = ["--model", "--served-model-name", "--host", "--port", "--max-model
               "--max-num-seqs", "--max-num-batched-tokens", "--block-size", "--swap-space",
               "--enable-prefix-caching", "--tensor-parallel-size", "--pipeline-parallel-size", "--dtype",
               "--quantization", "--trust-remote-code", "--enforce-eager", "--seed", "--api-key", "--load-format",
-              "--max-waiting-requests"]
+              "--max-waiting-requests", "--kv-cache-dtype"]
 
 
 def _run_all(cases: list[list[str]], timeout: float = 180) -> list[tuple[int, str, float]]:
