@@ -281,7 +281,7 @@ def main() -> int:
         print("BIGRESULT " + json.dumps(res), flush=True)
         return 0
     # the small equality / killed-worker engines share this process (they pass there; a big TP engine
-    # after another engine stalled, executor/tp_process.check_first_gpu_engine): big runs get their own
+    # after another engine stalled, executor/tp_process.check_later_tp_engine): big runs get their own
     os.environ["PAGEDSERVE_ALLOW_LATER_TP_ENGINE"] = "1"
     DEVICE = args.device
     if float(os.environ.get("PAGEDSERVE_DEBUG_STACKS_S") or 0) > 0:  # a stall prints every process's stacks

@@ -239,20 +239,20 @@ def test_teardown_is_bounded_and_a_leftover_group_gets_a_clear_error():
 
 def test_a_later_gpu_tensor_parallel_engine_needs_graph_registration_off(monkeypatch):
     from pagedserve.distributed.parallel_state import NCCL_DEFAULT_ENV, nccl_env_defaults
-    from pagedserve.executor.tp_process import LATER_ENGINE_ENV, check_first_gpu_engine
+    from pagedserve.executor.tp_process import LATER_ENGINE_ENV, check_later_tp_engine
 
     monkeypatch.delenv(LATER_ENGINE_ENV, raising=False)
     monkeypatch.delenv("NCCL_GRAPH_REGISTER", raising=False)
     nccl_env_defaults()  # what init_distributed does before a GPU group
     assert os.environ["NCCL_GRAPH_REGISTER"] == NCCL_DEFAULT_ENV["NCCL_GRAPH_REGISTER"] == "0"
-    check_first_gpu_engine("cuda:0", earlier=0)
-    check_first_gpu_engine("cuda:0", earlier=2)  # registration off: later engines completed (runs 24-25)
+    check_later_tp_engine("cuda:0", earlier=0)
+    check_later_tp_engine("cuda:0", earlier=2)  # registration off: later engines completed (runs 24-25)
     monkeypatch.setenv("NCCL_GRAPH_REGISTER", "1")  # the user's own setting is kept...
     nccl_env_defaults()
     assert os.environ["NCCL_GRAPH_REGISTER"] == "1"
-    check_first_gpu_engine("cuda:0", earlier=0)
-    check_first_gpu_engine("cpu", earlier=3)  # gloo: no NCCL
+    check_later_tp_engine("cuda:0", earlier=0)
+    check_later_tp_engine("cpu", earlier=3)  # gloo: no NCCL
     with pytest.raises(RuntimeError, match="NCCL_GRAPH_REGISTER=1.*not the first GPU engine"):
-        check_first_gpu_engine("cuda:0", earlier=1)  # ...and a later engine is refused
+        check_later_tp_engine("cuda:0", earlier=1)  # ...and a later engine is refused
     monkeypatch.setenv(LATER_ENGINE_ENV, "1")
-    check_first_gpu_engine("cuda:0", earlier=1)  # explicitly allowed
+    check_later_tp_engine("cuda:0", earlier=1)  # explicitly allowed

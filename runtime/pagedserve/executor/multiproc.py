@@ -36,7 +36,7 @@ from pagedserve.config import EngineConfig
 from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for, run_bounded,
                                                     destroy_distributed, disable_multicast_env, init_distributed)
 from pagedserve.executor.base import Executor
-from pagedserve.executor.tp_process import check_first_gpu_engine, claim_process, release_process
+from pagedserve.executor.tp_process import check_later_tp_engine, claim_process, release_process
 from pagedserve.spawn import spawn_children
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class MultiprocExecutor(Executor):
 
         self.config = config
         self.tp_size = tp = config.parallel_config.tensor_parallel_size
-        check_first_gpu_engine(config.device)
+        check_later_tp_engine(config.device)
         claim_process(self)
         disable_multicast_env()
         if config.device.startswith("cuda"):

@@ -20,7 +20,7 @@ _ACTIVE: "weakref.ref[MultiprocExecutor] | None" = None  # the tensor-parallel e
 LATER_ENGINE_ENV = "PAGEDSERVE_ALLOW_LATER_TP_ENGINE"
 
 
-def check_first_gpu_engine(device: str, earlier: int | None = None) -> None:
+def check_later_tp_engine(device: str, earlier: int | None = None) -> None:
     """With NCCL's graph-buffer registration on, a GPU TP=2 engine created after another engine in
     the same driver process stalled for good in a 256-request run (2 x H200, RESULTS.md runs 7, 10,
     17-19, 25). pagedserve turns the registration off (``parallel_state.NCCL_DEFAULT_ENV``), and then

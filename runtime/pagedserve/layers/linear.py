@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedserve.distributed.parallel_state import get_tp_rank, get_tp_size, tp_all_reduce
+from pagedserve.layers.fp8 import fp8_linear, quantize_weight
 
 
 def _shape(source: Any) -> list[int]:
@@ -53,16 +54,12 @@ class LinearBase(nn.Module):
 
     def quantize_fp8(self) -> None:
         """Replace the loaded weight by fp8 + a per-output-channel scale (``layers/fp8.py``)."""
-        from pagedserve.layers.fp8 import quantize_weight
-
         q, scale = quantize_weight(self.weight.data)
         self.weight = nn.Parameter(q, requires_grad=False)
         self.register_buffer("weight_scale", scale)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.weight.element_size() == 1:
-            from pagedserve.layers.fp8 import fp8_linear
-
             return fp8_linear(x, self.weight, self.weight_scale, bias)
         return F.linear(x, self.weight, bias)
 

@@ -244,8 +244,9 @@ class StepHandle:
 
 def _less_fragmentation() -> None:
     """Expandable segments: varying batch shapes do not strand reserved memory (the KV budget holds).
-    ``PAGEDSERVE_EXPANDABLE_SEGMENTS=0`` leaves the allocator alone (a suspect in the tensor-parallel
-    later-engine stall, docs/tensor_parallel.md)."""
+    ``PAGEDSERVE_EXPANDABLE_SEGMENTS=0`` leaves the allocator alone (with it, the tensor-parallel
+    later-engine stall also went away in run 24; the default fix is NCCL_GRAPH_REGISTER=0,
+    docs/tensor_parallel.md)."""
     if os.environ.get("PAGEDSERVE_EXPANDABLE_SEGMENTS") == "0":
         return
     try:

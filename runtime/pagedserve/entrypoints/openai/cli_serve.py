@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from pagedserve.config import QUANTIZATIONS
 from pagedserve.entrypoints.engine_flags import add_engine_flags, engine_args_from
 
 logger = logging.getLogger("pagedserve.server")
@@ -105,7 +106,7 @@ def unsupported_features(ea: Any) -> list[str]:
     if ea.pipeline_parallel_size != 1:
         out.append(f"--pipeline-parallel-size {ea.pipeline_parallel_size}: pipeline parallelism is not built yet; "
                    "use 1")
-    if ea.quantization not in (None, "none", "fp8"):
+    if ea.quantization not in QUANTIZATIONS:
         out.append(f"--quantization {ea.quantization}: only fp8 (online quantization of an unquantized "
                    "checkpoint) is supported")
     if ea.kv_cache_dtype != "auto":
