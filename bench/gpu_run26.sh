@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Next 2 x H200 run (prepared, not run yet): the later-engine sequence of runs 24-25 with the new
+# Run 26 (2 x H200): the later-engine sequence of runs 24-25 with the new
 # default (init_distributed sets NCCL_GRAPH_REGISTER=0; nothing set in the environment) must
 # complete, twice; then the equality check and fp8 / bf16 TP=2 once more for the record.
 source "$(dirname "$0")/gpu_env.sh"
