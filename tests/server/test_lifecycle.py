@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import time
 
@@ -29,7 +30,9 @@ def _startup_statuses(srv: ServerProc, timeout: float = 240.0) -> list:
 
 def test_sigterm_drains_then_exits(tmp_path_factory):
     log = tmp_path_factory.mktemp("drain") / "server.log"
-    srv = ServerProc(COMMON_ARGS + ["--shutdown-timeout", "10", "--max-num-seqs", "4"], str(log))
+    trace = log.parent / "steps.json"  # PAGEDSERVE_STEP_TRACE: the core writes its per-step trace at exit
+    srv = ServerProc(COMMON_ARGS + ["--shutdown-timeout", "10", "--max-num-seqs", "4"], str(log),
+                     env={"PAGEDSERVE_STEP_TRACE": str(trace)})
     try:
         seen = _startup_statuses(srv)
         # the port answers while the model loads: 503 "starting", then 200 (never a hanging connection)
@@ -63,5 +66,10 @@ def test_sigterm_drains_then_exits(tmp_path_factory):
         except ConnectionRefusedError:
             pass
         assert not srv.leftover_children()
+        rows = json.loads(trace.read_text())
+        # [start, launched, done ms, tokens, requests, path]: both requests' prompts and decode steps
+        assert len(rows) >= 3 and all(r[0] <= r[1] <= r[2] for r in rows), rows[:5]
+        assert max(r[4] for r in rows) == 2 and all(r[3] >= 1 for r in rows), rows[:5]
+        assert {r[5] for r in rows} <= {"eager", "piecewise", "decode-graph"}, rows[:5]
     finally:
         srv.stop()

@@ -96,11 +96,7 @@ def run(args: argparse.Namespace) -> int:
                   wall_s=time.perf_counter() - t_start)
     result["step_profile"] = step_profile(core.trace, core.wait_seconds)
     if args.trace_json:
-        base = core.trace[0][0] if core.trace else 0.0
-        rows = [[round((a - base) * 1e3, 3), round((b - base) * 1e3, 3), round((c - base) * 1e3, 3), n, r, path]
-                for a, b, c, n, r, path in core.trace]
-        with open(args.trace_json, "w") as fh:
-            json.dump(rows, fh)
+        core.write_trace(args.trace_json)
     print("steps:", json.dumps(result["step_profile"]))
     if "hf" in result:
         best = max(r["useful_output_tok_s"] for r in result["hf"])

@@ -66,10 +66,12 @@ class EngineCore:
         trail the device by one step."""
         if not self.async_scheduling or self._needs_sync():
             outputs = self._finish_inflight()
+            t0 = time.perf_counter()
             sched = self.scheduler.schedule()
             if sched.is_empty and not sched.block_ops:
                 return outputs
             out = self.executor.execute_model(sched)
+            self._trace(sched, t0, time.perf_counter())
             return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
         t0 = time.perf_counter()
         sched = self.scheduler.schedule()
@@ -80,10 +82,15 @@ class EngineCore:
         outputs = self._finish_inflight()
         if handle is not None:
             self.inflight = (sched, handle)
-        if self.trace is not None:
-            self.trace.append((t0, t1, time.perf_counter(), sched.total_num_scheduled_tokens, len(sched.scheduled),
-                               self.runner.last_path))
+        self._trace(sched, t0, t1)
         return outputs
+
+    def _trace(self, sched: SchedulerOutput, start: float, launched: float) -> None:
+        """One trace row (when tracing): ``done`` is when the previous step's results were read
+        (async scheduling) or this step's (synchronous)."""
+        if self.trace is not None:
+            self.trace.append((start, launched, time.perf_counter(), sched.total_num_scheduled_tokens,
+                               len(sched.scheduled), self.runner.last_path))
 
     def _finish_inflight(self) -> list[EngineCoreOutput]:
         if self.inflight is None:
@@ -102,6 +109,18 @@ class EngineCore:
 
     def has_unfinished_requests(self) -> bool:
         return self.inflight is not None or self.scheduler.has_unfinished_requests()
+
+    def write_trace(self, path: str) -> None:
+        """Write the per-step trace as JSON rows ``[start, launched, done (ms from the first step),
+        tokens, requests, runner path]`` (benchmarks; ``PAGEDSERVE_STEP_TRACE`` when serving)."""
+        import json
+
+        trace = self.trace or []
+        base = trace[0][0] if trace else 0.0
+        rows = [[round((a - base) * 1e3, 3), round((b - base) * 1e3, 3), round((c - base) * 1e3, 3), n, r, path]
+                for a, b, c, n, r, path in trace]
+        with open(path, "w") as fh:
+            json.dump(rows, fh)
 
     def get_stats(self) -> SchedulerStats:
         return self.scheduler.get_stats()

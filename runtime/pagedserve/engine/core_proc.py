@@ -203,6 +203,9 @@ def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket
         writer.close()
         os._exit(1)
     writer.send(("ready", _core_info(core)))
+    trace_path = os.environ.get("PAGEDSERVE_STEP_TRACE")  # the per-step trace, written at exit
+    if trace_path and hasattr(core, "write_trace"):
+        core.trace = []
     tune_gc()
     in_sock.setblocking(False)
     proc = EngineCoreProc(core, in_sock, writer)
@@ -214,6 +217,11 @@ def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket
         writer.send(("fatal", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"))
         code = 1
     writer.close()
+    if trace_path and hasattr(core, "write_trace"):
+        try:
+            core.write_trace(trace_path)
+        except OSError as e:
+            logger.error("engine core: cannot write the step trace to %s: %s", trace_path, e)
     try:
         if hasattr(core, "shutdown"):
             core.shutdown()  # tensor-parallel worker processes, if any
