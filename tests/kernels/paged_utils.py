@@ -88,3 +88,17 @@ def make_batch(reqs: list[tuple[int, int]], block_size: int, heads: int, kv_head
         num_decodes=num_decodes, num_prefill_tokens=n_real - num_decodes,
         query_start_loc_cpu=qsl, seq_lens_cpu=sl.cpu())
     return q, k, v, kc.to(DEVICE), vc.to(DEVICE), meta
+
+
+def assert_fp8_matches(q: torch.Tensor, ref_q: torch.Tensor, interpreted: bool) -> None:
+    """fp8 tensors from a kernel and from the torch reference are equal, except that Triton's CPU
+    interpreter emulates fp32 -> fp8 rounding: it drops the carry into the exponent when rounding
+    up to a power of two (124.3 -> 64, not 128) and may round ties and subnormals one step the
+    other way. The GPU's conversion is exact (tested there)."""
+    a, b = q.float().cpu(), ref_q.float().cpu()
+    diff = a != b
+    if interpreted:
+        ulp = torch.exp2(torch.floor(torch.log2(b.abs().clamp(min=2 ** -6))) - 3)
+        assert bool(((a * 2 == b) | ((a - b).abs() <= ulp))[diff].all()), (a[diff][:8], b[diff][:8])
+    else:
+        assert not diff.any(), (a[diff][:8], b[diff][:8])

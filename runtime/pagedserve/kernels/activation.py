@@ -3,6 +3,11 @@
 Grid ``(rows, cdiv(I, BLOCK))`` over ``x [..., 2I] -> out [..., I]``; ``out = silu(gate) * up`` with
 the reference's rounding: silu in fp32, rounded to the input dtype, then the product (fp32,
 rounded once).
+
+``quant=True`` (``--quantization fp8``, before an fp8 down projection): one program per row holds
+the whole row in registers, rounds the product to the input dtype, quantizes it per token
+(``layers.fp8.quantize_per_token_ref``) and writes the fp8 row and its scale, saving the separate
+quantization launch. Rows wider than ``QUANT_MAX_BLOCK`` take the two launches.
 """
 from __future__ import annotations
 
@@ -12,8 +17,11 @@ import triton.language as tl
 
 from pagedserve.kernels.utils import cdiv, next_pow2
 from pagedserve.layers.activation import silu_and_mul_ref
+from pagedserve.layers.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE, Fp8Act
 
 __all__ = ["silu_and_mul", "silu_and_mul_ref"]
+
+QUANT_MAX_BLOCK = 16384  # the widest row one program quantizes from registers (Llama-3.1-8B: 14,336)
 
 
 @triton.jit
@@ -27,14 +35,32 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, I, BLOCK: tl.conste
     tl.store(out_ptr + row * stride_o + offs, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x: [..., 2I] -> [..., I] (``SiluAndMul.fused``)."""
+@triton.jit
+def _silu_and_mul_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, I, BLOCK: tl.constexpr,
+                               FP8_MAX_C: tl.constexpr, MIN_SCALE_C: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < I
+    gate = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + row * stride_x + I + offs, mask=mask, other=0.0).to(tl.float32)
+    act = (gate / (1.0 + tl.exp(-gate))).to(x_ptr.dtype.element_ty).to(tl.float32)
+    y = (act * up).to(x_ptr.dtype.element_ty).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(y), 0) / FP8_MAX_C, MIN_SCALE_C)
+    tl.store(scale_ptr + row, scale)
+    q = tl.clamp(y / scale, -FP8_MAX_C, FP8_MAX_C)
+    tl.store(q_ptr + row * stride_q + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None, quant: bool = False) -> torch.Tensor | Fp8Act:
+    """x: [..., 2I] -> [..., I] (``SiluAndMul.fused``); ``quant``: an :class:`Fp8Act` of the rows."""
     two_i = x.shape[-1]
     assert two_i % 2 == 0
     inter = two_i // 2
     x2 = x.reshape(-1, two_i)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
+    if quant:
+        return _silu_and_mul_quant(x2, inter)
     if out is None:
         out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype, device=x.device)
     out2 = out.view(-1, inter)
@@ -46,3 +72,19 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
         x2, out2, x2.stride(0), out2.stride(0), inter, BLOCK=block,
         num_warps=4 if block >= 1024 else 2 if block >= 256 else 1)
     return out
+
+
+def _silu_and_mul_quant(x2: torch.Tensor, inter: int) -> Fp8Act:
+    rows = x2.shape[0]
+    block = next_pow2(inter)
+    if block > QUANT_MAX_BLOCK:  # too wide for one program's registers: two launches
+        from pagedserve.kernels.quant_fp8 import quantize_per_token
+
+        return Fp8Act(*quantize_per_token(silu_and_mul(x2)), x2.dtype)
+    q = torch.empty((rows, inter), dtype=FP8_DTYPE, device=x2.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=x2.device)
+    if rows and inter:
+        _silu_and_mul_quant_kernel[(rows,)](
+            x2, q, scale, x2.stride(0), q.stride(0), inter, BLOCK=block, FP8_MAX_C=FP8_MAX,
+            MIN_SCALE_C=MIN_SCALE, num_warps=max(1, min(16, block // 1024)))
+    return Fp8Act(q, scale, x2.dtype)

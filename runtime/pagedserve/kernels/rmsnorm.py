@@ -1,10 +1,14 @@
-"""Fused RMSNorm (+ residual add). Reference: ``pagedserve.layers.norm.rms_norm_ref``.
+"""Fused RMSNorm (+ residual add, + fp8 quantization). Reference: ``pagedserve.layers.norm.rms_norm_ref``.
 
 Grid ``(rows,)``: one program normalises one row of ``hidden`` elements held in registers
 (``BLOCK = next_pow2(hidden)``). Rounding follows the torch reference exactly: the residual sum
 is rounded to the input dtype (and stored as the new residual), the mean of squares and the
 normalisation run in fp32, the normalised value is cast to the input dtype, and only then is it
 multiplied by the weight (in fp32, rounded once to the output dtype = promote(weight, x)).
+
+With ``quant=True`` (``--quantization fp8``, when the next layer is an fp8 linear) the program
+also quantizes its row per token, as ``layers.fp8.quantize_per_token_ref`` does to the rounded
+output, and writes only the fp8 row and its scale: one launch less per norm.
 """
 from __future__ import annotations
 
@@ -13,15 +17,17 @@ import triton
 import triton.language as tl
 
 from pagedserve.kernels.utils import next_pow2
+from pagedserve.layers.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE, Fp8Act
 from pagedserve.layers.norm import rms_norm_ref
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fused", "rms_norm_ref"]
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, eps,
+def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, scale_ptr, eps,
                      stride_x, stride_r, stride_o, stride_ro,
-                     N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr):
+                     N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
+                     QUANT: tl.constexpr, FP8_MAX_C: tl.constexpr, MIN_SCALE_C: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -35,6 +41,11 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, eps,
     normed = (xf * (1.0 / tl.sqrt(var + eps))).to(x_ptr.dtype.element_ty)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0)
     y = w.to(tl.float32) * normed.to(tl.float32)
+    if QUANT:  # the rounded output, quantized per token (out_ptr is the fp8 row)
+        y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(y), 0) / FP8_MAX_C, MIN_SCALE_C)
+        tl.store(scale_ptr + row, scale)
+        y = tl.clamp(y / scale, -FP8_MAX_C, FP8_MAX_C)
     tl.store(out_ptr + row * stride_o + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -44,14 +55,21 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+            quant: bool = False):
     n = x.shape[-1]
     assert weight.shape == (n,) and weight.stride(0) == 1
     out_dtype = torch.promote_types(weight.dtype, x.dtype)
     x2 = _rows(x)
     rows = x2.shape[0]
-    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    out2 = out.view(-1, n)
+    if quant:  # an Fp8Act of the rows; its dtype is the output dtype the fp8 linear returns
+        assert out_dtype == x.dtype, "fp8 output needs weight and input of one dtype"
+        q = torch.empty((rows, n), dtype=FP8_DTYPE, device=x.device)
+        scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+        out, out2 = Fp8Act(q, scale, out_dtype), q
+    else:
+        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        out2, scale = out.view(-1, n), x2
     if residual is not None:
         assert residual.shape == x.shape
         r2 = _rows(residual)
@@ -65,27 +83,30 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     block = next_pow2(n)
     num_warps = 1 if block <= 256 else 2 if block <= 1024 else 4 if block <= 4096 else 8 if block <= 8192 else 16
     _rms_norm_kernel[(rows,)](
-        x2, r2, weight, out2, ro2, float(eps),
+        x2, r2, weight, out2, ro2, scale, float(eps),
         x2.stride(0), r2.stride(0), out2.stride(0), ro2.stride(0),
-        N=n, BLOCK=block, HAS_RES=residual is not None, num_warps=num_warps)
+        N=n, BLOCK=block, HAS_RES=residual is not None, QUANT=quant, FP8_MAX_C=FP8_MAX,
+        MIN_SCALE_C=MIN_SCALE, num_warps=num_warps)
     return out, res_out
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``rms_norm_ref(x, weight, eps)`` over the last dim of any-rank ``x``."""
-    return _launch(x, None, weight, eps)[0]
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, quant: bool = False) -> torch.Tensor | Fp8Act:
+    """``rms_norm_ref(x, weight, eps)`` over the last dim of any-rank ``x`` (``quant``: as an
+    :class:`Fp8Act` of its rows)."""
+    return _launch(x, None, weight, eps, quant)[0]
 
 
-def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                       quant: bool = False) -> tuple[torch.Tensor | Fp8Act, torch.Tensor]:
     """``(rms_norm_ref(x + residual), x + residual)`` in one pass (new tensors; inputs untouched)."""
-    out, res = _launch(x, residual, weight, eps)
+    out, res = _launch(x, residual, weight, eps, quant)
     assert res is not None
     return out, res
 
 
-def rms_norm_fused(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+def rms_norm_fused(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                   quant: bool = False):
     """The ``RMSNorm.fused`` hook: ``out`` without a residual, else ``(out, x + residual)``."""
     if residual is None:
-        return rms_norm(x, weight, eps)
-    return fused_add_rms_norm(x, residual, weight, eps)
+        return rms_norm(x, weight, eps, quant)
+    return fused_add_rms_norm(x, residual, weight, eps, quant)

@@ -15,6 +15,9 @@ class SiluAndMul(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fused = None  # a fused kernel on GPU, set by the runner
+        self.quant_out = False  # with the fused kernel: return an fp8 Fp8Act (the next linear is fp8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fused(x) if self.fused is not None else silu_and_mul_ref(x)
+        if self.fused is not None:
+            return self.fused(x, quant=True) if self.quant_out else self.fused(x)
+        return silu_and_mul_ref(x)

@@ -16,6 +16,7 @@ never load it.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,6 +28,16 @@ FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 # Smallest scale: keeps an all-zero row finite (same floor as vLLM's dynamic quantization).
 MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
 GEMV_MAX_M = 64  # kernels/gemv.MAX_M: the skinny kernel's largest M
+
+
+class Fp8Act(NamedTuple):
+    """An activation already quantized per token by the kernel that produced it (RMSNorm or
+    SiLU-and-mul with ``quant_out``, ``worker/fusion.py``): the next fp8 linear layer skips its
+    own quantization launch. ``q`` [M, K] fp8, ``scale`` [M, 1] fp32, ``dtype`` of the result."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype
 
 
 def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,26 +85,31 @@ def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_per_token_ref(x)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+def fp8_linear(x: torch.Tensor | Fp8Act, weight: torch.Tensor, weight_scale: torch.Tensor,
                bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ dequant(weight)^T + bias`` with ``x`` quantized per token; result in x's dtype."""
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    q, s = quantize_activation(x2)
-    if x2.is_cuda and q.shape[0] <= GEMV_MAX_M:
+    """``x @ dequant(weight)^T + bias`` with ``x`` quantized per token (here, unless it comes as an
+    :class:`Fp8Act`); result in x's dtype."""
+    if isinstance(x, Fp8Act):
+        q, s, dtype = x
+        shape = q.shape
+    else:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        q, s = quantize_activation(x2)
+    if q.is_cuda and q.shape[0] <= GEMV_MAX_M:
         from pagedserve.kernels.gemv import gemv
 
         bn, bk, nw, ns = gemv_config(*weight.shape)
-        y = gemv(q, weight, bias, x_scale=s.view(-1), w_scale=weight_scale, out_dtype=x.dtype,
+        y = gemv(q, weight, bias, x_scale=s.view(-1), w_scale=weight_scale, out_dtype=dtype,
                  block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
     else:
         # CUDA's row-wise scaled GEMM writes bf16 only
-        out = torch.bfloat16 if x2.is_cuda else x.dtype
+        out = torch.bfloat16 if q.is_cuda else dtype
         y = torch._scaled_mm(q, weight.t(), scale_a=s, scale_b=weight_scale.view(1, -1), out_dtype=out)
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
+        if y.dtype != dtype:
+            y = y.to(dtype)
         if bias is not None:
             y = y + bias
     return y.view(*shape[:-1], weight.shape[0])
@@ -120,4 +136,4 @@ def quantize_model_fp8(model: nn.Module) -> int:
     return n
 
 
-__all__ = ["FP8_DTYPE", "check_fp8_device", "fp8_linear", "quantize_model_fp8", "quantize_per_token_ref", "quantize_weight"]
+__all__ = ["FP8_DTYPE", "Fp8Act", "check_fp8_device", "fp8_linear", "quantize_model_fp8", "quantize_per_token_ref", "quantize_weight"]

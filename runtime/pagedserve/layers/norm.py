@@ -18,12 +18,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden), requires_grad=False)
-        self.fused = None  # set to a fused kernel (x, residual, weight, eps) by the runner on GPU
+        self.fused = None  # set to a fused kernel (x, residual, weight, eps, quant) by the runner on GPU
+        self.quant_out = False  # with the fused kernel: return an fp8 Fp8Act (the next linear is fp8)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.fused is not None:
-            return self.fused(x, residual, self.weight, self.eps)
+            return self.fused(x, residual, self.weight, self.eps, self.quant_out)
         if residual is None:
             return rms_norm_ref(x, self.weight, self.eps)
         x = x + residual

@@ -1,4 +1,8 @@
-"""Switch the model's norm / rotary / activation layers to the fused Triton kernels (CUDA only)."""
+"""Switch the model's norm / rotary / activation layers to the fused Triton kernels (CUDA only).
+
+With ``--quantization fp8`` the norms and the activation that feed an fp8 linear layer also
+quantize their output per token (``quant_out``), so that layer skips its own quantization launch.
+"""
 from __future__ import annotations
 
 from torch import nn
@@ -6,6 +10,11 @@ from torch import nn
 from pagedserve.layers.activation import SiluAndMul
 from pagedserve.layers.norm import RMSNorm
 from pagedserve.layers.rotary import RotaryEmbedding
+
+#: (producer, consumer) attribute paths inside a decoder layer whose producer output feeds only that
+#: linear layer (models/llama.py)
+QUANT_FUSIONS = (("input_layernorm", "self_attn.qkv_proj"), ("post_attention_layernorm", "mlp.gate_up_proj"),
+                 ("mlp.act", "mlp.down_proj"))
 
 
 def install_fused_kernels(model: nn.Module) -> int:
@@ -24,4 +33,28 @@ def install_fused_kernels(model: nn.Module) -> int:
         else:
             continue
         n += 1
+    fuse_fp8_quantization(model)
     return n
+
+
+def fuse_fp8_quantization(model: nn.Module) -> int:
+    """Set ``quant_out`` on every fused producer of :data:`QUANT_FUSIONS` whose consumer holds fp8
+    weights; returns how many."""
+    n = 0
+    for layer in model.modules():
+        for producer_path, consumer_path in QUANT_FUSIONS:
+            producer, consumer = _get(layer, producer_path), _get(layer, consumer_path)
+            weight = getattr(consumer, "weight", None)
+            if (isinstance(producer, (RMSNorm, SiluAndMul)) and producer.fused is not None
+                    and weight is not None and weight.element_size() == 1):
+                producer.quant_out = True
+                n += 1
+    return n
+
+
+def _get(module: nn.Module, path: str) -> nn.Module | None:
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if not isinstance(module, nn.Module):
+            return None
+    return module
