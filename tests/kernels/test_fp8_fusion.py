@@ -111,7 +111,8 @@ def test_decoder_layer_with_fused_quantization_computes_the_same(monkeypatch):
     for got, want, what in [*zip(pre, ref_pre, "qkvr"), *zip(post, ref_post, ("mlp", "residual"))]:
         assert got.shape == want.shape and got.dtype == want.dtype, what
         err = (got.float() - want.float()).norm() / want.float().norm()
-        assert err <= 1e-3, (what, float(err))  # the same arithmetic, up to the GEMMs' order
+        # the same arithmetic; the fused rotary may round one bf16 / fp16 ulp the other way
+        assert err <= (4e-3 if dtype == torch.bfloat16 else 1e-3), (what, float(err))
 
 
 def test_bf16_layers_are_not_marked():
