@@ -4,12 +4,7 @@ Grid ``(batch, num_kv_heads, num_splits)``. One program owns one KV head of one 
 contiguous slice of its context: it loads that head's K/V rows once for the whole group of
 ``H / KVH`` query heads (the group is the M side of a ``tl.dot``, padded to 16 rows), keeps an
 online softmax in fp32 and writes either the final output (``num_splits == 1``) or a partial
-``(output / l, lse)`` per split. The splits are merged inside the same launch: each program
-counts itself done on a per-(request, KV head) counter (an atomic add after a CTA barrier, so its
-partial is visible first); the program that finds itself last merges the group's partials (read
-through L2) and resets the counter to 0 for the next launch or graph replay. The separate merge
-kernel ``_decode_reduce_kernel`` (grid ``(batch, heads)``) is kept for comparison
-(``fused_merge=False``).
+``(output / l, lse)`` per split, which ``_decode_reduce_kernel`` (grid ``(batch, heads)``) merges.
 
 CUDA-graph rules: the grid depends only on the batch size, the head counts and ``num_splits``
 (a Python int); every program derives its slice from ``seq_lens`` on the device:
@@ -21,7 +16,6 @@ captured batch) gets zeros. No host syncs anywhere.
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from pagedserve.kernels.jit import jit_unspecialized
@@ -33,7 +27,7 @@ LOG2E = 1.4426950408889634
 @jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "stride_bt", "stride_lb", "stride_lh")
 def _decode_attn_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
-    out_ptr, part_out_ptr, part_lse_ptr, counter_ptr,
+    out_ptr, part_out_ptr, part_lse_ptr,
     scale_log2,
     stride_qb, stride_qh,
     stride_cb, stride_cs, stride_ch,
@@ -44,7 +38,7 @@ def _decode_attn_kernel(
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
-    ONE_SPLIT: tl.constexpr, FUSED_MERGE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ONE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -98,42 +92,6 @@ def _decode_attn_kernel(
         tl.store(part_out_ptr + b64 * stride_pb + heads[:, None] * stride_ph + split * stride_ps + d[None, :],
                  o, mask=g_mask[:, None] & d_mask[None, :])
         tl.store(part_lse_ptr + b64 * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
-        if FUSED_MERGE:
-            tl.debug_barrier()  # every thread's partial stores come before the release below
-            counter = counter_ptr + b * tl.num_programs(1) + kvh
-            if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:  # the last split merges
-                _merge_group(part_out_ptr, part_lse_ptr, out_ptr, b64, heads, g_mask, d, d_mask, num_splits,
-                             stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh, BLOCK_G,
-                             BLOCK_D)
-                tl.atomic_xchg(counter, 0)
-
-
-@triton.jit
-def _merge_group(part_out_ptr, part_lse_ptr, out_ptr, b64, heads, g_mask, d, d_mask, num_splits,
-                 stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
-                 BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M)`` for one KV head's query heads, one split at
-    a time with a running max ``M``; empty splits (lse = -inf) weigh 0. Loads bypass L1 (``.cg``):
-    the partials were written by other programs."""
-    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    wsum = tl.zeros([BLOCK_G], tl.float32)
-    lse_row = part_lse_ptr + b64 * stride_lb + heads * stride_lh
-    out_rows = part_out_ptr + b64 * stride_pb + heads[:, None] * stride_ph + d[None, :]
-    for s in range(num_splits):
-        lse = tl.load(lse_row + s, mask=g_mask, other=float("-inf"), cache_modifier=".cg")
-        m_new = tl.maximum(m, lse)
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        rescale = tl.exp2(m - m_ref)  # 0 while nothing was live
-        w = tl.where(lse > float("-inf"), tl.exp2(lse - m_ref), 0.0)
-        o = tl.load(out_rows + s * stride_ps, mask=(lse > float("-inf"))[:, None] & d_mask[None, :], other=0.0,
-                    cache_modifier=".cg")
-        acc = acc * rescale[:, None] + w[:, None] * o
-        wsum = wsum * rescale + w
-        m = m_new
-    out = acc / tl.where(wsum > 0.0, wsum, 1.0)[:, None]
-    tl.store(out_ptr + b64 * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=g_mask[:, None] & d_mask[None, :])
 
 
 @jit_unspecialized("num_splits", "stride_lb", "stride_lh")
@@ -231,26 +189,11 @@ def decode_launch_config(num_programs: int, dtype: torch.dtype) -> tuple[int, in
     return DECODE_TILE_N, DECODE_NUM_WARPS, DECODE_NUM_STAGES
 
 
-#: per-(request, KV head) arrival counters of the fused merge, one zeroed buffer per device; every
-#: launch leaves them at 0 again. Sized up front so that CUDA-graph capture never allocates one.
-_MERGE_COUNTERS: dict[torch.device, torch.Tensor] = {}
-MERGE_COUNTERS_MIN = 1 << 16
-
-
-def _merge_counters(n: int, device: torch.device) -> torch.Tensor:
-    buf = _MERGE_COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, MERGE_COUNTERS_MIN), dtype=torch.int32, device=device)
-        _MERGE_COUNTERS[device] = buf
-    return buf
-
-
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
                            out: torch.Tensor | None = None, num_splits: int | None = None,
                            max_seq_len: int | None = None, tile_n: int | None = None,
-                           num_warps: int | None = None, num_stages: int | None = None,
-                           fused_merge: bool = True) -> torch.Tensor:
+                           num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
     """Attention of one new token per request over its paged context.
 
     q: [B, H, D] (any strides with a unit last stride); k_cache/v_cache: [num_blocks, block_size,
@@ -258,7 +201,6 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     the new token, already stored). Returns out [B, H, D] (written into ``out`` if given).
     ``num_splits``: fixed split count (CUDA graphs); otherwise :func:`decode_num_splits` of
     ``max_seq_len`` (or, if that is None too, of the block table's capacity - a static bound).
-    ``fused_merge=False`` merges the splits in a second launch (the earlier design; benchmarks).
     """
     B, H, D = q.shape
     _, block_size, KVH, Dk = k_cache.shape
@@ -282,8 +224,6 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     tile_n, num_warps, num_stages = tile_n or d_tile, num_warps or d_warps, num_stages or d_stages
     scale_log2 = float(scale) * LOG2E
     one = num_splits == 1
-    fused = fused_merge and not one
-    counters = _merge_counters(B * KVH, q.device) if fused else seq_lens  # unused without the fused merge
     if one:
         part_out = part_lse = out  # unused
         p_strides = (0, 0, 0)
@@ -294,7 +234,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         p_strides = part_out.stride()[:3]
         l_strides = part_lse.stride()[:2]
     _decode_attn_kernel[(B, KVH, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse, counters,
+        q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
         scale_log2,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -302,9 +242,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         out.stride(0), out.stride(1),
         *p_strides, *l_strides,
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=D, BLOCK_D=block_d,
-        BLOCK_SIZE=block_size, TILE_N=tile_n, ONE_SPLIT=one, FUSED_MERGE=fused,
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages)
-    if not one and not fused:
+        BLOCK_SIZE=block_size, TILE_N=tile_n, ONE_SPLIT=one, DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages)
+    if not one:
         _decode_reduce_kernel[(B, H)](
             part_out, part_lse, out, num_splits,
             *p_strides, *l_strides, out.stride(0), out.stride(1),
