@@ -20,6 +20,9 @@ GiB = 1 << 30
 
 
 QUANTIZATIONS = (None, "none", "fp8")
+#: --kv-cache-dtype values (vLLM's names) and the cache's element type; None = the model dtype
+KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "fp8": torch.float8_e4m3fn,
+                                                   "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 @dataclass
@@ -46,6 +49,11 @@ class CacheConfig:
     enable_prefix_caching: bool = True  # measured: < 1% host overhead at 0% hits (docs/memory.md)
     num_gpu_blocks: int | None = None  # resolved by the model runner
     num_cpu_blocks: int | None = None
+    cache_dtype: str = "auto"  # --kv-cache-dtype: auto (the model dtype), fp8 / fp8_e4m3, fp8_e5m2
+
+    def torch_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The KV cache's element type."""
+        return KV_CACHE_DTYPES[self.cache_dtype] or model_dtype
 
 
 @dataclass
@@ -149,14 +157,15 @@ class EngineArgs:
             load_format=self.load_format, seed=self.seed, generation_config=gen_cfg,
             trust_remote_code=self.trust_remote_code,
             quantization=None if self.quantization in (None, "none") else self.quantization)
-        if model_config.quantization == "fp8":
+        if model_config.quantization == "fp8" or self.kv_cache_dtype != "auto":
             from pagedserve.layers.fp8 import check_fp8_device
 
             check_fp8_device(device)
         cache_config = CacheConfig(
             block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
             kv_cache_memory=self.kv_cache_memory, num_gpu_blocks_override=self.num_gpu_blocks_override,
-            swap_space=self.swap_space, enable_prefix_caching=self.enable_prefix_caching)
+            swap_space=self.swap_space, enable_prefix_caching=self.enable_prefix_caching,
+            cache_dtype=self.kv_cache_dtype)
         sched = SchedulerConfig(
             max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=max_len,
             long_prefill_token_threshold=self.long_prefill_token_threshold,
@@ -197,9 +206,8 @@ class EngineArgs:
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(q for q in QUANTIZATIONS if q)}, "
                              f"got {self.quantization!r}")
-        if self.kv_cache_dtype != "auto":
-            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported yet: the KV cache is kept in "
-                             "the model dtype (kv_cache_dtype='auto')")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         if self.pipeline_parallel_size != 1:
             raise ValueError("pipeline_parallel_size > 1 is not supported; use tensor_parallel_size")
         if self.tensor_parallel_size < 1:

@@ -98,7 +98,9 @@ def assert_fp8_matches(q: torch.Tensor, ref_q: torch.Tensor, interpreted: bool) 
     a, b = q.float().cpu(), ref_q.float().cpu()
     diff = a != b
     if interpreted:
-        ulp = torch.exp2(torch.floor(torch.log2(b.abs().clamp(min=2 ** -6))) - 3)
+        fi = torch.finfo(ref_q.dtype)  # e4m3: 3 mantissa bits, normals from 2^-6; e5m2: 2, from 2^-14
+        mantissa = round(-torch.log2(torch.tensor(fi.eps)).item())
+        ulp = torch.exp2(torch.floor(torch.log2(b.abs().clamp(min=fi.smallest_normal))) - mantissa)
         assert bool(((a * 2 == b) | ((a - b).abs() <= ulp))[diff].all()), (a[diff][:8], b[diff][:8])
     else:
         assert not diff.any(), (a[diff][:8], b[diff][:8])

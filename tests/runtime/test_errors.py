@@ -90,7 +90,7 @@ def test_missing_shard(tiny_models, tmp_path):
 @pytest.mark.parametrize("kw,match", [
     (dict(dtype="int8"), "dtype"), (dict(block_size=7), "block_size"), (dict(max_model_len=10**7), "max_model_len"),
     (dict(gpu_memory_utilization=1.5), "gpu_memory_utilization"), (dict(quantization="awq"), "quantization"),
-    (dict(kv_cache_dtype="fp8"), "kv_cache_dtype"),
+    (dict(kv_cache_dtype="int8"), "kv_cache_dtype"),
     (dict(load_format="pt"), "load_format"),
 ])
 def test_bad_engine_args(tiny_models, kw, match):

@@ -14,6 +14,12 @@ from typing import Any
 import torch
 
 
+def fp8_limit(cache_dtype: torch.dtype) -> float | None:
+    """The largest finite value of an fp8 cache (K/V are clamped to it: e4m3 has no infinity, and
+    an fp8 KV cache uses scale 1), None for other dtypes."""
+    return float(torch.finfo(cache_dtype).max) if cache_dtype.itemsize == 1 and cache_dtype.is_floating_point else None
+
+
 def store_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  slot_mapping: torch.Tensor) -> None:
     """k, v: [num_tokens, num_kv_heads, head_dim]; slot_mapping: [num_tokens] (int64)."""
@@ -21,8 +27,12 @@ def store_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     slots = slot_mapping[valid]
     kc = k_cache.view(-1, *k_cache.shape[2:])
     vc = v_cache.view(-1, *v_cache.shape[2:])
-    kc[slots] = k[valid].to(kc.dtype)
-    vc[slots] = v[valid].to(vc.dtype)
+    k, v = k[valid], v[valid]
+    limit = fp8_limit(kc.dtype)
+    if limit is not None:
+        k, v = k.float().clamp(-limit, limit), v.float().clamp(-limit, limit)
+    kc[slots] = k.to(kc.dtype)
+    vc[slots] = v.to(vc.dtype)
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: `from pagedserve.kernels.kv_store import store_kv`

@@ -25,6 +25,8 @@ _MAX_STAGED_BLOCKS = 64  # bounds the temporary GPU buffer of one swap batch
 
 class BlockOps:
     def __init__(self, kv_cache: torch.Tensor, num_cpu_blocks: int = 0) -> None:
+        if kv_cache.element_size() == 1:  # an fp8 cache moves as bytes (index_copy has no fp8 kernels)
+            kv_cache = kv_cache.view(torch.uint8)
         self.kv = kv_cache
         self.device = kv_cache.device
         layers, two, _, bs, heads, dim = kv_cache.shape

@@ -46,6 +46,9 @@ class ModelRunner:
             CUDA_RUNNERS_CREATED += 1
             _less_fragmentation()
         self.block_size = config.cache_config.block_size
+        # --kv-cache-dtype: fp8 stores K/V as e4m3 / e5m2 with scale 1 (vLLM's default without
+        # calibrated scales); the kernels widen them to the model dtype on load
+        self.kv_dtype = config.cache_config.torch_dtype(self.mc.dtype)
         self.model = build_model(self.mc, config.device, use_tqdm=use_tqdm)
         self.backend = get_attention_backend(config.attention_backend, config.device)
         if self.backend.name == "triton":
@@ -69,7 +72,7 @@ class ModelRunner:
         arch = self.mc.arch
         tp = self.config.parallel_config.tensor_parallel_size
         kv_heads = max(1, arch.num_kv_heads // tp)
-        elem = torch.tensor([], dtype=self.mc.dtype).element_size()
+        elem = torch.tensor([], dtype=self.kv_dtype).element_size()
         return 2 * arch.num_layers * self.block_size * kv_heads * arch.head_dim * elem
 
     def determine_num_blocks(self) -> int:
@@ -94,10 +97,11 @@ class ModelRunner:
         arch = self.mc.arch
         tp = self.config.parallel_config.tensor_parallel_size
         shape = (arch.num_layers, 2, num_blocks, self.block_size, max(1, arch.num_kv_heads // tp), arch.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=self.mc.dtype, device=self.device)
+        self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(arch.num_layers)]
-        logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB)", num_blocks, self.block_size,
-                    num_blocks * self.block_size, self.kv_cache.numel() * self.kv_cache.element_size() / GiB)
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB, %s)", num_blocks, self.block_size,
+                    num_blocks * self.block_size, self.kv_cache.numel() * self.kv_cache.element_size() / GiB,
+                    str(self.kv_dtype).removeprefix("torch."))
 
     def capture_cuda_graphs(self) -> float:
         """Capture decode graphs (CUDA, unless enforce_eager); returns the capture time in seconds."""

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from pagedserve.config import QUANTIZATIONS
+from pagedserve.config import KV_CACHE_DTYPES, QUANTIZATIONS
 from pagedserve.entrypoints.engine_flags import add_engine_flags, engine_args_from
 
 logger = logging.getLogger("pagedserve.server")
@@ -109,9 +109,8 @@ def unsupported_features(ea: Any) -> list[str]:
     if ea.quantization not in QUANTIZATIONS:
         out.append(f"--quantization {ea.quantization}: only fp8 (online quantization of an unquantized "
                    "checkpoint) is supported")
-    if ea.kv_cache_dtype != "auto":
-        out.append(f"--kv-cache-dtype {ea.kv_cache_dtype}: an fp8 KV cache is not built yet; the cache uses the "
-                   "model dtype (auto)")
+    if ea.kv_cache_dtype not in KV_CACHE_DTYPES:
+        out.append(f"--kv-cache-dtype {ea.kv_cache_dtype}: must be one of {', '.join(KV_CACHE_DTYPES)}")
     if ea.max_waiting_requests is not None and ea.max_waiting_requests < 1:
         out.append(f"--max-waiting-requests must be >= 1, got {ea.max_waiting_requests}")
     return out
