@@ -40,7 +40,7 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="fp8: quantize the linear layers to fp8 (e4m3) after loading (GPUs of compute capability 8.9+)")
     g.add_argument("--kv-cache-dtype", default="auto",
                    help="auto (the model dtype), fp8 / fp8_e4m3 or fp8_e5m2: K/V stored in fp8 with scale 1 "
-                        "(half the cache memory; GPUs of compute capability 8.9+)")
+                        "(twice the cached tokens, not faster yet; GPUs of compute capability 8.9+)")
     g.add_argument("--trust-remote-code", action="store_true")
     g.add_argument("--revision", default=None)
     g.add_argument("--enforce-eager", action="store_true")
