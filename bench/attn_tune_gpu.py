@@ -26,11 +26,14 @@ LAYERS = 8
 SHAPES = [(1, 1000), (8, 300), (32, 300), (64, 300), (256, 350), (400, 350), (1, 8192), (64, 8192)]
 
 
+KV_DTYPE = torch.bfloat16  # --kv-dtype fp8: the caches in e4m3 (--kv-cache-dtype fp8)
+
+
 def setup(batch: int, ctx: int, bs: int = 16, kvh: int = 8, d: int = 128, dt=torch.bfloat16):
     need = -(-ctx // bs)
     nb = batch * need + 1
-    caches = [(torch.randn(nb, bs, kvh, d, device="cuda", dtype=dt), torch.randn(nb, bs, kvh, d, device="cuda", dtype=dt))
-              for _ in range(LAYERS)]
+    caches = [(torch.randn(nb, bs, kvh, d, device="cuda", dtype=dt).to(KV_DTYPE),
+               torch.randn(nb, bs, kvh, d, device="cuda", dtype=dt).to(KV_DTYPE)) for _ in range(LAYERS)]
     bt = torch.randperm(nb - 1, device="cuda").to(torch.int32)[: batch * need].view(batch, need).contiguous()
     sl = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
     q = torch.randn(batch, 32, d, device="cuda", dtype=dt)
@@ -43,7 +46,7 @@ def one_shape(batch: int, ctx: int, grid_on: bool, budget: float) -> dict:
     t0 = time.time()
     caches, bt, sl, q = setup(batch, ctx)
     out = torch.empty_like(q)
-    byts = 2 * batch * ctx * 8 * 128 * 2
+    byts = 2 * batch * ctx * 8 * 128 * KV_DTYPE.itemsize
 
     def timed(**kw) -> float:
         def run():
@@ -84,13 +87,19 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=12.0, help="seconds of grid search per shape")
     ap.add_argument("--no-grid", action="store_true", help="only the current and the earlier defaults")
     ap.add_argument("--shape", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--shapes", nargs="*", default=None, help="batch,ctx pairs (default: the built-in list)")
+    ap.add_argument("--kv-dtype", choices=["bf16", "fp8"], default="bf16")
     args = ap.parse_args()
+    global KV_DTYPE
+    KV_DTYPE = torch.float8_e4m3fn if args.kv_dtype == "fp8" else torch.bfloat16
+    shapes = [tuple(int(v) for v in x.split(",")) for x in args.shapes] if args.shapes else SHAPES
     if args.shape:
         print("RESULT " + json.dumps(one_shape(*args.shape, not args.no_grid, args.budget)), flush=True)
         return 0
     res = []
-    for batch, ctx in SHAPES:
-        cmd = [sys.executable, __file__, "--shape", str(batch), str(ctx), "--budget", str(args.budget)]
+    for batch, ctx in shapes:
+        cmd = [sys.executable, __file__, "--shape", str(batch), str(ctx), "--budget", str(args.budget),
+               "--kv-dtype", args.kv_dtype]
         cmd += ["--no-grid"] if args.no_grid else []
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]

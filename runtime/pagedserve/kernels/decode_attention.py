@@ -19,7 +19,7 @@ import torch
 import triton.language as tl
 
 from pagedserve.kernels.jit import jit_unspecialized
-from pagedserve.kernels.utils import cdiv, dot_precision, next_pow2, num_sms
+from pagedserve.kernels.utils import cdiv, dot_precision, fp16_dot, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
 
@@ -38,7 +38,7 @@ def _decode_attn_kernel(
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
-    ONE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ONE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FP16_DOT: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -58,6 +58,8 @@ def _decode_attn_kernel(
     b64 = b.to(tl.int64)
     q = tl.load(q_ptr + b64 * stride_qb + heads[:, None] * stride_qh + d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+    if FP16_DOT:  # an fp8 cache: the dots run in fp16 (fp8 -> fp16 is one conversion, -> bf16 is not)
+        q = q.to(tl.float16)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -243,6 +245,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         *p_strides, *l_strides,
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=D, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, TILE_N=tile_n, ONE_SPLIT=one, DOT_PRECISION=dot_precision(q.dtype),
+        FP16_DOT=fp16_dot(q, k_cache),
         num_warps=num_warps, num_stages=num_stages)
     if not one:
         _decode_reduce_kernel[(B, H)](

@@ -18,7 +18,7 @@ import torch
 import triton.language as tl
 
 from pagedserve.kernels.jit import jit_unspecialized
-from pagedserve.kernels.utils import cdiv, dot_precision, next_pow2
+from pagedserve.kernels.utils import cdiv, dot_precision, fp16_dot, next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -33,7 +33,7 @@ def _prefill_attn_kernel(
     stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FP16_DOT: tl.constexpr,
 ):
     h = tl.program_id(0)
     mt = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -54,6 +54,8 @@ def _prefill_attn_kernel(
     tok = (q_start + rows).to(tl.int64)
     q = tl.load(q_ptr + tok[:, None] * stride_qt + h * stride_qh + d[None, :],
                 mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    if FP16_DOT:  # an fp8 cache: the dots run in fp16 (fp8 -> fp16 is one conversion, -> bf16 is not)
+        q = q.to(tl.float16)
     q_pos = ctx + rows
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -166,6 +168,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         out.stride(0), out.stride(1),
         GROUP=H // KVH, HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)),
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION=dot_precision(q.dtype),
+        FP16_DOT=fp16_dot(q, k_cache),
         num_warps=num_warps, num_stages=num_stages)
     return out
 

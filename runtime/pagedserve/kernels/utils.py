@@ -31,3 +31,10 @@ def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot`` input precision: exact fp32 products for fp32 inputs (no TF32 on the GPU);
     fp16/bf16 run on tensor cores either way."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def fp16_dot(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Attention over an fp8 KV cache with bf16 queries runs its dots in fp16: widening fp8 to
+    fp16 is a single conversion on the GPU, to bf16 it is not (fp16 also keeps more mantissa;
+    queries and probabilities are far inside its range)."""
+    return k_cache.element_size() == 1 and q.dtype == torch.bfloat16
