@@ -137,6 +137,21 @@ def test_tp2_fp8_is_as_close_to_float32_as_tp1_fp8(tiny_models):
     assert info[0]["weight_bytes"] == info[1]["weight_bytes"]  # each rank holds its fp8 shard
 
 
+def test_tp2_with_an_fp8_kv_cache_equals_tp1(tiny_models):
+    """--kv-cache-dtype fp8 under TP=2: each rank stores its KV heads in fp8 (scale 1, element by
+    element), so the cached bytes and the greedy outputs equal TP=1's."""
+    params = [SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)] * 3
+    prompts = PROMPTS[1:4]
+    ref = _generate(_llm(tiny_models["llama"], 1, kv_cache_dtype="fp8", **KV), params, prompts)
+    llm = _llm(tiny_models["llama"], 2, kv_cache_dtype="fp8", **KV)
+    try:
+        _assert_same(ref, _generate(llm, params, prompts))
+        shapes = [i["kv_cache_shape"] for i in llm.llm_engine.core.executor.collective_rpc("info")]
+    finally:
+        llm.llm_engine.core.shutdown()
+    assert shapes[0] == shapes[1] and shapes[0][4] == 1  # the tiny model's 2 KV heads, one per rank
+
+
 def test_killed_worker_is_a_clear_error(tiny_models):
     llm = _llm(tiny_models["qwen2"], 2, async_scheduling=True, **KV)
     core = llm.llm_engine.core
