@@ -29,7 +29,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 TT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
-      torch.int64: "i64", torch.uint8: "u8"}
+      torch.int64: "i64", torch.uint8: "u8", torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5"}
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
 
 
@@ -61,7 +61,7 @@ class Compiler:
                 sig[name] = "fp32"
             else:
                 raise TypeError(f"{name}: {type(v)}")
-        dtypes = {s for s in sig.values() if s in ("*fp16", "*bf16", "*fp32")}
+        dtypes = {s for s in sig.values() if s in ("*fp16", "*bf16", "*fp32", "*fp8e4nv", "*fp8e5")}
         row = dict(kernel=jitfn.fn.__name__, consts={k: v for k, v in consts.items() if k.isupper()},
                    opts=opts, dtypes=sorted(dtypes))
         try:
@@ -113,6 +113,9 @@ def _fmt(r: dict) -> str:
 def run_all(c: Compiler, quick: bool) -> None:
     from pagedserve.kernels.activation import silu_and_mul
     from pagedserve.kernels.decode_attention import paged_decode_attention
+    from pagedserve.kernels.gemv import gemv
+    from pagedserve.kernels.quant_fp8 import quantize_per_token
+    from pagedserve.layers.fp8 import FP8_DTYPE, gemv_config
     from pagedserve.kernels.kv_store_triton import store_kv
     from pagedserve.kernels.prefill_attention import paged_prefill_attention
     from pagedserve.kernels.rmsnorm import rms_norm_fused
@@ -145,6 +148,22 @@ def run_all(c: Compiler, quick: bool) -> None:
             rms_norm_fused(T(10, hidden, dt=dt), None, T(hidden, dt=dt), 1e-5)
             rms_norm_fused(T(10, hidden, dt=dt), T(10, hidden, dt=dt), T(hidden, dt=dt), 1e-5)
             silu_and_mul(T(10, 2 * inter, dt=dt))
+    # --quantization fp8: quantization (alone and fused), the fp8 x fp8 skinny kernel at the model's tiles
+    for hidden, inter in ((4096, 14336), (576, 1536)):
+        rms_norm_fused(T(10, hidden), T(10, hidden), T(hidden), 1e-5, quant=True)
+        silu_and_mul(T(10, 2 * inter), quant=True)
+        quantize_per_token(T(10, hidden))
+    for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
+        bn, bk, nw, ns = gemv_config(n, k)
+        for m in (1, 32, 64):
+            gemv(T(m, k, dt=FP8_DTYPE), T(n, k, dt=FP8_DTYPE), x_scale=T(m, dt=f32), w_scale=T(n, dt=f32),
+                 out_dtype=torch.bfloat16, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+    # --kv-cache-dtype fp8: the store into and attention over an fp8 cache (bf16 queries: fp16 dots)
+    for kv_dt in (torch.float8_e4m3fn, torch.float8_e5m2):
+        kc = T(100, 16, 8, 128, dt=kv_dt)
+        store_kv(T(10, 8, 128), T(10, 8, 128), kc, kc, T(10, dt=i64))
+        paged_decode_attention(T(8, 32, 128), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1, num_splits=1)
+        paged_prefill_attention(T(100, 32, 128), kc, kc, T(3, dt=i32), T(2, dt=i32), T(2, 64, dt=i32), 0.1, 64)
     if not quick:  # fp32 (GPU pytest runs only): allowed to spill, must compile
         kc = T(100, 16, 2, 128, dt=f32)
         paged_decode_attention(T(8, 8, 128, dt=f32), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1, num_splits=3)
