@@ -46,6 +46,8 @@ def test_metric_families_and_docs(server):
     missing = sorted(n for n in exported if f"`{n}" not in doc)
     assert not missing, f"metrics not documented in docs/metrics.md: {missing}"
     assert 'model_name="SmolLM2-135M-Instruct"' in text
+    info = re.search(r"^pagedserve:cache_config_info\{([^}]*)\} 1\.0$", text, re.M)
+    assert info and 'cache_dtype="auto"' in info.group(1) and 'block_size="16"' in info.group(1), info
 
 
 def test_buckets_match_vllm(server):

@@ -116,7 +116,8 @@ class AsyncEngine:
             cc = self.config.cache_config
             self.metrics.set_cache_info(block_size=self.block_size, num_gpu_blocks=self.num_gpu_blocks,
                                         enable_prefix_caching=cc.enable_prefix_caching,
-                                        gpu_memory_utilization=cc.gpu_memory_utilization, swap_space=cc.swap_space)
+                                        gpu_memory_utilization=cc.gpu_memory_utilization, swap_space=cc.swap_space,
+                                        cache_dtype=cc.cache_dtype)
         logger.info("engine for %r ready: %d KV blocks of %d tokens, engine core pid %s",
                     self.served_model_name, self.num_gpu_blocks, self.block_size, info.get("pid"))
 

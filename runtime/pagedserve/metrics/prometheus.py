@@ -67,7 +67,7 @@ def _fam() -> dict[str, Any]:
                 "cpu_usage": g("cpu_cache_usage_perc", "Fraction of CPU swap blocks in use (1 = 100%)."),
                 "cache_info": g("cache_config_info", "KV cache configuration (value 1; the labels carry it).",
                                 ["block_size", "num_gpu_blocks", "enable_prefix_caching",
-                                 "gpu_memory_utilization", "swap_space"]),
+                                 "gpu_memory_utilization", "swap_space", "cache_dtype"]),
                 # counters
                 "preemptions": c("num_preemptions", "Cumulative number of preemptions from the engine."),
                 "prompt_tokens": c("prompt_tokens", "Number of prefill tokens processed."),
@@ -169,7 +169,7 @@ class EngineMetrics:
     def set_cache_info(self, **info: Any) -> None:
         self._cache_info_labels.labels(*self._lab, *(str(info.get(k, "")) for k in (
             "block_size", "num_gpu_blocks", "enable_prefix_caching", "gpu_memory_utilization",
-            "swap_space"))).set(1)
+            "swap_space", "cache_dtype"))).set(1)
 
     def record_stats(self, stats: Any) -> None:
         """Scheduler stats after a step: gauges, and counters from the cumulative totals."""
