@@ -33,6 +33,12 @@ def _check(reqs, block_size, heads, kv_heads, head_dim, dtype, seed, pad_tokens=
     # the new K/V were stored exactly like the reference store (NaN elsewhere on both sides)
     assert torch.equal(kc.nan_to_num(123.0), kc_ref.nan_to_num(123.0))
     assert torch.equal(vc.nan_to_num(123.0), vc_ref.nan_to_num(123.0))
+    # out=: written in place into a view of a wider static buffer (the piecewise graphs' attn_out)
+    buf = torch.full((q.shape[0] + 3, q.shape[1] * q.shape[2]), float("nan"), dtype=q.dtype, device=q.device)
+    view = buf[:q.shape[0]].view(q.shape)
+    res = be.forward(q, k, v, kc, vc, meta, scale, out=view)
+    assert res.data_ptr() == buf.data_ptr() and torch.equal(res, out)
+    assert torch.isnan(buf[q.shape[0]:]).all()
 
 
 def test_mixed_batch_decodes_and_prefill_chunks():

@@ -12,7 +12,10 @@ class AttentionBackend:
     name = "base"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """Store k/v, attend; the result [T, H, D] goes into ``out`` when given (a view of a
+        static buffer: the piecewise graphs' attention output) and is returned."""
         raise NotImplementedError
 
 
@@ -22,11 +25,13 @@ class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                out: torch.Tensor | None = None) -> torch.Tensor:
         store_kv_ref(k, v, k_cache, v_cache, meta.slot_mapping)
         qsl = meta.query_start_loc_cpu if meta.query_start_loc_cpu is not None else meta.query_start_loc
         sl = meta.seq_lens_cpu if meta.seq_lens_cpu is not None else meta.seq_lens
-        return paged_attention_ref(q, k_cache, v_cache, qsl, sl, meta.block_tables, scale)
+        res = paged_attention_ref(q, k_cache, v_cache, qsl, sl, meta.block_tables, scale)
+        return res if out is None else out.copy_(res)
 
 
 def get_attention_backend(name: str, device: str) -> AttentionBackend:

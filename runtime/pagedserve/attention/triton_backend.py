@@ -48,10 +48,12 @@ class TritonAttentionBackend(AttentionBackend):
         return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                out: torch.Tensor | None = None) -> torch.Tensor:
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         T = q.shape[0]
-        out = self.new_output(q)
+        if out is None:
+            out = self.new_output(q)
         nd = meta.num_decodes
         n_pre = meta.num_prefill_tokens
         if nd > 0:

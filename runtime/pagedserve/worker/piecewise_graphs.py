@@ -112,6 +112,7 @@ class PiecewiseCUDAGraphs:
         r = self.runner
         pieces = self.graphs[t] if self.use_graphs else None
         q, k, v = self.q[:t_real], self.k[:t_real], self.v[:t_real]
+        out = self.attn_out[:t_real].view(t_real, self.heads, self.head_dim)  # attention writes in place
         for i in range(len(self.layers) + 1):
             if pieces is not None:
                 pieces[i].replay()
@@ -119,6 +120,5 @@ class PiecewiseCUDAGraphs:
                 self._piece(i, t)
             if i < len(self.layers):
                 k_cache, v_cache = r.kv_caches[i]
-                out = r.backend.forward(q, k, v, k_cache, v_cache, meta, self.scale)
-                self.attn_out[:t_real].copy_(out.view(t_real, -1))
+                r.backend.forward(q, k, v, k_cache, v_cache, meta, self.scale, out=out)
         return self.hidden[:t_real]
