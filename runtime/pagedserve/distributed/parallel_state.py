@@ -60,8 +60,9 @@ def disable_multicast_env() -> None:
 # buffers of collectives captured in CUDA graphs. With registration on (NCCL's default), a TP=2
 # engine created after another engine in the same process stalled for good on 2 x H200 (runs 7,
 # 10, 17-19, and twice more in run 25); with it off, or with NCCL_CUMEM_ENABLE=0, or without the
-# allocator's expandable segments, the same sequence completes at the same speed (runs 24-25): the
-# registration appears to keep stale mappings of memory that the earlier engine freed.
+# allocator's expandable segments, the same sequence completes at the same speed (runs 24-25; with
+# this default applied here, run 26): the registration appears to keep stale mappings of memory
+# that the earlier engine freed.
 NCCL_DEFAULT_ENV = {"NCCL_GRAPH_REGISTER": "0"}
 
 

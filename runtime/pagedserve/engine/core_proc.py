@@ -203,8 +203,8 @@ def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket
         writer.close()
         os._exit(1)
     writer.send(("ready", _core_info(core)))
-    trace_path = os.environ.get("PAGEDSERVE_STEP_TRACE")  # the per-step trace, written at exit
-    if trace_path and hasattr(core, "write_trace"):
+    trace_path = os.environ.get("PAGEDSERVE_STEP_TRACE") if hasattr(core, "write_trace") else None
+    if trace_path:  # the per-step trace, written at exit
         core.trace = []
     tune_gc()
     in_sock.setblocking(False)
@@ -217,7 +217,7 @@ def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket
         writer.send(("fatal", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"))
         code = 1
     writer.close()
-    if trace_path and hasattr(core, "write_trace"):
+    if trace_path:
         try:
             core.write_trace(trace_path)
         except OSError as e:

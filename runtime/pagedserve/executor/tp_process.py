@@ -24,7 +24,7 @@ def check_later_tp_engine(device: str, earlier: int | None = None) -> None:
     """With NCCL's graph-buffer registration on, a GPU TP=2 engine created after another engine in
     the same driver process stalled for good in a 256-request run (2 x H200, RESULTS.md runs 7, 10,
     17-19, 25). pagedserve turns the registration off (``parallel_state.NCCL_DEFAULT_ENV``), and then
-    the same sequence completes (runs 24-25). A user who turns it back on
+    the same sequence completes (runs 24-26). A user who turns it back on
     (``NCCL_GRAPH_REGISTER`` other than 0) gets a clear error for a later engine instead of the
     hang; ``PAGEDSERVE_ALLOW_LATER_TP_ENGINE=1`` lifts the check."""
     from pagedserve.worker import model_runner

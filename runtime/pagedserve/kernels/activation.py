@@ -17,7 +17,8 @@ import triton.language as tl
 
 from pagedserve.kernels.utils import cdiv, next_pow2
 from pagedserve.layers.activation import silu_and_mul_ref
-from pagedserve.layers.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE, Fp8Act
+from pagedserve.kernels.quant_fp8 import fp8_row_scale, fp8_scaled, quantize_per_token
+from pagedserve.layers.fp8 import FP8_DTYPE, Fp8Act
 
 __all__ = ["silu_and_mul", "silu_and_mul_ref"]
 
@@ -36,8 +37,7 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, I, BLOCK: tl.conste
 
 
 @triton.jit
-def _silu_and_mul_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, I, BLOCK: tl.constexpr,
-                               FP8_MAX_C: tl.constexpr, MIN_SCALE_C: tl.constexpr):
+def _silu_and_mul_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, I, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < I
@@ -45,10 +45,9 @@ def _silu_and_mul_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, I, B
     up = tl.load(x_ptr + row * stride_x + I + offs, mask=mask, other=0.0).to(tl.float32)
     act = (gate / (1.0 + tl.exp(-gate))).to(x_ptr.dtype.element_ty).to(tl.float32)
     y = (act * up).to(x_ptr.dtype.element_ty).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(y), 0) / FP8_MAX_C, MIN_SCALE_C)
+    scale = fp8_row_scale(tl.max(tl.abs(y), 0))
     tl.store(scale_ptr + row, scale)
-    q = tl.clamp(y / scale, -FP8_MAX_C, FP8_MAX_C)
-    tl.store(q_ptr + row * stride_q + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(q_ptr + row * stride_q + offs, fp8_scaled(y, scale).to(q_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None, quant: bool = False) -> torch.Tensor | Fp8Act:
@@ -78,13 +77,10 @@ def _silu_and_mul_quant(x2: torch.Tensor, inter: int) -> Fp8Act:
     rows = x2.shape[0]
     block = next_pow2(inter)
     if block > QUANT_MAX_BLOCK:  # too wide for one program's registers: two launches
-        from pagedserve.kernels.quant_fp8 import quantize_per_token
-
         return Fp8Act(*quantize_per_token(silu_and_mul(x2)), x2.dtype)
     q = torch.empty((rows, inter), dtype=FP8_DTYPE, device=x2.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x2.device)
     if rows and inter:
         _silu_and_mul_quant_kernel[(rows,)](
-            x2, q, scale, x2.stride(0), q.stride(0), inter, BLOCK=block, FP8_MAX_C=FP8_MAX,
-            MIN_SCALE_C=MIN_SCALE, num_warps=max(1, min(16, block // 1024)))
+            x2, q, scale, x2.stride(0), q.stride(0), inter, BLOCK=block, num_warps=max(1, min(16, block // 1024)))
     return Fp8Act(q, scale, x2.dtype)

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from pagedserve.kernels.utils import dot_precision
+
 MAX_M = 64  # layers/fp8.GEMV_MAX_M
 
 
@@ -87,6 +89,6 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
         x, w, x_scale if fp8 else w, w_scale if fp8 else w, bias if bias is not None else w, y, M, N, K,
         x.stride(0), w.stride(0), y.stride(0), HAS_SCALE=fp8, HAS_BIAS=bias is not None,
         BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_N=block_n, BLOCK_K=block_k,
-        EVEN_K=K % block_k == 0, PRECISION="ieee" if x.dtype == torch.float32 else None,
+        EVEN_K=K % block_k == 0, PRECISION=dot_precision(x.dtype),
         num_warps=num_warps, num_stages=num_stages)
     return y

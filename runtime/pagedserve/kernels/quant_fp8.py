@@ -14,10 +14,24 @@ import triton.language as tl
 
 from pagedserve.layers.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE
 
+_FP8_MAX = tl.constexpr(FP8_MAX)
+_MIN_SCALE = tl.constexpr(MIN_SCALE)
+
 
 @triton.jit
-def _quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, FP8_MAX_C: tl.constexpr,
-                  MIN_SCALE_C: tl.constexpr, BLOCK: tl.constexpr):
+def fp8_row_scale(amax):
+    """A row's scale from its absolute maximum (shared by every kernel that quantizes per token)."""
+    return tl.maximum(amax / _FP8_MAX, _MIN_SCALE)
+
+
+@triton.jit
+def fp8_scaled(y, scale):
+    """``y / scale`` clamped to e4m3's finite range, ready for the cast to fp8."""
+    return tl.clamp(y / scale, -_FP8_MAX, _FP8_MAX)
+
+
+@triton.jit
+def _quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_x
     q_row = q_ptr + row.to(tl.int64) * stride_q
@@ -26,12 +40,12 @@ def _quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, FP8_MAX_C: tl.cons
         offs = k0 + tl.arange(0, BLOCK)
         v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(v))
-    scale = tl.maximum(tl.max(amax, axis=0) / FP8_MAX_C, MIN_SCALE_C)
+    scale = fp8_row_scale(tl.max(amax, axis=0))
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK):
         offs = k0 + tl.arange(0, BLOCK)
         v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
-        q = tl.clamp(v / scale, -FP8_MAX_C, FP8_MAX_C)
+        q = fp8_scaled(v, scale)
         tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=offs < K)
 
 
@@ -42,6 +56,6 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty((M, K), dtype=FP8_DTYPE, device=x.device)
     s = torch.empty((M, 1), dtype=torch.float32, device=x.device)
     if M:
-        _quant_kernel[(M,)](x, q, s, K, x.stride(0), q.stride(0), FP8_MAX_C=FP8_MAX,
-                            MIN_SCALE_C=MIN_SCALE, BLOCK=min(2048, triton.next_power_of_2(K)), num_warps=4)
+        _quant_kernel[(M,)](x, q, s, K, x.stride(0), q.stride(0), BLOCK=min(2048, triton.next_power_of_2(K)),
+                            num_warps=4)
     return q, s

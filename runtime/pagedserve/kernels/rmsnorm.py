@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 
 from pagedserve.kernels.utils import next_pow2
-from pagedserve.layers.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE, Fp8Act
+from pagedserve.kernels.quant_fp8 import fp8_row_scale, fp8_scaled
+from pagedserve.layers.fp8 import FP8_DTYPE, Fp8Act
 from pagedserve.layers.norm import rms_norm_ref
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fused", "rms_norm_ref"]
@@ -27,7 +28,7 @@ __all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fused", "rms_norm_ref"]
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, scale_ptr, eps,
                      stride_x, stride_r, stride_o, stride_ro,
                      N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
-                     QUANT: tl.constexpr, FP8_MAX_C: tl.constexpr, MIN_SCALE_C: tl.constexpr):
+                     QUANT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -43,9 +44,9 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, scale_ptr, eps
     y = w.to(tl.float32) * normed.to(tl.float32)
     if QUANT:  # the rounded output, quantized per token (out_ptr is the fp8 row)
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(y), 0) / FP8_MAX_C, MIN_SCALE_C)
+        scale = fp8_row_scale(tl.max(tl.abs(y), 0))
         tl.store(scale_ptr + row, scale)
-        y = tl.clamp(y / scale, -FP8_MAX_C, FP8_MAX_C)
+        y = fp8_scaled(y, scale)
     tl.store(out_ptr + row * stride_o + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -85,8 +86,7 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     _rms_norm_kernel[(rows,)](
         x2, r2, weight, out2, ro2, scale, float(eps),
         x2.stride(0), r2.stride(0), out2.stride(0), ro2.stride(0),
-        N=n, BLOCK=block, HAS_RES=residual is not None, QUANT=quant, FP8_MAX_C=FP8_MAX,
-        MIN_SCALE_C=MIN_SCALE, num_warps=num_warps)
+        N=n, BLOCK=block, HAS_RES=residual is not None, QUANT=quant, num_warps=num_warps)
     return out, res_out
 
 

@@ -19,5 +19,5 @@ class SiluAndMul(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
-            return self.fused(x, quant=True) if self.quant_out else self.fused(x)
+            return self.fused(x, quant=self.quant_out)
         return silu_and_mul_ref(x)

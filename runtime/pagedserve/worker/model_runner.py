@@ -72,7 +72,7 @@ class ModelRunner:
         arch = self.mc.arch
         tp = self.config.parallel_config.tensor_parallel_size
         kv_heads = max(1, arch.num_kv_heads // tp)
-        elem = torch.tensor([], dtype=self.kv_dtype).element_size()
+        elem = self.kv_dtype.itemsize
         return 2 * arch.num_layers * self.block_size * kv_heads * arch.head_dim * elem
 
     def determine_num_blocks(self) -> int:
