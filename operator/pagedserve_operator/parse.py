@@ -12,6 +12,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from .passthrough import check_affinity, check_env_var, check_node_selector, check_tolerations
 from .reader import Reader
 from .spec import (BLOCK_SIZES, DNS1035, DTYPES, ENV_NAME, EXTENDED_RESOURCE, FIELD_FLAGS, LOAD_FORMATS, MANAGED_ENV,
                    METRIC_TYPES, RESERVED_LABELS, URI_HF, URI_PVC, Autoscaling, DisruptionBudget, Engine,
@@ -65,7 +66,7 @@ def _parse_runtime(r: Reader, spec: dict[str, Any], default_image: str) -> Runti
             r.problems.append(f'spec.runtime.args must not contain {flag}: it is set by {owner}')
     env = r.list_(raw, 'env', 'spec.runtime.')
     seen: set[str] = set()
-    for item in env:
+    for i, item in enumerate(env):
         env_name = item.get('name') if isinstance(item, dict) else None
         if not isinstance(env_name, str) or not ENV_NAME.match(env_name):
             r.problems.append(f'spec.runtime.env entries need a valid name (got {env_name!r})')
@@ -77,6 +78,7 @@ def _parse_runtime(r: Reader, spec: dict[str, Any], default_image: str) -> Runti
         seen.add(env_name)
         if 'value' in item and 'valueFrom' in item:
             r.problems.append(f'spec.runtime.env {env_name}: set value or valueFrom, not both')
+        check_env_var(item, f'spec.runtime.env[{i}]', r.problems)
     return Runtime(
         image=r.str_(raw, 'image', 'spec.runtime.', default_image) or default_image,
         image_pull_policy=r.str_(raw, 'imagePullPolicy', 'spec.runtime.', None, ('Always', 'IfNotPresent', 'Never')),
@@ -225,21 +227,43 @@ def _parse_scheduling(r: Reader, spec: dict[str, Any]) -> Scheduling:
     if not all(isinstance(t, dict) for t in tolerations):
         r.problems.append('spec.tolerations entries must be objects')
         tolerations = []
+    check_tolerations(tolerations, 'spec.tolerations', r.problems)
+    node_selector = r.str_map(spec, 'nodeSelector', 'spec.')
+    check_node_selector(node_selector, 'spec.nodeSelector', r.problems)
+    affinity = r.obj(spec, 'affinity', 'spec.')
+    check_affinity(affinity, 'spec.affinity', r.problems)
     pull = r.list_(spec, 'imagePullSecrets', 'spec.')
     names = [s.get('name') for s in pull if isinstance(s, dict)]
     if len(names) != len(pull) or not all(isinstance(n, str) and n for n in names):
         r.problems.append('spec.imagePullSecrets entries need a name')
         names = []
     return Scheduling(
-        node_selector=r.str_map(spec, 'nodeSelector', 'spec.'),
+        node_selector=node_selector,
         tolerations=tuple(tolerations),
-        affinity=r.obj(spec, 'affinity', 'spec.'),
+        affinity=affinity,
         priority_class_name=r.str_(spec, 'priorityClassName', 'spec.'),
         image_pull_secrets=tuple(names),
         service_account_name=r.str_(spec, 'serviceAccountName', 'spec.'),
         termination_grace_period_seconds=r.int_(spec, 'terminationGracePeriodSeconds', 'spec.', 120,
                                                 minimum=0, maximum=3600) or 0,
     )
+
+
+def _blocking_budget(pdb: DisruptionBudget, replicas: int | None, autoscaling: Autoscaling | None) -> list[str]:
+    """A budget that allows no eviction at all makes every node drain hang: refuse it."""
+    most = autoscaling.max_replicas if autoscaling else (replicas if replicas is not None else 1)
+    if not pdb.enabled or most <= 1:  # no PDB is made for a single replica
+        return []
+    never = 'allows no voluntary eviction, so node drains and cluster upgrades hang; use maxUnavailable: 1'
+    if pdb.min_available is not None:
+        text = str(pdb.min_available)
+        if text.endswith('%') and int(text[:-1]) >= 100:
+            return [f'spec.disruptionBudget.minAvailable {text} {never}']
+        if not text.endswith('%') and int(text) >= most:
+            return [f'spec.disruptionBudget.minAvailable {text} is not below the most replicas ({most}) and {never}']
+    if pdb.max_unavailable is not None and _is_zero(pdb.max_unavailable):
+        return [f'spec.disruptionBudget.maxUnavailable {pdb.max_unavailable} {never}']
+    return []
 
 
 def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_image: str) -> InferenceServiceSpec:
@@ -265,6 +289,7 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_image: s
                            max_unavailable=r.int_or_percent(pdb_raw, 'maxUnavailable', 'spec.disruptionBudget.'))
     if pdb.min_available is not None and pdb.max_unavailable is not None:
         problems.append('set either disruptionBudget.minAvailable or maxUnavailable, not both')
+    problems.extend(_blocking_budget(pdb, replicas, autoscaling))
     svc_raw = r.obj(spec, 'service', 'spec.')
     service = Service(type=r.str_(svc_raw, 'type', 'spec.service.', 'ClusterIP', ('ClusterIP', 'NodePort', 'LoadBalancer')) or 'ClusterIP',
                       port=r.int_(svc_raw, 'port', 'spec.service.', 8000, minimum=1, maximum=65535) or 8000,

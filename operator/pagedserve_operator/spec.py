@@ -38,9 +38,13 @@ FIELD_FLAGS = {
     '--trust-remote-code': 'engine.trustRemoteCode', '--enforce-eager': 'engine.enforceEager',
     '--seed': 'engine.seed', '--load-format': 'engine.loadFormat',
     '--max-waiting-requests': 'engine.maxWaitingRequests',
+    '--engine-startup-timeout': 'probes.startupTimeoutSeconds',
+    '--shutdown-timeout': 'terminationGracePeriodSeconds',
+    '--download-dir': 'modelCache (downloads go to HF_HOME on the cache volume)',
 }
 # Environment variables the operator sets itself.
-MANAGED_ENV = ('HF_HOME', 'HF_TOKEN', 'PAGEDSERVE_API_KEY')
+MANAGED_ENV = ('HF_HOME', 'HF_TOKEN', 'PAGEDSERVE_API_KEY', 'PAGEDSERVE_CACHE', 'TRITON_CACHE_DIR',
+               'NVIDIA_VISIBLE_DEVICES')
 
 # Labels the operator puts on every child; LABEL_NAME and LABEL_ISVC form the pod selector.
 LABEL_NAME = 'app.kubernetes.io/name'

@@ -125,10 +125,12 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], Callable[[Children], Any]]] = {
     'engine.maxWaitingRequests': ({'engine': {'maxWaitingRequests': 100}},
                                   lambda ch: '--max-waiting-requests=100' in args(ch)),
     'resources.gpus': ({'resources': {'gpus': 0}},
-                       lambda ch: container(ch)['resources'] == {} and 'tolerations' not in pod(ch)),
+                       lambda ch: container(ch)['resources'] == {'requests': {'cpu': '2', 'memory': '4Gi'}}
+                       and 'tolerations' not in pod(ch) and env(ch)['NVIDIA_VISIBLE_DEVICES']['value'] == 'void'),
     'resources.gpuResourceName': (
         {'resources': {'gpuResourceName': 'amd.com/gpu'}},
         lambda ch: container(ch)['resources']['limits'] == {'amd.com/gpu': '1'}
+        and 'NVIDIA_VISIBLE_DEVICES' not in env(ch)
         and {'key': 'amd.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'} in pod(ch)['tolerations']),
     'resources.gpuProducts': (
         {'resources': {'gpuProducts': ['NVIDIA-L4', 'NVIDIA-A10G']}},
@@ -139,9 +141,10 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], Callable[[Children], Any]]] = {
         {'resources': {'gpuProducts': ['L4'], 'gpuProductLabel': 'cloud.example.com/accelerator'}},
         lambda ch: pod(ch)['affinity']['nodeAffinity']['requiredDuringSchedulingIgnoredDuringExecution'][
             'nodeSelectorTerms'][0]['matchExpressions'][0]['key'] == 'cloud.example.com/accelerator'),
-    'resources.cpu': ({'resources': {'cpu': '4'}}, lambda ch: container(ch)['resources']['requests'] == {'cpu': '4'}
-                      and 'cpu' not in container(ch)['resources']['limits']),
-    'resources.cpuLimit': ({'resources': {'cpuLimit': '8'}}, lambda ch: container(ch)['resources']['limits']['cpu'] == '8'),
+    'resources.cpu': ({'resources': {'cpu': '4'}}, lambda ch: container(ch)['resources']['requests'] == {
+                          'cpu': '4', 'memory': '8Gi'} and 'cpu' not in container(ch)['resources']['limits']),
+    'resources.cpuLimit': ({'resources': {'cpuLimit': '1'}}, lambda ch: container(ch)['resources']['limits']['cpu'] == '1'
+                           and container(ch)['resources']['requests']['cpu'] == '1'),
     'resources.memory': ({'resources': {'memory': '32Gi'}},
                          lambda ch: container(ch)['resources']['requests']['memory'] == '32Gi'
                          and container(ch)['resources']['limits']['memory'] == '32Gi'),
@@ -221,11 +224,14 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], Callable[[Children], Any]]] = {
                              lambda ch: volume(ch, 'model-cache')['emptyDir'] == {'sizeLimit': '100Gi'}),
     'modelCache.mountPath': ({'modelCache': {'mountPath': '/cache'}},
                              lambda ch: mount(ch, 'model-cache')['mountPath'] == '/cache'
-                             and env(ch)['HF_HOME']['value'] == '/cache'),
+                             and env(ch)['HF_HOME']['value'] == '/cache'
+                             and env(ch)['PAGEDSERVE_CACHE']['value'] == '/cache/pagedserve'
+                             and env(ch)['TRITON_CACHE_DIR']['value'] == '/cache/triton'),
     'probes.startupTimeoutSeconds': (
         {'probes': {'startupTimeoutSeconds': 3600}},
         lambda ch: container(ch)['startupProbe']['failureThreshold'] * container(ch)['startupProbe']['periodSeconds'] == 3600
-        and ch['Deployment']['spec']['progressDeadlineSeconds'] == 4200),
+        and ch['Deployment']['spec']['progressDeadlineSeconds'] == 4200
+        and '--engine-startup-timeout=3600' in args(ch)),
     'monitoring.prometheusScrape': ({'monitoring': {'prometheusScrape': False}},
                                     lambda ch: 'annotations' not in ch['Deployment']['spec']['template']['metadata']),
     'podAnnotations': ({'podAnnotations': {'team': 'ml'}},
@@ -242,7 +248,9 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], Callable[[Children], Any]]] = {
     'imagePullSecrets': ({'imagePullSecrets': [{'name': 'reg'}]}, lambda ch: pod(ch)['imagePullSecrets'] == [{'name': 'reg'}]),
     'serviceAccountName': ({'serviceAccountName': 'sa'}, lambda ch: pod(ch)['serviceAccountName'] == 'sa'),
     'terminationGracePeriodSeconds': ({'terminationGracePeriodSeconds': 30},
-                                      lambda ch: pod(ch)['terminationGracePeriodSeconds'] == 30),
+                                      lambda ch: pod(ch)['terminationGracePeriodSeconds'] == 30
+                                      and container(ch)['lifecycle']['preStop']['exec']['command'] == ['sleep', '7']
+                                      and '--shutdown-timeout=18' in args(ch)),
 }
 
 
@@ -272,11 +280,17 @@ def test_defaults_single_gpu() -> None:
     assert dep['spec']['replicas'] == 1
     assert container(ch)['image'] == IMAGE
     assert container(ch)['command'] == ['python', '-m', 'pagedserve.entrypoints.openai.api_server']
-    assert args(ch) == ['--host=0.0.0.0', '--port=8000', '--model=org/model', '--served-model-name=llm']
-    assert container(ch)['resources'] == {'limits': {'nvidia.com/gpu': '1'}}
+    assert args(ch) == ['--host=0.0.0.0', '--port=8000', '--model=org/model', '--served-model-name=llm',
+                        '--engine-startup-timeout=1800', '--shutdown-timeout=105']
+    # not BestEffort: default requests, no limit but the GPU
+    assert container(ch)['resources'] == {'requests': {'cpu': '2', 'memory': '8Gi'}, 'limits': {'nvidia.com/gpu': '1'}}
     assert volume(ch, 'dshm')['emptyDir'] == {'medium': 'Memory', 'sizeLimit': '2Gi'}
     assert volume(ch, 'model-cache')['emptyDir'] == {}
     assert env(ch)['HF_HOME']['value'] == '/model-cache'
+    assert env(ch)['TRITON_CACHE_DIR']['value'] == '/model-cache/triton', 'compiled kernels survive restarts'
+    assert 'NVIDIA_VISIBLE_DEVICES' not in env(ch), 'the device plugin sets it for GPU pods'
+    assert container(ch)['lifecycle'] == {'preStop': {'exec': {'command': ['sleep', '10']}}}
+    assert container(ch)['terminationMessagePolicy'] == 'FallbackToLogsOnError'
     assert pod(ch)['tolerations'] == [{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}]
     assert ch['HorizontalPodAutoscaler'] is None
     assert ch['PodDisruptionBudget'] is None, 'one replica: no PDB'
@@ -312,7 +326,8 @@ def test_probes_sized_for_slow_model_loads() -> None:
 def test_security_context_is_non_root() -> None:
     ch = build()
     assert pod(ch)['securityContext'] == {'runAsNonRoot': True, 'runAsUser': 1000, 'runAsGroup': 1000,
-                                          'fsGroup': 1000, 'seccompProfile': {'type': 'RuntimeDefault'}}
+                                          'fsGroup': 1000, 'fsGroupChangePolicy': 'OnRootMismatch',
+                                          'seccompProfile': {'type': 'RuntimeDefault'}}
     assert container(ch)['securityContext'] == {'allowPrivilegeEscalation': False,
                                                 'capabilities': {'drop': ['ALL']}, 'runAsNonRoot': True}
     assert pod(ch)['enableServiceLinks'] is False
@@ -451,3 +466,27 @@ def test_gpu_products_are_anded_into_user_node_affinity() -> None:
 def test_user_gpu_toleration_is_not_duplicated() -> None:
     tol = {'key': 'nvidia.com/gpu', 'operator': 'Equal', 'value': 'present', 'effect': 'NoSchedule'}
     assert pod(build({'tolerations': [tol]}))['tolerations'] == [tol]
+
+
+def test_shutdown_budget_fits_the_grace_period() -> None:
+    """preStop sleep + --shutdown-timeout + an exit margin never exceed terminationGracePeriodSeconds."""
+    for grace in (0, 3, 4, 10, 30, 120, 3600):
+        ch = build({'terminationGracePeriodSeconds': grace})
+        c = container(ch)
+        sleep = int(c['lifecycle']['preStop']['exec']['command'][1]) if 'lifecycle' in c else 0
+        timeout = int(next(a for a in args(ch) if a.startswith('--shutdown-timeout=')).split('=')[1])
+        assert sleep + timeout <= grace and timeout >= 0, grace
+        assert (sleep > 0) == (grace >= 4), grace
+    assert '--shutdown-timeout=105' in args(build()), 'default 120 s: 10 s preStop, 105 s drain, 5 s exit'
+
+
+def test_every_generated_flag_is_a_runtime_flag() -> None:
+    """Every flag the operator writes (all fields set) is accepted by the runtime's own parser."""
+    from pagedserve.entrypoints.openai.cli_serve import make_parser  # noqa: PLC0415  (the runtime, tests only)
+    full = {'model': {'revision': 'main', 'servedName': 'chat'}, 'runtime': {'apiKeySecret': {'name': 'k'}},
+            'engine': {'maxModelLen': 4096, 'gpuMemoryUtilization': 0.9, 'maxNumSeqs': 8, 'maxNumBatchedTokens': 4096,
+                       'blockSize': 16, 'swapSpace': 4, 'enablePrefixCaching': False, 'dtype': 'bfloat16',
+                       'quantization': 'fp8', 'seed': 1, 'loadFormat': 'safetensors', 'maxWaitingRequests': 10,
+                       'trustRemoteCode': True, 'enforceEager': True}}
+    parsed = make_parser().parse_args(args(build(full)))
+    assert parsed.shutdown_timeout == 105 and parsed.engine_startup_timeout == 1800 and parsed.revision == 'main'

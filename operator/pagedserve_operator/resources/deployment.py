@@ -5,6 +5,8 @@ import copy
 import math
 from typing import Any
 
+from kubernetes.utils import parse_quantity
+
 from ..spec import InferenceServiceSpec
 from .common import HTTP_PORT, HTTP_PORT_NAME, MODEL_MOUNT, labels, metadata, selector_labels
 
@@ -12,6 +14,25 @@ SERVER_COMMAND = ['python', '-m', 'pagedserve.entrypoints.openai.api_server']
 CONTAINER_NAME = 'runtime'
 RUN_AS_USER = 1000
 PROBE_PERIOD_SECONDS = 10
+# Shutdown: the preStop sleep keeps the listener open while the endpoint removal reaches kube-proxy
+# and the ingress controller; then SIGTERM, and the server drains for --shutdown-timeout; the rest
+# of the grace period is left for the engine's teardown.
+PRESTOP_SLEEP_SECONDS = 10
+EXIT_MARGIN_SECONDS = 5
+# Requests when the CR sets none, so that a minimal CR is not a BestEffort pod (no limits are added).
+DEFAULT_CPU_PER_GPU = 2
+DEFAULT_MEMORY_PER_GPU_GI = 8
+DEFAULT_CPU_ONLY = ('2', '4Gi')
+
+
+def prestop_sleep_seconds(grace: int) -> int:
+    """The preStop sleep: 10 s, or a quarter of a short grace period (0 when there is none)."""
+    return min(PRESTOP_SLEEP_SECONDS, grace // 4)
+
+
+def shutdown_timeout_seconds(grace: int) -> int:
+    """``--shutdown-timeout``: the grace period minus the preStop sleep and a margin for the exit."""
+    return max(0, grace - prestop_sleep_seconds(grace) - EXIT_MARGIN_SECONDS)
 
 
 def model_argument(spec: InferenceServiceSpec) -> str:
@@ -50,11 +71,22 @@ def server_args(spec: InferenceServiceSpec) -> list[str]:
             args.append(flag)
     if spec.runtime.api_key:
         args.append('--api-key=$(PAGEDSERVE_API_KEY)')
+    args.append(f'--engine-startup-timeout={spec.startup_timeout_seconds}')
+    args.append(f'--shutdown-timeout={shutdown_timeout_seconds(spec.scheduling.termination_grace_period_seconds)}')
     return args + list(spec.runtime.args)
 
 
 def _env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{'name': 'HF_HOME', 'value': spec.model_cache.mount_path}]
+    """Caches on the model-cache volume (Hub downloads in ``HF_HOME``, converted models, compiled
+    Triton kernels), the Hub token and API key from their Secrets, then ``runtime.env``."""
+    cache = spec.model_cache.mount_path
+    env: list[dict[str, Any]] = [{'name': 'HF_HOME', 'value': cache},
+                                 {'name': 'PAGEDSERVE_CACHE', 'value': f'{cache}/pagedserve'},
+                                 {'name': 'TRITON_CACHE_DIR', 'value': f'{cache}/triton'}]
+    if not spec.resources.gpus:
+        # The CUDA base image says "all": on a node whose default runtime is nvidia's, a CPU pod
+        # would otherwise see every GPU of the node.
+        env.append({'name': 'NVIDIA_VISIBLE_DEVICES', 'value': 'void'})
     if spec.model.hf_token:
         env.append({'name': 'HF_TOKEN', 'valueFrom': {'secretKeyRef': {
             'name': spec.model.hf_token.name, 'key': spec.model.hf_token.key}}})
@@ -64,15 +96,29 @@ def _env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
     return env + [copy.deepcopy(item) for item in spec.runtime.env]
 
 
+def default_requests(gpus: int) -> tuple[str, str]:
+    """(cpu, memory) requests when the CR sets none: 2 CPUs and 8Gi per GPU, 2 CPUs and 4Gi on CPU."""
+    if not gpus:
+        return DEFAULT_CPU_ONLY
+    return str(DEFAULT_CPU_PER_GPU * gpus), f'{DEFAULT_MEMORY_PER_GPU_GI * gpus}Gi'
+
+
 def _resources(spec: InferenceServiceSpec) -> dict[str, Any]:
     res = spec.resources
+    default_cpu, default_memory = default_requests(res.gpus)
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     if res.cpu is not None:
         requests['cpu'] = res.cpu
+    elif res.cpu_limit is not None and parse_quantity(res.cpu_limit) < parse_quantity(default_cpu):
+        requests['cpu'] = res.cpu_limit  # a request may not exceed the limit
+    else:
+        requests['cpu'] = default_cpu
     if res.memory is not None:
         requests['memory'] = res.memory
         limits['memory'] = res.memory
+    else:
+        requests['memory'] = default_memory
     if res.cpu_limit is not None:
         limits['cpu'] = res.cpu_limit
     if res.gpus:
@@ -129,6 +175,13 @@ def _tolerations(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
     return tolerations
 
 
+def _lifecycle(spec: InferenceServiceSpec) -> dict[str, Any] | None:
+    """preStop: sleep (the image's coreutils ``sleep``; the native ``sleep`` action needs
+    Kubernetes 1.30, and is off by default on 1.29) so no new request reaches a closing listener."""
+    seconds = prestop_sleep_seconds(spec.scheduling.termination_grace_period_seconds)
+    return {'preStop': {'exec': {'command': ['sleep', str(seconds)]}}} if seconds else None
+
+
 def _container(spec: InferenceServiceSpec, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     startup_failures = max(1, math.ceil(spec.startup_timeout_seconds / PROBE_PERIOD_SECONDS))
     container: dict[str, Any] = {
@@ -144,12 +197,17 @@ def _container(spec: InferenceServiceSpec, mounts: list[dict[str, Any]]) -> dict
         'startupProbe': _probe('/health', PROBE_PERIOD_SECONDS, 5, startup_failures),
         'readinessProbe': _probe('/health', PROBE_PERIOD_SECONDS, 5, 3),
         'livenessProbe': _probe('/health', 30, 10, 5),
+        # The runtime writes its fatal start error to /dev/termination-log; the log tail otherwise.
+        'terminationMessagePolicy': 'FallbackToLogsOnError',
         'securityContext': {
             'allowPrivilegeEscalation': False,
             'capabilities': {'drop': ['ALL']},
             'runAsNonRoot': True,
         },
     }
+    lifecycle = _lifecycle(spec)
+    if lifecycle:
+        container['lifecycle'] = lifecycle
     if spec.runtime.image_pull_policy:
         container['imagePullPolicy'] = spec.runtime.image_pull_policy
     return container
@@ -172,6 +230,7 @@ def _pod_spec(spec: InferenceServiceSpec) -> dict[str, Any]:
         'volumes': volumes,
         'securityContext': {
             'runAsNonRoot': True, 'runAsUser': RUN_AS_USER, 'runAsGroup': RUN_AS_USER, 'fsGroup': RUN_AS_USER,
+            'fsGroupChangePolicy': 'OnRootMismatch',  # no recursive chown of a big cache on every start
             'seccompProfile': {'type': 'RuntimeDefault'},
         },
         'terminationGracePeriodSeconds': sched.termination_grace_period_seconds,
