@@ -42,16 +42,57 @@ SEMANTIC: list[tuple[str, dict[str, Any], str]] = [
     ('cache-is-model-claim', {'model': {'uri': 'pvc://models/x'}, 'modelCache': {'persistentVolumeClaim': 'models'}},
      'must differ from the pvc:// model claim'),
     ('cache-mount-reserved', spec_with(modelCache={'mountPath': '/mnt/models'}), 'is reserved'),
+    # pass-through fields: checked against the Kubernetes types before anything is applied
+    ('affinity-misspelt-field', spec_with(affinity={'nodeAffinity': {'requiredDuringSchedulingIgnoredDuringExecution': {
+        'nodeSelectorTerms': [{'matchExpressions': [{'key': 'pool', 'operatr': 'In', 'values': ['gpu']}]}]}}}),
+     'matchExpressions[0].operatr is not a field of NodeSelectorRequirement'),
+    ('affinity-missing-operator', spec_with(affinity={'nodeAffinity': {'requiredDuringSchedulingIgnoredDuringExecution': {
+        'nodeSelectorTerms': [{'matchExpressions': [{'key': 'pool'}]}]}}}), 'matchExpressions[0].operator is required'),
+    ('affinity-bad-operator', spec_with(affinity={'podAntiAffinity': {'preferredDuringSchedulingIgnoredDuringExecution': [
+        {'weight': 100, 'podAffinityTerm': {'topologyKey': 'kubernetes.io/hostname', 'labelSelector': {
+            'matchExpressions': [{'key': 'a', 'operator': 'Gt', 'values': ['1']}]}}}]}}),
+     'labelSelector.matchExpressions[0].operator must be one of In, NotIn, Exists, DoesNotExist'),
+    ('affinity-weight', spec_with(affinity={'nodeAffinity': {'preferredDuringSchedulingIgnoredDuringExecution': [
+        {'weight': 0, 'preference': {'matchExpressions': [{'key': 'a', 'operator': 'Exists'}]}}]}}),
+     'weight must be in [1, 100]'),
+    ('affinity-in-without-values', spec_with(affinity={'nodeAffinity': {'requiredDuringSchedulingIgnoredDuringExecution': {
+        'nodeSelectorTerms': [{'matchExpressions': [{'key': 'pool', 'operator': 'In'}]}]}}}), 'values must be non-empty for In'),
+    ('toleration-bad-operator', spec_with(tolerations=[{'key': 'a', 'operator': 'Equals', 'value': 'b'}]),
+     'spec.tolerations[0].operator must be Exists or Equal'),
+    ('toleration-bad-effect', spec_with(tolerations=[{'key': 'a', 'operator': 'Exists', 'effect': 'NoScheduling'}]),
+     'spec.tolerations[0].effect must be one of'),
+    ('toleration-seconds-not-noexecute', spec_with(tolerations=[{'key': 'a', 'operator': 'Exists', 'effect': 'NoSchedule',
+                                                                'tolerationSeconds': 30}]), 'needs effect NoExecute'),
+    ('toleration-unknown-field', spec_with(tolerations=[{'key': 'a', 'operator': 'Exists', 'efect': 'NoSchedule'}]),
+     'spec.tolerations[0].efect is not a field of Toleration'),
+    ('node-selector-bad-key', spec_with(nodeSelector={'bad key': 'x'}), "spec.nodeSelector key 'bad key' is not a valid label key"),
+    ('node-selector-bad-value', spec_with(nodeSelector={'pool': 'a b'}), 'is not a valid label value'),
+    ('env-value-from-two-sources', spec_with(runtime={'env': [{'name': 'A', 'valueFrom': {
+        'secretKeyRef': {'name': 's', 'key': 'k'}, 'configMapKeyRef': {'name': 'c', 'key': 'k'}}}]}),
+     'spec.runtime.env[0].valueFrom must set exactly one of'),
+    ('env-secret-without-key', spec_with(runtime={'env': [{'name': 'A', 'valueFrom': {'secretKeyRef': {'name': 's'}}}]}),
+     'spec.runtime.env[0].valueFrom.secretKeyRef.key is required'),
+    ('env-misspelt-source', spec_with(runtime={'env': [{'name': 'A', 'valueFrom': {'secretRef': {'name': 's'}}}]}),
+     'spec.runtime.env[0].valueFrom.secretRef is not a field of EnvVarSource'),
+    ('pdb-min-available-100-percent', spec_with(replicas=3, disruptionBudget={'minAvailable': '100%'}),
+     'minAvailable 100% allows no voluntary eviction'),
+    ('pdb-min-available-all-replicas', spec_with(replicas=2, disruptionBudget={'minAvailable': 2}),
+     'minAvailable 2 is not below the most replicas (2)'),
+    ('pdb-max-unavailable-zero', spec_with(autoscaling={'maxReplicas': 3}, disruptionBudget={'maxUnavailable': 0}),
+     'maxUnavailable 0 allows no voluntary eviction'),
     ('pods-metric-bad-quantity', spec_with(autoscaling={'maxReplicas': 2, 'metrics': [
         {'type': 'PodsMetric', 'metricName': 'm', 'target': '-1'}]}), 'positive quantity'),
 ]
+SCHEMA_TOO = {'toleration-bad-operator', 'toleration-bad-effect', 'toleration-unknown-field'}
 
 
 @pytest.mark.parametrize('case, spec, reason', SEMANTIC, ids=[c[0] for c in SEMANTIC])
 def test_semantic_problems(case: str, spec: dict[str, Any], reason: str) -> None:
     cr = {'apiVersion': 'pagedserve.io/v1alpha1', 'kind': 'InferenceService',
           'metadata': {'name': 'llm', 'namespace': 'default'}, 'spec': spec}
-    if case != 'pods-metric-bad-quantity':  # the schema's quantity pattern allows a sign, as Kubernetes does
+    if case in SCHEMA_TOO:  # typed in the CRD too; the operator re-checks (clusters that skip validation)
+        assert validate_cr(cr) != [], case
+    elif case != 'pods-metric-bad-quantity':  # the schema's quantity pattern allows a sign, as Kubernetes does
         assert validate_cr(cr) == [], f'{case} should pass the schema: it tests what only the operator catches'
     with pytest.raises(SpecError) as err:
         parse_spec('llm', 'default', spec, 'img')
@@ -103,3 +144,21 @@ def test_default_autoscaling_metric_follows_gpus() -> None:
     assert gpu is not None and [m.type for m in gpu.metrics] == ['GPUUtilization']
     cpu = parse_spec('llm', 'ns', spec_with(resources={'gpus': 0, 'cpu': '2'}, autoscaling={'maxReplicas': 3}), 'img')
     assert cpu.autoscaling is not None and [m.type for m in cpu.autoscaling.metrics] == ['CPUUtilization']
+
+
+def test_valid_pass_through_fields_are_accepted() -> None:
+    spec = spec_with(
+        replicas=3, disruptionBudget={'minAvailable': 2},
+        nodeSelector={'cloud.example.com/pool': 'gpu-a100', 'zone': ''},
+        tolerations=[{'key': 'dedicated', 'operator': 'Equal', 'value': 'ml', 'effect': 'NoSchedule'},
+                     {'operator': 'Exists'},
+                     {'key': 'node.kubernetes.io/unreachable', 'operator': 'Exists', 'effect': 'NoExecute',
+                      'tolerationSeconds': 60}],
+        affinity={'nodeAffinity': {'requiredDuringSchedulingIgnoredDuringExecution': {'nodeSelectorTerms': [
+                      {'matchExpressions': [{'key': 'gpu-mem', 'operator': 'Gt', 'values': ['40']}]}]}},
+                  'podAntiAffinity': {'preferredDuringSchedulingIgnoredDuringExecution': [
+                      {'weight': 100, 'podAffinityTerm': {'topologyKey': 'kubernetes.io/hostname', 'labelSelector': {
+                          'matchLabels': {'pagedserve.io/inferenceservice': 'llm'}}}}]}},
+        runtime={'env': [{'name': 'POD_IP', 'valueFrom': {'fieldRef': {'fieldPath': 'status.podIP'}}},
+                         {'name': 'HF_ENDPOINT', 'value': 'http://mirror.internal'}]})
+    assert parse_spec('llm', 'default', spec, 'img').scheduling.tolerations[1] == {'operator': 'Exists'}
