@@ -27,6 +27,9 @@ KINDS: dict[str, tuple[str, str]] = {
     'Ingress': ('networking.k8s.io/v1', 'ingresses'),
     'InferenceService': (f'{GROUP}/{VERSION}', PLURAL),
     'Event': ('v1', 'events'),
+    'Pod': ('v1', 'pods'),
+    'PersistentVolumeClaim': ('v1', 'persistentvolumeclaims'),
+    'IngressClass': ('networking.k8s.io/v1', 'ingressclasses'),  # cluster-scoped
 }
 
 
@@ -40,10 +43,10 @@ class ApiError(Exception):
         self.message = message
 
 
-def _path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+def _path(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
     api_version, plural = KINDS[kind]
     prefix = f'/api/{api_version}' if '/' not in api_version else f'/apis/{api_version}'
-    path = f'{prefix}/namespaces/{namespace}/{plural}'
+    path = f'{prefix}/namespaces/{namespace}/{plural}' if namespace else f'{prefix}/{plural}'
     if name:
         path += f'/{name}'
     if subresource:
@@ -94,7 +97,8 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Objects of ``kind`` in ``namespace`` (None: a cluster-scoped kind), filtered by the server."""
         query = [('labelSelector', label_selector)] if label_selector else None
         return list(self._request('get', _path(kind, namespace), query=query).get('items') or [])
 

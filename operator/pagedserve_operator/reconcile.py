@@ -13,8 +13,10 @@ from typing import Any, Protocol
 from .apply import ChildConflict, apply_child, is_owned_by, remove_child
 from .config import OperatorConfig
 from .kube import ApiError, Kube
+from .observe import observe
 from .parse import parse_spec
 from .resources import CHILD_KINDS, build_children, initial_replicas
+from .resources.deployment import CONTAINER_NAME
 from .resources.common import selector_string
 from .resources.ingress import ingress_url
 from .resources.service import cluster_url
@@ -74,10 +76,26 @@ def _fail(kube: Kube, events: EventSink, cr: dict[str, Any], reason: str, messag
     _write_status(kube, cr, status)
 
 
+def running_image(kube: Kube, cr: dict[str, Any]) -> str | None:
+    """The runtime image of this InferenceService's existing Deployment, if there is one.
+
+    A CR without ``runtime.image`` keeps the image it was created with: the operator's default
+    (``--runtime-image``) applies to new InferenceServices only, so upgrading the operator (or its
+    chart) does not roll every model. Set ``runtime.image`` to move a model to another image.
+    """
+    meta = cr['metadata']
+    live = kube.get('Deployment', meta['namespace'], meta['name'])
+    if live is None or not is_owned_by(live, meta['uid']):
+        return None
+    containers = (((live.get('spec') or {}).get('template') or {}).get('spec') or {}).get('containers') or []
+    image = next((c.get('image') for c in containers if c.get('name') == CONTAINER_NAME), None)
+    return image if isinstance(image, str) and image else None
+
+
 def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, events: EventSink) -> str:
     """Bring the children and status of one InferenceService up to date.
 
-    Returns 'gone', 'invalid', 'conflict' or 'reconciled'. Raises :class:`ApiError` when the API
+    Returns 'gone', 'invalid', 'conflict', 'reconciled' (Ready) or 'progressing' (valid, not Ready yet). Raises :class:`ApiError` when the API
     refuses a child (after recording ``Ready=False, ApplyFailed``), so the caller can retry.
     """
     with _lock_for(namespace, name):
@@ -85,8 +103,9 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
         if cr is None or cr['metadata'].get('deletionTimestamp'):
             return 'gone'
         generation = cr['metadata'].get('generation')
+        default_image = running_image(kube, cr) or config.runtime_image
         try:
-            spec = parse_spec(name, namespace, cr.get('spec') or {}, config.runtime_image)
+            spec = parse_spec(name, namespace, cr.get('spec') or {}, default_image)
         except SpecError as exc:
             # Nothing is created or changed for an invalid spec: the children keep the last valid one.
             _fail(kube, events, cr, 'InvalidSpec', 'invalid spec: ' + '; '.join(exc.problems))
@@ -116,7 +135,8 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
             raise
 
         url = ingress_url(spec) or cluster_url(spec)
-        status = child_status(spec, live, url, selector_string(name), cr.get('status') or {}, generation)
+        status = child_status(spec, live, url, selector_string(name), cr.get('status') or {}, generation,
+                              **observe(kube, spec, live.get('Deployment'), config))
         old_ready = _ready(cr.get('status') or {})
         new_ready = _ready(status)
         if old_ready.get('status') != new_ready.get('status') or old_ready.get('reason') != new_ready.get('reason'):
@@ -124,7 +144,7 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
                 events.normal(cr, 'Ready', new_ready.get('message', ''))
             log.info('%s/%s: Ready=%s (%s)', namespace, name, new_ready.get('status'), new_ready.get('reason'))
         _write_status(kube, cr, status)
-        return 'reconciled'
+        return 'reconciled' if new_ready.get('status') == 'True' else 'progressing'
 
 
 def cleanup(kube: Kube, namespace: str, name: str, uid: str) -> list[str]:

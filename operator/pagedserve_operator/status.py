@@ -1,15 +1,17 @@
 """InferenceService status from its children (pure).
 
 Conditions follow metav1.Condition: ``lastTransitionTime`` changes only when ``status`` does.
-``Ready`` needs ``DeploymentAvailable`` and, when an ingress is configured, ``IngressReady``.
-``AutoscalerReady`` is reported but does not gate ``Ready``: a broken metrics pipeline stops
-scaling, not serving. Conditions of features that are off are omitted.
+``Ready`` needs ``DeploymentAvailable`` and, when an ingress is configured and the cluster has an
+ingress controller for it, ``IngressReady``. ``AutoscalerReady`` and ``ModelCacheReady`` are reported
+but do not gate ``Ready``: a broken metrics pipeline stops scaling, not serving. Conditions of
+features that are off are omitted.
 """
 from __future__ import annotations
 
 import datetime
 from typing import Any
 
+from .pods import Problem
 from .spec import InferenceServiceSpec
 
 Condition = dict[str, Any]
@@ -28,25 +30,37 @@ def _find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any]
     return next((c for c in conditions or [] if c.get('type') == type_), None)
 
 
-def deployment_condition(deployment: dict[str, Any] | None) -> Condition:
-    """DeploymentAvailable: at least one runtime pod is ready (its /health answered)."""
+def deployment_condition(deployment: dict[str, Any] | None, pods: Problem | None = None) -> Condition:
+    """DeploymentAvailable: at least one runtime pod is ready (its /health answered).
+
+    ``pods`` is what the pods say when none is ready (:func:`pagedserve_operator.pods.pods_summary`):
+    a failure (``CrashLoopBackOff`` with the runtime's last message, ``ImagePullBackOff``,
+    ``Unschedulable``, ...) or the runtime's progress (``Downloading``, ``Loading``).
+    """
     if deployment is None:
         return condition('DeploymentAvailable', False, 'DeploymentMissing', 'the runtime Deployment does not exist yet')
     spec = deployment.get('spec') or {}
     status = deployment.get('status') or {}
     wanted = spec.get('replicas', 1)
     ready = int(status.get('readyReplicas') or 0)
-    progressing = _find(status.get('conditions'), 'Progressing')
-    if progressing and progressing.get('status') == 'False' and progressing.get('reason') == 'ProgressDeadlineExceeded':
-        return condition('DeploymentAvailable', False, 'ProgressDeadlineExceeded',
-                         progressing.get('message') or 'the rollout did not finish within progressDeadlineSeconds')
     if wanted == 0:
         return condition('DeploymentAvailable', False, 'ScaledToZero', 'the Deployment has 0 replicas')
     # Not the Deployment's own Available condition: with maxUnavailable >= replicas it is True at 0 ready.
     if ready >= 1:
-        return condition('DeploymentAvailable', True, 'MinimumReplicasAvailable', f'{ready}/{wanted} replicas ready')
+        note = f'; {pods[0]}: {pods[1]}' if pods else ''
+        return condition('DeploymentAvailable', True, 'MinimumReplicasAvailable', f'{ready}/{wanted} replicas ready{note}')
+    if pods:
+        return condition('DeploymentAvailable', False, pods[0], pods[1])
+    failure = _find(status.get('conditions'), 'ReplicaFailure')
+    if failure and failure.get('status') == 'True':  # e.g. a ResourceQuota refused the pods
+        return condition('DeploymentAvailable', False, 'ReplicaFailure',
+                         f'{failure.get("reason") or "FailedCreate"}: {failure.get("message") or "pods cannot be created"}')
+    progressing = _find(status.get('conditions'), 'Progressing')
+    if progressing and progressing.get('status') == 'False' and progressing.get('reason') == 'ProgressDeadlineExceeded':
+        return condition('DeploymentAvailable', False, 'ProgressDeadlineExceeded',
+                         progressing.get('message') or 'the rollout did not finish within progressDeadlineSeconds')
     return condition('DeploymentAvailable', False, 'ReplicasNotReady',
-                     f'{ready}/{wanted} replicas ready (the model may still be downloading or loading)')
+                     f'{ready}/{wanted} replicas ready (the runtime is starting)')
 
 
 def autoscaler_condition(hpa: dict[str, Any] | None) -> Condition:
@@ -64,15 +78,55 @@ def autoscaler_condition(hpa: dict[str, Any] | None) -> Condition:
     return condition('AutoscalerReady', True, 'ScalingActive', 'the HPA reads its metrics')
 
 
-def ingress_condition(ingress: dict[str, Any] | None) -> Condition:
-    """IngressReady: the ingress controller published an address."""
+def ingress_condition(ingress: dict[str, Any] | None, controller: bool | None = None) -> Condition:
+    """IngressReady: the ingress controller published an address.
+
+    ``controller`` is False when the cluster has no IngressClass for this Ingress (no
+    ``ingressClassName`` match, or no default class): then no address will ever come, and the
+    condition says so with reason ``NoIngressController`` (and does not gate Ready).
+    """
     if ingress is None:
         return condition('IngressReady', False, 'IngressMissing', 'the Ingress does not exist yet')
     entries = ((ingress.get('status') or {}).get('loadBalancer') or {}).get('ingress') or []
     addresses = [e.get('ip') or e.get('hostname') for e in entries if e.get('ip') or e.get('hostname')]
     if addresses:
         return condition('IngressReady', True, 'AddressAssigned', f'address {", ".join(addresses)}')
+    if controller is False:
+        wanted = (ingress.get('spec') or {}).get('ingressClassName')
+        what = f'IngressClass {wanted!r}' if wanted else 'default IngressClass'
+        return condition('IngressReady', False, 'NoIngressController',
+                         f'the cluster has no {what}: no controller will serve this Ingress (Ready does not wait for it)')
     return condition('IngressReady', False, 'AwaitingAddress', 'no ingress controller has published an address yet')
+
+
+def has_ingress_controller(ingress: dict[str, Any] | None, classes: list[dict[str, Any]] | None) -> bool | None:
+    """Whether an IngressClass serves ``ingress`` (None: unknown, e.g. the classes could not be listed)."""
+    if ingress is None or classes is None:
+        return None
+    wanted = (ingress.get('spec') or {}).get('ingressClassName')
+    if wanted:
+        return any((c.get('metadata') or {}).get('name') == wanted for c in classes)
+    return any(((c.get('metadata') or {}).get('annotations') or {}).get(
+        'ingressclass.kubernetes.io/is-default-class') == 'true' for c in classes)
+
+
+def cache_condition(spec: InferenceServiceSpec, claim: dict[str, Any] | None, known: bool = True) -> Condition:
+    """ModelCacheReady (only with a cache claim): the claim exists and every replica can mount it."""
+    name = spec.model_cache.claim
+    if not known:
+        return condition('ModelCacheReady', None, 'ClaimUnreadable', f'PersistentVolumeClaim {name} could not be read')
+    if claim is None:
+        return condition('ModelCacheReady', False, 'ClaimNotFound', f'PersistentVolumeClaim {name} does not exist')
+    modes = set((claim.get('spec') or {}).get('accessModes') or [])
+    if modes and modes <= {'ReadWriteOnce', 'ReadWriteOncePod'} and spec.max_possible_replicas > 1:
+        return condition('ModelCacheReady', False, 'ReadWriteOnceWithReplicas',
+                         f'PersistentVolumeClaim {name} is {", ".join(sorted(modes))} but up to '
+                         f'{spec.max_possible_replicas} replicas share it: replicas on other nodes cannot mount it '
+                         '(use ReadWriteMany, or one replica)')
+    phase = (claim.get('status') or {}).get('phase') or 'Pending'
+    if phase != 'Bound':
+        return condition('ModelCacheReady', False, f'Claim{phase}', f'PersistentVolumeClaim {name} is {phase}')
+    return condition('ModelCacheReady', True, 'Bound', f'PersistentVolumeClaim {name} is bound')
 
 
 def ready_condition(gates: list[Condition]) -> Condition:
@@ -98,18 +152,25 @@ def stamp(conditions: list[Condition], previous: list[dict[str, Any]] | None, ge
 
 
 def child_status(spec: InferenceServiceSpec, children: dict[str, dict[str, Any] | None], url: str,
-                 selector: str, previous: dict[str, Any], generation: int | None) -> dict[str, Any]:
-    """The full status of a valid InferenceService, given its live children."""
+                 selector: str, previous: dict[str, Any], generation: int | None, *,
+                 pods: Problem | None = None, ingress_classes: list[dict[str, Any]] | None = None,
+                 cache_claim: dict[str, Any] | None = None, cache_claim_known: bool = True) -> dict[str, Any]:
+    """The full status of a valid InferenceService, given its live children and what was observed
+    around them: the pods' summary, the cluster's IngressClasses (None: unknown), the cache claim."""
     deployment = children.get('Deployment')
     hpa = children.get('HorizontalPodAutoscaler')
-    conds = [deployment_condition(deployment)]
+    conds = [deployment_condition(deployment, pods)]
     gates = list(conds)
     if spec.autoscaling is not None:
         conds.append(autoscaler_condition(hpa))
     if spec.ingress is not None:
-        ing = ingress_condition(children.get('Ingress'))
+        ingress = children.get('Ingress')
+        ing = ingress_condition(ingress, has_ingress_controller(ingress, ingress_classes))
         conds.append(ing)
-        gates.append(ing)
+        if ing['reason'] != 'NoIngressController':
+            gates.append(ing)
+    if spec.model_cache.claim:
+        conds.append(cache_condition(spec, cache_claim, cache_claim_known))
     conds.insert(0, ready_condition(gates))
     dep_status = (deployment or {}).get('status') or {}
     desired = ((hpa or {}).get('status') or {}).get('desiredReplicas') if spec.autoscaling else None
