@@ -1,7 +1,9 @@
 """kopf handlers: thin triggers around :func:`pagedserve_operator.reconcile.reconcile`.
 
 Triggers: the InferenceService is created, changed or found at start-up (resume); one of its
-children changed or vanished (drift); the periodic resync. The operator adds no finalizer:
+children or runtime pods changed or vanished (drift, pod failures); the periodic resync, and a
+faster one for InferenceServices that are not Ready yet (download/load progress). Child and pod
+watches carry a label selector, so the API server sends only the operator's own objects. The operator adds no finalizer:
 children carry ownerReferences, so the garbage collector removes them, and the operator also
 deletes them itself when it sees the InferenceService go.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -22,15 +25,28 @@ from .spec import GROUP, LABEL_ISVC, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSI
 
 log = logging.getLogger('pagedserve_operator')
 
-# InferenceServices this process has seen, for the periodic resync.
+# InferenceServices this process has seen, for the periodic resync; those not Ready yet.
 _known: set[tuple[str, str]] = set()
+_progressing: set[tuple[str, str]] = set()
 _known_guard = threading.Lock()
 _resync_task: asyncio.Task[None] | None = None
 
 
+# Watched kinds other than the InferenceService: (apiVersion, plural), each with the selector below.
+WATCHED = tuple(KINDS[kind] for kind in ('Deployment', 'Service', 'HorizontalPodAutoscaler', 'PodDisruptionBudget',
+                                         'Ingress', 'Pod'))
+CHILD_SELECTOR = f'{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ISVC}'
+
+
 def _run(namespace: str, name: str) -> str:
     kube = get_kube()
-    return reconcile(kube, namespace, name, CONFIG, KubeEvents(kube))
+    result = reconcile(kube, namespace, name, CONFIG, KubeEvents(kube))
+    with _known_guard:
+        if result == 'progressing':
+            _progressing.add((namespace, name))
+        else:
+            _progressing.discard((namespace, name))
+    return result
 
 
 def _run_quietly(namespace: str, name: str) -> None:
@@ -54,6 +70,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    for api_version, plural in WATCHED:  # server-side filtering: kopf sends these as ?labelSelector=
+        settings.watching.label_selectors[api_version, plural] = CHILD_SELECTOR
     await asyncio.to_thread(get_kube)  # fail fast on a bad kubeconfig
     _resync_task = asyncio.create_task(_resync_loop())
 
@@ -65,10 +83,15 @@ async def stop_resync(**_: Any) -> None:
 
 
 async def _resync_loop() -> None:
+    """Every InferenceService each ``resync_seconds``; those not Ready also each ``progress_seconds``."""
+    last_full = time.monotonic()
     while True:
-        await asyncio.sleep(CONFIG.resync_seconds)
+        await asyncio.sleep(min(CONFIG.resync_seconds, CONFIG.progress_seconds))
+        full = time.monotonic() - last_full >= CONFIG.resync_seconds
         with _known_guard:
-            keys = sorted(_known)
+            keys = sorted(_known if full else _progressing & _known)
+        if full:
+            last_full = time.monotonic()
         for namespace, name in keys:
             await asyncio.to_thread(_run_quietly, namespace, name)
 
@@ -100,6 +123,7 @@ def track_inferenceservice(type: str | None, body: kopf.Body, name: str, namespa
     if type == 'DELETED':
         with _known_guard:
             _known.discard(key)
+            _progressing.discard(key)
         deleted = cleanup(get_kube(), namespace, name, body.metadata.uid)
         if deleted:
             log.info('%s/%s: deleted, removed children %s', namespace, name, ', '.join(deleted))
@@ -109,7 +133,8 @@ def track_inferenceservice(type: str | None, body: kopf.Body, name: str, namespa
 
 
 def _child_changed(type: str | None, body: kopf.Body, namespace: str, **_: Any) -> None:
-    """A child changed, appeared or vanished: reconcile its InferenceService (repairs drift)."""
+    """A child or runtime pod changed, appeared or vanished: reconcile its InferenceService
+    (repairs drift; a pod's new state reaches the status)."""
     owners = [ref for ref in body.metadata.get('ownerReferences') or [] if ref.get('kind') == 'InferenceService']
     name = owners[0]['name'] if owners else body.metadata.labels.get(LABEL_ISVC)
     if not name:
@@ -120,7 +145,8 @@ def _child_changed(type: str | None, body: kopf.Body, namespace: str, **_: Any) 
         _run_quietly(namespace, name)
 
 
-for _kind in ('Deployment', 'Service', 'HorizontalPodAutoscaler', 'PodDisruptionBudget', 'Ingress'):
-    _api_version, _plural = KINDS[_kind]
+# ``labels=`` is kopf's client-side filter (it does not reach the API); the server-side selector is
+# settings.watching.label_selectors, set in configure(). Both say the same.
+for _api_version, _plural in WATCHED:
     kopf.on.event(_api_version, _plural, id=f'child-{_plural}',
                   labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_ISVC: kopf.PRESENT})(_child_changed)

@@ -29,6 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--resync-seconds', type=float, default=CONFIG.resync_seconds,
                         help='re-check every InferenceService this often (env PAGEDSERVE_RESYNC_SECONDS; '
                              'default %(default)s)')
+    parser.add_argument('--progress-seconds', type=float, default=CONFIG.progress_seconds,
+                        help='re-check InferenceServices that are not Ready this often (env PAGEDSERVE_PROGRESS_SECONDS; '
+                             'default %(default)s)')
+    parser.add_argument('--pod-health-timeout', type=float, default=CONFIG.pod_health_timeout,
+                        help='timeout of GET http://<podIP>:<port>/health on starting runtime pods, for the '
+                             'Downloading/Loading status; 0 disables it (env PAGEDSERVE_POD_HEALTH_TIMEOUT; '
+                             'default %(default)s)')
     parser.add_argument('--log-format', choices=['json', 'plain', 'full'], default='json',
                         help='log format (default %(default)s: one JSON object per line)')
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
@@ -39,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resync_seconds <= 0:
         parser.error('--resync-seconds must be positive')
+    if args.progress_seconds <= 0:
+        parser.error('--progress-seconds must be positive')
+    if args.pod_health_timeout < 0:
+        parser.error('--pod-health-timeout must be >= 0')
     return args
 
 
@@ -47,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     CONFIG.runtime_image = args.runtime_image
     CONFIG.resync_seconds = args.resync_seconds
+    CONFIG.progress_seconds = args.progress_seconds
+    CONFIG.pod_health_timeout = args.pod_health_timeout
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     log.info('pagedserve-operator %s starting: %s, runtime image %s', __version__,
              'all namespaces' if args.all_namespaces else 'namespaces ' + ', '.join(args.namespaces),

@@ -16,7 +16,6 @@ from .kube import ApiError, Kube
 from .observe import observe
 from .parse import parse_spec
 from .resources import CHILD_KINDS, build_children, initial_replicas
-from .resources.deployment import CONTAINER_NAME
 from .resources.common import selector_string
 from .resources.ingress import ingress_url
 from .resources.service import cluster_url
@@ -76,20 +75,14 @@ def _fail(kube: Kube, events: EventSink, cr: dict[str, Any], reason: str, messag
     _write_status(kube, cr, status)
 
 
-def running_image(kube: Kube, cr: dict[str, Any]) -> str | None:
-    """The runtime image of this InferenceService's existing Deployment, if there is one.
-
-    A CR without ``runtime.image`` keeps the image it was created with: the operator's default
-    (``--runtime-image``) applies to new InferenceServices only, so upgrading the operator (or its
-    chart) does not roll every model. Set ``runtime.image`` to move a model to another image.
-    """
-    meta = cr['metadata']
-    live = kube.get('Deployment', meta['namespace'], meta['name'])
-    if live is None or not is_owned_by(live, meta['uid']):
-        return None
-    containers = (((live.get('spec') or {}).get('template') or {}).get('spec') or {}).get('containers') or []
-    image = next((c.get('image') for c in containers if c.get('name') == CONTAINER_NAME), None)
-    return image if isinstance(image, str) and image else None
+def default_image(cr: dict[str, Any], config: OperatorConfig) -> str:
+    """The image for a CR without ``runtime.image``: the one it already runs (``status.runtimeImage``),
+    else the operator's ``--runtime-image``. So the operator's default applies to new InferenceServices
+    only, and upgrading the operator (or its chart) does not roll every model; set ``runtime.image``
+    to move a model to another image. Kept in status, which only the operator writes (not read from
+    the Deployment, whose hand-edited image is drift to repair)."""
+    image = (cr.get('status') or {}).get('runtimeImage')
+    return image if isinstance(image, str) and image else config.runtime_image
 
 
 def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, events: EventSink) -> str:
@@ -103,9 +96,8 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
         if cr is None or cr['metadata'].get('deletionTimestamp'):
             return 'gone'
         generation = cr['metadata'].get('generation')
-        default_image = running_image(kube, cr) or config.runtime_image
         try:
-            spec = parse_spec(name, namespace, cr.get('spec') or {}, default_image)
+            spec = parse_spec(name, namespace, cr.get('spec') or {}, default_image(cr, config))
         except SpecError as exc:
             # Nothing is created or changed for an invalid spec: the children keep the last valid one.
             _fail(kube, events, cr, 'InvalidSpec', 'invalid spec: ' + '; '.join(exc.problems))

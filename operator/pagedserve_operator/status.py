@@ -180,6 +180,7 @@ def child_status(spec: InferenceServiceSpec, children: dict[str, dict[str, Any] 
         'observedGeneration': generation,
         'url': url,
         'servedModelName': spec.model.served_name,
+        'runtimeImage': spec.runtime.image,
         'replicas': int(dep_status.get('replicas') or 0),
         'readyReplicas': int(dep_status.get('readyReplicas') or 0),
         'updatedReplicas': int(dep_status.get('updatedReplicas') or 0),

@@ -13,13 +13,16 @@ kmock 0.8 lacks:
 * a CustomResourceDefinition, once created, serves its resources (with its
   subresources, short names and categories) and is marked Established;
 * core-group discovery answers ``groupVersion: v1``; lists carry their kind;
-* ``/api/v1/namespaces[/NAME]`` paths parse (kmock 0.8 crashes on them).
+* ``/api/v1/namespaces[/NAME]`` paths parse (kmock 0.8 crashes on them);
+* ``?labelSelector=`` filters lists and watches (equality, ``!=``, ``in``,
+  ``notin``, existence); every selector a list or watch carries is printed to
+  stdout (``SELECTOR list|watch PLURAL SELECTOR``) for the tests to check.
 
 What it does not do (so tests must not rely on it): schema validation,
 defaulting, admission, RBAC, optimistic concurrency, garbage collection through
-ownerReferences, label selectors, strategic-merge semantics (every patch is a
+ownerReferences, field selectors, strategic-merge semantics (every patch is a
 JSON merge patch), server-side apply, and any controller: Deployments never
-get Pods, so tests write ``status`` themselves.
+get Pods, so tests write Pods and ``status`` themselves.
 
 Run: ``python standin_apiserver.py PORT`` (prints ``READY <url>`` when serving).
 Pinned to ``kmock==0.8``: the fixes below touch kmock internals.
@@ -30,6 +33,7 @@ import asyncio
 import copy
 import datetime
 import itertools
+import re
 import secrets
 import signal
 import sys
@@ -68,6 +72,46 @@ def _parse_path(path: str) -> parsing.ParsedPath:
 
 
 parsing.parse_path = _parse_path
+
+
+def _selector_terms(selector: str) -> list[str]:
+    terms, depth, start = [], 0, 0
+    for i, ch in enumerate(selector):
+        depth += ch == '('
+        depth -= ch == ')'
+        if ch == ',' and depth == 0:
+            terms.append(selector[start:i].strip())
+            start = i + 1
+    terms.append(selector[start:].strip())
+    return [t for t in terms if t]
+
+
+def matches(selector: str, labels: dict[str, str]) -> bool:
+    """Whether ``labels`` satisfy a Kubernetes label selector string."""
+    for term in _selector_terms(selector):
+        if m := re.fullmatch(r'(\S+)\s+(in|notin)\s+\((.*)\)', term):
+            values = {v.strip() for v in m.group(3).split(',')}
+            inside = m.group(1) in labels and labels[m.group(1)] in values
+            if inside != (m.group(2) == 'in'):
+                return False
+        elif '!=' in term:
+            key, value = (x.strip() for x in term.split('!=', 1))
+            if labels.get(key) == value:
+                return False
+        elif '=' in term:
+            key, value = (x.strip() for x in term.replace('==', '=').split('=', 1))
+            if labels.get(key) != value:
+                return False
+        elif term.startswith('!'):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _labels_of(obj: Any) -> dict[str, str]:
+    return ((obj or {}).get('metadata') or {}).get('labels') or {} if isinstance(obj, dict) else {}
 
 
 def _strip_volatile(obj: dict[str, Any]) -> dict[str, Any]:
@@ -144,8 +188,20 @@ class StandInAPIServer(kmock.KubernetesEmulator):
             payload['groupVersion'] = payload['groupVersion'][1:]
         return payload
 
+    async def _serve_watch(self, request: rendering.Request) -> Any:
+        selector = request.params.get('labelSelector')
+        if selector:
+            print(f'SELECTOR watch {request.resource.plural} {selector}', flush=True)
+        async for event in super()._serve_watch(request):
+            if not selector or not isinstance(event, dict) or matches(selector, _labels_of(event.get('object'))):
+                yield event
+
     async def _serve_list(self, request: rendering.Request) -> Any:
         payload = await super()._serve_list(request)
+        selector = request.params.get('labelSelector')
+        if selector:
+            print(f'SELECTOR list {request.resource.plural} {selector}', flush=True)
+            payload['items'] = [o for o in payload['items'] if matches(selector, _labels_of(o))]
         res = request.resource
         info = self.resources[res] if res in self.resources else None
         payload['apiVersion'] = f"{res.group}/{res.version}" if res.group else res.version

@@ -44,7 +44,7 @@ def test_crd_identity() -> None:
                                                 'statusReplicasPath': '.status.replicas',
                                                 'labelSelectorPath': '.status.selector'}
     columns = [c['name'] for c in version['additionalPrinterColumns'] if c.get('priority', 0) == 0]
-    assert columns == ['Model', 'Ready', 'Replicas', 'URL', 'Age']
+    assert columns == ['Model', 'Ready', 'Reason', 'Replicas', 'URL', 'Age']
 
 
 def test_schema_is_structural() -> None:
@@ -53,7 +53,7 @@ def test_schema_is_structural() -> None:
 
 def test_status_schema_declares_what_the_operator_writes() -> None:
     status = openapi_schema()['properties']['status']['properties']
-    assert set(status) == {'observedGeneration', 'url', 'servedModelName', 'replicas', 'readyReplicas',
+    assert set(status) == {'observedGeneration', 'url', 'servedModelName', 'runtimeImage', 'replicas', 'readyReplicas',
                            'updatedReplicas', 'desiredReplicas', 'selector', 'conditions'}
 
 
