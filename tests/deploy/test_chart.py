@@ -206,6 +206,10 @@ def test_rbac_is_least_privilege(helm: Any) -> None:
     assert _norm(role['rules']) == _norm(documented_rules()), 'the ClusterRole grants exactly what docs/operator.md lists'
     for rule in role['rules']:
         assert '*' not in rule['verbs'] + rule['resources'] + rule['apiGroups']
+    granted = _norm(role['rules'])
+    assert ('pagedserve.io', 'inferenceservices/finalizers', 'update') in granted, 'blockOwnerDeletion needs it'
+    assert {('', 'pods', v) for v in ('get', 'list', 'watch')} <= granted, 'pod failures in status'
+    assert not any(r[1] == 'pods' and r[2] in ('create', 'patch', 'delete') for r in granted)
     (binding,) = [d for d in docs if d['kind'] == 'ClusterRoleBinding']
     (sa,) = [d for d in docs if d['kind'] == 'ServiceAccount']
     (dep,) = [d for d in docs if d['kind'] == 'Deployment']
@@ -220,11 +224,13 @@ def test_rbac_per_namespace(helm: Any) -> None:
     docs = render(helm, sets=('operator.watchNamespaces={ml,team-a}',))
     (role,) = [d for d in docs if d['kind'] == 'ClusterRole']
     assert _norm(role['rules']) == {('apiextensions.k8s.io', 'customresourcedefinitions', 'list'),
-                                    ('apiextensions.k8s.io', 'customresourcedefinitions', 'watch')}
+                                    ('apiextensions.k8s.io', 'customresourcedefinitions', 'watch'),
+                                    ('networking.k8s.io', 'ingressclasses', 'list')}
     roles = {d['metadata']['namespace']: d for d in docs if d['kind'] == 'Role'}
     bindings = {d['metadata']['namespace']: d for d in docs if d['kind'] == 'RoleBinding'}
     assert set(roles) == set(bindings) == {'ml', 'team-a'}
-    cluster_only = {('apiextensions.k8s.io', 'customresourcedefinitions'), ('', 'namespaces')}
+    cluster_only = {('apiextensions.k8s.io', 'customresourcedefinitions'), ('', 'namespaces'),
+                    ('networking.k8s.io', 'ingressclasses')}
     expected = {t for t in _norm(documented_rules()) if t[:2] not in cluster_only}
     for ns, r in roles.items():
         assert _norm(r['rules']) == expected
