@@ -109,6 +109,15 @@ def test_raw_objects_fit_together(raw_objects: list[dict[str, Any]]) -> None:
     mounts = {m['mountPath'] for m in container['volumeMounts']}
     assert {'/dev/shm', '/model-cache'} <= mounts
     assert dep['spec']['template']['spec']['securityContext']['runAsUser'] == 1000
+    # the HPA owns the replica count: a replicas field would reset it on every `kubectl apply -k`
+    assert 'replicas' not in dep['spec']
+    # shutdown: preStop sleep + drain timeout fit the grace period; startup timeout = the startup probe
+    grace = dep['spec']['template']['spec']['terminationGracePeriodSeconds']
+    sleep = int(container['lifecycle']['preStop']['exec']['command'][1])
+    assert sleep > 0 and sleep + ns.shutdown_timeout < grace
+    probe = container['startupProbe']
+    assert ns.engine_startup_timeout == probe['periodSeconds'] * probe['failureThreshold']
+    assert container['terminationMessagePolicy'] == 'FallbackToLogsOnError'
 
 
 def adapter_rules() -> list[dict[str, Any]]:
