@@ -76,7 +76,7 @@ def is_ready(pod: dict[str, Any]) -> bool:
 
 def is_running(pod: dict[str, Any]) -> bool:
     c = _container(pod)
-    return bool(c and (c.get('state') or {}).get('running'))
+    return bool(c) and 'running' in (c.get('state') or {})
 
 
 def http_port(pod: dict[str, Any], name: str = 'http') -> int | None:
