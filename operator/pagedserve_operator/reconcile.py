@@ -6,17 +6,19 @@ Passes for the same InferenceService never overlap (a lock per object).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any, Protocol
 
-from .apply import ChildConflict, apply_child, is_owned_by, remove_child
+from .apply import LAST_APPLIED, ChildConflict, apply_child, is_owned_by, remove_child
 from .config import OperatorConfig
 from .kube import ApiError, Kube
 from .observe import observe
 from .parse import parse_spec
 from .resources import CHILD_KINDS, build_children, initial_replicas
 from .resources.common import selector_string
+from .resources.deployment import CONTAINER_NAME
 from .resources.ingress import ingress_url
 from .resources.service import cluster_url
 from .spec import KIND, SpecError
@@ -75,14 +77,28 @@ def _fail(kube: Kube, events: EventSink, cr: dict[str, Any], reason: str, messag
     _write_status(kube, cr, status)
 
 
-def default_image(cr: dict[str, Any], config: OperatorConfig) -> str:
-    """The image for a CR without ``runtime.image``: the one it already runs (``status.runtimeImage``),
-    else the operator's ``--runtime-image``. So the operator's default applies to new InferenceServices
-    only, and upgrading the operator (or its chart) does not roll every model; set ``runtime.image``
-    to move a model to another image. Kept in status, which only the operator writes (not read from
-    the Deployment, whose hand-edited image is drift to repair)."""
+def default_image(kube: Kube, cr: dict[str, Any], config: OperatorConfig) -> str:
+    """The image for a CR without ``runtime.image``: the one it already runs, else the operator's
+    ``--runtime-image``. So the operator's default applies to new InferenceServices only, and
+    upgrading the operator (or its chart) does not roll every model; set ``runtime.image`` to move a
+    model to another image. "Already runs" is ``status.runtimeImage`` (written by this operator), or
+    for a CR from before that field, the image in the Deployment's last-applied record (not the
+    live container: a hand-edited image is drift to repair, not a choice to keep)."""
     image = (cr.get('status') or {}).get('runtimeImage')
-    return image if isinstance(image, str) and image else config.runtime_image
+    if isinstance(image, str) and image:
+        return image
+    meta = cr['metadata']
+    live = kube.get('Deployment', meta['namespace'], meta['name'])
+    if live is not None and is_owned_by(live, meta['uid']):
+        try:
+            record = json.loads(((live.get('metadata') or {}).get('annotations') or {}).get(LAST_APPLIED) or '{}')
+            containers = record['spec']['template']['spec']['containers']
+            image = next(c['image'] for c in containers if c.get('name') == CONTAINER_NAME)
+        except (ValueError, KeyError, TypeError, StopIteration):
+            image = None
+        if isinstance(image, str) and image:
+            return image
+    return config.runtime_image
 
 
 def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, events: EventSink) -> str:
@@ -97,7 +113,7 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
             return 'gone'
         generation = cr['metadata'].get('generation')
         try:
-            spec = parse_spec(name, namespace, cr.get('spec') or {}, default_image(cr, config))
+            spec = parse_spec(name, namespace, cr.get('spec') or {}, default_image(kube, cr, config))
         except SpecError as exc:
             # Nothing is created or changed for an invalid spec: the children keep the last valid one.
             _fail(kube, events, cr, 'InvalidSpec', 'invalid spec: ' + '; '.join(exc.problems))

@@ -94,13 +94,14 @@ class Operator:
     """The real operator process (``python -m pagedserve_operator`` or ``kopf run``) against the stand-in."""
 
     def __init__(self, standin: StandIn, workdir: pathlib.Path, namespace: str | None = 'default',
-                 entry: str = 'console', resync_seconds: float = 3.0, name: str = 'operator') -> None:
+                 entry: str = 'console', resync_seconds: float = 3.0, name: str = 'operator',
+                 runtime_image: str = 'registry.test/pagedserve-runtime:e2e') -> None:
         self.health_port = free_port()
         self.health_url = f'http://127.0.0.1:{self.health_port}/healthz'
         self.log_path = workdir / f'{name}.log'
         env = dict(os.environ, KUBECONFIG=str(standin.kubeconfig), PYTHONPATH=str(ROOT / 'operator'),
                    PAGEDSERVE_RESYNC_SECONDS=str(resync_seconds),
-                   PAGEDSERVE_RUNTIME_IMAGE='registry.test/pagedserve-runtime:e2e')
+                   PAGEDSERVE_RUNTIME_IMAGE=runtime_image, PAGEDSERVE_PROGRESS_SECONDS='1')
         scope = ['--namespace', namespace] if namespace else ['--all-namespaces']
         if entry == 'console':  # the installed console script when there is one, else the same main() via -m
             script = pathlib.Path(sys.executable).parent / 'pagedserve-operator'
@@ -140,6 +141,8 @@ PATHS = {
     'InferenceService': '/apis/pagedserve.io/v1alpha1/namespaces/{ns}/inferenceservices',
     'Event': '/api/v1/namespaces/{ns}/events',
     'CustomResourceDefinition': '/apis/apiextensions.k8s.io/v1/customresourcedefinitions',
+    'Pod': '/api/v1/namespaces/{ns}/pods',
+    'PersistentVolumeClaim': '/api/v1/namespaces/{ns}/persistentvolumeclaims',
 }
 CHILD_KINDS = ('Deployment', 'Service', 'HorizontalPodAutoscaler', 'PodDisruptionBudget', 'Ingress')
 

@@ -3,14 +3,12 @@ runtime's /health reports it (read over real HTTP from an aiohttp server on loop
 controller check and the cache-claim warning."""
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from typing import Any, Iterator
 
 import pytest
-from aiohttp import web
 
+from health_server import HealthServer
 from isvc_cluster import free_port
 from pagedserve_operator.health import fetch_health, starting_pods_health
 from pagedserve_operator.parse import parse_spec
@@ -104,58 +102,28 @@ def test_summary_prefers_a_failure_to_progress_and_names_the_pod() -> None:
 
 
 @pytest.fixture(scope='module')
-def runtime_health() -> Iterator[tuple[int, dict[str, Any]]]:
-    """An aiohttp server on loopback answering GET /health like a starting runtime (state is mutable)."""
-    state: dict[str, Any] = {'code': 503, 'body': {'status': 'downloading', 'message': 'config.json'}}
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    async def health(_: web.Request) -> web.Response:
-        if state['body'] is None:
-            return web.Response(status=state['code'], text='not json')
-        return web.json_response(state['body'], status=state['code'])
-
-    async def serve() -> web.AppRunner:
-        app = web.Application()
-        app.router.add_get('/health', health)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, '127.0.0.1', port).start()
-        return runner
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        runner = loop.run_until_complete(serve())
-        state['runner'] = runner
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
+def health() -> Iterator[HealthServer]:
+    server = HealthServer()
     try:
-        yield port, state
+        yield server
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        server.stop()
 
 
-def test_fetch_health_reads_the_503_body(runtime_health: tuple[int, dict[str, Any]]) -> None:
-    port, state = runtime_health
-    state.update(code=503, body={'status': 'loading', 'message': 'weights 3/4'})
+def test_fetch_health_reads_the_503_body(health: HealthServer) -> None:
+    port = health.port
+    health.set(503, {'status': 'loading', 'message': 'weights 3/4'})
     assert fetch_health('127.0.0.1', port, 2) == {'status': 'loading', 'message': 'weights 3/4'}
-    state.update(code=200, body={'status': 'ok'})
+    health.set(200, {'status': 'ok'})
     assert fetch_health('127.0.0.1', port, 2) == {'status': 'ok'}
-    state.update(code=503, body=None)
+    health.set(503, None)
     assert fetch_health('127.0.0.1', port, 2) is None, 'not JSON: no progress, no crash'
     assert fetch_health('127.0.0.1', free_port(), 0.5) is None, 'nothing listening'
 
 
-def test_only_running_unready_pods_are_asked(runtime_health: tuple[int, dict[str, Any]]) -> None:
-    port, state = runtime_health
-    state.update(code=503, body={'status': 'downloading', 'message': 'model.safetensors 40%'})
+def test_only_running_unready_pods_are_asked(health: HealthServer) -> None:
+    port = health.port
+    health.set(503, {'status': 'downloading', 'message': 'model.safetensors 40%'})
     pods = [pod('a', port=port), pod('b', port=port, waiting={'reason': 'ContainerCreating'})]
     assert starting_pods_health(pods, 2) == {'a': {'status': 'downloading', 'message': 'model.safetensors 40%'}}
     assert starting_pods_health(pods, 0) == {}, '--pod-health-timeout 0 disables it'
