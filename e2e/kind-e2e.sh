@@ -23,10 +23,17 @@
 #   3. bad InferenceServices are refused by the CEL rules;
 #   4. the operator (run from this checkout, on the host) creates Deployment, Service, HPA, PDB and
 #      Ingress with ownerReferences, and the API server accepts them (admission, defaulting, validation);
-#   5. a hand-edited Deployment is restored; HPA-owned replicas are left alone;
+#   5. a hand-edited Deployment is restored; the scale subresource reports the real count and
+#      `kubectl scale` reaches the Deployment;
 #   6. an invalid spec the schema cannot catch gives Ready=False/InvalidSpec and a Warning event;
-#   7. with RUNTIME_IMAGE: the model becomes Ready and answers /v1/models and a chat completion;
+#      an image that cannot be pulled shows as Ready=False/ErrImagePull|ImagePullBackOff (from the pod);
+#   7. with RUNTIME_IMAGE: the model becomes Ready (kind has no ingress controller: IngressReady says
+#      NoIngressController and does not gate Ready) and answers /v1/models and a chat completion;
+#      a Hub model that does not exist shows as CrashLoopBackOff with the runtime's last message;
 #   8. deleting the InferenceService removes its children.
+#
+# The operator runs on the host, which cannot reach pod IPs: it reports ReplicasNotReady instead of
+# Downloading/Loading there (in a cluster it reads each starting pod's /health).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -98,7 +105,6 @@ expect_refused() {
   log "ok: refused: $message"
 }
 cr() { printf 'apiVersion: pagedserve.io/v1alpha1\nkind: InferenceService\nmetadata: {name: %s}\nspec: %s\n' "$1" "$2"; }
-expect_refused 'set either spec.replicas or spec.autoscaling' "$(cr bad1 '{model: {uri: default}, replicas: 2, autoscaling: {maxReplicas: 3}}')"
 expect_refused 'minReplicas must be <= autoscaling.maxReplicas' "$(cr bad2 '{model: {uri: default}, autoscaling: {minReplicas: 4, maxReplicas: 2}}')"
 expect_refused 'cannot both be 0' "$(cr bad3 '{model: {uri: default}, rollout: {maxUnavailable: 0}}')"
 expect_refused 'must equal engine.tensorParallelSize' "$(cr bad4 '{model: {uri: default}, engine: {tensorParallelSize: 4}, resources: {gpus: 2}}')"
@@ -110,7 +116,8 @@ expect_refused 'spec.model.uri' "$(cr bad7 '{model: {uri: "s3://bucket/x"}}')"
 log "starting the operator (log: $WORK/operator.log)"
 KUBECONFIG="${KUBECONFIG:-$HOME/.kube/config}" PYTHONPATH="$ROOT/operator" \
   "$PYTHON" -m pagedserve_operator --namespace "$NAMESPACE" --liveness "http://127.0.0.1:$HEALTH_PORT/healthz" \
-  --log-format plain --resync-seconds 30 ${RUNTIME_IMAGE:+--runtime-image "$RUNTIME_IMAGE"} >"$WORK/operator.log" 2>&1 &
+  --log-format plain --resync-seconds 30 --pod-health-timeout 1 ${RUNTIME_IMAGE:+--runtime-image "$RUNTIME_IMAGE"} \
+  >"$WORK/operator.log" 2>&1 &
 OPERATOR_PID=$!
 wait_for "the operator's liveness endpoint" 60 curl -fsS "http://127.0.0.1:$HEALTH_PORT/healthz"
 
@@ -154,6 +161,13 @@ wait_for "the hand-edited image restored" 60 image_restored
 k patch -n "$NAMESPACE" isvc smollm --type merge -p '{"spec":{"engine":{"maxNumSeqs":4}}}' >/dev/null
 new_flag() { k get -n "$NAMESPACE" deploy smollm -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- '--max-num-seqs=4'; }
 wait_for "the CR change reaching the Deployment" 60 new_flag
+# the HPA scales the InferenceService through its scale subresource; the operator passes it on
+scale_replicas() { k get --raw "/apis/pagedserve.io/v1alpha1/namespaces/$NAMESPACE/inferenceservices/smollm/scale" | grep -q '"replicas":'"$1"; }
+wait_for "GET .../scale reports spec.replicas 1 (schema default)" 30 scale_replicas 1
+k scale -n "$NAMESPACE" isvc/smollm --replicas=2 >/dev/null
+deploy_replicas() { [ "$(k get -n "$NAMESPACE" deploy smollm -o jsonpath='{.spec.replicas}')" = 2 ]; }
+wait_for "kubectl scale isvc reaching the Deployment" 60 deploy_replicas
+k scale -n "$NAMESPACE" isvc/smollm --replicas=1 >/dev/null
 
 # 6. an invalid spec the schema cannot catch
 k apply -n "$NAMESPACE" -f - <<EOF
@@ -170,9 +184,25 @@ warned() { k get events -n "$NAMESPACE" --field-selector involvedObject.name=too
 wait_for "a Warning event InvalidSpec" 60 warned
 k get -n "$NAMESPACE" deploy too-much-shm >/dev/null 2>&1 && fail "children were created for an invalid spec"
 
+# pod failures reach the status from the pods, long before the progress deadline
+k apply -n "$NAMESPACE" -f - <<EOF
+apiVersion: pagedserve.io/v1alpha1
+kind: InferenceService
+metadata: {name: no-image}
+spec:
+  model: {uri: default}
+  runtime: {image: registry.invalid/pagedserve/none:0.0.0}
+  resources: {gpus: 0, cpu: 100m, memory: 1Gi, shmSize: 64Mi}
+EOF
+pull_failed() { k get -n "$NAMESPACE" isvc no-image -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}' | grep -Eq '^(ErrImagePull|ImagePullBackOff)$'; }
+wait_for "Ready=False/ErrImagePull|ImagePullBackOff on no-image" 180 pull_failed
+k delete -n "$NAMESPACE" isvc no-image --wait=false >/dev/null
+
 # 7. a real model, when an image was given
 if [ -n "$RUNTIME_IMAGE" ]; then
   k wait -n "$NAMESPACE" --for=condition=Ready --timeout=15m isvc/smollm || fail "smollm never became Ready"
+  [ "$(k get -n "$NAMESPACE" isvc smollm -o jsonpath='{.status.conditions[?(@.type=="IngressReady")].reason}')" = NoIngressController ] \
+    || fail "IngressReady should say NoIngressController on kind"
   k port-forward -n "$NAMESPACE" svc/smollm 18000:8000 >"$WORK/port-forward.log" 2>&1 &
   PF_PID=$!
   wait_for "port-forward" 30 curl -fsS http://127.0.0.1:18000/v1/models
@@ -181,6 +211,20 @@ if [ -n "$RUNTIME_IMAGE" ]; then
   echo
   grep -q '"choices"' "$WORK/chat.json" || fail "no completion"
   kill "$PF_PID" 2>/dev/null || true
+  # a Hub model that does not exist: the runtime exits with a clear last line; the status shows it
+  k apply -n "$NAMESPACE" -f - <<EOF
+apiVersion: pagedserve.io/v1alpha1
+kind: InferenceService
+metadata: {name: missing-model}
+spec:
+  model: {uri: "hf://pagedserve-e2e/this-model-does-not-exist"}
+  runtime: {imagePullPolicy: IfNotPresent}
+  resources: {gpus: 0, cpu: 500m, memory: 2Gi, shmSize: 64Mi}
+EOF
+  crashed() { k get -n "$NAMESPACE" isvc missing-model -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}' | grep -Eq '^(CrashLoopBackOff|ContainerFailed)$'; }
+  wait_for "Ready=False/CrashLoopBackOff on missing-model" 300 crashed
+  k get -n "$NAMESPACE" isvc missing-model -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}'; echo
+  k delete -n "$NAMESPACE" isvc missing-model --wait=false >/dev/null
 else
   log "RUNTIME_IMAGE not set: skipping Ready and the chat request (pods cannot pull the default image offline)"
 fi

@@ -281,8 +281,8 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_image: s
     autoscaling = _parse_autoscaling(r, spec, resources.gpus)
     if autoscaling and resources.cpu is None and any(m.type == 'CPUUtilization' for m in autoscaling.metrics):
         problems.append('autoscaling on CPUUtilization needs spec.resources.cpu (utilization is a percent of the request)')
-    if replicas is not None and autoscaling is not None:
-        problems.append('set either spec.replicas or spec.autoscaling, not both')
+    if replicas is None:  # the schema defaults it to 1; a cluster that skips defaulting does not
+        replicas = autoscaling.min_replicas if autoscaling else 1
     pdb_raw = r.obj(spec, 'disruptionBudget', 'spec.')
     pdb = DisruptionBudget(enabled=bool(r.bool_(pdb_raw, 'enabled', 'spec.disruptionBudget.', True)),
                            min_available=r.int_or_percent(pdb_raw, 'minAvailable', 'spec.disruptionBudget.'),

@@ -16,7 +16,7 @@ from .config import OperatorConfig
 from .kube import ApiError, Kube
 from .observe import observe
 from .parse import parse_spec
-from .resources import CHILD_KINDS, build_children, initial_replicas
+from .resources import CHILD_KINDS, build_children
 from .resources.common import selector_string
 from .resources.deployment import CONTAINER_NAME
 from .resources.ingress import ingress_url
@@ -122,16 +122,14 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
         desired = build_children(spec)
         live: dict[str, dict[str, Any] | None] = {}
         try:
-            # Removals first: e.g. an HPA that no longer owns the replicas is gone before they are written.
+            # Removals first (e.g. an HPA that must go), then creates and patches.
             for kind in sorted(CHILD_KINDS, key=lambda k: desired[k] is not None):
                 obj = desired[kind]
                 if obj is None:
                     outcome = remove_child(kube, cr, kind, namespace, name)
                     live[kind] = None
                 else:
-                    outcome, live[kind] = apply_child(
-                        kube, cr, obj, manage_replicas=(kind != 'Deployment' or spec.autoscaling is None),
-                        initial_replicas=initial_replicas(spec))
+                    outcome, live[kind] = apply_child(kube, cr, obj)
                 if outcome in ('created', 'updated', 'deleted'):
                     events.normal(cr, outcome.capitalize(), f'{kind} {name} {outcome}')
                     log.info('%s/%s: %s %s', namespace, name, kind, outcome)

@@ -215,7 +215,7 @@ class InferenceServiceSpec:
     runtime: Runtime
     engine: Engine
     resources: Resources
-    replicas: int | None
+    replicas: int  # spec.replicas: the scale subresource; with autoscaling the HPA writes it
     autoscaling: Autoscaling | None
     disruption_budget: DisruptionBudget
     rollout: Rollout
@@ -230,4 +230,4 @@ class InferenceServiceSpec:
 
     @property
     def max_possible_replicas(self) -> int:
-        return self.autoscaling.max_replicas if self.autoscaling else (self.replicas if self.replicas is not None else 1)
+        return self.autoscaling.max_replicas if self.autoscaling else self.replicas

@@ -156,7 +156,7 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], Callable[[Children], Any]]] = {
     'autoscaling.minReplicas': ({'autoscaling': {'minReplicas': 2, 'maxReplicas': 4}},
                                 lambda ch: ch['HorizontalPodAutoscaler']['spec']['minReplicas'] == 2),
     'autoscaling.maxReplicas': (AS, lambda ch: ch['HorizontalPodAutoscaler']['spec']['maxReplicas'] == 4
-                                and 'replicas' not in ch['Deployment']['spec']),
+                                and ch['Deployment']['spec']['replicas'] == 1),
     'autoscaling.metrics': (
         {'autoscaling': {'maxReplicas': 4, 'metrics': [{'type': 'QueueLength', 'target': 5}]}},
         lambda ch: hpa_metrics(ch) == [{'type': 'Pods', 'pods': {
@@ -384,18 +384,26 @@ def test_hpa_defaults_follow_the_seed() -> None:
     ch = build(AS)
     hpa = ch['HorizontalPodAutoscaler']
     assert hpa['apiVersion'] == 'autoscaling/v2'
-    assert hpa['spec']['scaleTargetRef'] == {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'name': 'llm'}
+    assert hpa['spec']['scaleTargetRef'] == {'apiVersion': 'pagedserve.io/v1alpha1', 'kind': 'InferenceService',
+                                             'name': 'llm'}, 'the HPA scales the CR (its /scale), not the Deployment'
     assert hpa['spec']['minReplicas'] == 1
     assert hpa_metrics(ch) == [{'type': 'Pods', 'pods': {'metric': {'name': 'DCGM_FI_DEV_GPU_UTIL'},
                                                           'target': {'type': 'AverageValue', 'averageValue': '80'}}}]
     assert hpa['spec']['behavior']['scaleDown']['stabilizationWindowSeconds'] == 300
 
 
-def test_hpa_owns_replicas() -> None:
-    spec = parse_spec('llm', 'ml', merged(BASE, {'autoscaling': {'minReplicas': 2, 'maxReplicas': 5}}), IMAGE)
-    assert 'replicas' not in build_children(spec)['Deployment']['spec']
-    assert initial_replicas(spec) == 2
-    assert initial_replicas(parse_spec('llm', 'ml', merged(BASE, {'replicas': 3}), IMAGE)) == 3
+def test_deployment_replicas_follow_the_scale_subresource() -> None:
+    """spec.replicas (what `kubectl scale` and the HPA write) goes to the Deployment, within the HPA's bounds."""
+    def replicas(extra: dict[str, Any]) -> int:
+        spec = parse_spec('llm', 'ml', merged(BASE, extra), IMAGE)
+        assert build_children(spec)['Deployment']['spec']['replicas'] == initial_replicas(spec)
+        return initial_replicas(spec)
+    bounds = {'minReplicas': 2, 'maxReplicas': 5}
+    assert replicas({'autoscaling': bounds}) == 2, 'no replicas (no schema defaulting): minReplicas'
+    assert replicas({'replicas': 4, 'autoscaling': bounds}) == 4, 'what the HPA set'
+    assert replicas({'replicas': 1, 'autoscaling': bounds}) == 2, 'the schema default 1, below minReplicas'
+    assert replicas({'replicas': 9, 'autoscaling': bounds}) == 5
+    assert replicas({'replicas': 3}) == 3 and replicas({}) == 1 and replicas({'replicas': 0}) == 0
 
 
 @pytest.mark.parametrize('metric, expected', [

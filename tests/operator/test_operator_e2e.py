@@ -113,9 +113,13 @@ def test_status_reflects_the_deployment_readiness_the_test_sets(api: Api, operat
     wait_for(ready, what='Ready=True again')
 
 
-def test_update_changes_children_and_leaves_hpa_replicas_alone(api: Api, operator: Operator) -> None:
+def test_update_changes_children_and_passes_hpa_replicas_on(api: Api, operator: Operator) -> None:
     wait_for(lambda: all_children(api, 'qwen'), what='children of qwen')
-    api.patch('Deployment', 'qwen', {'spec': {'replicas': 5}})  # what the HPA does
+    hpa = api.get('HorizontalPodAutoscaler', 'qwen')
+    assert hpa['spec']['scaleTargetRef'] == {'apiVersion': 'pagedserve.io/v1alpha1', 'kind': 'InferenceService', 'name': 'qwen'}
+    # what the HPA does through the CR's scale subresource (specReplicasPath .spec.replicas)
+    api.patch('InferenceService', 'qwen', {'spec': {'replicas': 5}})
+    wait_for(lambda: api.get('Deployment', 'qwen')['spec']['replicas'] == 5, what='the HPA count on the Deployment')
     spec = copy.deepcopy(HA_SPEC)
     spec['engine']['maxModelLen'] = 4096
     spec['ingress']['annotations'] = {'team': 'ml', 'cost-center': None}  # dropped (a merge patch needs the null)
@@ -125,14 +129,14 @@ def test_update_changes_children_and_leaves_hpa_replicas_alone(api: Api, operato
     dep = wait_for(lambda: (d := api.get('Deployment', 'qwen')) and '--max-model-len=4096' in container(d)['args'] and d,
                    what='the new flag in the Deployment')
     assert '--max-model-len=8192' not in container(dep)['args']
-    assert dep['spec']['replicas'] == 5, 'the operator never writes replicas while an HPA owns them'
+    assert dep['spec']['replicas'] == 5, 'a CR update without replicas keeps the HPA-set count'
     hpa = wait_for(lambda: (h := api.get('HorizontalPodAutoscaler', 'qwen')) and h['spec']['maxReplicas'] == 9 and h,
                    what='HPA maxReplicas 9')
     assert hpa['spec']['minReplicas'] == 2
     ing = wait_for(lambda: (i := api.get('Ingress', 'qwen')) and 'cost-center' not in i['metadata']['annotations'] and i,
                    what='the dropped ingress annotation removed')
     assert ing['metadata']['annotations']['team'] == 'ml'
-    wait_for(lambda: api.get('InferenceService', 'qwen')['status']['observedGeneration'] == 2, what='observedGeneration 2')
+    wait_for(lambda: api.get('InferenceService', 'qwen')['status']['observedGeneration'] == 3, what='observedGeneration 3')
     assert api.get('Deployment', 'qwen')['spec']['replicas'] == 5
 
 
@@ -199,14 +203,14 @@ def test_invalid_spec_gets_a_condition_and_an_event_and_no_children(api: Api, op
     # A valid service made invalid keeps its children unchanged until it is fixed.
     before = wait_for(lambda: all_children(api, 'qwen'), what='children of qwen')
     versions = {k: v['metadata']['resourceVersion'] for k, v in before.items()}
-    api.patch('InferenceService', 'qwen', {'spec': {'replicas': 3}})  # replicas and autoscaling together
+    api.patch('InferenceService', 'qwen', {'spec': {'resources': {'memory': '2Gi'}}})  # /dev/shm (4Gi) no longer fits
     cr = wait_for(lambda: (c := api.get('InferenceService', 'qwen')) and condition(c, 'Ready').get('reason') == 'InvalidSpec'
                   and c, what='qwen InvalidSpec')
-    assert 'set either spec.replicas or spec.autoscaling' in condition(cr, 'Ready')['message']
+    assert 'must be smaller than resources.memory (2Gi)' in condition(cr, 'Ready')['message']
     assert condition(cr, 'DeploymentAvailable'), 'the other conditions are kept'
     after = api.children('qwen')
     assert {k: v['metadata']['resourceVersion'] for k, v in after.items() if v} == versions
-    api.patch('InferenceService', 'qwen', {'spec': {'replicas': None}})
+    api.patch('InferenceService', 'qwen', {'spec': {'resources': {'memory': '64Gi'}}})
     wait_for(lambda: condition(api.get('InferenceService', 'qwen'), 'Ready').get('reason') != 'InvalidSpec',
              what='qwen valid again')
 

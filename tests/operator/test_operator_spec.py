@@ -102,7 +102,7 @@ def test_semantic_problems(case: str, spec: dict[str, Any], reason: str) -> None
 def test_all_problems_are_reported_at_once() -> None:
     with pytest.raises(SpecError) as err:
         parse_spec('Bad_Name', 'default', {'model': {'uri': 'ftp://x'}, 'engine': {'dtype': 'int3', 'maxNumSeqs': 0},
-                                           'replicas': 2, 'autoscaling': {'maxReplicas': 1}}, 'img')
+                                           'autoscaling': {'minReplicas': 2, 'maxReplicas': 1}}, 'img')
     problems = err.value.problems
     assert len(problems) == 5, problems
     assert str(err.value) == '; '.join(problems)
@@ -123,7 +123,7 @@ def test_defaults() -> None:
     assert s.runtime.image == 'img:1' and s.runtime.args == () and s.runtime.api_key is None
     assert s.engine.tp == 1 and s.resources.gpus == 1 and s.resources.shm_size == '2Gi'
     assert s.resources.gpu_resource_name == 'nvidia.com/gpu'
-    assert s.replicas is None and s.autoscaling is None and s.max_possible_replicas == 1
+    assert s.replicas == 1 and s.autoscaling is None and s.max_possible_replicas == 1
     assert (s.rollout.strategy, s.rollout.max_surge, s.rollout.max_unavailable) == ('RollingUpdate', 0, 1)
     assert (s.service.type, s.service.port) == ('ClusterIP', 8000)
     assert s.ingress is None and s.model_cache.mount_path == '/model-cache'

@@ -258,26 +258,29 @@ def _strategy(spec: InferenceServiceSpec) -> dict[str, Any]:
 
 
 def build_deployment(spec: InferenceServiceSpec) -> dict[str, Any]:
-    """The desired Deployment. ``spec.replicas`` is present only when no HPA owns the replica count."""
+    """The desired Deployment, with ``replicas`` from the InferenceService's ``spec.replicas``."""
     template_labels = {**spec.pod_labels, **labels(spec)}
     template_meta: dict[str, Any] = {'labels': template_labels}
     annotations = _pod_annotations(spec)
     if annotations:
         template_meta['annotations'] = annotations
     deployment_spec: dict[str, Any] = {
+        'replicas': initial_replicas(spec),
         'selector': {'matchLabels': selector_labels(spec.name)},
         'strategy': _strategy(spec),
         'revisionHistoryLimit': 3,
         'progressDeadlineSeconds': spec.startup_timeout_seconds + 600,
         'template': {'metadata': template_meta, 'spec': _pod_spec(spec)},
     }
-    if spec.autoscaling is None:
-        deployment_spec['replicas'] = spec.replicas if spec.replicas is not None else 1
     return {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'metadata': metadata(spec), 'spec': deployment_spec}
 
 
 def initial_replicas(spec: InferenceServiceSpec) -> int:
-    """Replicas for a newly created Deployment (an HPA's minReplicas, so it starts where the HPA would)."""
+    """The Deployment's replicas: ``spec.replicas``, kept within the autoscaling bounds.
+
+    The HPA scales the InferenceService (its scale subresource writes ``spec.replicas``) and the
+    operator passes the count on, so ``kubectl scale`` and ``GET .../scale`` see the real count.
+    """
     if spec.autoscaling is not None:
-        return spec.autoscaling.min_replicas
-    return spec.replicas if spec.replicas is not None else 1
+        return min(max(spec.replicas, spec.autoscaling.min_replicas), spec.autoscaling.max_replicas)
+    return spec.replicas

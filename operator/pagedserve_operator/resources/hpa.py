@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..spec import InferenceServiceSpec, Metric
+from ..spec import GROUP, KIND, VERSION, InferenceServiceSpec, Metric
 from .common import metadata
 
 # Custom-metrics API names (per pod) that each metric type reads by default.
@@ -45,7 +45,11 @@ def build_metric(metric: Metric) -> dict[str, Any]:
 
 
 def build_hpa(spec: InferenceServiceSpec) -> dict[str, Any] | None:
-    """The desired HPA on the runtime Deployment, or None without ``spec.autoscaling``."""
+    """The desired HPA, or None without ``spec.autoscaling``.
+
+    It scales the InferenceService through its scale subresource (``spec.replicas``, selector
+    ``status.selector``), not the Deployment: the CR's replica count is then always the real one,
+    and the operator passes it on to the Deployment."""
     scaling = spec.autoscaling
     if scaling is None:
         return None
@@ -56,7 +60,7 @@ def build_hpa(spec: InferenceServiceSpec) -> dict[str, Any] | None:
         'kind': 'HorizontalPodAutoscaler',
         'metadata': metadata(spec),
         'spec': {
-            'scaleTargetRef': {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'name': spec.name},
+            'scaleTargetRef': {'apiVersion': f'{GROUP}/{VERSION}', 'kind': KIND, 'name': spec.name},
             'minReplicas': scaling.min_replicas,
             'maxReplicas': scaling.max_replicas,
             'metrics': [build_metric(m) for m in scaling.metrics],
