@@ -4,9 +4,9 @@
   (fields others add, and server defaults, are left alone), so a repeated reconcile sends nothing.
 * Fields the operator stopped setting are removed: the last desired object is kept in the
   ``pagedserve.io/last-applied`` annotation, and the merge patch sets the dropped keys to null.
-* ``spec.replicas`` of a Deployment is never part of that record and never nulled; it is copied
-  from the InferenceService's ``spec.replicas`` (which the HPA scales), unless ``manage_replicas``
-  is False (for a caller that leaves the count to another writer).
+* ``spec.replicas`` of a Deployment is never part of that record and never nulled; it is the
+  InferenceService's ``spec.replicas`` (which the HPA scales), unless ``manage_replicas`` is False
+  (for a caller that leaves the count to another writer).
 * Objects that exist but are not owned by this InferenceService are not touched
   (unless they carry our labels and no other controller owns them: then they are adopted).
 """
