@@ -56,6 +56,8 @@ def check_type(value: Any, type_name: str, path: str, problems: list[str]) -> No
     by_json = {json_name: attr for attr, json_name in model.attribute_map.items()}
     for key, item in value.items():
         attr = by_json.get(key)
+        if key == 'divisor':  # a quantity: int or string, whatever the generated type says
+            continue
         if attr is None:
             problems.append(f'{path}.{key} is not a field of {type_name[2:] if type_name[:2] == "V1" else type_name}')
         elif item is not None:
@@ -138,7 +140,8 @@ def check_affinity(affinity: dict[str, Any], path: str, problems: list[str]) -> 
     rp = f'{path}.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms'
     if isinstance(required, dict) and 'nodeSelectorTerms' in required and not required['nodeSelectorTerms']:
         problems.append(f'{rp} must not be empty')
-    terms = [(rp, t) for t in (required.get('nodeSelectorTerms') or [] if isinstance(required, dict) else [])]
+    required_terms = required.get('nodeSelectorTerms') if isinstance(required, dict) else None
+    terms = [(f'{rp}[{i}]', t) for i, t in enumerate(required_terms if isinstance(required_terms, list) else [])]
     preferred = node.get('preferredDuringSchedulingIgnoredDuringExecution') if isinstance(node, dict) else None
     pp = f'{path}.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution'
     for i, pref in enumerate(preferred if isinstance(preferred, list) else []):
@@ -147,7 +150,7 @@ def check_affinity(affinity: dict[str, Any], path: str, problems: list[str]) -> 
             if isinstance(weight, int) and not 1 <= weight <= 100:
                 problems.append(f'{pp}[{i}].weight must be in [1, 100] (got {weight})')
             terms.append((f'{pp}[{i}].preference', pref.get('preference')))
-    for i, (p, term) in enumerate(terms):
+    for p, term in terms:
         if isinstance(term, dict):
             _requirements(term.get('matchExpressions'), f'{p}.matchExpressions', NODE_OPERATORS, problems)
     for kind in ('podAffinity', 'podAntiAffinity'):

@@ -56,7 +56,8 @@ SEMANTIC: list[tuple[str, dict[str, Any], str]] = [
         {'weight': 0, 'preference': {'matchExpressions': [{'key': 'a', 'operator': 'Exists'}]}}]}}),
      'weight must be in [1, 100]'),
     ('affinity-in-without-values', spec_with(affinity={'nodeAffinity': {'requiredDuringSchedulingIgnoredDuringExecution': {
-        'nodeSelectorTerms': [{'matchExpressions': [{'key': 'pool', 'operator': 'In'}]}]}}}), 'values must be non-empty for In'),
+        'nodeSelectorTerms': [{'matchExpressions': [{'key': 'pool', 'operator': 'In'}]}]}}}),
+     'nodeSelectorTerms[0].matchExpressions[0].values must be non-empty for In'),
     ('toleration-bad-operator', spec_with(tolerations=[{'key': 'a', 'operator': 'Equals', 'value': 'b'}]),
      'spec.tolerations[0].operator must be Exists or Equal'),
     ('toleration-bad-effect', spec_with(tolerations=[{'key': 'a', 'operator': 'Exists', 'effect': 'NoScheduling'}]),
@@ -160,5 +161,6 @@ def test_valid_pass_through_fields_are_accepted() -> None:
                       {'weight': 100, 'podAffinityTerm': {'topologyKey': 'kubernetes.io/hostname', 'labelSelector': {
                           'matchLabels': {'pagedserve.io/inferenceservice': 'llm'}}}}]}},
         runtime={'env': [{'name': 'POD_IP', 'valueFrom': {'fieldRef': {'fieldPath': 'status.podIP'}}},
+                         {'name': 'MEM', 'valueFrom': {'resourceFieldRef': {'resource': 'limits.memory', 'divisor': 1}}},
                          {'name': 'HF_ENDPOINT', 'value': 'http://mirror.internal'}]})
     assert parse_spec('llm', 'default', spec, 'img').scheduling.tolerations[1] == {'operator': 'Exists'}
