@@ -400,3 +400,21 @@ def test_chart_uses_the_images(helm: Any) -> None:
     assert chart['appVersion'] == PYPROJECT['project']['version']
     for df in (RUNTIME, OPERATOR):
         assert f'org.opencontainers.image.version="{chart["appVersion"]}"' in df.read_text()
+
+
+def test_runtime_image_has_what_the_pod_spec_runs(runtime_df: Any) -> None:
+    """The operator's preStop hook execs `sleep` (the native sleep action is off by default on 1.29):
+    the runtime image is Ubuntu-based, so coreutils' sleep is there; the caches the operator points
+    at are on the volume the image declares."""
+    from pagedserve_operator.parse import parse_spec
+    from pagedserve_operator.resources import build_children
+
+    _, stages = runtime_df
+    assert stages[-1].base.endswith('-ubuntu24.04'), 'coreutils (sleep) comes with the Ubuntu base'
+    dep = build_children(parse_spec('m', 'ns', {'model': {'uri': 'hf://org/m'}}, 'img'))['Deployment']
+    container = dep['spec']['template']['spec']['containers'][0]
+    assert container['lifecycle']['preStop']['exec']['command'][0] == 'sleep'
+    env = {e['name']: e.get('value') for e in container['env']}
+    image_env = ' '.join(i.args for i in stages[-1].all('ENV'))
+    for name in ('HF_HOME', 'PAGEDSERVE_CACHE', 'TRITON_CACHE_DIR'):
+        assert f'{name}={env[name]}' in image_env, f'{name}: the image and the operator agree'
