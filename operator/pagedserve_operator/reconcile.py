@@ -104,8 +104,9 @@ def default_image(kube: Kube, cr: dict[str, Any], config: OperatorConfig) -> str
 def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, events: EventSink) -> str:
     """Bring the children and status of one InferenceService up to date.
 
-    Returns 'gone', 'invalid', 'conflict', 'reconciled' (Ready) or 'progressing' (valid, not Ready yet). Raises :class:`ApiError` when the API
-    refuses a child (after recording ``Ready=False, ApplyFailed``), so the caller can retry.
+    Returns 'gone', 'invalid', 'conflict', 'reconciled' (Ready) or 'progressing' (valid, not Ready
+    yet). Raises :class:`ApiError` when the API refuses a child (after recording ``Ready=False,
+    ApplyFailed``), so the caller can retry.
     """
     with _lock_for(namespace, name):
         cr = kube.get(KIND, namespace, name)
