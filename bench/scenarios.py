@@ -71,8 +71,8 @@ def serve(server_flags: tuple[str, ...], rates: tuple[str, ...] = ("32", "inf"))
 
 def _scenarios() -> list[Scenario]:
     s: list[Scenario] = [
-        Scenario("smoke", "CPU: a tiny random Llama, offline throughput (8 random requests) and batch-1 latency; "
-                 "run by tests/bench so the runner cannot rot", (
+        Scenario("smoke", "CPU: a tiny random Llama, offline throughput (8 random requests) and batch-1 latency, "
+                 "the kernel checks through the Triton interpreter; run by tests/bench so the runner cannot rot", (
                      Step("throughput", throughput("--model", "{tiny}", "--load-format", "dummy", "--dtype",
                                                    "float32", "--device", "cpu", "--kv-cache-memory", "16777216",
                                                    "--dataset", "random", "--random-input-len", "24",
@@ -82,7 +82,8 @@ def _scenarios() -> list[Scenario]:
                      Step("latency", _py("-m", "pagedserve.benchmarks.latency", "--model", "{tiny}", "--load-format",
                                          "dummy", "--dtype", "float32", "--device", "cpu", "--kv-cache-memory",
                                          "16777216", "--input-len", "16", "--output-len", "8", "--batch-sizes", "1",
-                                         "--iters", "1", "--output-json", "{work}/latency.json"), 60)),
+                                         "--iters", "1", "--output-json", "{work}/latency.json"), 60),
+                     Step("kernels", _py("-m", "bench.kernels", "--cpu-smoke", "--out", "{work}/kernels.json"), 90)),
                  gpus=0),
         Scenario("engine-check", "greedy outputs of Triton + CUDA graphs equal the torch reference (float32 "
                  "identical, 5 architectures; bf16 agreement reported)",

@@ -4,7 +4,7 @@ the earlier ones (2 programs per SM, tile 64, 4 warps, 2 stages) and a grid of s
 warps and stages inside a CUDA graph, 8 layers' caches in a row (so the K/V reads come from HBM,
 not L2), as TB/s of K+V. Each shape runs in its own process (a fault cannot end the sweep).
 
-    PYTHONPATH=runtime python bench/attn_tune_gpu.py --out $OUT/attn_tune.json [--no-grid]
+    python -m bench.kernels.attn_tune --out $OUT/attn_tune.json [--no-grid]     (scenarios attn-tune*)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "runtime"))
 
 from pagedserve.kernels.decode_attention import decode_num_splits, paged_decode_attention  # noqa: E402
 
