@@ -20,6 +20,10 @@ PACKAGES = ("torch", "triton", "transformers", "tokenizers", "numpy")
 def git_commit(root: str) -> tuple[str, bool] | None:
     """(HEAD, whether tracked files differ from it) or None without git / a repository."""
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(root):
+            return None  # no repository, or ``root`` is a copy inside some other one
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None

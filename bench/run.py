@@ -97,6 +97,10 @@ def run_scenario(sc: Scenario, out: str, work_root: str, log, deadline: float | 
         left = None if deadline is None else deadline - time.time()
         if sc.gpus > len(have):
             row.update(skipped=f"needs {sc.gpus} GPU(s), {len(have)} visible")
+        elif any("{model_tok}" in a for a in step.argv) and not os.path.exists(
+                os.path.join(ROOT, MODEL_TOK, "tokenizer.json")):
+            row.update(skipped=f"no tokenizer in {MODEL_TOK}: run `python -m bench --prepare` on the machine with "
+                               "network access and carry bench/carry")
         elif left is not None and left < MIN_STEP_S:
             row.update(skipped=f"the run's budget is spent ({left:.0f} s left)")
         else:
