@@ -19,6 +19,9 @@ TINY = "bench/configs/tiny-llama"
 
 #: the engine flags of every Llama-3.1-8B run: random ("dummy") weights in bf16
 DUMMY = ("--load-format", "dummy", "--dtype", "bfloat16")
+#: the tiny random Llama of the CPU smoke scenario, with a 16 MiB KV cache
+TINY_CPU = ("--model", "{tiny}", "--load-format", "dummy", "--dtype", "float32", "--device", "cpu",
+            "--kv-cache-memory", str(16 << 20))
 #: vLLM's random dataset of the serving runs: 400 prompts, input 250 / output 180 tokens +-50%
 RANDOM_400 = ("--dataset", "random", "--random-input-len", "250", "--random-output-len", "180",
               "--random-range-ratio", "0.5", "--num-prompts", "400")
@@ -57,8 +60,8 @@ def _py(*module_args: str) -> tuple[str, ...]:
     return ("{py}", *module_args)
 
 
-def throughput(*args: str, json_name: str = "throughput.json") -> tuple[str, ...]:
-    return _py("-m", "pagedserve.benchmarks.throughput", *args, "--output-json", "{work}/" + json_name)
+def throughput(*args: str) -> tuple[str, ...]:
+    return _py("-m", "pagedserve.benchmarks.throughput", *args, "--output-json", "{work}/throughput.json")
 
 
 def serve(server_flags: tuple[str, ...], rates: tuple[str, ...] = ("32", "inf")) -> tuple[str, ...]:
@@ -73,16 +76,13 @@ def _scenarios() -> list[Scenario]:
     s: list[Scenario] = [
         Scenario("smoke", "CPU: a tiny random Llama, offline throughput (8 random requests) and batch-1 latency, "
                  "the kernel checks through the Triton interpreter; run by tests/bench so the runner cannot rot", (
-                     Step("throughput", throughput("--model", "{tiny}", "--load-format", "dummy", "--dtype",
-                                                   "float32", "--device", "cpu", "--kv-cache-memory", "16777216",
-                                                   "--dataset", "random", "--random-input-len", "24",
+                     Step("throughput", throughput(*TINY_CPU, "--dataset", "random", "--random-input-len", "24",
                                                    "--random-output-len", "8", "--num-prompts", "8",
                                                    "--warmup-prompts", "1", "--trace-json", "{work}/trace.json"),
                           60),
-                     Step("latency", _py("-m", "pagedserve.benchmarks.latency", "--model", "{tiny}", "--load-format",
-                                         "dummy", "--dtype", "float32", "--device", "cpu", "--kv-cache-memory",
-                                         "16777216", "--input-len", "16", "--output-len", "8", "--batch-sizes", "1",
-                                         "--iters", "1", "--output-json", "{work}/latency.json"), 60),
+                     Step("latency", _py("-m", "pagedserve.benchmarks.latency", *TINY_CPU, "--input-len", "16",
+                                         "--output-len", "8", "--batch-sizes", "1", "--iters", "1",
+                                         "--output-json", "{work}/latency.json"), 60),
                      Step("kernels", _py("-m", "bench.kernels", "--cpu-smoke", "--out", "{work}/kernels.json"), 90)),
                  gpus=0),
         Scenario("engine-check", "greedy outputs of Triton + CUDA graphs equal the torch reference (float32 "
