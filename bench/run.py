@@ -165,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare:
         from bench import carry
 
-        return carry.prepare(ROOT)
+        try:
+            return carry.prepare(ROOT)
+        except (RuntimeError, OSError) as e:
+            print(f"--prepare: {e}", file=sys.stderr)
+            return 1
     if not args.scenario:
         ap.error("give --scenario NAME (see --list), --list or --prepare")
     try:
