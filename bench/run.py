@@ -78,10 +78,6 @@ def run_step(argv: list[str], env: dict[str, str], timeout: float, log) -> tuple
         return proc.returncode, True
 
 
-def visible_gpus() -> int:
-    return len(environment.gpus())
-
-
 def run_scenario(sc: Scenario, out: str, work_root: str, log, deadline: float | None, meta: dict) -> dict:
     started = time.time()
     rec: dict = {"scenario": sc.name, "help": sc.help, "gpus_needed": sc.gpus,

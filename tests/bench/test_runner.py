@@ -10,10 +10,11 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
-from bench import environment, report
+from bench import environment, report, run
 from bench.scenarios import GROUPS, SCENARIOS, expand
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -160,3 +161,19 @@ def test_scenario_commands_parse(name):
             src = fh.read()
         for flag in (a for a in argv if a.startswith("--")):
             assert f'"{flag}"' in src, f"{name}/{step.name}: {flag} is not a flag of {target}"
+
+
+def test_timeout_kills_the_step_and_its_children(tmp_path):
+    t0 = time.time()
+    with open(tmp_path / "log", "w") as log:
+        rc, timed_out = run.run_step(["bash", "-c", "sleep 60 & sleep 60; echo never"], {}, 1.0, log)
+    assert timed_out and rc is not None and rc != 0 and time.time() - t0 < 15
+    assert "never" not in (tmp_path / "log").read_text()
+
+
+def test_spent_budget_skips_steps(tmp_path):
+    meta = {**environment.commit_info(ROOT), "hardware": environment.hardware(), "invocation": []}
+    with open(tmp_path / "bench.log", "w") as log:
+        rec = run.run_scenario(SCENARIOS["smoke"], str(tmp_path), str(tmp_path / "work"), log, time.time(), meta)
+    assert rec["ok"] is False and all("budget is spent" in s["skipped"] for s in rec["steps"])
+    assert json.loads((tmp_path / "smoke.json").read_text())["steps"] == rec["steps"]
