@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from bench.kernels.harness import ELEM_TOL, Run, fused_cases, rnd
+from bench.kernels.targets import silu_and_mul, silu_and_mul_ref
 
 
 def sec_silu_and_mul(r: Run) -> None:
-    from pagedserve.kernels.activation import silu_and_mul
-    from pagedserve.layers.activation import silu_and_mul_ref
-
     for m, dn, dt, T, _, inter, _, _, _ in fused_cases(r):
         def run(T=T, dn=dn, dt=dt, m=m, inter=inter):
             x = rnd((T, 2 * inter), dt, r.dev, 6, 3.0)

@@ -10,6 +10,8 @@ import torch
 
 from bench.kernels.harness import (ATTN_TOL, DT, MODELS, Run, capture, copy_tbps, dense_kv, gen_for, paged_setup,
                                    rnd, sdpa_gqa)
+from bench.kernels.targets import (AttentionMetadata, TritonAttentionBackend, decode_flops_bytes, decode_num_splits,
+                                   paged_attention_ref, paged_decode_attention)
 
 
 def decode_cases(r: Run) -> list[tuple]:
@@ -31,9 +33,6 @@ def decode_cases(r: Run) -> list[tuple]:
 
 
 def sec_decode(r: Run) -> None:
-    from pagedserve.kernels.decode_attention import decode_flops_bytes, decode_num_splits, paged_decode_attention
-    from pagedserve.kernels.paged_attention_ref import paged_attention_ref
-
     n_check = 8 if not r.cpu else 3
     for m, dn, bs, B, ctx in decode_cases(r):
         def run(m=m, dn=dn, bs=bs, B=B, ctx=ctx):
@@ -92,9 +91,6 @@ def sec_graph(r: Run) -> None:
     if r.cpu:
         r.skip("graph", "no CUDA graphs on CPU")
         return
-    from pagedserve.attention.metadata import AttentionMetadata
-    from pagedserve.attention.triton_backend import TritonAttentionBackend
-    from pagedserve.kernels.paged_attention_ref import paged_attention_ref
 
     def run():
         H, KVH, D = MODELS["llama8b"]
@@ -153,8 +149,6 @@ def sec_graph(r: Run) -> None:
 
 def sec_decode_sweep(r: Run) -> None:
     """Tuning data: decode split counts and tile / warps / stages configurations."""
-    from pagedserve.kernels.decode_attention import decode_flops_bytes, decode_num_splits, paged_decode_attention
-
     if r.quick and not r.cpu:
         r.skip("decode_sweep", "--quick")
         return

@@ -5,12 +5,10 @@ from __future__ import annotations
 import torch
 
 from bench.kernels.harness import DT, MODELS, Run, gen_for, rnd
+from bench.kernels.targets import store_kv, store_kv_ref
 
 
 def sec_store_kv(r: Run) -> None:
-    from pagedserve.kernels.kv_store import store_kv_ref
-    from pagedserve.kernels.kv_store_triton import store_kv
-
     combos = [("llama8b", "bf16", 16, 64), ("llama8b", "bf16", 16, 4096), ("llama8b", "fp16", 32, 4096),
               ("smollm2", "bf16", 32, 4096)]
     if r.quick:

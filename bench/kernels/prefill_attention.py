@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from bench.kernels.harness import ATTN_TOL, DT, MODELS, Run, dense_kv, paged_setup, rnd, sdpa_gqa
+from bench.kernels.targets import paged_attention_ref, paged_prefill_attention, prefill_flops
 
 
 def prefill_cases(r: Run) -> list[tuple]:
@@ -25,9 +26,6 @@ def prefill_cases(r: Run) -> list[tuple]:
 
 
 def sec_prefill(r: Run) -> None:
-    from pagedserve.kernels.paged_attention_ref import paged_attention_ref
-    from pagedserve.kernels.prefill_attention import paged_prefill_attention, prefill_flops
-
     for m, dn, bs, reqs in prefill_cases(r):
         def run(m=m, dn=dn, bs=bs, reqs=reqs):
             H, KVH, D = MODELS[m]
@@ -72,8 +70,6 @@ def sec_prefill(r: Run) -> None:
 
 def sec_prefill_sweep(r: Run) -> None:
     """Tuning data: prefill tile (block_m, block_n) / warps / stages configurations."""
-    from pagedserve.kernels.prefill_attention import paged_prefill_attention, prefill_flops
-
     if r.quick and not r.cpu:
         r.skip("prefill_sweep", "--quick")
         return

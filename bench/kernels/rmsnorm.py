@@ -4,12 +4,10 @@ hidden sizes, bf16 and fp16)."""
 from __future__ import annotations
 
 from bench.kernels.harness import ELEM_TOL, Run, fused_cases, rnd
+from bench.kernels.targets import rms_norm_fused, rms_norm_ref
 
 
 def sec_rmsnorm(r: Run) -> None:
-    from pagedserve.kernels.rmsnorm import rms_norm_fused
-    from pagedserve.layers.norm import rms_norm_ref
-
     for m, dn, dt, T, hidden, _, _, _, _ in fused_cases(r):
         def run(T=T, dn=dn, dt=dt, hidden=hidden, m=m):
             x = rnd((T, hidden), dt, r.dev, 1)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import torch
 
 from bench.kernels.harness import ELEM_TOL, Run, fused_cases, gen_for, rnd
+from bench.kernels.targets import RotaryEmbedding, apply_rotary_ref, rotary_fused
 
 
 def sec_rotary(r: Run) -> None:
-    from pagedserve.kernels.rotary import rotary_fused
-    from pagedserve.layers.rotary import RotaryEmbedding, apply_rotary_ref
-
     for m, dn, dt, T, _, _, heads, kvh, d in fused_cases(r):
         def run(T=T, dn=dn, dt=dt, m=m, heads=heads, kvh=kvh, d=d):
             rope = RotaryEmbedding(d, 32768, 500000.0, {"rope_type": "llama3", "factor": 8.0}
