@@ -26,7 +26,7 @@ QUANT: str | None = None  # --quantization for every engine this script builds
 
 def engine_args(model_dir: str, **kw):
     """The engines of this script: dummy bf16 weights (``--quantization`` from the command line)."""
-    from pagedserve.config import EngineArgs
+    from pagedserve import EngineArgs
 
     return EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16", quantization=QUANT,
                       max_model_len=4096, gpu_memory_utilization=0.85, **kw)
@@ -54,8 +54,7 @@ def timed_steps(eng, table_key: str, out: dict, warm: int, timed: int) -> float:
 
 def decode_sweep(model_dir: str, batches: list[int]) -> dict:
     """CUDA-graph decode step wall time and kernel table at each batch size (context ~300)."""
-    from pagedserve.engine.llm_engine import LLMEngine
-    from pagedserve.sampling_params import SamplingParams
+    from pagedserve import LLMEngine, SamplingParams
 
     eng = LLMEngine.from_engine_args(engine_args(model_dir), skip_tokenizer_init=True)
     g = torch.Generator().manual_seed(0)
@@ -81,8 +80,7 @@ def scenario_profiles(model_dir: str) -> dict:
     decode step at batch 38, a decode step at batch 400 (context ~350) and a 16k-token prefill step (64 prompts of 256)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from pagedserve.engine.llm_engine import LLMEngine
-    from pagedserve.sampling_params import SamplingParams
+    from pagedserve import LLMEngine, SamplingParams
 
     eng = LLMEngine.from_engine_args(engine_args(model_dir), skip_tokenizer_init=True)
     g = torch.Generator().manual_seed(0)
