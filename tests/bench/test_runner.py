@@ -20,7 +20,7 @@ from bench.scenarios import GROUPS, SCENARIOS, expand
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def bench_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def bench_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:  # a hang guard, not a bound
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "runtime"), ROOT])}
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
