@@ -209,12 +209,13 @@ def big_model(model: str, tp: int, bw_gbs: float, args) -> dict:
 
 
 def fits_one_gpu(model: str) -> bool:
-    from pagedserve.models.arch_config import ArchConfig
-
+    """Whether the bf16 weights take under 75% of one GPU (from the HF config.json fields)."""
     with open(os.path.join(model, "config.json")) as fh:
-        arch = ArchConfig.from_hf(json.load(fh))
-    h, i, L, v = arch.hidden_size, arch.intermediate_size, arch.num_layers, arch.vocab_size
-    attn = h * (arch.num_heads + 2 * arch.num_kv_heads) * arch.head_dim + arch.num_heads * arch.head_dim * h
+        c = json.load(fh)
+    h, i, L, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    heads = c["num_attention_heads"]
+    kv_heads, head_dim = c.get("num_key_value_heads") or heads, c.get("head_dim") or h // heads
+    attn = h * (heads + 2 * kv_heads) * head_dim + heads * head_dim * h
     params = L * (attn + 3 * h * i) + 2 * v * h
     return params * 2 < 0.75 * torch.cuda.get_device_properties(0).total_memory
 

@@ -139,7 +139,7 @@ def _decode_reduce_kernel(
 # host side
 # ----------------------------------------------------------------------------------------------
 
-#: default launch parameters (tuned on the H200 with bench/attn_tune_gpu.py; see docs/kernels.md)
+#: default launch parameters (tuned on the H200 with bench/kernels/attn_tune.py; see docs/kernels.md)
 DECODE_TILE_N = 64
 DECODE_NUM_WARPS = 2
 DECODE_NUM_STAGES = 3
@@ -181,7 +181,7 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, device: t
 def decode_launch_config(num_programs: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """Default (tile_n, num_warps, num_stages) for a decode launch of ``num_programs`` programs.
 
-    H200 sweep (bench/attn_tune_gpu.py, bf16, contexts 300-350): tile 64 / 2 warps / 3 stages is
+    H200 sweep (bench/kernels/attn_tune.py, bf16, contexts 300-350): tile 64 / 2 warps / 3 stages is
     the best or within 1% at batch 8-64; from ~16 programs per SM (batch 256+) tile 32 / 2 warps /
     2 stages reads K/V 10% faster."""
     if dtype == torch.float32:

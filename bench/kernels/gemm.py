@@ -5,7 +5,7 @@ the weight in a row, so every read comes from HBM as in a step where each layer 
 weights. Skinny M (decode) reports TB/s of weight read; large M (prefill) reports TFLOP/s.
 Run on the device machine:
 
-    PYTHONPATH=runtime python bench/gemm_gpu.py --out $OUT/gemm.json
+    python -m bench.kernels.gemm --out $OUT/gemm.json     (scenarios gemm, gemm-fp8-tiles)
 """
 from __future__ import annotations
 
@@ -18,11 +18,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository root
 
-from pagedserve.kernels.gemv import gemv  # noqa: E402
-from pagedserve.kernels.quant_fp8 import quantize_per_token  # noqa: E402
-from pagedserve.layers.fp8 import quantize_per_token_ref  # noqa: E402
+from bench.kernels.targets import gemv, quantize_per_token, quantize_per_token_ref  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 COPIES = 8

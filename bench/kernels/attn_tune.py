@@ -4,7 +4,7 @@ the earlier ones (2 programs per SM, tile 64, 4 warps, 2 stages) and a grid of s
 warps and stages inside a CUDA graph, 8 layers' caches in a row (so the K/V reads come from HBM,
 not L2), as TB/s of K+V. Each shape runs in its own process (a fault cannot end the sweep).
 
-    PYTHONPATH=runtime python bench/attn_tune_gpu.py --out $OUT/attn_tune.json [--no-grid]
+    python -m bench.kernels.attn_tune --out $OUT/attn_tune.json [--no-grid]     (scenarios attn-tune*)
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+sys.path.insert(0, ROOT)
 
-from pagedserve.kernels.decode_attention import decode_num_splits, paged_decode_attention  # noqa: E402
+from bench.kernels.targets import decode_num_splits, paged_decode_attention  # noqa: E402
 
 LAYERS = 8
 SHAPES = [(1, 1000), (8, 300), (32, 300), (64, 300), (256, 350), (400, 350), (1, 8192), (64, 8192)]
@@ -98,10 +99,10 @@ def main() -> int:
         return 0
     res = []
     for batch, ctx in shapes:
-        cmd = [sys.executable, __file__, "--shape", str(batch), str(ctx), "--budget", str(args.budget),
+        cmd = [sys.executable, "-m", "bench.kernels.attn_tune", "--shape", str(batch), str(ctx), "--budget", str(args.budget),
                "--kv-dtype", args.kv_dtype]
         cmd += ["--no-grid"] if args.no_grid else []
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
         if not lines:
             print(f"B={batch} ctx={ctx}: FAILED rc={p.returncode} {p.stderr[-400:]}", flush=True)

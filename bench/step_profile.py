@@ -1,11 +1,13 @@
-"""Where the time of a step goes on the GPU (run on the device machine):
+"""Where the time of an engine step goes on the GPU (Llama-3.1-8B shape, dummy bf16 weights, CUDA
+graphs on; ``--quantization fp8`` for fp8 linear layers):
 
-1. GEMM / GEMV micro-benchmarks for every Llama-3.1-8B weight shape at M = 1, 4, 16, 64, 256, 512
-   (torch F.linear = cuBLAS), as achieved bandwidth and TFLOP/s;
-2. torch.profiler kernel tables for an eager batch-1 decode step, a 512-token prefill step and a
-   batch-256 decode step (dummy weights, bf16), plus the CUDA-graph decode step time at 1 / 256.
+- ``--sweep 1 8 16 32 64``: the CUDA-graph decode step's wall time and kernel table at each batch
+  size (context ~300) (scenarios ``decode-sweep``, ``decode-sweep-fp8``);
+- ``--scenarios``: torch.profiler kernel tables and GPU times of the steps of online serving and of
+  the unlimited-rate run: a mixed step (32 decodes + one 256-token prompt), a batch-38 decode step,
+  a 16k-token prefill step and a batch-400 decode step (scenarios ``step-profiles``, ``-fp8``).
 
-PYTHONPATH=runtime python bench/profile_gpu.py --out $OUT/profile.json
+    PYTHONPATH=runtime python bench/step_profile.py --scenarios --out $OUT/profiles.json
 """
 from __future__ import annotations
 
@@ -16,45 +18,15 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
 
 QUANT: str | None = None  # --quantization for every engine this script builds
 
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
-          "lm_head": (128256, 4096)}
-
-
-def bench(fn, iters: int = 50) -> float:
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=10, rep=iters, return_mode="median")
-
-
-def gemm_table() -> list[dict]:
-    rows = []
-    for name, (n, k) in SHAPES.items():
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(3)]
-        for m in (1, 4, 16, 64, 256, 512):
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            i = [0]
-
-            def run():
-                i[0] = (i[0] + 1) % 3
-                F.linear(x, ws[i[0]])
-            ms = bench(run)
-            byts = n * k * 2 + m * k * 2 + m * n * 2
-            rows.append(dict(op=name, m=m, n=n, k=k, ms=ms, tbps=byts / ms / 1e9, tflops=2 * m * n * k / ms / 1e9))
-            print(f"{name:8s} M={m:4d}: {ms * 1e3:8.1f} us  {byts / ms / 1e9:6.2f} TB/s  {2 * m * n * k / ms / 1e9:7.1f} TFLOP/s",
-                  flush=True)
-        del ws
-    return rows
-
 
 def engine_args(model_dir: str, **kw):
     """The engines of this script: dummy bf16 weights (``--quantization`` from the command line)."""
-    from pagedserve.config import EngineArgs
+    from pagedserve import EngineArgs
 
     return EngineArgs(model=model_dir, load_format="dummy", dtype="bfloat16", quantization=QUANT,
                       max_model_len=4096, gpu_memory_utilization=0.85, **kw)
@@ -80,59 +52,9 @@ def timed_steps(eng, table_key: str, out: dict, warm: int, timed: int) -> float:
     return mean
 
 
-def profile_steps(model_dir: str) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-
-    from pagedserve.engine.llm_engine import LLMEngine
-    from pagedserve.sampling_params import SamplingParams
-
-    out = {}
-    for eager in (True, False):
-        eng = LLMEngine.from_engine_args(engine_args(model_dir, enforce_eager=eager), skip_tokenizer_init=True)
-        g = torch.Generator().manual_seed(0)
-
-        def add(n: int, plen: int, max_tokens: int) -> None:
-            for _ in range(n):
-                eng.add_request(f"r{time.monotonic_ns()}", {"prompt_token_ids": torch.randint(100, 120000, (plen,), generator=g).tolist()},
-                                SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True))
-
-        def drain() -> None:
-            while eng.has_unfinished_requests():
-                eng.step()
-
-        tag = "eager" if eager else "graphs"
-        add(1, 512, 40)
-        eng.step()  # warm prefill
-        drain()
-        # prefill 512 + batch-1 decode
-        add(1, 512, 30)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            t = time.perf_counter(); eng.step(); torch.cuda.synchronize(); pre = time.perf_counter() - t
-        if eager:
-            out[f"prefill512_{tag}_table"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18)
-        d1 = timed_steps(eng, f"decode1_{tag}_table", out, warm=5, timed=20)
-        drain()
-        # batch-256 decode at context ~300
-        add(256, 300, 40)
-        while any(r.num_computed_tokens < r.num_prompt_tokens for r in eng.core.scheduler.running) or eng.core.scheduler.waiting:
-            eng.step()
-        d256 = timed_steps(eng, f"decode256_{tag}_table", out, warm=3, timed=10)
-        drain()
-        out[f"{tag}_step_ms"] = dict(prefill512=pre * 1e3, decode1=d1 * 1e3, decode256=d256 * 1e3)
-        print(tag, out[f"{tag}_step_ms"], flush=True)
-        del eng
-        import gc
-
-        gc.collect()
-        torch.cuda.empty_cache()
-    return out
-
-
 def decode_sweep(model_dir: str, batches: list[int]) -> dict:
     """CUDA-graph decode step wall time and kernel table at each batch size (context ~300)."""
-    from pagedserve.engine.llm_engine import LLMEngine
-    from pagedserve.sampling_params import SamplingParams
+    from pagedserve import LLMEngine, SamplingParams
 
     eng = LLMEngine.from_engine_args(engine_args(model_dir), skip_tokenizer_init=True)
     g = torch.Generator().manual_seed(0)
@@ -158,8 +80,7 @@ def scenario_profiles(model_dir: str) -> dict:
     decode step at batch 38, a decode step at batch 400 (context ~350) and a 16k-token prefill step (64 prompts of 256)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from pagedserve.engine.llm_engine import LLMEngine
-    from pagedserve.sampling_params import SamplingParams
+    from pagedserve import LLMEngine, SamplingParams
 
     eng = LLMEngine.from_engine_args(engine_args(model_dir), skip_tokenizer_init=True)
     g = torch.Generator().manual_seed(0)
@@ -230,31 +151,28 @@ def scenario_profiles(model_dir: str) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sweep", type=int, nargs="*", default=None,
-                    help="only the GEMM table and a graph decode-step sweep at these batch sizes")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--sweep", type=int, nargs="+", help="decode-step sweep at these batch sizes")
+    mode.add_argument("--scenarios", action="store_true",
+                      help="the serving-step profiles (mixed step, batch-38 / batch-400 decode, 16k prefill)")
     ap.add_argument("--model", default="bench/configs/llama-3.1-8b")
     ap.add_argument("--out", default="bench/out/profile.json")
-    ap.add_argument("--skip-gemm", action="store_true")
     ap.add_argument("--quantization", default=None, help="e.g. fp8 (the engines' --quantization)")
-    ap.add_argument("--scenarios", action="store_true",
-                    help="only the serving-step profiles (mixed step, batch-400 decode, 16k prefill)")
     args = ap.parse_args()
     global QUANT
     QUANT = args.quantization
     if args.scenarios:
         res = scenario_profiles(args.model)
-    elif args.sweep:
-        res = {"gemm": [] if args.skip_gemm else gemm_table(), **decode_sweep(args.model, args.sweep)}
-    else:
-        res = {"gemm": [] if args.skip_gemm else gemm_table(), **profile_steps(args.model)}
-    if not args.sweep:
         for k, v in res.items():
             if k.endswith("_table"):
                 print(f"=== {k}\n{v}")
+    else:
+        res = decode_sweep(args.model, args.sweep)
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=1)
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

