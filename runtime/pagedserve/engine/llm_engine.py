@@ -8,7 +8,7 @@ from typing import Any
 from pagedserve.config import EngineArgs, EngineConfig
 from pagedserve.engine.core import EngineCore
 from pagedserve.engine.output_processor import OutputProcessor, child_request_id
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.tokenizer import load_tokenizer
