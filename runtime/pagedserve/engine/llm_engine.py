@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pagedserve.config import EngineArgs, EngineConfig
+from pagedserve.config import EngineConfig
+from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.engine.core import EngineCore
 from pagedserve.engine.output_processor import OutputProcessor, child_request_id
 from pagedserve.request import Request

@@ -113,7 +113,7 @@ def _load_yaml(path: str) -> dict:
 
 
 def _ea_overrides(entry: dict, where: str) -> dict:
-    from pagedserve.config import EngineArgs
+    from pagedserve.engine.arg_utils import EngineArgs
 
     names = {f.name for f in fields(EngineArgs)}
     out = {}
