@@ -150,8 +150,10 @@ def scan(root: str, top: str = PACKAGE) -> tuple[dict[str, str], list[Import], l
                 if name != top and not name.startswith(top + "."):
                     continue
                 dst = name
-                while dst not in modules and "." in dst and dst != top:
+                while dst not in modules and "." in dst:
                     dst = dst.rsplit(".", 1)[0]  # `import a.b.c` of a name inside a module
+                if dst not in modules:
+                    dst = name  # not under root (the operator's imports of the runtime)
                 imp = Import(src, dst, os.path.relpath(path, REPO), node.lineno, scope, tc)
                 (type_checking if tc else imports).append(imp)
     return modules, imports, type_checking
