@@ -16,7 +16,7 @@ from pagedserve.kernels.quant_fp8 import quantize_per_token
 from pagedserve.kernels.rmsnorm import rms_norm_fused
 from pagedserve.kernels.rotary import rotary_fused
 from pagedserve.layers.activation import silu_and_mul_ref
-from pagedserve.layers.fp8 import quantize_per_token_ref
+from pagedserve.kernels.fp8_utils import quantize_per_token_ref
 from pagedserve.layers.norm import rms_norm_ref
 from pagedserve.layers.rotary import RotaryEmbedding, apply_rotary_ref
 

@@ -20,7 +20,7 @@ def __getattr__(name: str):  # lazy: `import pagedserve` stays cheap (no torch) 
 
         return getattr(outputs, name)
     if name == "EngineArgs":
-        from pagedserve.config import EngineArgs
+        from pagedserve.engine.arg_utils import EngineArgs
 
         return EngineArgs
     if name == "LLMEngine":

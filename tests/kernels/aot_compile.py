@@ -115,7 +115,8 @@ def run_all(c: Compiler, quick: bool) -> None:
     from pagedserve.kernels.decode_attention import paged_decode_attention
     from pagedserve.kernels.gemv import gemv
     from pagedserve.kernels.quant_fp8 import quantize_per_token
-    from pagedserve.layers.fp8 import FP8_DTYPE, gemv_config
+    from pagedserve.kernels.fp8_utils import FP8_DTYPE
+    from pagedserve.layers.fp8 import gemv_config
     from pagedserve.kernels.kv_store_triton import store_kv
     from pagedserve.kernels.prefill_attention import paged_prefill_attention
     from pagedserve.kernels.rmsnorm import rms_norm_fused

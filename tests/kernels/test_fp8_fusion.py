@@ -12,9 +12,10 @@ from pagedserve.kernels.rmsnorm import rms_norm_fused
 from pagedserve.layers.activation import silu_and_mul_ref
 from pagedserve.kernels.quant_fp8 import quantize_per_token
 from pagedserve.layers import fp8
-from pagedserve.layers.fp8 import Fp8Act, quantize_model_fp8, quantize_per_token_ref
+from pagedserve.kernels.fp8_utils import Fp8Act, quantize_per_token_ref
+from pagedserve.layers.linear import quantize_model_fp8
 from pagedserve.layers.norm import rms_norm_ref
-from pagedserve.models.arch_config import ArchConfig
+from pagedserve.arch_config import ArchConfig
 from pagedserve.models.llama import LlamaDecoderLayer
 from pagedserve.layers.rotary import RotaryEmbedding
 from pagedserve.worker.fusion import install_fused_kernels

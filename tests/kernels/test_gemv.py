@@ -28,7 +28,7 @@ def test_gemv_matches_linear(m, n, k, dtype, bias):
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
 def test_gemv_fp8_matches_dequantized_linear(m, n, k, out_dtype):
     """fp8 activations (per-row scale) x fp8 weights (per-output-channel scale)."""
-    from pagedserve.layers.fp8 import quantize_per_token_ref
+    from pagedserve.kernels.fp8_utils import quantize_per_token_ref
 
     g = torch.Generator().manual_seed(m * 7 + n + k)
     xq, xs = quantize_per_token_ref(torch.randn(m, k, generator=g))
@@ -45,7 +45,7 @@ def test_gemv_fp8_matches_dequantized_linear(m, n, k, out_dtype):
 
 
 def test_gemv_fp8_needs_scales():
-    from pagedserve.layers.fp8 import quantize_per_token_ref
+    from pagedserve.kernels.fp8_utils import quantize_per_token_ref
 
     wq, ws = quantize_per_token_ref(torch.randn(16, 32))
     with pytest.raises(AssertionError, match="x_scale"):

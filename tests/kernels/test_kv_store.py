@@ -50,10 +50,7 @@ def test_store_kv_empty_is_noop():
              torch.empty(0, dtype=torch.int64, device=DEVICE))
 
 
-def test_kv_store_module_is_triton_free_and_reexports():
-    import pagedserve.kernels.kv_store as m
-
-    assert m.store_kv is store_kv  # lazy re-export
+def test_kv_store_module_is_triton_free():
     # importing the engine's attention backend must not import triton (see conftest.py)
     code = "import sys, pagedserve.attention.backend; sys.exit('triton' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

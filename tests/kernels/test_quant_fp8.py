@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pagedserve.kernels.quant_fp8 import quantize_per_token
-from pagedserve.layers.fp8 import FP8_MAX, MIN_SCALE, quantize_per_token_ref
+from pagedserve.kernels.fp8_utils import FP8_MAX, MIN_SCALE, quantize_per_token_ref
 from tests.kernels.conftest import INTERPRETED
 from tests.kernels.paged_utils import DEVICE, assert_fp8_matches
 

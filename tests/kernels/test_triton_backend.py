@@ -5,7 +5,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pagedserve.attention.backend import TorchAttentionBackend, get_attention_backend
+from pagedserve.attention.backend import TorchAttentionBackend
+from pagedserve.attention.selector import get_attention_backend
 from pagedserve.attention.triton_backend import TritonAttentionBackend
 from tests.kernels.paged_utils import DEVICE, assert_close, make_batch
 

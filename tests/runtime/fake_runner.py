@@ -18,7 +18,7 @@ import torch
 from pagedserve.config import CacheConfig, SchedulerConfig
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import EngineCoreOutput
-from pagedserve.engine.request import Request, RequestStatus
+from pagedserve.request import Request, RequestStatus
 from pagedserve.worker.block_ops import BlockOps
 
 VOCAB = 40

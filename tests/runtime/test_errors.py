@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from pagedserve import LLM, SamplingParams
-from pagedserve.config import EngineArgs
+from pagedserve.engine.arg_utils import EngineArgs
 
 
 @pytest.mark.parametrize("kw,field", [

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pagedserve.engine.llm_engine import InputProcessor
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from pagedserve.sampling_params import SamplingParams
 from tests.runtime.fake_runner import FakeConfig, FakeCore, assert_all_free, check_invariants
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from pagedserve import LLM, SamplingParams
-from pagedserve.models.arch_config import ArchConfig
+from pagedserve.arch_config import ArchConfig
 from pagedserve.models.default_model import default_model_gguf
 
 

@@ -8,7 +8,7 @@ import pytest
 from pagedserve import LLM, SamplingParams
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.prefix_hash import ROOT_HASH, hash_block, update_block_hashes
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from tests.runtime.model_factory import hf_greedy
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from pagedserve import LLM, SamplingParams
 from pagedserve.core.request_queue import PriorityQueue, priority_key
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from tests.runtime.fake_runner import FakeConfig, FakeCore, assert_all_free
 
 

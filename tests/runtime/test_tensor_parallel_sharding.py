@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pagedserve.models.loader as loader
-from pagedserve.config import EngineArgs
+from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.distributed.parallel_state import get_tp_size, tp_context
 from pagedserve.models.loader import build_model
 from pagedserve.utils import cdiv

@@ -33,15 +33,3 @@ class TorchAttentionBackend(AttentionBackend):
         res = paged_attention_ref(q, k_cache, v_cache, qsl, sl, meta.block_tables, scale)
         return res if out is None else out.copy_(res)
 
-
-def get_attention_backend(name: str, device: str) -> AttentionBackend:
-    """``auto``: Triton kernels on CUDA, the torch reference elsewhere."""
-    if name == "auto":
-        name = "triton" if device.startswith("cuda") else "torch"
-    if name == "torch":
-        return TorchAttentionBackend()
-    if name == "triton":
-        from pagedserve.attention.triton_backend import TritonAttentionBackend
-
-        return TritonAttentionBackend()
-    raise ValueError(f"attention_backend must be auto, torch or triton, got {name!r}")

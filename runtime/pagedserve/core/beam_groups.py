@@ -7,7 +7,7 @@ import itertools
 
 from pagedserve.core.beam_search import BeamSearchState
 from pagedserve.core.scheduler_output import EngineCoreOutput
-from pagedserve.engine.request import Request, RequestStatus, child_request_id
+from pagedserve.request import Request, RequestStatus, child_request_id
 from pagedserve.sampling_params import SamplingParams
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pagedserve.core.block_pool import BlockPool, KVCacheBlock
 from pagedserve.core.prefix_hash import update_block_hashes
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from pagedserve.utils import cdiv
 
 BlockOp = tuple[str, int, int]

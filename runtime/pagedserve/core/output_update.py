@@ -4,7 +4,7 @@ conditions (EOS, stop tokens, length), reports new tokens and prompt logprobs as
 from __future__ import annotations
 
 from pagedserve.core.scheduler_output import EngineCoreOutput, SchedulerOutput
-from pagedserve.engine.request import Request, RequestStatus
+from pagedserve.request import Request, RequestStatus
 
 
 class OutputUpdateMixin:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from pagedserve.core.scheduler_output import ScheduledRequest, SchedulerOutput
-from pagedserve.engine.request import Request, RequestStatus
+from pagedserve.request import Request, RequestStatus
 
 logger = logging.getLogger("pagedserve.core.scheduler")  # preemption lines keep the scheduler's logger name
 

@@ -15,7 +15,7 @@ from array import array
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from pagedserve.engine.request import Request
+    from pagedserve.request import Request
 
 _seed = os.environ.get("PYTHONHASHSEED")
 ROOT_HASH: bytes = (hashlib.sha256(b"pagedserve-prefix-root:" + _seed.encode()).digest() if _seed

@@ -16,7 +16,7 @@ import bisect
 from collections import deque
 from typing import Iterator
 
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 
 
 def priority_key(req: Request, aging_interval: float, seq_no: int) -> tuple:

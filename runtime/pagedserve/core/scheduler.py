@@ -30,7 +30,7 @@ from pagedserve.core.preemption import PreemptionMixin
 from pagedserve.core.request_queue import make_queue, priority_key
 from pagedserve.core.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedserve.core.stats import SchedulerStats
-from pagedserve.engine.request import Request, RequestStatus, child_request_id
+from pagedserve.request import Request, RequestStatus, child_request_id
 from pagedserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 
 
 @dataclass

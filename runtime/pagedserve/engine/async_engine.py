@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from pagedserve.config import EngineArgs, EngineConfig
+from pagedserve.config import EngineConfig
+from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.core.scheduler_output import EngineCoreOutput
 from pagedserve.core.stats import SchedulerStats
 from pagedserve.engine.core_client import EngineCoreClient

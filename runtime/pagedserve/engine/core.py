@@ -9,7 +9,7 @@ from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedserve.core.stats import SchedulerStats
-from pagedserve.engine.request import Request, RequestStatus
+from pagedserve.request import Request, RequestStatus
 from pagedserve.executor import make_executor
 from pagedserve.worker.model_runner import StepHandle
 

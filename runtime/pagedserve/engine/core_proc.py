@@ -27,7 +27,7 @@ class EngineCoreProc:
     """The loop of the engine-core process."""
 
     def __init__(self, core: Any, in_sock: socket.socket, writer: FrameWriter) -> None:
-        from pagedserve.engine.request import Request
+        from pagedserve.request import Request
 
         self._Request = Request
         self.core = core

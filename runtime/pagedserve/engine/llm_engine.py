@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pagedserve.config import EngineArgs, EngineConfig
+from pagedserve.config import EngineConfig
+from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.engine.core import EngineCore
 from pagedserve.engine.output_processor import OutputProcessor, child_request_id
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.tokenizer import load_tokenizer

@@ -11,7 +11,7 @@ from typing import Any
 
 from pagedserve.core.scheduler_output import EngineCoreOutput
 from pagedserve.engine.detokenizer import IncrementalDetokenizer
-from pagedserve.engine.request import child_request_id  # noqa: F401  (re-exported: the frontends import it here)
+from pagedserve.request import child_request_id  # noqa: F401  (re-exported: the frontends import it here)
 from pagedserve.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 

@@ -13,7 +13,7 @@ import sys
 # subcommand → module providing add_parser(subparsers) (sets defaults(func=...))
 SUBCOMMANDS = {
     "generate": "pagedserve.entrypoints.cli_generate",
-    "serve": "pagedserve.entrypoints.openai.cli_serve",
+    "serve": "pagedserve.entrypoints.cli_serve",
     "bench": "pagedserve.benchmarks.cli_bench",
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from pagedserve.config import EngineArgs
+from pagedserve.engine.arg_utils import EngineArgs
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:

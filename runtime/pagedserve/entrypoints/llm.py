@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from pagedserve.config import EngineArgs
+from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.core.beam_search import BeamSearchOutput, BeamSearchSequence
 from pagedserve.engine.llm_engine import LLMEngine, PromptType
 from pagedserve.outputs import RequestOutput

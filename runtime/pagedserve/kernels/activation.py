@@ -6,7 +6,7 @@ rounded once).
 
 ``quant=True`` (``--quantization fp8``, before an fp8 down projection): one program per row holds
 the whole row in registers, rounds the product to the input dtype, quantizes it per token
-(``layers.fp8.quantize_per_token_ref``) and writes the fp8 row and its scale, saving the separate
+(``kernels.fp8_utils.quantize_per_token_ref``) and writes the fp8 row and its scale, saving the separate
 quantization launch. Rows wider than ``QUANT_MAX_BLOCK`` take the two launches.
 """
 from __future__ import annotations
@@ -16,11 +16,10 @@ import triton
 import triton.language as tl
 
 from pagedserve.kernels.utils import cdiv, next_pow2
-from pagedserve.layers.activation import silu_and_mul_ref
 from pagedserve.kernels.quant_fp8 import fp8_row_scale, fp8_scaled, quantize_per_token
-from pagedserve.layers.fp8 import FP8_DTYPE, Fp8Act
+from pagedserve.kernels.fp8_utils import FP8_DTYPE, Fp8Act
 
-__all__ = ["silu_and_mul", "silu_and_mul_ref"]
+__all__ = ["silu_and_mul"]
 
 QUANT_MAX_BLOCK = 16384  # the widest row one program quantizes from registers (Llama-3.1-8B: 14,336)
 

@@ -5,11 +5,9 @@ A negative slot (padding in a CUDA-graph batch) is skipped.
 
 This module is Triton-free so that importing the engine (``attention/backend.py`` imports
 ``store_kv_ref``) never imports Triton; the Triton ``store_kv`` lives in
-:mod:`pagedserve.kernels.kv_store_triton` and is re-exported here lazily.
+:mod:`pagedserve.kernels.kv_store_triton` (which imports this module, never the reverse).
 """
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -34,10 +32,3 @@ def store_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     kc[slots] = k.to(kc.dtype)
     vc[slots] = v.to(vc.dtype)
 
-
-def __getattr__(name: str) -> Any:  # PEP 562: `from pagedserve.kernels.kv_store import store_kv`
-    if name == "store_kv":
-        from pagedserve.kernels.kv_store_triton import store_kv
-
-        return store_kv
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

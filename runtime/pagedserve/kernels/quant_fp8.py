@@ -4,7 +4,7 @@ One program per row: a first pass finds the row's absolute maximum, the second w
 ``clamp(x / scale)`` as fp8 with ``scale = max(absmax, eps) / 448``. One launch instead of the
 five or six of the torch expression (``quantize_per_token_ref``), which matters inside a decode
 step that quantizes four activations per layer. The row is read twice; it is small and the
-second read hits the cache. Reference: ``layers.fp8.quantize_per_token_ref``.
+second read hits the cache. Reference: ``kernels.fp8_utils.quantize_per_token_ref``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedserve.layers.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE
+from pagedserve.kernels.fp8_utils import FP8_DTYPE, FP8_MAX, MIN_SCALE
 
 _FP8_MAX = tl.constexpr(FP8_MAX)
 _MIN_SCALE = tl.constexpr(MIN_SCALE)

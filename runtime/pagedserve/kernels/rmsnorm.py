@@ -7,7 +7,7 @@ normalisation run in fp32, the normalised value is cast to the input dtype, and 
 multiplied by the weight (in fp32, rounded once to the output dtype = promote(weight, x)).
 
 With ``quant=True`` (``--quantization fp8``, when the next layer is an fp8 linear) the program
-also quantizes its row per token, as ``layers.fp8.quantize_per_token_ref`` does to the rounded
+also quantizes its row per token, as ``kernels.fp8_utils.quantize_per_token_ref`` does to the rounded
 output, and writes only the fp8 row and its scale: one launch less per norm.
 """
 from __future__ import annotations
@@ -18,10 +18,9 @@ import triton.language as tl
 
 from pagedserve.kernels.utils import next_pow2
 from pagedserve.kernels.quant_fp8 import fp8_row_scale, fp8_scaled
-from pagedserve.layers.fp8 import FP8_DTYPE, Fp8Act
-from pagedserve.layers.norm import rms_norm_ref
+from pagedserve.kernels.fp8_utils import FP8_DTYPE, Fp8Act
 
-__all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fused", "rms_norm_ref"]
+__all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fused"]
 
 
 @triton.jit

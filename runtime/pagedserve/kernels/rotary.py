@@ -13,9 +13,8 @@ import triton
 import triton.language as tl
 
 from pagedserve.kernels.utils import cdiv, next_pow2
-from pagedserve.layers.rotary import apply_rotary_ref
 
-__all__ = ["rotary_embedding", "rotary_fused", "apply_rotary_ref"]
+__all__ = ["rotary_embedding", "rotary_fused"]
 
 
 @triton.jit

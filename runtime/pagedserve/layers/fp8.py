@@ -15,37 +15,11 @@ never load it.
 """
 from __future__ import annotations
 
-import logging
-from typing import NamedTuple
-
 import torch
-from torch import nn
 
-logger = logging.getLogger(__name__)
+from pagedserve.kernels.fp8_utils import Fp8Act, quantize_per_token_ref
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
-# Smallest scale: keeps an all-zero row finite (same floor as vLLM's dynamic quantization).
-MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
 GEMV_MAX_M = 64  # kernels/gemv.MAX_M: the skinny kernel's largest M
-
-
-class Fp8Act(NamedTuple):
-    """An activation already quantized per token by the kernel that produced it (RMSNorm or
-    SiLU-and-mul with ``quant_out``, ``worker/fusion.py``): the next fp8 linear layer skips its
-    own quantization launch. ``q`` [M, K] fp8, ``scale`` [M, 1] fp32, ``dtype`` of the result."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-    dtype: torch.dtype
-
-
-def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise dynamic quantization in torch: q [M, K] fp8, scale [M, 1] fp32, x ≈ q * scale
-    (the reference of ``kernels/quant_fp8.quantize_per_token``)."""
-    xf = x.float()
-    scale = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
-    return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
 
 def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
@@ -115,25 +89,4 @@ def fp8_linear(x: torch.Tensor | Fp8Act, weight: torch.Tensor, weight_scale: tor
     return y.view(*shape[:-1], weight.shape[0])
 
 
-def quantize_model_fp8(model: nn.Module) -> int:
-    """Convert every tensor-parallel linear layer of a loaded model to fp8; returns how many."""
-    from pagedserve.layers.linear import LinearBase
-
-    n = skipped = 0
-    for m in model.modules():
-        if isinstance(m, LinearBase):
-            if quantizable(m.weight):
-                m.quantize_fp8()
-                n += 1
-            else:
-                skipped += 1
-    if skipped:
-        logger.warning("fp8: %d linear layer(s) kept in %s (a dimension is not divisible by 16)",
-                       skipped, next(model.parameters()).dtype)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    logger.info("fp8: %d linear layers quantized (per-channel weight scales, per-token activations)", n)
-    return n
-
-
-__all__ = ["FP8_DTYPE", "Fp8Act", "check_fp8_device", "fp8_linear", "quantize_model_fp8", "quantize_per_token_ref", "quantize_weight"]
+__all__ = ["check_fp8_device", "fp8_linear", "quantize_weight"]

@@ -6,6 +6,7 @@ only the rows or columns it owns.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedserve.distributed.parallel_state import get_tp_rank, get_tp_size, tp_all_reduce
-from pagedserve.layers.fp8 import fp8_linear, quantize_weight
+from pagedserve.layers.fp8 import fp8_linear, quantizable, quantize_weight
+
+logger = logging.getLogger(__name__)
 
 
 def _shape(source: Any) -> list[int]:
@@ -141,3 +144,22 @@ class RowParallelLinear(LinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.matmul(x, self.bias if self.tp_rank == 0 else None)
         return tp_all_reduce(y) if self.tp_size > 1 else y
+
+
+def quantize_model_fp8(model: nn.Module) -> int:
+    """Convert every tensor-parallel linear layer of a loaded model to fp8; returns how many."""
+    n = skipped = 0
+    for m in model.modules():
+        if isinstance(m, LinearBase):
+            if quantizable(m.weight):
+                m.quantize_fp8()
+                n += 1
+            else:
+                skipped += 1
+    if skipped:
+        logger.warning("fp8: %d linear layer(s) kept in %s (a dimension is not divisible by 16)",
+                       skipped, next(model.parameters()).dtype)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    logger.info("fp8: %d linear layers quantized (per-channel weight scales, per-token activations)", n)
+    return n

@@ -15,7 +15,7 @@ from pagedserve.layers.linear import MergedColumnParallelLinear, QKVParallelLine
 from pagedserve.layers.norm import RMSNorm
 from pagedserve.layers.rotary import RotaryEmbedding
 from pagedserve.layers.vocab import ParallelLMHead, VocabParallelEmbedding
-from pagedserve.models.arch_config import ArchConfig
+from pagedserve.arch_config import ArchConfig
 
 
 class LlamaAttention(nn.Module):

@@ -39,7 +39,7 @@ def build_model(mc: ModelConfig, device: str, use_tqdm: bool = True) -> nn.Modul
     else:
         load_safetensors(model, mc.model, use_tqdm=use_tqdm)
     if mc.quantization == "fp8":
-        from pagedserve.layers.fp8 import quantize_model_fp8
+        from pagedserve.layers.linear import quantize_model_fp8
 
         quantize_model_fp8(model)
     model.eval()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pagedserve.attention.backend import get_attention_backend
+from pagedserve.attention.selector import get_attention_backend
 from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.distributed.parallel_state import tp_broadcast

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from pagedserve.layers.sampler import SamplingMetadata
 
 

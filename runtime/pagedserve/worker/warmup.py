@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from pagedserve.core.scheduler_output import ScheduledRequest, SchedulerOutput
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.utils import cdiv
 

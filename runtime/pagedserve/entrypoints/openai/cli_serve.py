@@ -62,31 +62,12 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
                         "pagedserve.benchmarks.fake_core:FakeEngineCore to benchmark the HTTP layer alone")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the OpenAI-compatible server", conflict_handler="resolve",
-                       description="Serve one or more models over an OpenAI-compatible HTTP API.")
-    add_serve_flags(p)
-    p.set_defaults(func=run)
-
-
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pagedserve.entrypoints.openai.api_server", conflict_handler="resolve",
                                 description="Serve one or more models over an OpenAI-compatible HTTP API.")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_serve_flags(p)
     return p
-
-
-def run(args: argparse.Namespace) -> int:
-    from pagedserve.entrypoints.openai.api_server import run_server
-
-    try:
-        return run_server(args)
-    except RuntimeError as e:  # an engine failed to start (EngineDeadError)
-        import sys
-
-        print(f"pagedserve serve: error: {e}", file=sys.stderr)
-        return 1
 
 
 # -- plans ----------------------------------------------------------------------------------------
@@ -132,7 +113,7 @@ def _load_yaml(path: str) -> dict:
 
 
 def _ea_overrides(entry: dict, where: str) -> dict:
-    from pagedserve.config import EngineArgs
+    from pagedserve.engine.arg_utils import EngineArgs
 
     names = {f.name for f in fields(EngineArgs)}
     out = {}

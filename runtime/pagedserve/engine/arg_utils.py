@@ -1,0 +1,212 @@
+"""``EngineArgs``: the flat, user-facing engine arguments (the CLI flags and ``LLM(...)`` keywords,
+named as in vLLM). :meth:`EngineArgs.create_engine_config` validates them and resolves the model
+(its files, architecture and context length) into the :class:`~pagedserve.config.EngineConfig`
+that the rest of the engine reads. It lives above the config, as vLLM's ``engine/arg_utils.py``
+does, because resolving reaches the model registry and the layers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pagedserve.arch_config import ArchConfig
+from pagedserve.config import (KV_CACHE_DTYPES, QUANTIZATIONS, CacheConfig, EngineConfig, ModelConfig, ParallelConfig,
+                               SchedulerConfig)
+from pagedserve.utils import default_device, parse_dtype
+
+
+@dataclass
+class EngineArgs:
+    """User-facing engine arguments (vLLM's names)."""
+
+    model: str | None = None
+    tokenizer: str | None = None
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory: int | None = None
+    num_gpu_blocks_override: int | None = None
+    block_size: int = 16
+    swap_space: float = 4.0
+    enable_prefix_caching: bool = True
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    long_prefill_token_threshold: int = 0
+    scheduling_policy: str = "fcfs"
+    preemption_mode: str = "recompute"
+    priority_aging_interval: float = 10.0
+    auto_swap_min_tokens: int = 64
+    max_waiting_requests: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    seed: int = 0
+    device: str | None = None
+    load_format: str = "auto"
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    enforce_eager: bool = False
+    attention_backend: str = "auto"
+    async_scheduling: bool | None = None  # None: on for CUDA, off elsewhere
+    hf_overrides: dict[str, Any] | None = None
+
+    def create_engine_config(self) -> EngineConfig:
+        from pagedserve.models.resolve import resolve_model_dir
+
+        self._verify()
+        device = self.device or default_device()
+        model_dir = resolve_model_dir(self.model, revision=self.revision)
+        hf_cfg = _read_json(os.path.join(model_dir, "config.json"), required=True)
+        if self.hf_overrides:
+            hf_cfg.update(self.hf_overrides)
+        arch = ArchConfig.from_hf(hf_cfg)
+        from pagedserve.models.registry import check_architecture
+
+        check_architecture(arch.architecture)
+        if self.tensor_parallel_size > 1:
+            _check_tensor_parallel(self.tensor_parallel_size, arch, device)
+        gen_cfg = _read_json(os.path.join(model_dir, "generation_config.json"), required=False)
+        for eos in _as_list(gen_cfg.get("eos_token_id")):
+            if eos not in arch.eos_token_ids:
+                arch.eos_token_ids.append(eos)
+        dtype = _resolve_dtype(self.dtype, hf_cfg, device)
+        max_len = _resolve_max_model_len(self.max_model_len, arch)
+        on_gpu = device.startswith("cuda")
+        max_seqs = self.max_num_seqs or (1024 if on_gpu else 256)
+        budget = self.max_num_batched_tokens or (16384 if on_gpu else 2048)
+        if budget < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {budget}")
+        name = self.served_model_name or (self.model if self.model and self.model != "default"
+                                          else None) or _default_served_name(model_dir)
+        model_config = ModelConfig(
+            model=model_dir, served_model_name=name, arch=arch, dtype=dtype, max_model_len=max_len,
+            load_format=self.load_format, seed=self.seed, generation_config=gen_cfg,
+            trust_remote_code=self.trust_remote_code,
+            quantization=None if self.quantization in (None, "none") else self.quantization)
+        if model_config.quantization == "fp8" or self.kv_cache_dtype != "auto":
+            from pagedserve.layers.fp8 import check_fp8_device
+
+            check_fp8_device(device)
+        cache_config = CacheConfig(
+            block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
+            kv_cache_memory=self.kv_cache_memory, num_gpu_blocks_override=self.num_gpu_blocks_override,
+            swap_space=self.swap_space, enable_prefix_caching=self.enable_prefix_caching,
+            cache_dtype=self.kv_cache_dtype)
+        sched = SchedulerConfig(
+            max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=max_len,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
+            policy=self.scheduling_policy, max_waiting_requests=self.max_waiting_requests,
+            preemption_mode=self.preemption_mode, priority_aging_interval=self.priority_aging_interval,
+            auto_swap_min_tokens=self.auto_swap_min_tokens)
+        parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size)
+        async_sched = on_gpu if self.async_scheduling is None else self.async_scheduling
+        return EngineConfig(model_config, cache_config, sched, parallel, device,
+                            enforce_eager=self.enforce_eager, attention_backend=self.attention_backend,
+                            async_scheduling=async_sched)
+
+    def _verify(self) -> None:
+        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
+            raise ValueError(f"block_size must be a power of two from 1 to 128 (usually 16 or 32), got {self.block_size}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.swap_space < 0:
+            raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError(f"kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory}")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
+            raise ValueError(f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}")
+        if self.load_format not in ("auto", "safetensors", "dummy"):
+            raise ValueError(f"load_format must be auto, safetensors or dummy, got {self.load_format!r}")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError(f"scheduling_policy must be fcfs or priority, got {self.scheduling_policy!r}")
+        if self.preemption_mode not in ("recompute", "swap", "auto"):
+            raise ValueError(f"preemption_mode must be recompute, swap or auto, got {self.preemption_mode!r}")
+        if not self.priority_aging_interval >= 0:
+            raise ValueError(f"priority_aging_interval must be >= 0 seconds, got {self.priority_aging_interval}")
+        if self.auto_swap_min_tokens < 0:
+            raise ValueError(f"auto_swap_min_tokens must be >= 0, got {self.auto_swap_min_tokens}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(q for q in QUANTIZATIONS if q)}, "
+                             f"got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
+        if self.pipeline_parallel_size != 1:
+            raise ValueError("pipeline_parallel_size > 1 is not supported; use tensor_parallel_size")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
+
+
+def _check_tensor_parallel(tp: int, arch: ArchConfig, device: str) -> None:
+    from pagedserve.distributed.parallel_state import check_tensor_parallel
+
+    check_tensor_parallel(arch, tp)  # heads, KV heads, intermediate size must divide
+    if device.startswith("cuda"):
+        if device not in ("cuda", "cuda:0"):
+            raise ValueError(f"device={device!r} with tensor_parallel_size {tp}: rank r runs on cuda:r; pick the GPUs "
+                             "with CUDA_VISIBLE_DEVICES and use device='cuda'")
+        visible = torch.cuda.device_count()
+        if tp > visible:
+            raise ValueError(f"tensor_parallel_size {tp} is larger than the number of visible GPUs ({visible})")
+    elif device != "cpu":
+        raise ValueError(f"tensor parallelism runs on CUDA GPUs (NCCL) or on the CPU (gloo), not on {device!r}")
+
+
+def _read_json(path: str, required: bool) -> dict[str, Any]:
+    if not os.path.exists(path):
+        if required:
+            raise FileNotFoundError(f"model: {os.path.basename(path)} not found in {os.path.dirname(path)}")
+        return {}
+    with open(path) as fh:
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"model: {path} is not valid JSON: {e}") from None
+
+
+def _as_list(v: Any) -> list[int]:
+    if v is None:
+        return []
+    return [v] if isinstance(v, int) else list(v)
+
+
+def _resolve_dtype(name: str, hf_cfg: dict[str, Any], device: str) -> torch.dtype:
+    if name != "auto":
+        return parse_dtype(name)
+    if not device.startswith("cuda"):
+        return torch.float32  # CPU: float32 is exact and, on most CPUs, the fastest
+    cfg_dtype = hf_cfg.get("dtype") or hf_cfg.get("torch_dtype") or "bfloat16"
+    dt = parse_dtype(cfg_dtype) if cfg_dtype in ("float16", "bfloat16", "float32") else torch.bfloat16
+    return torch.bfloat16 if dt == torch.float32 else dt
+
+
+def _resolve_max_model_len(requested: int | None, arch: ArchConfig) -> int:
+    native = arch.max_position_embeddings
+    if arch.rope_scaling and arch.rope_scaling.get("rope_type") == "llama3":
+        native = max(native, int(arch.rope_scaling.get("original_max_position_embeddings", native)))
+    if arch.sliding_window:
+        native = min(native, arch.sliding_window)  # no sliding-window attention: stay inside the window
+    if requested is None:
+        return native
+    if requested > native:
+        raise ValueError(f"max_model_len={requested} is larger than the model's maximum context of {native} "
+                         "tokens (max_position_embeddings / sliding_window in config.json)")
+    return requested
+
+
+def _default_served_name(model_dir: str) -> str:
+    from pagedserve.models.default_model import DEFAULT_MODEL_NAME
+
+    base = os.path.basename(os.path.normpath(model_dir))
+    return DEFAULT_MODEL_NAME if base.startswith(DEFAULT_MODEL_NAME) else base
