@@ -14,7 +14,6 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from tests.router.conftest import backend_args  # noqa: F401 (same fixtures module)
 from tests.server.server_proc import free_port, post, request, wait_for
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -48,7 +47,11 @@ class StandIn:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:  # kmock waits for open watch streams (the router's) to end
+            self.proc.kill()
+            self.proc.wait(5)
         self._log.close()
 
 

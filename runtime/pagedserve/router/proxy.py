@@ -88,6 +88,9 @@ async def send_once(request: web.Request, b: Backend, raw: bytes, headers: dict[
                     metrics.requests.labels(b.url, model, "broken_stream").inc()
                     return resp  # the client sees the stream end without [DONE]
                 await resp.write_eof()
+        except BaseException:  # client gone (cancelled), broken upstream, ...: drop the upstream connection
+            up.close()
+            raise
         finally:
             await up_cm.__aexit__(None, None, None)
         metrics.requests.labels(b.url, model, str(up.status)).inc()
