@@ -109,7 +109,7 @@ def main() -> int:
     ap.add_argument("--conversations", type=int, default=24)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--concurrency", type=int, default=6)
+    ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--logics", default="prefix-aware,roundrobin,least-load")
     args = ap.parse_args()
     convs = load_conversations(args.conversations, args.turns)

@@ -4,6 +4,7 @@ its measured prefix-cache hit rate vs round-robin, and a replica killed mid-run 
 takes one replica away from the session's fixture)."""
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import signal
@@ -86,11 +87,14 @@ def test_prefix_affinity_doubles_the_hit_rate(router, replicas, start_router) ->
     convs = load_conversations(9, 3)
     rr = start_router([*backend_args(replicas), "--routing-logic", "roundrobin"], "roundrobin")
     rr.wait_models({SHARED_NAME})
-    pa = measure(router.base_url, replicas, SHARED_NAME, convs, max_tokens=4, concurrency=3)
-    rob = measure(rr.base_url, replicas, SHARED_NAME, convs, max_tokens=4, concurrency=3)
+    # 4 conversations in flight over 3 replicas (coprime: with 3, round-robin's turn would come back to
+    # the same replica whenever the conversations interleave evenly)
+    pa = measure(router.base_url, replicas, SHARED_NAME, convs, max_tokens=4, concurrency=4)
+    rob = measure(rr.base_url, replicas, SHARED_NAME, convs, max_tokens=4, concurrency=4)
     print(f"prefix-aware: hit rate {pa['hit_rate']:.1%}, sticky {pa['sticky']:.0%}, {pa['req_per_s']:.2f} req/s; "
           f"round-robin: hit rate {rob['hit_rate']:.1%}, sticky {rob['sticky']:.0%}, {rob['req_per_s']:.2f} req/s")
-    assert pa["sticky"] >= 0.9, pa["replicas"]  # conversations keep their replica (bounded load may move one)
+    # conversations keep their replica; bounded load may move one whose home is full (c = 1.25)
+    assert pa["sticky"] >= 0.75, pa["replicas"]
     assert len({r for conv in pa["replicas"] for r in conv}) == 3  # ...and are spread over all three
     assert rob["sticky"] < 0.5
     assert pa["hit_rate"] >= 2 * rob["hit_rate"], (pa["hit_rate"], rob["hit_rate"])
@@ -109,6 +113,31 @@ def test_client_disconnect_aborts_the_request_on_the_replica(router, replicas) -
     wait_for(lambda: metric(alpha, "pagedserve:request_success_total", finished_reason="abort") > aborted, 30,
              what="the replica to abort the request")
     wait_for(lambda: metric(alpha, "pagedserve:num_requests_running") == 0, 30, what="nothing left running")
+
+
+def test_ejected_replica_is_readmitted_by_the_active_check(replicas) -> None:
+    """Passive ejection, then re-admission by the next good /health after the ejection time (a real replica)."""
+    import aiohttp
+
+    from pagedserve.router.backends import BackendPool
+    from pagedserve.router.monitor import Monitor
+
+    async def run() -> None:
+        pool = BackendPool(max_failures=1, ejection_seconds=1.0)
+        pool.set_source("static", {replicas[1].base_url})
+        async with aiohttp.ClientSession() as session:
+            mon = Monitor(pool, session)
+            await mon.check_all()
+            b = pool.backends[replicas[1].base_url]
+            assert b.routable() and {"beta", SHARED_NAME} <= set(b.models)
+            assert pool.record_failure(b) and not b.routable()
+            await mon.check_all()  # healthy, but still inside the ejection time
+            assert not b.routable()
+            await asyncio.sleep(1.1)
+            await mon.check_all()
+            assert b.routable() and pool.replicas("beta") == [b]
+
+    asyncio.run(run())
 
 
 def _one(c: openai.OpenAI, i: int, stream: bool, started: dict[int, bool]) -> str | None:
@@ -157,6 +186,7 @@ def test_a_replica_killed_mid_run_fails_no_request_that_had_not_streamed(router,
     assert metric(router, "pagedserve:router_backend_ejections_total", backend=victim.base_url) >= 1
     status, backends = request(router, "GET", "/backends")
     assert {b["url"]: b["healthy"] for b in backends}[victim.base_url] is False
+    assert metric(router, "pagedserve:router_healthy_backends") == 2
     # the survivors take everything now
     outs = [c.completions.create(model=SHARED_NAME, prompt=f"after {i}", max_tokens=2) for i in range(6)]
     assert all(o.choices for o in outs)

@@ -37,8 +37,12 @@ def test_affinity_key_is_the_same_for_every_turn_of_a_conversation() -> None:
     assert affinity_key(other) not in keys
     # completions: the first chunk decides
     assert affinity_key({"prompt": "p" * 500}) == affinity_key({"prompt": "p" * 128 + "q"})
-    key, hashes = request_hashes({"prompt": [[1, 2, 3]]})
-    assert key and len(hashes) == 1
+    key, hashes, anchor = request_hashes({"prompt": [[1, 2, 3]]})
+    assert key and len(hashes) == 1 and anchor == 1
+    conv = _conv(3)
+    _, hashes, anchor = request_hashes(conv, 128)
+    first_user = len("system\x1fbe brief\x1e") + len("user\x1f" + "question 0 " * 20 + "\x1e")
+    assert anchor == first_user // 128 and len(hashes) > anchor
 
 
 def test_ring_keeps_keys_when_a_member_leaves() -> None:
@@ -82,6 +86,13 @@ def test_router_logics() -> None:
     b1, why1 = pa.pick(reps, _conv(1), {})
     b2, why2 = pa.pick(reps, _conv(3), {})
     assert b1 is b2 and why1 == "prefix_hash" and why2 in ("prefix_hash", "prefix_hit")
+    # a new conversation sharing only the anchor's chunks is placed by the ring, not the table
+    shared = _conv(1)
+    shared["messages"][0]["content"] = "be brief " * 40  # a long shared system prompt
+    homes = {pa.pick(reps, {**shared, "messages": [shared["messages"][0],
+                                                  {"role": "user", "content": f"hello {i}"}]}, {})[0].url
+             for i in range(12)}
+    assert len(homes) > 1
     b1.in_flight = 10  # its home is full: the conversation spills to another replica
     b3, why3 = pa.pick(reps, _conv(4), {})
     assert b3 is not b1 and why3 == "prefix_spill"

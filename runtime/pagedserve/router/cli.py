@@ -142,6 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad flag values, a port in use
         print(f"pagedserve router: error: {e}", file=sys.stderr)
         return 2

@@ -67,8 +67,8 @@ def chunk_hashes(text: str, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> list[byte
     return out
 
 
-def affinity_key(body: dict, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> bytes:
-    """The conversation's anchor: chat messages through the first user turn, else the first chunk."""
+def _anchor(body: dict, chunk_chars: int) -> tuple[bytes, int]:
+    """(affinity key, length of the text it covers)."""
     msgs = body.get("messages")
     if isinstance(msgs, list) and msgs:
         anchor = []
@@ -76,12 +76,19 @@ def affinity_key(body: dict, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> bytes:
             anchor.append(_message_text(m))
             if isinstance(m, dict) and m.get("role") == "user":
                 break
-        return _h(b"chat", "".join(anchor)[: chunk_chars * DEFAULT_MAX_CHUNKS])
+        text = "".join(anchor)[: chunk_chars * DEFAULT_MAX_CHUNKS]
+        return _h(b"chat", text), len(text)
     text = canonical_text(body, chunk_chars)
-    return _h(b"text", text)
+    return _h(b"text", text), chunk_chars
+
+
+def affinity_key(body: dict, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> bytes:
+    """The conversation's anchor: chat messages through the first user turn, else the first chunk."""
+    return _anchor(body, chunk_chars)[0]
 
 
 def request_hashes(body: dict, chunk_chars: int = DEFAULT_CHUNK_CHARS,
-                   max_chunks: int = DEFAULT_MAX_CHUNKS) -> tuple[bytes, list[bytes]]:
-    """(affinity key, chained chunk hashes) of one request body."""
-    return affinity_key(body, chunk_chars), chunk_hashes(canonical_text(body, chunk_chars * max_chunks), chunk_chars)
+                   max_chunks: int = DEFAULT_MAX_CHUNKS) -> tuple[bytes, list[bytes], int]:
+    """(affinity key, chained chunk hashes, number of leading chunks inside the anchor) of a request."""
+    key, anchor_chars = _anchor(body, chunk_chars)
+    return key, chunk_hashes(canonical_text(body, chunk_chars * max_chunks), chunk_chars), anchor_chars // chunk_chars

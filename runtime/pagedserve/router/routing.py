@@ -3,8 +3,9 @@
 * ``roundrobin``: the next replica in turn.
 * ``session``: consistent hashing (bounded loads) on the ``--session-key`` header; least-load without it.
 * ``prefix-aware`` (default): the replica that last served the longest prefix of this request's
-  chunk hashes (``prefix_hit``); else consistent hashing with bounded loads on the request's
-  affinity key (``prefix_hash``, or ``prefix_spill`` when the key's home was full).
+  chunk hashes reaching past the affinity anchor (``prefix_hit``); else consistent hashing with
+  bounded loads on the request's affinity key (``prefix_hash``, or ``prefix_spill`` when the key's
+  home was full).
 * ``least-load``: fewest queued + running requests, then lowest KV-cache usage.
 """
 from __future__ import annotations
@@ -28,9 +29,11 @@ class PrefixTable:
         self.capacity = capacity
         self._d: collections.OrderedDict[bytes, str] = collections.OrderedDict()
 
-    def longest_match(self, hashes: list[bytes], eligible: Mapping[str, Backend],
-                      cap: int) -> str | None:
-        for h in reversed(hashes):
+    def longest_match(self, hashes: list[bytes], eligible: Mapping[str, Backend], cap: int,
+                      min_chunks: int = 0) -> str | None:
+        """The replica of the longest remembered prefix longer than ``min_chunks`` chunks."""
+        for i in range(len(hashes) - 1, min_chunks - 1, -1):
+            h = hashes[i]
             url = self._d.get(h)
             if url is not None and url in eligible and eligible[url].in_flight < cap:
                 self._d.move_to_end(h)
@@ -92,9 +95,11 @@ class Router:
             url, spilled = ring.lookup(sid.encode(), set(by_url), load, self.c)
             return (by_url[url], "session_spill" if spilled else "session") if url else (least_loaded(replicas),
                                                                                          "least_load")
-        key, hashes = request_hashes(body, self.chunk_chars)
+        key, hashes, anchor_chunks = request_hashes(body, self.chunk_chars)
         cap = math.ceil(self.c * (sum(b.in_flight for b in replicas) + 1) / len(replicas))
-        url = self.table.longest_match(hashes, by_url, cap)
+        # a remembered prefix counts only past the anchor: chunks inside it (a shared system prompt, the
+        # first question) would herd new conversations onto one replica; the ring places those
+        url = self.table.longest_match(hashes, by_url, cap, min_chunks=anchor_chunks)
         reason = "prefix_hit"
         if url is None:
             url, spilled = ring.lookup(key, set(by_url), load, self.c)
