@@ -15,6 +15,7 @@ import json
 import pathlib
 import platform
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -111,10 +112,13 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--logics", default="prefix-aware,roundrobin,least-load")
+    ap.add_argument("--replica-args", default="", help="more flags for every replica (they override the CPU "
+                    "defaults), e.g. on one GPU: '--gpu-memory-utilization 0.2 --dtype bfloat16'")
     args = ap.parse_args()
     convs = load_conversations(args.conversations, args.turns)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_router_"))
-    reps = start_replicas([f"r{i}" for i in range(args.replicas)], tmp)
+    reps = start_replicas([f"r{i}" for i in range(args.replicas)], tmp, shlex.split(args.replica_args),
+                          env={} if args.replica_args else None)
     try:
         rows = []
         for logic in args.logics.split(","):

@@ -20,14 +20,15 @@ REPLICA_ARGS = [*COMMON_ARGS, "--max-model-len", "1024", "--max-num-batched-toke
 REPLICA_ENV = {"OMP_NUM_THREADS": "1"}
 
 
-def start_replicas(names: list[str], log_dir: pathlib.Path) -> list[ServerProc]:
+def start_replicas(names: list[str], log_dir: pathlib.Path, extra_args: list[str] = (),
+                   env: dict[str, str] | None = None) -> list[ServerProc]:
     """One replica per name (``--served-model-name NAME chat``): the first alone (it converts the
     default model's GGUF into the cache on a cold machine), then the others in parallel."""
     procs: list[ServerProc] = []
 
     def start(n: str) -> ServerProc:
-        procs.append(ServerProc([*REPLICA_ARGS, "--served-model-name", n, SHARED_NAME], str(log_dir / f"{n}.log"),
-                                env=REPLICA_ENV))
+        procs.append(ServerProc([*REPLICA_ARGS, *extra_args, "--served-model-name", n, SHARED_NAME],
+                                str(log_dir / f"{n}.log"), env=REPLICA_ENV if env is None else env))
         return procs[-1]
 
     try:

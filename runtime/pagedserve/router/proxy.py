@@ -82,7 +82,12 @@ async def send_once(request: web.Request, b: Backend, raw: bytes, headers: dict[
                 await resp.write(first)
                 try:
                     async for chunk in up.content.iter_any():
-                        await resp.write(chunk)
+                        try:
+                            await resp.write(chunk)
+                        except ConnectionResetError:  # the client went away: abort upstream
+                            up.close()
+                            metrics.requests.labels(b.url, model, "client_disconnect").inc()
+                            return resp
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
                     log.warning("stream from %s broke after the first byte: %r", b.url, e)
                     metrics.requests.labels(b.url, model, "broken_stream").inc()
