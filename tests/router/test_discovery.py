@@ -48,7 +48,7 @@ class StandIn:
     def stop(self) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(5)
+            self.proc.wait(2)
         except subprocess.TimeoutExpired:  # kmock waits for open watch streams (the router's) to end
             self.proc.kill()
             self.proc.wait(5)
