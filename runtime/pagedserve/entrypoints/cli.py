@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "generate": "pagedserve.entrypoints.cli_generate",
     "serve": "pagedserve.entrypoints.cli_serve",
     "bench": "pagedserve.benchmarks.cli_bench",
+    "router": "pagedserve.router.cli",
 }
 
 
