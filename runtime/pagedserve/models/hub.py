@@ -306,6 +306,14 @@ def download_model(repo_id: str, revision: str | None = None, *, download_dir: s
     what = f"{kind} {repo_id!r}" + (f" (revision {revision!r})" if revision else "")
     if s.offline:
         return _from_cache(repo_id, revision, s, what, "HF_HUB_OFFLINE is set", load_format, gguf_file, tokenizer_only)
+    storage = _storage(s, repo_id)
+    d = _Download(repo_id, os.path.join(storage, "blobs"), None)
+    with _tracked(d):
+        return _download(repo_id, revision, s, what, load_format, gguf_file, tokenizer_only, d)
+
+
+def _download(repo_id: str, revision: str | None, s: HubSettings, what: str, load_format: str,
+              gguf_file: str | None, tokenizer_only: bool, d: _Download) -> str:
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=s.endpoint, token=s.token or False)
@@ -322,8 +330,7 @@ def download_model(repo_id: str, revision: str | None = None, *, download_dir: s
         raise
     files = {sib.rfilename: sib.size for sib in (info.siblings or [])}
     storage = _storage(s, repo_id)
-    d = _Download(repo_id, os.path.join(storage, "blobs"), None)
-    with _tracked(d), _repo_lock(s, repo_id, d):
+    with _repo_lock(s, repo_id, d):
         index = None
         if ST_INDEX in files and gguf_file is None and load_format != "dummy" and not tokenizer_only:
             index = _read_json(_hub_file(repo_id, ST_INDEX, info.sha, s, what))
