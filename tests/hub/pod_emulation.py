@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +31,6 @@ class ContainerSpec:
     args: list[str]
     env: list[dict[str, Any]]
     mounts: list[str]
-    changes: list[str] = field(default_factory=list)  # what was swapped to run on CPU, and why
 
 
 def image_env(dockerfile: str = os.path.join(ROOT, "Dockerfile.runtime")) -> dict[str, str]:

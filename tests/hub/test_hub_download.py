@@ -213,3 +213,27 @@ def test_two_processes_download_one_repo_once(fake_hub, hub_env, repo_dir):
     assert "waiting for another process downloading acme/tiny-llama" in logs, logs
     blobs = os.path.join(cache_dir(hub_env), "models--acme--tiny-llama", "blobs")
     assert not [b for b in os.listdir(blobs) if b.endswith(".incomplete")]
+
+
+def test_disk_filling_up_during_the_download(fake_hub, hub_env, repo_dir, tmp_path):
+    """A real full file system (an 8 MiB tmpfs in a user+mount namespace) under a Hub that under-reports
+    the sizes, so the check before downloading passes and the write itself fails with ENOSPC."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=8m tmpfs {mnt}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no user+mount namespaces here: {probe.stderr.strip()[:200]}")
+    index = json.load(open(os.path.join(repo_dir, "model.safetensors.index.json")))
+    fake_hub.add_repo(REPO, repo_dir, report_sizes={s: 1 for s in set(index["weight_map"].values())})
+    big = max(os.path.getsize(os.path.join(repo_dir, s)) for s in set(index["weight_map"].values()))
+    assert big > 8 << 20  # one shard does not fit the tmpfs
+    code = ("import sys; from pagedserve.models.hub import download_model, HubError\n"
+            "try:\n    download_model(sys.argv[1], download_dir=sys.argv[2])\n"
+            "except HubError as e:\n    print('HubError:', e)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "runtime"), ROOT])}
+    p = subprocess.run(["unshare", "-Urm", "sh", "-c", f'mount -t tmpfs -o size=8m tmpfs {mnt} && exec "$@"', "sh",
+                        sys.executable, "-c", code, REPO, str(mnt / "hub")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert "HubError: model 'acme/tiny-llama': not enough disk space in the cache" in p.stdout, p.stdout + p.stderr
+    assert "No space left on device" in p.stdout and "enlarge the volume" in p.stdout, p.stdout
