@@ -237,3 +237,4 @@ def test_disk_filling_up_during_the_download(fake_hub, hub_env, repo_dir, tmp_pa
                        timeout=120)
     assert "HubError: model 'acme/tiny-llama': not enough disk space in the cache" in p.stdout, p.stdout + p.stderr
     assert "No space left on device" in p.stdout and "enlarge the volume" in p.stdout, p.stdout
+

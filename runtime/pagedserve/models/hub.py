@@ -276,11 +276,15 @@ def _storage(s: HubSettings, repo_id: str) -> str:
 def _repo_lock(s: HubSettings, repo_id: str, d: _Download) -> Iterator[None]:
     """One downloader per repo and cache directory, across processes and hosts sharing the volume."""
     from filelock import FileLock, Timeout
-
     from huggingface_hub.file_download import repo_folder_name
 
     lock_dir = os.path.join(s.cache_dir, ".locks", "pagedserve")
-    os.makedirs(lock_dir, exist_ok=True)
+    try:
+        os.makedirs(lock_dir, exist_ok=True)
+    except OSError as e:
+        raise HubError(f"model {repo_id!r}: cannot write to the cache directory {s.cache_dir} ({e.strerror}): make "
+                       "it writable for this user (Kubernetes: the pod's fsGroup owns the cache volume), or set "
+                       "HF_HUB_OFFLINE=1 to serve a complete cached copy read-only") from None
     lock = FileLock(os.path.join(lock_dir, repo_folder_name(repo_id=repo_id, repo_type="model") + ".lock"))
     while True:
         try:
