@@ -34,6 +34,7 @@ class ModelConfig:
     generation_config: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
     quantization: str | None = None  # None or "fp8" (online: layers/fp8.py)
+    tokenizer: str | None = None  # the tokenizer directory (--tokenizer, resolved); None: the model's
 
 
 @dataclass

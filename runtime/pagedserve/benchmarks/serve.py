@@ -169,7 +169,7 @@ def _resolve_tokenizer(args: argparse.Namespace) -> tuple[Any, int | None]:
         try:
             from pagedserve.models.resolve import resolve_model_dir
 
-            model_dir = resolve_model_dir(args.model)
+            model_dir = resolve_model_dir(args.model, load_format="dummy")  # a Hub repo: config + tokenizer only
         except (FileNotFoundError, ValueError):
             model_dir = None
     tok_dir = args.tokenizer or model_dir

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == "chitchat":
         from pagedserve.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(cfg.model_config.model)
+        tokenizer = load_tokenizer(cfg.model_config.tokenizer or cfg.model_config.model)
     reqs = [(r.prompt_token_ids, r.output_len)
             for r in requests_from_args(args, cfg.model_config.arch.vocab_size, tokenizer)]
     result: dict = {"dataset": args.dataset, "num_prompts": len(reqs), "dataset_seed": args.dataset_seed,

@@ -51,17 +51,21 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"
     trust_remote_code: bool = False
     revision: str | None = None
+    tokenizer_revision: str | None = None
+    download_dir: str | None = None  # the HF cache directory for Hub downloads (default: $HF_HUB_CACHE)
     enforce_eager: bool = False
     attention_backend: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA, off elsewhere
     hf_overrides: dict[str, Any] | None = None
 
     def create_engine_config(self) -> EngineConfig:
-        from pagedserve.models.resolve import resolve_model_dir
+        from pagedserve.models.resolve import resolve_model_dir, resolve_tokenizer_dir
 
         self._verify()
         device = self.device or default_device()
-        model_dir = resolve_model_dir(self.model, revision=self.revision)
+        model_dir = resolve_model_dir(self.model, revision=self.revision, download_dir=self.download_dir,
+                                      load_format=self.load_format)
+        tokenizer_dir = resolve_tokenizer_dir(self.tokenizer, self.tokenizer_revision, download_dir=self.download_dir)
         hf_cfg = _read_json(os.path.join(model_dir, "config.json"), required=True)
         if self.hf_overrides:
             hf_cfg.update(self.hf_overrides)
@@ -82,13 +86,13 @@ class EngineArgs:
         budget = self.max_num_batched_tokens or (16384 if on_gpu else 2048)
         if budget < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {budget}")
-        name = self.served_model_name or (self.model if self.model and self.model != "default"
+        name = self.served_model_name or (self.model.removeprefix("hf://") if self.model and self.model != "default"
                                           else None) or _default_served_name(model_dir)
         model_config = ModelConfig(
             model=model_dir, served_model_name=name, arch=arch, dtype=dtype, max_model_len=max_len,
             load_format=self.load_format, seed=self.seed, generation_config=gen_cfg,
             trust_remote_code=self.trust_remote_code,
-            quantization=None if self.quantization in (None, "none") else self.quantization)
+            quantization=None if self.quantization in (None, "none") else self.quantization, tokenizer=tokenizer_dir)
         if model_config.quantization == "fp8" or self.kv_cache_dtype != "auto":
             from pagedserve.layers.fp8 import check_fp8_device
 

@@ -78,7 +78,7 @@ class AsyncEngine:
         self.model_config = mc
         self.served_model_name = mc.served_model_name
         self.max_model_len = mc.max_model_len
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(mc.model, mc.trust_remote_code)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(mc.tokenizer or mc.model, mc.trust_remote_code)
         self.processor = InputProcessor(config, self.tokenizer)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.max_waiting_requests = config.scheduler_config.max_waiting_requests
@@ -104,7 +104,7 @@ class AsyncEngine:
         from pagedserve.tokenizer import load_tokenizer
 
         config = args.create_engine_config()
-        tok = load_tokenizer(args.tokenizer or config.model_config.model, args.trust_remote_code)
+        tok = load_tokenizer(config.model_config.tokenizer or config.model_config.model, args.trust_remote_code)
         engine = cls(config, tokenizer=tok, log_level=log_level, **kw)
         await engine.start()
         return engine

@@ -88,7 +88,7 @@ class InputProcessor:
 class LLMEngine:
     def __init__(self, config: EngineConfig, use_tqdm: bool = True, skip_tokenizer_init: bool = False) -> None:
         self.config = config
-        self.tokenizer = None if skip_tokenizer_init else load_tokenizer(config.model_config.model)
+        self.tokenizer = None if skip_tokenizer_init else load_tokenizer(config.model_config.tokenizer or config.model_config.model)
         self.processor = InputProcessor(config, self.tokenizer)
         self.core = EngineCore(config, use_tqdm=use_tqdm)
         self.output_processor = OutputProcessor(self.tokenizer)

@@ -15,12 +15,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pagedserve.entrypoints.openai.api_server import run_server
+    from pagedserve.entrypoints.openai.api_server import serve_main
 
-    try:
-        return run_server(args)
-    except RuntimeError as e:  # an engine failed to start (EngineDeadError)
-        import sys
-
-        print(f"pagedserve serve: error: {e}", file=sys.stderr)
-        return 1
+    return serve_main(args)

@@ -9,9 +9,13 @@ from pagedserve.engine.arg_utils import EngineArgs
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--model", default=None, help="HF model directory, a .gguf file, or 'default' "
-                   "(the embedded SmolLM2-135M-Instruct; also used when --model is absent)")
-    g.add_argument("--tokenizer", default=None)
+    g.add_argument("--model", default=None, help="a Hugging Face Hub repo id (ORG/NAME, hf://ORG/NAME, "
+                   "ORG/NAME:FILE.gguf; downloaded into the HF cache), an HF model directory, a .gguf file, or "
+                   "'default' (the embedded SmolLM2-135M-Instruct; also used when --model is absent)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer directory or Hub repo id (default: the model's)")
+    g.add_argument("--tokenizer-revision", default=None, help="branch, tag or commit of a Hub --tokenizer")
+    g.add_argument("--download-dir", default=None,
+                   help="cache directory for Hub downloads (default: $HF_HUB_CACHE, else $HF_HOME/hub)")
     g.add_argument("--served-model-name", default=None)
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "half", "float"])
     g.add_argument("--max-model-len", type=int, default=None)
@@ -42,7 +46,7 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="auto (the model dtype), fp8 / fp8_e4m3 or fp8_e5m2: K/V stored in fp8 with scale 1 "
                         "(twice the cached tokens, not faster yet; GPUs of compute capability 8.9+)")
     g.add_argument("--trust-remote-code", action="store_true")
-    g.add_argument("--revision", default=None)
+    g.add_argument("--revision", default=None, help="branch, tag or commit of a Hub --model (default: main)")
     g.add_argument("--enforce-eager", action="store_true")
     g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,

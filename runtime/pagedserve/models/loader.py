@@ -1,4 +1,5 @@
-"""Build a model and load its weights: safetensors (single or sharded with an index), or
+"""Build a model and load its weights: safetensors (single or sharded with an index), PyTorch
+``pytorch_model*.bin`` files when a directory has no safetensors (``torch.load(weights_only=True)``), or
 random "dummy" weights of the right shapes for benchmarks (like vLLM's ``--load-format dummy``).
 
 Each parameter's ``weight_loader`` reads only its own slice of a lazy safetensors tensor, so a
@@ -62,9 +63,22 @@ def safetensors_files(model_dir: str) -> list[str]:
         return files
     files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
-        raise FileNotFoundError(f"model: no *.safetensors weights in {model_dir} "
+        files = sorted(glob.glob(os.path.join(model_dir, "pytorch_model*.bin")))
+    if not files:
+        raise FileNotFoundError(f"model: no *.safetensors (or pytorch_model*.bin) weights in {model_dir} "
                                 "(use load_format='dummy' for random weights)")
     return files
+
+
+def _tensors(path: str):
+    """(name, lazily sliceable tensor) of one weights file."""
+    if path.endswith(".bin"):
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        yield from state.items()
+        return
+    with safe_open(path, framework="pt", device="cpu") as f:
+        for name in f.keys():
+            yield name, f.get_slice(name)
 
 
 def _target(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, object]:
@@ -80,25 +94,23 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
     tied = getattr(getattr(model, "cfg", None), "tie_word_embeddings", False)
     loaded: set[str] = set()
     files = safetensors_files(model_dir)
-    bar = tqdm(files, desc="Loading safetensors", unit="file", disable=not use_tqdm or len(files) < 2)
+    bar = tqdm(files, desc="Loading weights", unit="file", disable=not use_tqdm or len(files) < 2)
     for path in bar:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
-                    continue
-                target, shard = _target(name, packed)
-                param = params.get(target)
-                if param is None:
-                    raise ValueError(f"model: checkpoint tensor {name!r} has no matching parameter")
-                loader = getattr(param, "weight_loader", None)
-                source = f.get_slice(name)
-                if loader is None:
-                    param.data.copy_(source[:].to(param.dtype))
-                elif shard is None:
-                    loader(param, source)
-                else:
-                    loader(param, source, shard)
-                loaded.add(target if shard is None else f"{target}#{shard}")
+        for name, source in _tensors(path):
+            if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
+                continue
+            target, shard = _target(name, packed)
+            param = params.get(target)
+            if param is None:
+                raise ValueError(f"model: checkpoint tensor {name!r} has no matching parameter")
+            loader = getattr(param, "weight_loader", None)
+            if loader is None:
+                param.data.copy_(source[:].to(param.dtype))
+            elif shard is None:
+                loader(param, source)
+            else:
+                loader(param, source, shard)
+            loaded.add(target if shard is None else f"{target}#{shard}")
     _check_complete(params, packed, loaded)
 
 

@@ -2,8 +2,12 @@
 
 ``python -m pagedserve.entrypoints.openai.api_server [flags]`` and ``pagedserve serve [flags]`` run
 :func:`run_server`: validate flags (unsupported features fail here, before the port is bound),
-bind the port, start one engine-core process per served model, serve, and on SIGTERM/SIGINT
-drain in-flight requests for up to ``--shutdown-timeout`` seconds before exiting.
+bind the port, then resolve the models (Hub download, GGUF conversion) and start one engine-core
+process per served model while ``/health`` and the API answer 503 with the startup phase
+(``{"status": "downloading" | "loading", "message": ...}``), serve, and on SIGTERM/SIGINT drain
+in-flight requests for up to ``--shutdown-timeout`` seconds before exiting. A fatal start error is
+the last line of stderr and the container's termination message (``/dev/termination-log``, or
+``$PAGEDSERVE_TERMINATION_LOG``), and the exit code is non-zero.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -42,14 +47,45 @@ class ServerState:
     draining: bool = False
     in_flight: int = 0
     started: float = field(default_factory=time.time)
+    phase_message: str = "starting"  # what the start-up is doing now (the 503 body's message)
 
 
 STATE = web.AppKey("state", ServerState)
+TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
+
+
+class NotReadyError(APIError):
+    """503 with the server's phase: ``{"status": phase, "message": ..., "error": {...}}``."""
+
+    def __init__(self, status: str, message: str, code: str, **extra: Any) -> None:
+        super().__init__(503, message, code=code)
+        self.extra = {"status": status, "message": message, **extra}
+
+    def body(self) -> dict:
+        return {**self.extra, **super().body()}
+
+
+def startup_status(state: ServerState) -> NotReadyError:
+    """The 503 of a starting server: ``downloading`` while a Hub download runs, else ``loading``."""
+    from pagedserve.models.hub import active_downloads
+
+    downloads = active_downloads()
+    if downloads:
+        parts = []
+        for d in downloads:
+            if d["waiting_for_lock"]:
+                parts.append(f"{d['model']}: waiting for another process downloading it into the shared cache")
+            else:
+                total = f" of {d['total_bytes'] / 1e6:.1f} MB" if d["total_bytes"] else ""
+                parts.append(f"{d['model']}: {d['downloaded_bytes'] / 1e6:.1f} MB{total} downloaded")
+        return NotReadyError("downloading", "downloading from the Hugging Face Hub: " + "; ".join(parts),
+                             "starting", downloads=downloads)
+    return NotReadyError("loading", f"the server is starting: {state.phase_message}", "starting")
 
 
 def _served(state: ServerState) -> ServedModels:
     if state.served is None:
-        raise APIError(503, "the server is starting: the models are still loading", code="starting")
+        raise startup_status(state)
     return state.served
 
 
@@ -133,11 +169,11 @@ async def get_model(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.draining:
-        raise APIError(503, "the server is shutting down", code="shutting_down")
+        raise NotReadyError("shutting_down", "the server is shutting down", "shutting_down")
     for eng in _served(state).engines:
         reason = eng.dead_reason
         if reason is not None:
-            raise APIError(503, f"engine for {eng.served_model_name!r} is down: {reason}", code="engine_dead")
+            raise NotReadyError("failed", f"engine for {eng.served_model_name!r} is down: {reason}", "engine_dead")
     return web.Response(status=200)
 
 
@@ -194,9 +230,40 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> int:
-    from pagedserve.entrypoints.openai.cli_serve import start_engines
+def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+    """Run blocking ``fn`` (a download, a conversion) in a daemon thread: SIGTERM need not wait for it."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
 
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as e:  # noqa: BLE001 - handed to the event loop
+            result, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: the server stopped meanwhile
+            pass
+
+    threading.Thread(target=run, name="pagedserve-resolve", daemon=True).start()
+    return fut
+
+
+async def _start(args: argparse.Namespace, prepared: Any, state: ServerState) -> ServedModels:
+    """Resolve the models (download, conversion, tokenizer) off the event loop, then start the engines."""
+    from pagedserve.entrypoints.openai.cli_serve import resolve_plans, start_engines
+
+    state.phase_message = "resolving the model(s): converting or reading the weights, loading the tokenizer"
+    plans = await _in_daemon_thread(resolve_plans, args, prepared)
+    state.phase_message = f"starting {len(plans)} engine core(s): loading the weights, allocating the KV cache"
+    return await start_engines(plans, args)
+
+
+async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = {"count": 0}
@@ -209,7 +276,7 @@ async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> in
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    # listen at once: while the models load, /health and the API answer 503 ("starting")
+    # listen at once: while the models download and load, /health and the API answer 503 with the phase
     app = build_app(None, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)))
     state = app[STATE]
     access_log = None if args.disable_access_log else logging.getLogger("pagedserve.access")
@@ -218,8 +285,8 @@ async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> in
     site = web.SockSite(runner, sock, shutdown_timeout=1.0)
     await site.start()
     host, port = sock.getsockname()[:2]
-    logger.info("listening on http://%s:%d; loading %d model(s)", host, port, len(plan))
-    start = asyncio.create_task(start_engines(plan, args))
+    logger.info("listening on http://%s:%d; loading %d model(s)", host, port, len(prepared))
+    start = asyncio.create_task(_start(args, prepared, state))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not start.done():
@@ -274,10 +341,10 @@ async def _serve(args: argparse.Namespace, plan: Any, sock: socket.socket) -> in
 
 
 def run_server(args: argparse.Namespace) -> int:
-    """Validate, bind, start the engines and serve until SIGTERM/SIGINT."""
-    from pagedserve.entrypoints.openai.cli_serve import plan_models
+    """Validate, bind, resolve the models and start the engines, serve until SIGTERM/SIGINT."""
+    from pagedserve.entrypoints.openai.cli_serve import prepare_models
 
-    plan = plan_models(args)  # fails fast (unsupported flags, bad model) before the port is bound
+    prepared = prepare_models(args)  # fails fast (unsupported flags, a missing path) before the port is bound
     sock = bind_socket(args.host, args.port)
     try:
         import uvloop  # optional: a faster event loop
@@ -287,7 +354,40 @@ def run_server(args: argparse.Namespace) -> int:
         loop_factory = None
     logger.info("event loop: %s", "uvloop" if loop_factory is not None else "asyncio")
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(args, plan, sock))
+        return runner.run(_serve(args, prepared, sock))
+
+
+def report_fatal(message: str, prog: str = "pagedserve serve") -> None:
+    """The last line of stderr, and the container's termination message (Kubernetes shows it in the
+    pod status: ``lastState.terminated.message``) when ``/dev/termination-log`` exists or
+    ``$PAGEDSERVE_TERMINATION_LOG`` names a file."""
+    line = f"{prog}: error: {message}"
+    path = os.environ.get("PAGEDSERVE_TERMINATION_LOG") or (TERMINATION_LOG if os.path.exists(TERMINATION_LOG)
+                                                            else None)
+    if path:
+        try:
+            with open(path, "w") as fh:
+                fh.write(message[:4000])  # Kubernetes keeps at most 4096 bytes
+        except OSError as e:
+            logger.warning("cannot write the termination message to %s: %s", path, e.strerror)
+    sys.stderr.flush()
+    print(line, file=sys.stderr, flush=True)
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """run_server with every start error reported by :func:`report_fatal` (exit 2: bad input, 1: other)."""
+    try:
+        return run_server(args)
+    except (ValueError, FileNotFoundError) as e:
+        report_fatal(str(e))
+        return 2
+    except RuntimeError as e:  # an engine failed to start
+        report_fatal(str(e))
+        return 1
+    except Exception as e:  # a bug: keep the traceback in the log, the message as the last line
+        logger.exception("the server failed")
+        report_fatal(f"{type(e).__name__}: {e}")
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,14 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run_server(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"pagedserve serve: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # an engine failed to start
-        print(f"pagedserve serve: error: {e}", file=sys.stderr)
-        return 1
+    return serve_main(args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     add_engine_flags(p)
     e = p.add_argument_group("models")
     e.add_argument("--model", action="append", default=None,
-                   help="HF model directory, a .gguf file, or 'default' (the embedded SmolLM2-135M-Instruct, "
+                   help="Hub repo id (ORG/NAME), HF model directory, a .gguf file, or 'default' (the embedded SmolLM2-135M-Instruct, "
                         "also used without --model). Repeat to serve several models, routed by the request's "
                         "'model'")
     e.add_argument("--served-model-name", nargs="+", action="append", default=None, metavar="NAME",
@@ -177,9 +177,10 @@ def _read_template(value: str | None) -> str | None:
     return value
 
 
-def plan_models(args: argparse.Namespace) -> list[ModelPlan]:
-    """Resolve and validate every model to serve. Raises ValueError with a clear message."""
-    from pagedserve.tokenizer import load_tokenizer
+def prepare_models(args: argparse.Namespace) -> list[tuple[Any, list[str]]]:
+    """The fast checks (flags, unsupported features, model arguments; no download, no conversion):
+    [(EngineArgs, served names)]. Raises ValueError with a clear message."""
+    from pagedserve.models.resolve import check_model_argument
 
     entries = _model_entries(args)  # first: a --config file fills in flags left at their defaults
     if not 0 <= args.port <= 65535:
@@ -189,21 +190,39 @@ def plan_models(args: argparse.Namespace) -> list[ModelPlan]:
     if args.shutdown_timeout < 0:
         raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     base = replace(engine_args_from(args), model=None, served_model_name=None)
-    template = _read_template(args.chat_template)
-    plans: list[ModelPlan] = []
-    seen: set[str] = set()
+    _read_template(args.chat_template)
+    out = []
     for overrides, names in entries:
         ea = replace(base, **overrides, served_model_name=names[0] if names else None)
         problems = unsupported_features(ea)
         if problems:
             raise ValueError("; ".join(problems))
+        ea._verify()
+        check_model_argument(ea.model, ea.tokenizer)
+        out.append((ea, names))
+    return out
+
+
+def plan_models(args: argparse.Namespace) -> list[ModelPlan]:
+    """Resolve and validate every model to serve. Raises ValueError with a clear message."""
+    return resolve_plans(args, prepare_models(args))
+
+
+def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]]) -> list[ModelPlan]:
+    """Resolve each prepared model (Hub download, GGUF conversion, config, tokenizer): slow."""
+    from pagedserve.tokenizer import load_tokenizer
+
+    template = _read_template(args.chat_template)
+    plans: list[ModelPlan] = []
+    seen: set[str] = set()
+    for ea, names in prepared:
         config = ea.create_engine_config()
         names = names or [config.model_config.served_model_name]
         for n in names:
             if n in seen:
                 raise ValueError(f"served model name {n!r} is used by two models; pass --served-model-name")
             seen.add(n)
-        tok = load_tokenizer(ea.tokenizer or config.model_config.model, ea.trust_remote_code)
+        tok = load_tokenizer(config.model_config.tokenizer or config.model_config.model, ea.trust_remote_code)
         plans.append(ModelPlan(names, ea, config, tok, template))
     return plans
 
