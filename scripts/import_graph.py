@@ -40,7 +40,8 @@ PACKAGE = "pagedserve"
 #: worker = execution mechanism). ``pkg.*`` claims a package and everything in it, a plain name one
 #: module; the most specific pattern wins. Keep docs/architecture.md's table in step.
 LAYERS: list[list[tuple[str, tuple[str, ...]]]] = [
-    [("entrypoints", ("pagedserve", "pagedserve.entrypoints.*", "pagedserve.benchmarks.*"))],
+    # the router is its own process: it stays light (tests/router checks it never loads torch or the engine)
+    [("entrypoints", ("pagedserve", "pagedserve.entrypoints.*", "pagedserve.benchmarks.*", "pagedserve.router.*"))],
     [("engine", ("pagedserve.engine.*", "pagedserve.metrics.*"))],
     [("executor", ("pagedserve.executor.*",))],
     [("core", ("pagedserve.core.*",)), ("worker", ("pagedserve.worker.*",))],
