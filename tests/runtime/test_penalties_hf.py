@@ -70,6 +70,8 @@ def test_penalties_and_min_tokens_match_hf_in_mixed_batch(llm, smollm2_dir):
                         use_tqdm=False)
     got = [o.outputs[0].token_ids for o in outs]
     for (i, sp), ids in zip(rows, got):
+        if sp is plain:
+            continue  # plain greedy rows equal HF already (test_hf_equivalence.py); here they are the baseline
         ref = hf_reference(smollm2_dir, prompts[i], sp, eos)
         assert list(ids) == ref, (sp, tok.decode(ids), tok.decode(ref))
     # every penalty changed the answer (so the comparison above is not between two plain runs)
