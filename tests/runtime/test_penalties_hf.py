@@ -13,8 +13,8 @@ from transformers.generation.logits_process import (MinNewTokensLengthLogitsProc
 from pagedserve import LLM, SamplingParams
 from tests.runtime.model_factory import _hf_model
 
-MAX_NEW = 24
-MIN_TOKENS = 20
+MAX_NEW = 20
+MIN_TOKENS = 16
 QUESTIONS = ["List the days of the week, twice.", "Write the word 'yes' five times."]  # the second: 14 tokens
 
 
