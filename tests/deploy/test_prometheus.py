@@ -150,6 +150,13 @@ class Prometheus:
         assert data['resultType'] == 'vector', data
         return data['result']
 
+    def wait_for(self, expr: str, what: str, timeout: float = 30.0) -> None:
+        """Poll until the instant query ``expr`` (a filter) returns a sample."""
+        deadline = time.monotonic() + timeout
+        while not self.query(expr, time.time()):
+            assert time.monotonic() < deadline, f'prometheus: no {what} in {timeout:.0f} s ({expr})'
+            time.sleep(0.2)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -222,10 +229,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prometheus: pathlib.Path) ->
         model = models['data'][0]['id']
         dcgm = DcgmExporterStandIn()
         prom = Prometheus(prometheus, work, server.port, dcgm.port)
-        time.sleep(3)  # a few scrapes before the load, so rates have a baseline
+        # a few scrapes of both targets before the load, so rates have a baseline
+        prom.wait_for('min(count_over_time(up[1m])) >= 3', 'three scrapes of every target')
         t0 = time.time()
         requests = run_load(server, model, LOAD_SECONDS)
-        time.sleep(3)  # the last samples
+        # the last samples: every target scraped (and up) after the load ended
+        prom.wait_for(f'min(timestamp(up == 1)) > {time.time() + 0.1:.3f}', 'a scrape after the load')
         at = time.time()
         window = f'{math.ceil(at - t0) + 5}s'
         yield {'prom': prom, 'model': model, 'at': at, 'window': window, 'requests': requests}
@@ -289,9 +298,10 @@ def test_every_dashboard_expression_returns_data(stack: dict[str, Any], all_valu
         if not result:
             empty.append(f'{board} / {title}: {q}')
     assert not empty, 'expressions without data:\n' + '\n'.join(empty)
-    nan = sorted({f'{b} / {t}' for (b, t, _), res in results.items()
+    # a NaN (0/0, a quantile of an empty window) is a panel that shows nothing under this load
+    nan = sorted({f'{b} / {t}: {substitute(e, values)}' for (b, t, e), res in results.items()
                   if any(not math.isfinite(float(s['value'][1])) for s in res)})
-    print(f'{len(exprs)} expressions, all with data; NaN samples (0/0 or no observation in the window): {nan}')
+    assert not nan, 'expressions evaluating to NaN or infinity:\n' + '\n'.join(nan)
     # the data is the load's: tokens flowed, latencies are real numbers, GPU panels carry the model
     def values_of(title: str, board: str = 'pagedserve-models.json') -> list[float]:
         return [float(s['value'][1]) for (b, t, _), res in results.items() if b == board and t == title for s in res]

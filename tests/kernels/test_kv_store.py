@@ -45,9 +45,12 @@ def test_store_kv_casts_to_cache_dtype():
 
 
 def test_store_kv_empty_is_noop():
-    kc = torch.zeros(1, 16, 1, 16, device=DEVICE)
-    store_kv(torch.empty(0, 1, 16, device=DEVICE), torch.empty(0, 1, 16, device=DEVICE), kc, kc.clone(),
+    gen = torch.Generator().manual_seed(2)
+    kc, vc = randn(1, 16, 1, 16, dtype=torch.float32, gen=gen), randn(1, 16, 1, 16, dtype=torch.float32, gen=gen)
+    k0, v0 = kc.clone(), vc.clone()
+    store_kv(torch.empty(0, 1, 16, device=DEVICE), torch.empty(0, 1, 16, device=DEVICE), kc, vc,
              torch.empty(0, dtype=torch.int64, device=DEVICE))
+    assert torch.equal(kc, k0) and torch.equal(vc, v0)  # no token: no write, no error
 
 
 def test_kv_store_module_is_triton_free():

@@ -118,3 +118,24 @@ def test_seeded_noise_independent_of_batch():
     batch = torch.cat([torch.randn(2, 100), logits])
     together = [Sampler()(batch.clone(), _meta(3, generators={2: g2})).sampled[2].item() for _ in range(10)]
     assert alone == together
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_torch_path_temperature_follows_the_tempered_softmax(temperature):
+    """The torch path (not the fused kernel): rows sampled at temperature T follow softmax(logits / T)
+    (Pearson's chi-square, fixed seed), in a batch that also holds a greedy row."""
+    torch.manual_seed(3)
+    vocab, n = 10, 20_000
+    logits = torch.randn(vocab) * 1.5
+    batch = logits.expand(n + 1, vocab).clone()
+    temps = torch.full((n + 1,), temperature)
+    temps[n] = 0.0  # a greedy row rides along
+    sampler = Sampler(fused=False)
+    sampled = sampler(batch, SamplingMetadata(temperature=temps, all_greedy=False)).sampled
+    assert not sampler.last_fused
+    assert sampled[n] == logits.argmax()
+    observed = torch.bincount(sampled[:n], minlength=vocab).double()
+    expected = (logits.double() / temperature).softmax(-1) * n
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    p_value = float(torch.special.gammaincc(torch.tensor((vocab - 1) / 2.0), torch.tensor(chi2 / 2.0)))
+    assert p_value > 1e-3, (temperature, chi2, p_value)

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import time
 
+from tests.conftest import ROOT
 from tests.server.server_proc import COMMON_ARGS, ServerProc, StreamReader, request
+from tests.server.slow_core import FACTORY as SLOW_CORE
+
+DRAIN_S = 4
 
 
 def _startup_statuses(srv: ServerProc, timeout: float = 240.0) -> list:
@@ -31,8 +36,12 @@ def _startup_statuses(srv: ServerProc, timeout: float = 240.0) -> list:
 def test_sigterm_drains_then_exits(tmp_path_factory):
     log = tmp_path_factory.mktemp("drain") / "server.log"
     trace = log.parent / "steps.json"  # PAGEDSERVE_STEP_TRACE: the core writes its per-step trace at exit
-    srv = ServerProc(COMMON_ARGS + ["--shutdown-timeout", "10", "--max-num-seqs", "4"], str(log),
-                     env={"PAGEDSERVE_STEP_TRACE": str(trace)})
+    # the real model, with every step lasting >= 50 ms: the long request (480 tokens) needs >= 24 s, so
+    # it is still running when the 4 s drain ends, however fast the machine
+    srv = ServerProc(COMMON_ARGS + ["--shutdown-timeout", str(DRAIN_S), "--max-num-seqs", "4",
+                                    "--engine-core-factory", SLOW_CORE], str(log),
+                     env={"PAGEDSERVE_STEP_TRACE": str(trace), "PAGEDSERVE_TEST_STEP_MS": "50",
+                          "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))})
     try:
         seen = _startup_statuses(srv)
         # the port answers while the model loads: 503 "starting", then 200 (never a hanging connection)
@@ -58,7 +67,7 @@ def test_sigterm_drains_then_exits(tmp_path_factory):
         code = srv.proc.wait(60)
         elapsed = time.monotonic() - t0
         assert code == 0, srv.log_text()[-3000:]
-        assert 9.0 <= elapsed <= 45.0, elapsed  # waited for the drain timeout, then stopped
+        assert DRAIN_S - 0.5 <= elapsed <= DRAIN_S + 30, elapsed  # waited for the drain timeout, then stopped
         # nothing listens any more, and the engine core is gone too
         try:
             http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2).request("GET", "/health")

@@ -315,13 +315,20 @@ class AsyncEngine:
                 self.abort(parent, RequestRejectedError(message))
 
     def _on_dead(self, reason: str) -> None:
+        """The core is gone: fail every open stream, count its requests as aborted, and zero the
+        scheduler gauges (nothing runs or waits any more; the core will not report it)."""
         exc = EngineDeadError(reason)
         for rid in list(self._streams):
             stream = self._streams.pop(rid)
             self.output_processor.abort_requests([rid])
             self._unwait(stream)
             stream.fail(exc)
-        self._tracks.clear()
+        now = time.time()
+        for cid in list(self._tracks):
+            self._finish_track(cid, "abort", now)
+        self.last_stats = SchedulerStats()
+        if self.metrics is not None:
+            self.metrics.clear_gauges()
 
     def _reject(self, reason: str) -> None:
         if self.metrics is not None:

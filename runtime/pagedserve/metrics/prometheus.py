@@ -185,6 +185,11 @@ class EngineMetrics:
                 counter.inc(value - last[attr])
             last[attr] = value
 
+    def clear_gauges(self) -> None:
+        """The engine core died: no request runs, waits or holds cache any more."""
+        for g in (self.running, self.waiting, self.swapped, self.kv_usage, self.cpu_usage):
+            g.set(0)
+
     def record_finished(self, reason: str, e2e: float, queue: float, prefill: float, decode: float,
                         inference: float, prompt_tokens: int, generation_tokens: int, tpot: float | None,
                         max_tokens: int | None) -> None:

@@ -30,6 +30,15 @@ def capture_sizes(max_batch: int) -> list[int]:
     return [s for s in sizes if s <= max_batch] or [1]
 
 
+def bucket_for(sizes: list[int], num_reqs: int) -> int:
+    """The smallest captured batch size that holds ``num_reqs`` rows (``sizes`` ascending)."""
+    return next(s for s in sizes if s >= num_reqs)
+
+
+def _host(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    return t.pin_memory() if pin else t
+
+
 class DecodeCUDAGraphs:
     def __init__(self, runner: "ModelRunner", max_batch: int) -> None:
         self.runner = runner
@@ -47,11 +56,12 @@ class DecodeCUDAGraphs:
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)
         # pinned host staging, two sets: with async scheduling the copies of step N may still be
         # queued when step N+1 fills its staging buffers
-        self.staging = [dict(ids=torch.zeros(n, dtype=torch.long).pin_memory(),
-                             pos=torch.zeros(n, dtype=torch.long).pin_memory(),
-                             slots=torch.zeros(n, dtype=torch.long).pin_memory(),
-                             lens=torch.zeros(n, dtype=torch.int32).pin_memory(),
-                             tables=torch.zeros(n * self.max_blocks, dtype=torch.int32).pin_memory())
+        pin = torch.device(dev).type == "cuda"
+        self.staging = [dict(ids=_host(torch.zeros(n, dtype=torch.long), pin),
+                             pos=_host(torch.zeros(n, dtype=torch.long), pin),
+                             slots=_host(torch.zeros(n, dtype=torch.long), pin),
+                             lens=_host(torch.zeros(n, dtype=torch.int32), pin),
+                             tables=_host(torch.zeros(n * self.max_blocks, dtype=torch.int32), pin))
                         for _ in range(2)]
         self.num_runs = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -93,8 +103,15 @@ class DecodeCUDAGraphs:
 
     def run(self, h: "HostInput", prev_sampled: torch.Tensor | None = None) -> torch.Tensor:
         """Replay the decode graph for ``h``; returns logits [B, vocab] (a view of a static buffer)."""
+        bs = self.prepare(h, prev_sampled)
+        self.graphs[bs].replay()
+        return self.logits[bs][:h.num_reqs]
+
+    def prepare(self, h: "HostInput", prev_sampled: torch.Tensor | None = None) -> int:
+        """Copy ``h``'s rows into the static input buffers (through the next staging set) and pad up
+        to the bucket; returns the bucket's batch size."""
         b = h.num_reqs
-        bs = next(s for s in self.sizes if s >= b)
+        bs = bucket_for(self.sizes, b)
         w = h.block_tables.shape[1]
         st = self.staging[self.num_runs % 2]
         self.num_runs += 1
@@ -113,5 +130,4 @@ class DecodeCUDAGraphs:
         if bs > b:
             self.slot_mapping[b:bs].fill_(-1)
             self.seq_lens[b:bs].fill_(1)
-        self.graphs[bs].replay()
-        return self.logits[bs][:b]
+        return bs

@@ -182,6 +182,8 @@ TOKENIZE_FIELDS: dict[str, dict] = {
     "add_special_tokens": boolean(),
     "add_generation_prompt": boolean(),
     "continue_final_message": boolean(),
+    "chat_template": string(description="Needs --trust-request-chat-template on the server."),
+    "chat_template_kwargs": obj(additional=True),
     "return_token_strs": boolean(),
 }
 DETOKENIZE_FIELDS: dict[str, dict] = {"model": string(), "tokens": array(TOKEN_ID, nullable=False)}
