@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ ENGINE_ERRORS = (EngineDeadError, RequestAbortedError, RequestRejectedError)
 from pagedserve.entrypoints.openai.errors import APIError, bad_request, from_value_error
 from pagedserve.outputs import Logprob, RequestOutput
 from pagedserve.sampling_params import SamplingParams
+
+logger = logging.getLogger("pagedserve.server")
 
 _GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 _SAFE_LOGPROB = -9999.0  # -inf is not valid JSON
@@ -43,6 +46,9 @@ class ServerOptions:
     trust_request_chat_template: bool = False
     max_logprobs: int = 20
     generation_config: str = "auto"
+    max_sequences_per_request: int = 1024  # prompts x n (x best_of) of one request
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
 
 
 class ServedModels:
@@ -152,6 +158,8 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
 def check_context(model: ServedModel, num_prompt_tokens: int, params: SamplingParams, max_field: str,
                   prompt_field: str) -> None:
     eng = model.engine
+    if num_prompt_tokens == 0:
+        raise bad_request(f"{prompt_field} is empty: at least one token is needed", param=prompt_field)
     try:
         eng.check_prompt_len(num_prompt_tokens)
     except ValueError as e:
@@ -178,8 +186,9 @@ def encode_text(model: ServedModel, text: str, add_special_tokens: bool, param: 
                           f"({model.engine.max_model_len} tokens)", param=param, code="context_length_exceeded")
     try:
         return model.engine.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-    except Exception as e:  # e.g. lone surrogates the Rust tokenizer refuses
-        raise bad_request(f"{param} could not be tokenized: {type(e).__name__}: {e}", param=param) from None
+    except Exception:  # the body was checked for lone surrogates already; anything else is the tokenizer's
+        logger.exception("tokenizer failed on %s", param)
+        raise bad_request(f"{param} could not be tokenized", param=param) from None
 
 
 def check_token_ids(model: ServedModel, ids: list[int], param: str) -> None:
@@ -190,10 +199,12 @@ def check_token_ids(model: ServedModel, ids: list[int], param: str) -> None:
 
 
 def admit(model: ServedModel, request_id: str, prompt: dict, params: SamplingParams, priority: int,
-          arrival: float) -> RequestStream:
-    """Hand a request to the engine; map refusals to HTTP errors."""
+          arrival: float, check_queue: bool = True) -> RequestStream:
+    """Hand a request to the engine; map refusals to HTTP errors. ``check_queue=False``: the caller checked
+    the waiting-queue bound once for a request of several prompts (:func:`check_queue`)."""
     try:
-        return model.engine.add_request(request_id, prompt, params, priority=priority, arrival_time=arrival)
+        return model.engine.add_request(request_id, prompt, params, priority=priority, arrival_time=arrival,
+                                        check_queue=check_queue)
     except QueueFullError as e:
         raise APIError(429, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
     except EngineDeadError as e:
@@ -202,13 +213,31 @@ def admit(model: ServedModel, request_id: str, prompt: dict, params: SamplingPar
         raise bad_request(str(e), param="prompt") from None
 
 
+def check_num_sequences(num_prompts: int, params: SamplingParams, opts: ServerOptions) -> None:
+    """A per-request cap on prompts x n (``--max-sequences-per-request``)."""
+    num = num_prompts * max(params.n, params.best_of or 1)
+    if num > opts.max_sequences_per_request:
+        raise bad_request(f"this request asks for {num} sequences ({num_prompts} prompt(s) x n={params.n}"
+                          f"{f', best_of={params.best_of}' if (params.best_of or 1) > params.n else ''}); the "
+                          f"server allows at most {opts.max_sequences_per_request} per request "
+                          "(--max-sequences-per-request)", param="prompt" if num_prompts > 1 else "n")
+
+
+def check_queue(model: ServedModel) -> None:
+    """The waiting-queue bound, checked once for a request of several prompts (429 when full)."""
+    try:
+        model.engine.check_queue()
+    except QueueFullError as e:
+        raise APIError(429, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
+
+
 def engine_failure(e: BaseException) -> APIError:
     if isinstance(e, RequestRejectedError):
         return bad_request(str(e), param="prompt")
     if isinstance(e, EngineDeadError):
         return APIError(503, f"the engine is not available: {e}", code="engine_dead")
     if isinstance(e, RequestAbortedError):
-        return APIError(503, str(e), code="aborted")
+        return APIError(503, str(e), code="shutting_down")  # the server aborts requests only when it stops
     return APIError(500, f"internal error: {type(e).__name__}: {e}")
 
 
@@ -325,10 +354,18 @@ def completion_logprobs(model: ServedModel, token_ids: list[int], logprobs: list
         text = token_text(model, tid, lp)
         tokens.append(text)
         token_lps.append(_lp(lp.logprob) if lp is not None else None)
-        tops.append({token_text(model, t, x): _lp(x.logprob) for t, x in _top(d, k)} if d else None)
+        tops.append(_completion_top(model, tid, lp, d, k) if d else None)
         offsets.append(text_offset)
         text_offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _completion_top(model: ServedModel, tid: int, lp: Logprob | None, d: dict[int, Logprob], k: int) -> dict:
+    """The top ``k`` alternatives plus the chosen (or prompt) token itself, as vLLM returns them."""
+    top = {token_text(model, t, x): _lp(x.logprob) for t, x in _top(d, k)}
+    if lp is not None:
+        top.setdefault(token_text(model, tid, lp), _lp(lp.logprob))
+    return top
 
 
 def finish_reason(reason: str | None) -> str | None:

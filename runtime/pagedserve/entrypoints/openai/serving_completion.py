@@ -7,9 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
+from pagedserve.entrypoints.openai.errors import bad_request
 from pagedserve.entrypoints.openai.protocol import COMPLETION_FIELDS, COMPLETION_REQUIRED, require_supported
 from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ChunkTemplate, ServedModel, ServedModels,
                                                           abort_unfinished, admit, build_sampling_params, check_context,
+                                                          check_num_sequences, check_queue,
                                                           check_priority, check_token_ids, collect_final,
                                                           completion_logprobs, encode_text, engine_failure,
                                                           first_and_rest, json_response, make_request_id,
@@ -30,6 +32,9 @@ def _prompts(model: ServedModel, prompt: Any, add_special: bool) -> list[tuple[s
 
 
 async def create_completion(request: web.Request, body: dict, served: ServedModels) -> web.StreamResponse:
+    if body.get("prompt") == [] or body.get("prompt") == "":
+        raise bad_request("prompt is empty: give a string, a list of strings, a list of token ids or a list of "
+                          "token-id lists, with at least one token", param="prompt")
     validate_body(body, COMPLETION_FIELDS, COMPLETION_REQUIRED)
     require_supported(body)
     model = served.resolve(body.get("model"))
@@ -42,13 +47,17 @@ async def create_completion(request: web.Request, body: dict, served: ServedMode
         if text is None:
             check_token_ids(model, ids, param)
         check_context(model, len(ids), params, max_field, param)
+    check_num_sequences(len(prompts), params, served.options)
     request_id, engine_id = make_request_id("cmpl", request)
     arrival = time.time()
     streams = []
+    if len(prompts) > 1:
+        check_queue(model)  # several prompts count once against --max-waiting-requests
     try:
         for i, (text, ids, _) in enumerate(prompts):
             rid = engine_id if len(prompts) == 1 else f"{engine_id}-{i}"
-            streams.append(admit(model, rid, {"prompt": text, "prompt_token_ids": ids}, params, priority, arrival))
+            streams.append(admit(model, rid, {"prompt": text, "prompt_token_ids": ids}, params, priority, arrival,
+                                 check_queue=len(prompts) == 1))
         if stream:
             return await _stream(request, body, model, prompts, streams, params, request_id)
         try:
