@@ -37,6 +37,7 @@ class ModelConfig:
     generation_config: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
     quantization: str | None = None  # None or "fp8" (online: layers/fp8.py)
+    tokenizer: str | None = None  # --tokenizer, when not the model directory (structured output's vocabulary)
 
 
 @dataclass
@@ -155,7 +156,7 @@ class EngineArgs:
         model_config = ModelConfig(
             model=model_dir, served_model_name=name, arch=arch, dtype=dtype, max_model_len=max_len,
             load_format=self.load_format, seed=self.seed, generation_config=gen_cfg,
-            trust_remote_code=self.trust_remote_code,
+            trust_remote_code=self.trust_remote_code, tokenizer=self.tokenizer,
             quantization=None if self.quantization in (None, "none") else self.quantization)
         if model_config.quantization == "fp8" or self.kv_cache_dtype != "auto":
             from pagedserve.layers.fp8 import check_fp8_device
