@@ -18,6 +18,8 @@ from pagedserve.engine.async_engine import (AsyncEngine, EngineDeadError, QueueF
 
 ENGINE_ERRORS = (EngineDeadError, RequestAbortedError, RequestRejectedError)
 from pagedserve.entrypoints.openai.errors import APIError, bad_request, from_value_error
+from pagedserve.entrypoints.openai.structured import (bad_words_token_ids, check_structured_outputs,
+                                                      parse_logit_bias, structured_outputs_from)
 from pagedserve.outputs import Logprob, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
@@ -123,9 +125,17 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
     n = body.get("n") or 1
     best_of = body.get("best_of")
     beam = bool(body.get("use_beam_search"))
-    if best_of is not None and best_of != n and not beam:
-        raise bad_request(f"best_of must equal n ({n}) without use_beam_search: best-of ranking is not supported",
-                          param="best_of")
+    if best_of is not None and not beam:
+        if best_of < n:
+            raise bad_request(f"best_of must be >= n ({n}), got {best_of}", param="best_of")
+        if best_of > n:
+            if stream:
+                raise bad_request("best_of > n cannot be streamed (the best ones are only known at the end)",
+                                  param="best_of")
+            n = best_of  # sample best_of, return the n best by cumulative logprob (select_best_of)
+            if logprobs is None:
+                logprobs = 0  # the ranking needs each token's logprob (not returned: strip_logprobs)
+        best_of = None
     prompt_logprobs = body.get("prompt_logprobs")
     if not chat and body.get("echo") and logprobs is not None and prompt_logprobs is None:
         prompt_logprobs = logprobs
@@ -134,9 +144,23 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
         kw.update(model.defaults)
     for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
               "repetition_penalty", "seed", "stop", "stop_token_ids", "min_tokens", "ignore_eos",
-              "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens", "cache_salt"):
+              "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens", "cache_salt",
+              "truncate_prompt_tokens"):
         if body.get(k) is not None:
             kw[k] = body[k]
+    vocab = model.engine.model_config.arch.vocab_size
+    bias = parse_logit_bias(body, vocab)
+    if bias:
+        kw["logit_bias"] = bias
+    if body.get("allowed_token_ids"):
+        check_token_ids(model, body["allowed_token_ids"], "allowed_token_ids")
+        kw["allowed_token_ids"] = list(body["allowed_token_ids"])
+    if body.get("bad_words"):
+        kw["bad_words"] = list(body["bad_words"])
+        kw["bad_words_token_ids"] = bad_words_token_ids(model.engine.tokenizer, body["bad_words"])
+    spec, _ = structured_outputs_from(body)
+    if spec is not None:
+        kw["structured_outputs"] = spec
     if beam:
         kw.setdefault("temperature", 0.0)
         kw.update(use_beam_search=True, best_of=best_of if best_of is not None else n)
@@ -144,6 +168,7 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
             if body.get(k) is not None:
                 kw[k] = body[k]
     known = {k: k for k in kw}
+    known["structured_outputs"] = "structured_outputs"
     known.update({"max_tokens": max_field, "logprobs": lp_field, "prompt_logprobs": "prompt_logprobs",
                   "n": "n", "best_of": "best_of", "beam_width": "best_of", "length_penalty": "length_penalty",
                   "early_stopping": "early_stopping"})
@@ -153,6 +178,40 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
     except ValueError as e:
         raise from_value_error(e, known) from None
     return sp, max_field
+
+
+async def check_constraints(body: dict, params: SamplingParams) -> None:
+    """A structured-output spec is parsed (off the event loop) before the request is admitted."""
+    if params.structured_outputs is not None:
+        _, param = structured_outputs_from(body)
+        await check_structured_outputs(params.structured_outputs, param or "structured_outputs")
+
+
+def select_best_of(out: RequestOutput, n: int, keep_logprobs: bool) -> RequestOutput:
+    """``best_of > n``: keep the ``n`` completions with the highest cumulative logprob (vLLM's rule),
+    renumbered 0..n-1; their logprobs only if the request asked for them."""
+    best = sorted(out.outputs, key=lambda c: -(c.cumulative_logprob or 0.0))[:n]
+    for i, c in enumerate(best):
+        c.index = i
+        if not keep_logprobs:
+            c.logprobs = None
+    out.outputs = best
+    return out
+
+
+def truncate_prompt(ids: list[int], params: SamplingParams) -> list[int]:
+    k = params.truncate_prompt_tokens
+    return ids[-k:] if k is not None and len(ids) > k else ids
+
+
+def prompt_logprobs_json(plp: list | None) -> list | None:
+    """vLLM's shape: one entry per prompt token, None for the first, else
+    ``{token_id: {"logprob", "rank", "decoded_token"}}`` (the prompt token and the top ones)."""
+    if plp is None:
+        return None
+    return [None if d is None else {str(t): {"logprob": _lp(x.logprob), "rank": x.rank,
+                                             "decoded_token": x.decoded_token} for t, x in d.items()}
+            for d in plp]
 
 
 def check_context(model: ServedModel, num_prompt_tokens: int, params: SamplingParams, max_field: str,
