@@ -58,3 +58,16 @@ def test_compiled_grammars_are_cached(llm):
     assert {o.outputs[0].text for o in outs} <= {"alpha", "beta"}
     mgr = llm.llm_engine.core.structured_output
     assert mgr.num_cache_hits >= hits + 1  # the second request reused the first one's compiled grammar
+
+
+def test_without_xgrammar_a_clear_error(monkeypatch):
+    import sys
+
+    from pagedserve.structured_output import MISSING_MESSAGE, is_available
+    from pagedserve.structured_output.validate import check_spec
+
+    monkeypatch.setitem(sys.modules, "xgrammar", None)  # as on a machine without the package
+    assert not is_available()
+    with pytest.raises(RuntimeError, match="needs the xgrammar package"):
+        check_spec(StructuredOutputsParams(regex="a+"))
+    assert "pip install 'pagedserve[structured]'" in MISSING_MESSAGE

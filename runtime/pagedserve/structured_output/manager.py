@@ -8,6 +8,8 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
+import torch
+
 from pagedserve.sampling_params import StructuredOutputsParams
 from pagedserve.structured_output.compile import compile_spec
 from pagedserve.structured_output.request_grammar import RequestGrammar
@@ -15,6 +17,20 @@ from pagedserve.structured_output.request_grammar import RequestGrammar
 logger = logging.getLogger(__name__)
 
 CACHE_SIZE = 256  # compiled grammars kept (each holds token masks for its states)
+
+
+def _special_tokens_off(tok: Any, vocab_size: int, stop_ids: set[int]) -> torch.Tensor:
+    """A bitmask row with the tokenizer's special tokens cleared (except the stop tokens). xgrammar
+    sees a special token as the text it decodes to; one that decodes to "" (``<|endoftext|>``,
+    ``<|im_start|>`` when skipped) would fit every grammar state and let the model emit it forever."""
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    special |= {i for i, t in getattr(tok, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    bits = torch.ones((vocab_size + 31) // 32 * 32, dtype=torch.bool)
+    for t in special - stop_ids:
+        if 0 <= t < vocab_size:
+            bits[t] = False
+    words = (bits.view(-1, 32).to(torch.int64) << torch.arange(32)).sum(-1)
+    return words.bitwise_and(0xFFFFFFFF).to(torch.int32)
 
 
 class StructuredOutputManager:
@@ -25,6 +41,7 @@ class StructuredOutputManager:
         self.stop_token_ids = list(stop_token_ids)
         self.trust_remote_code = trust_remote_code
         self._compiler: Any = None
+        self.keep_mask: torch.Tensor | None = None  # int32 bitmask row: special tokens (not stop ones) cleared
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grammar")
         self._cache: OrderedDict[tuple, Future] = OrderedDict()
         self.num_compiled = self.num_cache_hits = 0
@@ -38,6 +55,7 @@ class StructuredOutputManager:
             tok = load_tokenizer(self.tokenizer_dir, self.trust_remote_code)
             info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=self.vocab_size,
                                                       stop_token_ids=self.stop_token_ids or None)
+            self.keep_mask = _special_tokens_off(tok, self.vocab_size, set(info.stop_token_ids))
             self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
         return self._compiler
 
@@ -58,7 +76,7 @@ class StructuredOutputManager:
             self._cache[key] = fut
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return RequestGrammar(fut)
+        return RequestGrammar(fut, self)
 
     def wait_any(self, timeout: float) -> None:
         """Block up to ``timeout`` s for a compilation to finish (an idle core waiting on a grammar)."""

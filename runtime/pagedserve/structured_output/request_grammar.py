@@ -9,8 +9,9 @@ import torch
 
 
 class RequestGrammar:
-    def __init__(self, compiled: Future) -> None:
+    def __init__(self, compiled: Future, owner: Any = None) -> None:
         self._compiled = compiled
+        self._owner = owner  # the manager: its keep_mask clears special tokens
         self.matcher: Any = None
         self.num_accepted = 0  # tokens the matcher has consumed (== the request's output tokens)
         self.error: str | None = None
@@ -58,3 +59,6 @@ class RequestGrammar:
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Row ``row`` of the int32 bitmask [B, ceil(V/32)]: bit t set = token t allowed next."""
         self.matcher.fill_next_token_bitmask(bitmask, row)
+        keep = getattr(self._owner, "keep_mask", None)
+        if keep is not None:
+            bitmask[row] &= keep
