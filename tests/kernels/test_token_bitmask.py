@@ -21,6 +21,18 @@ def _bitmask(rows: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return allowed, bits.to(torch.int64).bitwise_and(0xFFFFFFFF).to(torch.int32)
 
 
+def test_torch_op_matches_xgrammar_kernel(monkeypatch):
+    import pagedserve.layers.sampler as sampler_mod
+
+    pytest.importorskip("xgrammar")
+    logits = torch.randn(5, 999)
+    _, bm = _bitmask(5, 999, 2)
+    with_xgr = apply_token_bitmask(logits, None, bm)
+    monkeypatch.setattr(sampler_mod, "_XGR_KERNEL", [None])  # as without xgrammar (the GPU machine today)
+    assert torch.equal(apply_token_bitmask(logits, None, bm), with_xgr)
+    assert torch.equal(apply_token_bitmask(logits, torch.arange(5), bm), with_xgr)
+
+
 def test_matches_xgrammar_kernel():
     xgr = pytest.importorskip("xgrammar")
     logits = torch.randn(6, 1000)
@@ -33,6 +45,8 @@ def test_matches_xgrammar_kernel():
     xgr.apply_token_bitmask_inplace(ref, full)
     assert torch.equal(ours, ref)
     assert torch.equal(ours[1], logits[1])  # rows without a grammar are untouched
+    every = apply_token_bitmask(logits[rows], None, bm)  # a bitmask row for every logits row
+    assert torch.equal(every, ref[rows])
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -43,7 +57,7 @@ def test_sampler_only_picks_allowed_tokens(fused):
     s = Sampler(fused=fused)
     for greedy in (True, False):
         meta = SamplingMetadata(temperature=torch.full((8,), 0.0 if greedy else 1.0, device=DEVICE),
-                                all_greedy=greedy, token_bitmask=(torch.arange(8, device=DEVICE), bm.to(DEVICE)))
+                                all_greedy=greedy, token_bitmask=(None, bm.to(DEVICE)))
         out = s(logits, meta).sampled.cpu()
         assert s.last_fused == fused
         assert all(allowed[i, t] for i, t in enumerate(out.tolist()))

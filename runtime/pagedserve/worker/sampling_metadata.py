@@ -87,7 +87,8 @@ def build_sampling_metadata(reqs: list[Request], vocab_size: int, device: torch.
         bitmask = torch.full((len(grammars), (vocab_size + 31) // 32), -1, dtype=torch.int32)
         for i, (_, g) in enumerate(grammars):
             g.fill_bitmask(bitmask, i)  # type: ignore[attr-defined]
-        m.token_bitmask = (_tensor([row for row, _ in grammars], torch.int64, device), _to(bitmask, device))
+        rows = None if len(grammars) == len(reqs) else _tensor([row for row, _ in grammars], torch.int64, device)
+        m.token_bitmask = (rows, _to(bitmask, device))
     lps = [sp.logprobs for sp in sps if sp.logprobs is not None]
     m.max_num_logprobs = max(lps) if lps else None
     return m
