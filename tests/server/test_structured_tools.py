@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.server.conftest import MODEL_NAME, start_server
-from tests.server.server_proc import post
+from tests.server.server_proc import post, sse_events
 
 pytest.importorskip("xgrammar")
 
@@ -222,6 +222,10 @@ def test_prompt_logprobs_shape(srv):
     for tid, entry in zip(ids[1:], plp[1:]):
         assert str(tid) in entry and 1 <= len(entry) <= 2
         assert set(entry[str(tid)]) == {"logprob", "rank", "decoded_token"}
+    status, text = post(srv, COMP, {"prompt": "The sky is blue", "max_tokens": 1, "prompt_logprobs": 1,
+                                    "stream": True})
+    firsts = [e for e in sse_events(text) if e != "[DONE]" and "prompt_logprobs" in e["choices"][0]]
+    assert len(firsts) == 1 and firsts[0]["choices"][0]["prompt_logprobs"] == plp  # streamed: the first chunk
     status, body = post(srv, CHAT, {"messages": ASK, "max_tokens": 1, "prompt_logprobs": 0})
     plp = body["prompt_logprobs"]
     assert status == 200 and len(plp) == body["usage"]["prompt_tokens"] and plp[0] is None

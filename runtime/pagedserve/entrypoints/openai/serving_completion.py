@@ -151,6 +151,14 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, prompts:
                 toks, lps = list(c.token_ids), list(c.logprobs or []) if c.logprobs is not None else None
                 if not sent_first[idx]:
                     sent_first[idx] = True
+                    if body.get("prompt_logprobs") is not None:  # vLLM: on the choice's first chunk
+                        first = {"id": request_id, "object": "text_completion", "created": created, "model": name,
+                                 "choices": [{"index": idx, "text": "", "logprobs": None, "finish_reason": None,
+                                              "stop_reason": None,
+                                              "prompt_logprobs": prompt_logprobs_json(out.prompt_logprobs)}]}
+                        if include_usage:
+                            first["usage"] = None
+                        await resp.write(sse(first))
                     if echo:
                         text = _echo_text(model, text_p, ids_p) + text
                         if k is not None and out.prompt_logprobs is not None:
