@@ -69,6 +69,8 @@ class Request:
         self.beam: Any = None  # BeamSearchState on the request that runs a beam group
         self.beam_leader: Request | None = None  # on a beam's sequence: the request that owns the group
         self.sort_key: tuple = ()  # scheduling order (core/request_queue.py)
+        # structured output: this request's grammar matcher (structured_output/request_grammar.py)
+        self.grammar: Any = None
 
     @property
     def num_tokens(self) -> int:

@@ -1,10 +1,46 @@
 """Sampling parameters for text generation, shaped like vLLM's ``SamplingParams``."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 _GREEDY_EPS = 1e-5
+
+
+@dataclass
+class StructuredOutputsParams:
+    """Constrained decoding (vLLM's ``structured_outputs``): exactly one of ``json`` (a JSON schema),
+    ``regex``, ``choice`` (one of these strings), ``grammar`` (EBNF, xgrammar's dialect) or
+    ``json_object`` (any JSON object). Enforced by a token bitmask from a grammar engine
+    (``pagedserve.structured_output``, xgrammar)."""
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+
+    def __post_init__(self) -> None:
+        kinds = [k for k in ("json", "regex", "choice", "grammar", "json_object") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("structured_outputs must set exactly one of json, regex, choice, grammar or "
+                             f"json_object, got {', '.join(kinds) or 'none'}")
+        if isinstance(self.json, dict):
+            self.json = json.dumps(self.json)
+        if self.choice is not None:
+            if not isinstance(self.choice, list) or not all(isinstance(c, str) and c for c in self.choice):
+                raise ValueError("structured_outputs.choice must be a non-empty list of non-empty strings")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("json", "regex", "choice", "grammar", "json_object") if getattr(self, k))
+
+    def key(self) -> tuple:
+        """The compiled-grammar cache key: the kind, its text and the whitespace rule."""
+        value = getattr(self, self.kind)
+        return (self.kind, tuple(value) if isinstance(value, list) else value, self.disable_any_whitespace)
 
 
 @dataclass
@@ -45,6 +81,15 @@ class SamplingParams:
     early_stopping: bool | str = False
     # Prefix-cache isolation: requests only share cached blocks with requests of the same salt.
     cache_salt: str | None = None
+    # vLLM's logits controls: token id → bias added to its logit (-100..100), the only tokens allowed,
+    # and words never to complete (tokenized by the frontend into ``bad_words_token_ids``)
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    bad_words_token_ids: list[list[int]] | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+    # keep only the last k prompt tokens (vLLM's truncate_prompt_tokens; applied by the frontend)
+    truncate_prompt_tokens: int | None = None
     # Filled by the engine: stop tokens of the model (eos ids) when ignore_eos is False.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     # Set by the engine's input processor on the per-child copies of an ``n > 1`` or beam-search
@@ -103,6 +148,17 @@ class SamplingParams:
             raise ValueError(f"cache_salt must be a non-empty string, got {self.cache_salt!r}")
         if self.beam_width is not None:
             _int("beam_width", self.beam_width, lo=1, hi=256)
+        if self.logit_bias is not None:
+            for t, b in self.logit_bias.items():
+                _int("logit_bias", t, lo=0, hi=2**31 - 1)
+                _num("logit_bias", b, lo=-100.0, hi=100.0)
+        if self.allowed_token_ids is not None:
+            if not self.allowed_token_ids:
+                raise ValueError("allowed_token_ids must not be empty")
+            for t in self.allowed_token_ids:
+                _int("allowed_token_ids", t, lo=0, hi=2**31 - 1)
+        if self.truncate_prompt_tokens is not None:
+            _int("truncate_prompt_tokens", self.truncate_prompt_tokens, lo=1, hi=2**31 - 1)
         if self.use_beam_search:
             self._verify_beam_search()
 
@@ -128,6 +184,9 @@ class SamplingParams:
         if self.logprobs is not None or self.prompt_logprobs is not None:
             raise ValueError("logprobs / prompt_logprobs are not supported with use_beam_search; each returned "
                              "beam carries its cumulative_logprob")
+        for name in ("structured_outputs", "logit_bias", "allowed_token_ids", "bad_words"):
+            if getattr(self, name):
+                raise ValueError(f"{name} is not supported with use_beam_search")
 
     # -- helpers ------------------------------------------------------------------------------
     @property
@@ -137,9 +196,11 @@ class SamplingParams:
     @property
     def needs_host_tokens(self) -> bool:
         """The next step needs this step's tokens on the host: beam search picks its candidates there
-        and penalties count every generated token (async scheduling pauses while such a request runs)."""
+        and penalties count every generated token, a grammar advances with each token, a bad word of
+        several tokens is banned by the tokens before it (async scheduling pauses while such a request runs)."""
         return (self.use_beam_search or self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0)
+                or self.frequency_penalty != 0.0 or self.structured_outputs is not None
+                or bool(self.bad_words_token_ids and any(len(w) > 1 for w in self.bad_words_token_ids)))
 
     @property
     def num_beams(self) -> int:

@@ -64,6 +64,7 @@ def test_sigterm_drains_then_exits(tmp_path_factory):
         long.join(60)
         assert long.error is None and long.events[-1] == "[DONE]", long.events[-3:]
         assert "error" in long.events[-2] and "shutting down" in long.events[-2]["error"]["message"]
+        assert long.events[-2]["error"]["code"] == "shutting_down"  # the code docs/server.md states
         code = srv.proc.wait(60)
         elapsed = time.monotonic() - t0
         assert code == 0, srv.log_text()[-3000:]

@@ -173,14 +173,36 @@ def _resolve_tokenizer(args: argparse.Namespace) -> tuple[Any, int | None]:
         except (FileNotFoundError, ValueError):
             model_dir = None
     tok_dir = args.tokenizer or model_dir
+    if tok_dir is None and args.base_url and not args.model:
+        tok_dir = model_dir = _served_model_dir(args)
     if tok_dir is None:
-        raise ValueError("pass --tokenizer (a tokenizer directory) or --model as a local model")
+        raise ValueError("the dataset needs the served model's tokenizer: pass --tokenizer DIR (a directory with "
+                         "tokenizer.json) or --model NAME_OR_DIR (a local model directory, a .gguf file or "
+                         "'default' for the embedded SmolLM2)" + (
+                             f"; the server at --base-url {args.base_url} serves a model whose directory is not on "
+                             "this machine" if args.base_url and not args.model else ""))
     tokenizer = load_tokenizer(tok_dir)
     vocab = None
     if model_dir and os.path.exists(os.path.join(model_dir, "config.json")):
         with open(os.path.join(model_dir, "config.json")) as fh:
             vocab = json.load(fh).get("vocab_size")
     return tokenizer, vocab or len(tokenizer)
+
+
+def _served_model_dir(args: argparse.Namespace) -> str | None:
+    """With --base-url and no --model: the served model's directory (``root`` in /v1/models), when it
+    exists on this machine (the server runs here), so its tokenizer can be used."""
+    try:
+        models = _get_json(args.base_url.rstrip("/") + "/v1/models", args.api_key)["data"]
+    except Exception as e:  # noqa: BLE001 — any failure: the caller explains what to pass
+        raise ValueError(f"--base-url {args.base_url}: cannot list the served models ({e}); is the server up? "
+                         "Or pass --tokenizer DIR") from None
+    want = args.served_model_name
+    for m in models:
+        root = m.get("root")
+        if (want is None or want == m.get("id")) and isinstance(root, str) and os.path.isdir(root):
+            return root
+    return None
 
 
 def _rates(values: list[str]) -> list[float]:

@@ -3,8 +3,12 @@ conditions (EOS, stop tokens, length), reports new tokens and prompt logprobs as
 ``EngineCoreOutput``s, frees finished requests and steps beam groups once all their beams sampled."""
 from __future__ import annotations
 
+import logging
+
 from pagedserve.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedserve.request import Request, RequestStatus
+
+logger = logging.getLogger("pagedserve.core.scheduler")
 
 
 class OutputUpdateMixin:
@@ -14,7 +18,7 @@ class OutputUpdateMixin:
     def update_from_output(self, sched: SchedulerOutput, sampled: dict[str, int],
                            logprobs: dict[str, object] | None = None,
                            prompt_logprobs: dict[str, list] | None = None) -> list[EngineCoreOutput]:
-        outputs: list[EngineCoreOutput] = []
+        outputs: list[EngineCoreOutput] = self.take_errored() if self._errored else []
         logprobs = logprobs or {}
         prompt_logprobs = prompt_logprobs or {}
         beam_groups: dict[int, Request] = {}
@@ -35,6 +39,8 @@ class OutputUpdateMixin:
                 token = sampled[req.request_id]
                 req.append_output_token(token)
                 new_tokens.append(token)
+                if req.grammar is not None:
+                    self._advance_grammar(req, token)
                 self._check_stop(req, token)
             plp = self._new_prompt_logprobs(req, prompt_logprobs.get(req.request_id))
             if not new_tokens and plp is None:
@@ -62,7 +68,21 @@ class OutputUpdateMixin:
         req.prompt_logprobs.extend(fresh)
         return fresh or None
 
+    @staticmethod
+    def _advance_grammar(req: Request, token: int) -> None:
+        """Structured output: the matcher accepts the token (the bitmask allowed only such tokens);
+        a terminated grammar (its stop token accepted) ends the request."""
+        g = req.grammar
+        if g.num_accepted != req.num_output_tokens - 1:  # catch up (never expected: the matcher is per request)
+            g.replay(req.output_token_ids[:-1])
+        if not g.accept(token) or g.is_terminated:
+            if not g.is_terminated:
+                logger.warning("request %s: token %d does not fit its grammar; stopping it", req.request_id, token)
+            req.status, req.stop_reason = RequestStatus.FINISHED_STOPPED, None
+
     def _check_stop(self, req: Request, token: int) -> None:
+        if req.is_finished:
+            return
         sp = req.sampling_params
         if req.num_output_tokens >= sp.min_tokens:
             if not sp.ignore_eos and token in req.eos_token_ids:

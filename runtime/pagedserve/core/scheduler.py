@@ -28,7 +28,7 @@ from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.output_update import OutputUpdateMixin
 from pagedserve.core.preemption import PreemptionMixin
 from pagedserve.core.request_queue import make_queue, priority_key
-from pagedserve.core.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagedserve.core.scheduler_output import EngineCoreOutput, ScheduledRequest, SchedulerOutput
 from pagedserve.core.stats import SchedulerStats
 from pagedserve.request import Request, RequestStatus, child_request_id
 from pagedserve.sampling_params import SamplingParams
@@ -54,6 +54,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         self.num_preemptions = 0
         self.num_preemptions_by_mode = {"recompute": 0, "swap": 0}
         self.prefix_cache_queries = self.prefix_cache_hits = 0  # tokens
+        self._errored: list[Request] = []  # requests ended by the core itself, reported by take_errored
         self.num_host_sync_requests = 0  # requests whose params need host tokens every step (async pauses)
         # the most tokens one sequence can hold: the model limit, or the whole cache if smaller
         self.capacity = min(scheduler_config.max_model_len, num_blocks * cache_config.block_size)
@@ -196,6 +197,13 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
                 req = self.waiting.peek()
                 if req.request_id in out.preempted_ids:
                     break  # just made room for a better request: not back in the same step
+                if req.grammar is not None and not req.grammar.ready:  # its grammar is still compiling
+                    skipped.append(self.waiting.pop())
+                    continue
+                if req.grammar is not None and req.grammar.error is not None:
+                    self.waiting.pop()
+                    self._fail(req, req.grammar.error)
+                    continue
                 fork_src = self._fork_source(req)
                 if fork_src is _WAIT:
                     skipped.append(self.waiting.pop())
@@ -230,6 +238,17 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
             s.request.num_computed_tokens += s.num_tokens
             if s.do_sample:  # its token is a placeholder until update_from_output appends it
                 s.request.num_output_placeholders += 1
+        return out
+
+    def _fail(self, req: Request, message: str) -> None:
+        """End a request the core cannot run (its grammar failed to compile); reported next step."""
+        req.status, req.stop_reason = RequestStatus.FINISHED_ABORTED, message
+        self._free(req)
+        self._errored.append(req)
+
+    def take_errored(self) -> list[EngineCoreOutput]:
+        out = [EngineCoreOutput(r.request_id, [], "abort", r.stop_reason) for r in self._errored]
+        self._errored = []
         return out
 
     def _done_in_flight(self, seq: Request) -> bool:

@@ -161,18 +161,24 @@ class AsyncEngine:
             raise ValueError(f"the prompt has {num_tokens} tokens, more than the whole KV cache holds "
                              f"({self.num_gpu_blocks} blocks of {self.block_size} tokens)")
 
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0,
-                    arrival_time: float | None = None) -> RequestStream:
-        """Admit a request and return its stream. Raises ``EngineDeadError``, ``QueueFullError``, or
-        ``ValueError`` (invalid prompt) before anything reaches the engine core."""
-        dead = self.dead_reason
-        if dead is not None:
-            self._reject("engine_dead")
-            raise EngineDeadError(dead)
+    def check_queue(self) -> None:
+        """Raise ``QueueFullError`` (and count the rejection) when ``max_waiting_requests`` are waiting."""
         if self.max_waiting_requests is not None and self._num_waiting >= self.max_waiting_requests:
             self._reject("queue_full")
             raise QueueFullError(f"the waiting queue is full ({self._num_waiting} requests waiting, "
                                  f"--max-waiting-requests={self.max_waiting_requests}); retry later")
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0,
+                    arrival_time: float | None = None, check_queue: bool = True) -> RequestStream:
+        """Admit a request and return its stream. Raises ``EngineDeadError``, ``QueueFullError``, or
+        ``ValueError`` (invalid prompt) before anything reaches the engine core. ``check_queue=False``:
+        the caller checked the queue once for a request of several prompts (they are admitted together)."""
+        dead = self.dead_reason
+        if dead is not None:
+            self._reject("engine_dead")
+            raise EngineDeadError(dead)
+        if check_queue:
+            self.check_queue()
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
         text, ids = self.processor.tokenize(prompt)

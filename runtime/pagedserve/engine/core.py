@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler import Scheduler
@@ -12,6 +13,9 @@ from pagedserve.core.stats import SchedulerStats
 from pagedserve.request import Request, RequestStatus
 from pagedserve.executor import make_executor
 from pagedserve.worker.model_runner import StepHandle
+
+if TYPE_CHECKING:
+    from pagedserve.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class EngineCore:
         # per-step trace for benchmarks: (start, launched, done, tokens, requests, runner path)
         self.trace: list[tuple] | None = None
         self.wait_seconds = 0.0  # host time spent waiting for the device
+        self.structured_output = None  # StructuredOutputManager, made on the first structured request
         self.startup_seconds = time.perf_counter() - t0
         logger.info("engine core ready in %.2f s", self.startup_seconds)
 
@@ -55,7 +60,23 @@ class EngineCore:
         return int(cfg.cache_config.swap_space * GiB // self.executor.kv_block_bytes())  # per rank
 
     def add_request(self, request: Request) -> None:
+        spec = request.sampling_params.structured_outputs
+        if spec is not None and request.grammar is None:
+            request.grammar = self._structured_outputs().request_grammar(spec)  # compiles in a thread
         self.scheduler.add_request(request)
+
+    def _structured_outputs(self) -> "StructuredOutputManager":
+        if self.structured_output is None:
+            from pagedserve.structured_output import MISSING_MESSAGE, is_available
+
+            if not is_available():
+                raise ValueError(MISSING_MESSAGE)
+            from pagedserve.structured_output.manager import StructuredOutputManager
+
+            mc = self.config.model_config
+            self.structured_output = StructuredOutputManager(mc.tokenizer or mc.model, mc.arch.vocab_size,
+                                                             list(mc.arch.eos_token_ids), mc.trust_remote_code)
+        return self.structured_output
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
@@ -69,7 +90,9 @@ class EngineCore:
             t0 = time.perf_counter()
             sched = self.scheduler.schedule()
             if sched.is_empty and not sched.block_ops:
-                return outputs
+                if self.structured_output is not None and not outputs:
+                    self.structured_output.wait_any(0.01)  # only grammars compiling: do not spin
+                return outputs + self.scheduler.take_errored()
             out = self.executor.execute_model(sched)
             self._trace(sched, t0, time.perf_counter())
             return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
@@ -133,5 +156,7 @@ class EngineCore:
         """Stop the tensor-parallel worker processes (if any) and release the device memory; the core
         cannot step afterwards."""
         self.inflight = None
+        if self.structured_output is not None:
+            self.structured_output.shutdown()
         self.runner = None  # type: ignore[assignment]
         self.executor.shutdown()

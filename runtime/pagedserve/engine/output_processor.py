@@ -122,7 +122,10 @@ class OutputProcessor:
                 child.cumulative_logprob = (child.cumulative_logprob or 0.0) + d[tok].logprob
         if child.detok is not None:
             sp = child.params
-            hit = child.detok.update(o.new_token_ids, check_stop=len(child.token_ids) > sp.min_tokens)
+            text_ids = o.new_token_ids
+            if o.finish_reason == "stop" and text_ids and not sp.include_stop_str_in_output:
+                text_ids = text_ids[:-1]  # ended by EOS / a stop token id: its text is not output (as vLLM)
+            hit = child.detok.update(text_ids, check_stop=len(child.token_ids) > sp.min_tokens)
             if hit is not None:
                 child.finish_reason, child.stop_reason = "stop", hit
                 return

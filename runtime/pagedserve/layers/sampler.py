@@ -1,6 +1,7 @@
 """The sampler: logits → next tokens (and logprobs), for a batch of requests, on the device.
 
-Order of operations (per row): raw logprobs (if asked) → min_tokens masking → repetition /
+Order of operations (per row): the structured-output token bitmask → raw logprobs (if asked) →
+logit_bias / allowed_token_ids → min_tokens and bad_words masking → repetition /
 presence / frequency penalties → greedy argmax, or temperature → top-k → top-p → min-p →
 sampling by the exponential race (``argmax(p / q)``, ``q ~ Exp(1)``), whose noise comes from the
 request's own generator when it has a seed, so a seeded request samples the same tokens alone
@@ -30,6 +31,11 @@ class SamplingMetadata:
     banned: list[tuple[int, list[int]]] = field(default_factory=list)
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     max_num_logprobs: int | None = None  # None = no logprobs for any row
+    # structured output: (rows [R] or None for every row, int32 bitmask [R, ceil(V/32)], bit t set = token t allowed)
+    token_bitmask: tuple[torch.Tensor | None, torch.Tensor] | None = None
+    # logit_bias: (rows, token ids, biases), flat; allowed_token_ids: (rows [R], bool mask [R, V])
+    logit_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    allowed_token_mask: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -81,6 +87,58 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
+_BYTE_BITS: dict[torch.device, torch.Tensor] = {}  # byte value → its 8 bits, per device
+_XGR_KERNEL: list = []
+
+
+def _xgrammar_kernel():  # noqa: ANN202
+    """xgrammar's ``apply_token_bitmask_inplace`` when installed (imported on first use), else None."""
+    if not _XGR_KERNEL:
+        try:
+            from xgrammar import apply_token_bitmask_inplace
+        except ImportError:
+            apply_token_bitmask_inplace = None
+        _XGR_KERNEL.append(apply_token_bitmask_inplace)
+    return _XGR_KERNEL[0]
+
+
+def apply_token_bitmask(logits: torch.Tensor, rows: torch.Tensor | None, bitmask: torch.Tensor) -> torch.Tensor:
+    """Structured output: tokens whose bit is clear in their row's packed int32 bitmask get -inf
+    (on the device; the same packing as xgrammar's ``apply_token_bitmask_inplace``). ``rows=None``:
+    the bitmask has a row for every logits row (no gather / scatter)."""
+    vocab = logits.shape[-1]
+    kernel = _xgrammar_kernel()
+    if kernel is not None and rows is None:  # xgrammar's own kernel: ~2x the torch op on CPU
+        out = logits.clone()
+        kernel(out, bitmask, vocab_size=min(vocab, bitmask.shape[1] * 32))
+        return out
+    lut = _BYTE_BITS.get(bitmask.device)
+    if lut is None:
+        lut = _BYTE_BITS[bitmask.device] = ((torch.arange(256, device=bitmask.device).unsqueeze(1)
+                                             >> torch.arange(8, device=bitmask.device)) & 1).to(torch.bool)
+    allowed = lut[bitmask.view(torch.uint8).long()].flatten(1)[:, :vocab]  # little-endian bit order
+    if allowed.shape[1] < vocab:  # logits padded beyond the grammar's vocabulary: never allowed
+        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=False)
+    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    if rows is None:
+        return torch.where(allowed, logits, neg_inf)
+    out = logits.clone()
+    out[rows] = torch.where(allowed, logits[rows], neg_inf)
+    return out
+
+
+def apply_logits_controls(logits: torch.Tensor, m: "SamplingMetadata") -> torch.Tensor:
+    """vLLM's logit_bias (added to the logits) and allowed_token_ids (every other token -inf)."""
+    if m.logit_bias is not None:
+        rows, cols, vals = m.logit_bias
+        logits = logits.index_put((rows, cols), vals.to(logits.dtype), accumulate=True)
+    if m.allowed_token_mask is not None:
+        rows, mask = m.allowed_token_mask
+        sub = logits.index_select(0, rows).masked_fill(~mask[:, :logits.shape[-1]], float("-inf"))
+        logits = logits.index_copy(0, rows, sub)
+    return logits
+
+
 def exponential_noise(like: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
     q = torch.empty_like(like).exponential_()
     for row, gen in generators.items():
@@ -93,7 +151,7 @@ def fusable(m: SamplingMetadata) -> bool:
     logprobs, penalties, banned tokens, top-k / top-p / min-p or per-request seeds."""
     return (m.max_num_logprobs is None and not m.banned and not m.generators and m.top_k is None
             and m.top_p is None and m.min_p is None and m.repetition_penalty is None
-            and m.frequency_penalty is None)
+            and m.frequency_penalty is None and m.logit_bias is None and m.allowed_token_mask is None)
 
 
 class Sampler:
@@ -107,6 +165,8 @@ class Sampler:
         self.last_fused = False
 
     def __call__(self, logits: torch.Tensor, m: SamplingMetadata) -> SamplerOutput:
+        if m.token_bitmask is not None:  # before everything, the fused kernel included (-inf never wins)
+            logits = apply_token_bitmask(logits, *m.token_bitmask)
         self.last_fused = self.fused and (logits.is_cuda or not self._cuda) and fusable(m)
         if self.last_fused:
             from pagedserve.kernels.sampling import sample_fused
@@ -115,6 +175,7 @@ class Sampler:
             return SamplerOutput(sample_fused(logits, m.temperature, seed))
         logits = logits.float()
         raw_logprobs = logits.log_softmax(dim=-1) if m.max_num_logprobs is not None else None
+        logits = apply_logits_controls(logits, m)
         for row, banned in m.banned:
             logits[row, banned] = float("-inf")
         logits = apply_penalties(logits, m)

@@ -11,6 +11,7 @@ on the hot path: no label lookups per observation).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any
 
@@ -207,9 +208,16 @@ class EngineMetrics:
             self.req_max_tokens.observe(max_tokens)
 
 
-def metrics_text() -> tuple[bytes, str]:
-    """The /metrics body and its content type."""
-    return generate_latest(prometheus_client.REGISTRY), CONTENT_TYPE_LATEST
+_OUR_NAMES = re.compile(rb"(?m)^(# (?:HELP|TYPE) )?pagedserve:")
+
+
+def metrics_text(prefix: str = "pagedserve") -> tuple[bytes, str]:
+    """The /metrics body and its content type. ``prefix="vllm"`` (``--metrics-prefix vllm``) renames
+    every ``pagedserve:`` metric to ``vllm:`` so vLLM's dashboards and alerts work unchanged."""
+    body = generate_latest(prometheus_client.REGISTRY)
+    if prefix != "pagedserve":
+        body = _OUR_NAMES.sub(rb"\g<1>" + prefix.encode() + b":", body)
+    return body, CONTENT_TYPE_LATEST
 
 
 _gpu_registered = False

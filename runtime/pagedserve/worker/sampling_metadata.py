@@ -49,16 +49,63 @@ def build_sampling_metadata(reqs: list[Request], vocab_size: int, device: torch.
         if use_freq:
             m.presence_penalty = _tensor([sp.presence_penalty for sp in sps], torch.float32, device)
             m.frequency_penalty = _tensor([sp.frequency_penalty for sp in sps], torch.float32, device)
+    bias_rows: list[int] = []
+    bias_cols: list[int] = []
+    bias_vals: list[float] = []
+    allowed: list[tuple[int, list[int]]] = []
+    grammars: list[tuple[int, object]] = []
     for row, r in enumerate(reqs):
         sp = r.sampling_params
+        banned: set[int] = set()
         if r.num_output_tokens < sp.min_tokens:
             banned = set(sp.stop_token_ids) | (set() if sp.ignore_eos else r.eos_token_ids)
-            banned = [t for t in banned if t < vocab_size]
-            if banned:
-                m.banned.append((row, banned))
+        if sp.bad_words_token_ids:
+            banned |= _bad_word_bans(sp.bad_words_token_ids, r.output_token_ids)
+        banned_ids = [t for t in banned if t < vocab_size]
+        if banned_ids:
+            m.banned.append((row, banned_ids))
+        if sp.logit_bias:
+            for t, b in sp.logit_bias.items():
+                if t < vocab_size:
+                    bias_rows.append(row)
+                    bias_cols.append(t)
+                    bias_vals.append(b)
+        if sp.allowed_token_ids:
+            allowed.append((row, [t for t in sp.allowed_token_ids if t < vocab_size]))
+        g = r.grammar
+        if g is not None and g.matcher is not None and not g.is_terminated:
+            grammars.append((row, g))
+    if bias_rows:
+        m.logit_bias = (_tensor(bias_rows, torch.int64, device), _tensor(bias_cols, torch.int64, device),
+                        _tensor(bias_vals, torch.float32, device))
+    if allowed:
+        mask = torch.zeros(len(allowed), vocab_size, dtype=torch.bool)
+        for i, (_, ids) in enumerate(allowed):
+            mask[i, ids] = True
+        m.allowed_token_mask = (_tensor([row for row, _ in allowed], torch.int64, device), _to(mask, device))
+    if grammars:
+        bitmask = torch.full((len(grammars), (vocab_size + 31) // 32), -1, dtype=torch.int32)
+        for i, (_, g) in enumerate(grammars):
+            g.fill_bitmask(bitmask, i)  # type: ignore[attr-defined]
+        rows = None if len(grammars) == len(reqs) else _tensor([row for row, _ in grammars], torch.int64, device)
+        m.token_bitmask = (rows, _to(bitmask, device))
     lps = [sp.logprobs for sp in sps if sp.logprobs is not None]
     m.max_num_logprobs = max(lps) if lps else None
     return m
+
+
+def _bad_word_bans(words: list[list[int]], output: list[int]) -> set[int]:
+    """vLLM's bad_words: a word's last token is banned once the output ends with the tokens before it."""
+    out = set()
+    for w in words:
+        prefix = w[:-1]
+        if not prefix or (len(output) >= len(prefix) and output[len(output) - len(prefix):] == prefix):
+            out.add(w[-1])
+    return out
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 def _token_counts(seqs: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:

@@ -38,12 +38,16 @@ from pagedserve.entrypoints.openai.validation import parse_json_body
 logger = logging.getLogger("pagedserve.server")
 
 _PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/reset_prefix_cache")
+# named error codes, like every other error's (model_not_found, queue_full, ...)
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 @dataclass
 class ServerState:
     served: ServedModels | None  # None while the engines start
     api_key: bytes | None = None
+    body_timeout: float = 60.0  # --request-body-timeout
+    metrics_prefix: str = "pagedserve"  # --metrics-prefix
     draining: bool = False
     in_flight: int = 0
     started: float = field(default_factory=time.time)
@@ -97,12 +101,14 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return await handler(request)
     except APIError as e:
         return e.response()
+    except _Sent as e:
+        return e.resp
     except web.HTTPException as e:
         if e.status < 400:
             raise
         msg = {404: f"no route for {request.method} {request.path}", 405: f"method {request.method} is not "
                f"allowed on {request.path}", 413: "the request body is too large"}.get(e.status, e.reason)
-        return APIError(e.status, msg, code=str(e.status)).response()
+        return APIError(e.status, msg, code=_HTTP_CODES.get(e.status)).response()
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as e:  # a bug: say so, never hang the client
@@ -133,7 +139,7 @@ def _generation(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[w
         served = _served(state)
         state.in_flight += 1
         try:
-            body = parse_json_body(await request.read())
+            body = parse_json_body(await read_body(request, state.body_timeout))
             return await fn(request, body, served)
         finally:
             state.in_flight -= 1
@@ -141,10 +147,35 @@ def _generation(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[w
     return handler
 
 
+async def read_body(request: web.Request, timeout: float) -> bytes:
+    """The whole body within ``timeout`` seconds of the headers, else 408 and the connection closes
+    (a client that sends headers and a byte cannot hold a socket and a handler forever)."""
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    err = APIError(408, f"the request body did not arrive within {timeout:g} s (--request-body-timeout)",
+                   code="request_timeout", headers={"Connection": "close"})
+    resp = err.response()
+    await resp.prepare(request)  # sent now, then the connection closes: no lingering read of the rest
+    await resp.write_eof()
+    request.protocol.force_close()
+    raise _Sent(resp)
+
+
+class _Sent(Exception):
+    """A response already written (the error middleware returns it as it is)."""
+
+    def __init__(self, resp: web.StreamResponse) -> None:
+        super().__init__()
+        self.resp = resp
+
+
 def _json_handler(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[Any]]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        served = _served(request.app[STATE])
-        body = parse_json_body(await request.read())
+        state = request.app[STATE]
+        served = _served(state)
+        body = parse_json_body(await read_body(request, state.body_timeout))
         return await fn(request, body, served)
 
     return handler
@@ -180,7 +211,7 @@ async def health(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     from pagedserve.metrics import metrics_text
 
-    body, ctype = metrics_text()
+    body, ctype = metrics_text(request.app[STATE].metrics_prefix)
     return web.Response(body=body, headers={"Content-Type": ctype})
 
 
@@ -201,10 +232,11 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(request.app["openapi"])
 
 
-def build_app(served: ServedModels | None, api_key: str | None = None, max_body_bytes: int = 64 << 20
-              ) -> web.Application:
+def build_app(served: ServedModels | None, api_key: str | None = None, max_body_bytes: int = 64 << 20,
+              body_timeout: float = 60.0, metrics_prefix: str = "pagedserve") -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body_bytes)
-    app[STATE] = ServerState(served, api_key.encode("utf-8") if api_key else None)
+    app[STATE] = ServerState(served, api_key.encode("utf-8") if api_key else None, body_timeout=body_timeout,
+                             metrics_prefix=metrics_prefix)
     app["openapi"] = openapi_document(__version__)
     r = app.router
     r.add_post("/v1/completions", _generation(create_completion))
@@ -277,10 +309,13 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -
         loop.add_signal_handler(sig, on_signal, sig)
 
     # listen at once: while the models download and load, /health and the API answer 503 with the phase
-    app = build_app(None, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)))
+    app = build_app(None, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)),
+                    body_timeout=getattr(args, "request_body_timeout", 60.0),
+                    metrics_prefix=getattr(args, "metrics_prefix", "pagedserve"))
     state = app[STATE]
     access_log = None if args.disable_access_log else logging.getLogger("pagedserve.access")
-    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True, access_log=access_log)
+    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True, access_log=access_log,
+                           keepalive_timeout=getattr(args, "timeout_keep_alive", 5.0))  # also bounds header reads
     await runner.setup()
     site = web.SockSite(runner, sock, shutdown_timeout=1.0)
     await site.start()

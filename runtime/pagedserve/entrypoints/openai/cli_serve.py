@@ -40,6 +40,22 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
                         f"(default: ${ENV_API_KEY})")
     s.add_argument("--max-waiting-requests", type=int, default=None,
                    help="bound on requests admitted but not yet started; more get HTTP 429 (default: unbounded)")
+    s.add_argument("--max-sequences-per-request", type=int, default=1024,
+                   help="largest prompts x n (x best_of) one request may ask for; more get HTTP 400")
+    s.add_argument("--timeout-keep-alive", type=float, default=5.0,
+                   help="seconds a connection may stay idle, or take to send a request's headers, before it is "
+                        "closed (slow or stuck clients cannot hold sockets)")
+    s.add_argument("--request-body-timeout", type=float, default=60.0,
+                   help="seconds a request body may take to arrive once its headers did; then HTTP 408 and the "
+                        "connection closes")
+    s.add_argument("--metrics-prefix", default="pagedserve", choices=["pagedserve", "vllm"],
+                   help="metric name prefix on /metrics: 'vllm' serves vllm:* names so vLLM dashboards and "
+                        "alerts work unchanged")
+    t = p.add_argument_group("tool calling")
+    t.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help="let the model decide when to call tools (tool_choice 'auto'); needs --tool-call-parser")
+    t.add_argument("--tool-call-parser", default=None, choices=["llama3_json", "hermes", "mistral"],
+                   help="how tool calls are found in the model's output")
     s.add_argument("--chat-template", default=None, help="chat template (a file or the template text) replacing "
                    "the tokenizer's")
     s.add_argument("--trust-request-chat-template", action="store_true",
@@ -189,6 +205,7 @@ def prepare_models(args: argparse.Namespace) -> list[tuple[Any, list[str]]]:
         raise ValueError("--api-key must not be empty")
     if args.shutdown_timeout < 0:
         raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    check_server_flags(args)
     base = replace(engine_args_from(args), model=None, served_model_name=None)
     _read_template(args.chat_template)
     out = []
@@ -227,6 +244,17 @@ def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]
     return plans
 
 
+def check_server_flags(args: argparse.Namespace) -> None:
+    """The HTTP-layer flags (request limits, timeouts, tool calling)."""
+    if args.max_sequences_per_request < 1:
+        raise ValueError(f"--max-sequences-per-request must be >= 1, got {args.max_sequences_per_request}")
+    for flag in ("timeout_keep_alive", "request_body_timeout"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (llama3_json, hermes or mistral)")
+
+
 def _max_token_chars(tokenizer: Any) -> int:
     try:
         return max(8, max(len(t) for t in tokenizer.get_vocab()))
@@ -260,5 +288,8 @@ async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any
     models = [ServedModel(p.names, e, generation_defaults(e), p.chat_template,
                           max_token_chars=2 * _max_token_chars(p.tokenizer)) for p, e in zip(plans, engines)]
     opts = ServerOptions(trust_request_chat_template=args.trust_request_chat_template,
-                         max_logprobs=args.max_logprobs, generation_config=args.generation_config)
+                         max_logprobs=args.max_logprobs, generation_config=args.generation_config,
+                         max_sequences_per_request=args.max_sequences_per_request,
+                         enable_auto_tool_choice=args.enable_auto_tool_choice,
+                         tool_call_parser=args.tool_call_parser)
     return ServedModels(models, opts)

@@ -7,7 +7,7 @@ import re
 from aiohttp import web
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+          405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
           429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
 
@@ -26,8 +26,11 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> web.Response:
-        return web.Response(status=self.status, text=json.dumps(self.body()), content_type="application/json",
-                            headers=self.headers)
+        r = web.Response(status=self.status, text=json.dumps(self.body()), content_type="application/json",
+                         headers=self.headers)
+        if self.headers and self.headers.get("Connection") == "close":
+            r.force_close()  # e.g. 408: the rest of the body may still come; the connection cannot be reused
+        return r
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

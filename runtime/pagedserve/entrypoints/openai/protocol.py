@@ -87,7 +87,8 @@ STOP = any_of(string(nullable=False), array(string(nullable=False), max_items=10
 SAMPLING_FIELDS: dict[str, dict] = {
     "model": string(description="Served model name (default: the first served model)."),
     "n": integer(1, 1024, description="Number of completions per prompt."),
-    "best_of": integer(1, 1024, description="Must equal n (no best-of ranking)."),
+    "best_of": integer(1, 1024, description="Sample best_of completions, return the n with the highest "
+                                            "cumulative logprob (with use_beam_search: the beam width)."),
     "temperature": number(0.0, 100.0),
     "top_p": number(0.0, 1.0, exclusive_lo=True),
     "top_k": integer(-1, INT32_MAX, description="-1 or 0 disables top-k."),
@@ -109,7 +110,29 @@ SAMPLING_FIELDS: dict[str, dict] = {
     "stream_options": obj({"include_usage": boolean(), "continuous_usage_stats": boolean()}),
     "user": string(max_length=4096),
     "priority": integer(INT64_MIN, 2**63 - 1, description="Lower runs first (--scheduling-policy priority)."),
-    "logit_bias": obj(additional=number(-100.0, 100.0, nullable=False), description="Not supported (must be empty)."),
+    "logit_bias": obj(additional=number(-100.0, 100.0, nullable=False),
+                      description="Token id (as a string) → bias added to its logit."),
+    "allowed_token_ids": array(TOKEN_ID, min_items=1, max_items=1 << 20,
+                               description="Only these tokens may be sampled."),
+    "bad_words": array(string(nullable=False, max_length=1024), max_items=1024,
+                       description="Words the output must not contain (banned token by token)."),
+    "truncate_prompt_tokens": integer(1, INT32_MAX, description="Keep only the last k prompt tokens."),
+    "structured_outputs": obj({"json": any_of(obj(additional=True, nullable=False), string(nullable=False),
+                                              nullable=True),
+                               "regex": string(), "choice": array(string(nullable=False), min_items=1),
+                               "grammar": string(), "json_object": boolean(), "disable_any_whitespace": boolean(),
+                               "disable_fallback": boolean(), "disable_additional_properties": boolean(),
+                               "whitespace_pattern": string()},
+                              description="vLLM's constrained decoding: one of json (a JSON schema), regex, "
+                                          "choice, grammar (EBNF) or json_object."),
+    "guided_json": any_of(obj(additional=True, nullable=False), string(nullable=False), nullable=True,
+                          description="Legacy vLLM field: structured_outputs.json."),
+    "guided_regex": string(description="Legacy vLLM field: structured_outputs.regex."),
+    "guided_choice": array(string(nullable=False), min_items=1,
+                           description="Legacy vLLM field: structured_outputs.choice."),
+    "guided_grammar": string(description="Legacy vLLM field: structured_outputs.grammar."),
+    "guided_decoding_backend": string(description="Ignored (the backend is xgrammar)."),
+    "guided_whitespace_pattern": string(description="Ignored."),
     "use_beam_search": boolean(description="Beam search (temperature 0); best_of is the beam width, n the "
                                            "number of beams returned."),
     "length_penalty": number(-100.0, 100.0),
@@ -120,7 +143,9 @@ SAMPLING_FIELDS: dict[str, dict] = {
     "add_special_tokens": boolean(),
     "echo": boolean(),
     "response_format": obj({"type": string(nullable=False, enum=["text", "json_object", "json_schema"]),
-                            "json_schema": obj(additional=True)}, required=("type",)),
+                            "json_schema": obj({"name": string(max_length=256), "description": string(),
+                                                "schema": obj(additional=True), "strict": boolean()},
+                                               additional=True)}, required=("type",)),
 }
 
 _PROMPT = any_of(
@@ -134,7 +159,8 @@ COMPLETION_FIELDS: dict[str, dict] = {
     **SAMPLING_FIELDS,
     "prompt": _PROMPT,
     "logprobs": integer(0, MAX_LOGPROBS, description="Number of top logprobs per token."),
-    "suffix": string(description="Not supported (must be null)."),
+    "suffix": string(description="Not supported: text after the completion (fill-in-the-middle) needs a model "
+                                 "trained for it; a non-null value is a 400."),
 }
 COMPLETION_REQUIRED = ("prompt",)
 
@@ -156,11 +182,17 @@ CHAT_FIELDS: dict[str, dict] = {
     "max_completion_tokens": integer(1, INT32_MAX),
     "logprobs": boolean(),
     "top_logprobs": integer(0, MAX_LOGPROBS),
-    "tools": array(obj(additional=True, nullable=False), description="Not supported (must be empty)."),
+    "tools": array(obj({"type": string(nullable=False, enum=["function"]),
+                        "function": obj({"name": string(nullable=False, max_length=256), "description": string(),
+                                         "parameters": obj(additional=True), "strict": boolean()},
+                                        required=("name",), nullable=False)},
+                       required=("type", "function"), nullable=False), max_items=1024,
+                   description="Functions the model may call (rendered through the chat template's tools)."),
     "tool_choice": any_of(string(nullable=False, enum=["none", "auto", "required"]), obj(additional=True),
                           nullable=True),
     "parallel_tool_calls": boolean(),
-    "functions": array(obj(additional=True, nullable=False), description="Not supported (must be empty)."),
+    "functions": array(obj(additional=True, nullable=False),
+                       description="Deprecated OpenAI field: not supported (use tools)."),
     "function_call": any_of(string(nullable=False), obj(additional=True), nullable=True),
     "modalities": array(string(nullable=False, enum=["text"])),
     "store": boolean(),
@@ -194,22 +226,18 @@ def require_supported(body: dict) -> None:
     if body.get("use_beam_search") and body.get("stream"):
         raise bad_request("use_beam_search cannot be streamed (the beams are only known at the end)",
                           param="stream")
-    if body.get("logit_bias"):
-        raise bad_request("logit_bias is not supported", param="logit_bias")
     if body.get("suffix") is not None:
-        raise bad_request("suffix is not supported", param="suffix")
-    rf = body.get("response_format")
-    if rf is not None and rf.get("type") != "text":
-        raise bad_request(f"response_format type {rf.get('type')!r} is not supported (only 'text')",
-                          param="response_format.type")
-    for k in ("tools", "functions"):
-        if body.get(k):
-            raise bad_request(f"{k} (tool calling) is not supported", param=k)
-    tc = body.get("tool_choice")
-    if tc is not None and tc not in ("none", "auto"):
-        raise bad_request("tool_choice: tool calling is not supported", param="tool_choice")
+        raise bad_request("suffix is not supported: this server does not do fill-in-the-middle completions; "
+                          "put all the text in prompt", param="suffix")
+    if body.get("functions"):
+        raise bad_request("functions (deprecated) is not supported: use tools", param="functions")
     if body.get("function_call") not in (None, "none", "auto"):
-        raise bad_request("function_call: tool calling is not supported", param="function_call")
+        raise bad_request("function_call (deprecated) is not supported: use tool_choice", param="function_call")
+    if body.get("response_format") is not None and body["response_format"].get("type") == "json_schema":
+        js = body["response_format"].get("json_schema")
+        if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
+            raise bad_request("response_format.json_schema must be an object with a 'schema' (a JSON schema)",
+                              param="response_format.json_schema")
     if body.get("stream_options") is not None and not body.get("stream"):
         raise bad_request("stream_options is only allowed when stream is true", param="stream_options")
 

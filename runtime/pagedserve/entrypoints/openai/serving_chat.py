@@ -1,6 +1,7 @@
 """``POST /v1/chat/completions``: messages through the model's chat template, streaming or not."""
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -14,7 +15,10 @@ from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, C
                                                           build_sampling_params, chat_logprobs, check_context,
                                                           check_priority, collect_final, encode_text, engine_failure,
                                                           first_and_rest, json_response, make_request_id, sse,
-                                                          start_sse, usage)
+                                                          start_sse, usage, check_constraints, check_num_sequences,
+                                                          prompt_logprobs_json, select_best_of, truncate_prompt)
+from pagedserve.entrypoints.openai.structured import check_structured_outputs
+from pagedserve.entrypoints.openai.tools import ToolPlan, ToolStream, extract_calls, plan_tools, template_messages
 from pagedserve.entrypoints.openai.validation import validate_body
 
 # apply_chat_template arguments a request's chat_template_kwargs may not override
@@ -55,8 +59,11 @@ def render_messages(model: ServedModel, body: dict, opts: ServerOptions) -> tupl
                           f"({model.engine.max_model_len} tokens)", param="messages", code="context_length_exceeded")
     extra = {k: v for k, v in (body.get("chat_template_kwargs") or {}).items() if k not in _RESERVED_KWARGS}
     try:
-        text = tok.apply_chat_template(msgs, add_generation_prompt=add_gen, continue_final_message=cont,
-                                       tokenize=False, chat_template=template, **extra)
+        tools = body.get("tools") or None
+        if tools is not None:
+            extra["tools"] = tools  # the template's own tool rendering (vLLM passes them the same way)
+        text = tok.apply_chat_template(template_messages(msgs), add_generation_prompt=add_gen,
+                                       continue_final_message=cont, tokenize=False, chat_template=template, **extra)
     except Exception as e:  # jinja errors, template-raised exceptions
         raise bad_request(f"the chat template failed on these messages: {type(e).__name__}: {e}",
                           param="messages") from None
@@ -71,44 +78,77 @@ async def create_chat_completion(request: web.Request, body: dict, served: Serve
     require_supported(body)
     model = served.resolve(body.get("model"))
     stream = bool(body.get("stream"))
-    params, max_field = build_sampling_params(body, model, chat=True, stream=stream, opts=served.options)
+    opts = served.options
+    params, max_field = build_sampling_params(body, model, chat=True, stream=stream, opts=opts)
+    plan = plan_tools(body, opts.enable_auto_tool_choice, opts.tool_call_parser)
+    if plan.spec is not None:  # tool_choice "required" / a named function: structured output
+        if params.structured_outputs is not None:
+            raise bad_request(f"tool_choice {body.get('tool_choice')!r} cannot be combined with response_format / "
+                              "structured_outputs (both constrain the output)", param="tool_choice")
+        params = params.clone(structured_outputs=plan.spec)
+        await check_structured_outputs(plan.spec, "tools")
+    else:
+        await check_constraints(body, params)
+    if plan.parser is not None and plan.parser.keeps_special_tokens:
+        params = params.clone(skip_special_tokens=False)
     priority = check_priority(model, body)
-    ids, msgs = render_messages(model, body, served.options)
+    ids, msgs = render_messages(model, body, opts)
+    ids = truncate_prompt(ids, params)
     check_context(model, len(ids), params, max_field, "messages")
+    check_num_sequences(1, params, opts)
     request_id, engine_id = make_request_id("chatcmpl", request)
     echo = msgs[-1]["content"] if body.get("echo") and msgs[-1]["role"] == "assistant" else ""
+    user_n, user_lp = body.get("n") or 1, params.logprobs if body.get("logprobs") else None
     streams = []
     try:
         streams.append(admit(model, engine_id, {"prompt_token_ids": ids}, params, priority, time.time()))
         if stream:
-            return await _stream(request, body, model, streams[0], params, request_id, len(ids), echo)
+            return await _stream(request, body, model, streams[0], params, request_id, len(ids), echo, plan)
         try:
             final = await collect_final(streams[0])
         except ENGINE_ERRORS as e:
             raise engine_failure(e) from None
-        k = params.logprobs
+        if params.n > user_n:  # best_of > n
+            final = select_best_of(final, user_n, user_lp is not None)
+        k = user_lp
         choices, comp = [], 0
         for c in final.outputs:
             comp += len(c.token_ids)
-            choices.append({"index": c.index, "message": {"role": "assistant", "content": echo + c.text},
+            message, reason = _message(plan, echo + c.text, c.finish_reason)
+            choices.append({"index": c.index, "message": message,
                             "logprobs": chat_logprobs(model, c.token_ids, c.logprobs, k) if k is not None else None,
-                            "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
-        return json_response({"id": request_id, "object": "chat.completion", "created": int(time.time()),
-                              "model": model.name, "choices": choices,
-                              "usage": usage(len(ids), comp, final.num_cached_tokens)}, request_id)
+                            "finish_reason": reason, "stop_reason": c.stop_reason})
+        resp = {"id": request_id, "object": "chat.completion", "created": int(time.time()),
+                "model": model.name, "choices": choices, "usage": usage(len(ids), comp, final.num_cached_tokens)}
+        if body.get("prompt_logprobs") is not None:
+            resp["prompt_logprobs"] = prompt_logprobs_json(final.prompt_logprobs)
+        return json_response(resp, request_id)
     finally:
         abort_unfinished(model, streams)
 
 
+def _message(plan: ToolPlan, text: str, finish: str | None) -> tuple[dict, str | None]:
+    """The assistant message (content and tool calls) and the finish reason."""
+    if not plan.active:
+        return {"role": "assistant", "content": text}, finish
+    content, calls = extract_calls(plan, text)
+    if not calls:
+        return {"role": "assistant", "content": content}, finish
+    reason = finish if finish != "stop" or plan.mode == "named" else "tool_calls"
+    return {"role": "assistant", "content": content, "tool_calls": [c.to_json() for c in calls]}, reason
+
+
 async def _stream(request: web.Request, body: dict, model: ServedModel, stream: Any, params: Any,
-                  request_id: str, prompt_tokens: int, echo: str) -> web.StreamResponse:
+                  request_id: str, prompt_tokens: int, echo: str, plan: ToolPlan) -> web.StreamResponse:
     _, outputs = await first_and_rest(stream.__aiter__())
     resp = await start_sse(request, request_id)
-    created, name, n, k = int(time.time()), model.name, params.n, params.logprobs
+    created, name, n = int(time.time()), model.name, params.n
+    k = params.logprobs if body.get("logprobs") else None
     opts = body.get("stream_options") or {}
     include_usage, continuous = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
     done, comp = [False] * n, [0] * n
     cached = 0
+    tool_streams = [ToolStream(plan) for _ in range(n)] if plan.active else None
 
     def chunk(idx: int, delta: dict, lp: Any = None, reason: str | None = None, stop_reason: Any = None) -> bytes:
         if lp is None and reason is None and not continuous and list(delta) == ["content"]:
@@ -133,16 +173,33 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, stream: 
                     continue
                 if not started[idx]:  # the role chunk goes out with the first token, so TTFT stays honest
                     started[idx] = True
-                    await resp.write(chunk(idx, {"role": "assistant", "content": ""}))
+                    first: dict[str, Any] = {"role": "assistant", "content": ""}
+                    if body.get("prompt_logprobs") is not None and idx == 0:
+                        first_chunk = json.loads(chunk(idx, first)[len(b"data: "):])
+                        first_chunk["prompt_logprobs"] = prompt_logprobs_json(out.prompt_logprobs)
+                        await resp.write(sse(first_chunk))
+                    else:
+                        await resp.write(chunk(idx, first))
                     if echo:
                         await resp.write(chunk(idx, {"content": echo}))
                 comp[idx] += len(c.token_ids)
                 lp = chat_logprobs(model, c.token_ids, c.logprobs, k) if k is not None and c.token_ids else None
-                if c.text or lp:
+                if tool_streams is not None:
+                    ts = tool_streams[idx]
+                    for delta in ts.feed(c.text):
+                        await resp.write(chunk(idx, delta))
+                    if c.finish_reason is not None:
+                        for delta in ts.finish():
+                            await resp.write(chunk(idx, delta))
+                elif c.text or lp:
                     await resp.write(chunk(idx, {"content": c.text}, lp))
                 if c.finish_reason is not None:
                     done[idx] = True
-                    await resp.write(chunk(idx, {}, None, c.finish_reason, c.stop_reason))
+                    reason = c.finish_reason
+                    if tool_streams is not None and tool_streams[idx].num_calls and reason == "stop" \
+                            and plan.mode != "named":
+                        reason = "tool_calls"
+                    await resp.write(chunk(idx, {}, None, reason, c.stop_reason))
         if include_usage:
             await resp.write(sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                                   "model": name, "choices": [], "usage": usage(prompt_tokens, sum(comp), cached)}))

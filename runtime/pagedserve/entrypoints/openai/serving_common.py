@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,8 +18,12 @@ from pagedserve.engine.async_engine import (AsyncEngine, EngineDeadError, QueueF
 
 ENGINE_ERRORS = (EngineDeadError, RequestAbortedError, RequestRejectedError)
 from pagedserve.entrypoints.openai.errors import APIError, bad_request, from_value_error
+from pagedserve.entrypoints.openai.structured import (bad_words_token_ids, check_structured_outputs,
+                                                      parse_logit_bias, structured_outputs_from)
 from pagedserve.outputs import Logprob, RequestOutput
 from pagedserve.sampling_params import SamplingParams
+
+logger = logging.getLogger("pagedserve.server")
 
 _GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 _SAFE_LOGPROB = -9999.0  # -inf is not valid JSON
@@ -43,6 +48,9 @@ class ServerOptions:
     trust_request_chat_template: bool = False
     max_logprobs: int = 20
     generation_config: str = "auto"
+    max_sequences_per_request: int = 1024  # prompts x n (x best_of) of one request
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
 
 
 class ServedModels:
@@ -117,9 +125,17 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
     n = body.get("n") or 1
     best_of = body.get("best_of")
     beam = bool(body.get("use_beam_search"))
-    if best_of is not None and best_of != n and not beam:
-        raise bad_request(f"best_of must equal n ({n}) without use_beam_search: best-of ranking is not supported",
-                          param="best_of")
+    if best_of is not None and not beam:
+        if best_of < n:
+            raise bad_request(f"best_of must be >= n ({n}), got {best_of}", param="best_of")
+        if best_of > n:
+            if stream:
+                raise bad_request("best_of > n cannot be streamed (the best ones are only known at the end)",
+                                  param="best_of")
+            n = best_of  # sample best_of, return the n best by cumulative logprob (select_best_of)
+            if logprobs is None:
+                logprobs = 0  # the ranking needs each token's logprob (not returned: strip_logprobs)
+        best_of = None
     prompt_logprobs = body.get("prompt_logprobs")
     if not chat and body.get("echo") and logprobs is not None and prompt_logprobs is None:
         prompt_logprobs = logprobs
@@ -128,9 +144,23 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
         kw.update(model.defaults)
     for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
               "repetition_penalty", "seed", "stop", "stop_token_ids", "min_tokens", "ignore_eos",
-              "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens", "cache_salt"):
+              "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens", "cache_salt",
+              "truncate_prompt_tokens"):
         if body.get(k) is not None:
             kw[k] = body[k]
+    vocab = model.engine.model_config.arch.vocab_size
+    bias = parse_logit_bias(body, vocab)
+    if bias:
+        kw["logit_bias"] = bias
+    if body.get("allowed_token_ids"):
+        check_token_ids(model, body["allowed_token_ids"], "allowed_token_ids")
+        kw["allowed_token_ids"] = list(body["allowed_token_ids"])
+    if body.get("bad_words"):
+        kw["bad_words"] = list(body["bad_words"])
+        kw["bad_words_token_ids"] = bad_words_token_ids(model.engine.tokenizer, body["bad_words"])
+    spec, _ = structured_outputs_from(body)
+    if spec is not None:
+        kw["structured_outputs"] = spec
     if beam:
         kw.setdefault("temperature", 0.0)
         kw.update(use_beam_search=True, best_of=best_of if best_of is not None else n)
@@ -138,6 +168,7 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
             if body.get(k) is not None:
                 kw[k] = body[k]
     known = {k: k for k in kw}
+    known["structured_outputs"] = "structured_outputs"
     known.update({"max_tokens": max_field, "logprobs": lp_field, "prompt_logprobs": "prompt_logprobs",
                   "n": "n", "best_of": "best_of", "beam_width": "best_of", "length_penalty": "length_penalty",
                   "early_stopping": "early_stopping"})
@@ -149,9 +180,45 @@ def build_sampling_params(body: dict, model: ServedModel, *, chat: bool, stream:
     return sp, max_field
 
 
+async def check_constraints(body: dict, params: SamplingParams) -> None:
+    """A structured-output spec is parsed (off the event loop) before the request is admitted."""
+    if params.structured_outputs is not None:
+        _, param = structured_outputs_from(body)
+        await check_structured_outputs(params.structured_outputs, param or "structured_outputs")
+
+
+def select_best_of(out: RequestOutput, n: int, keep_logprobs: bool) -> RequestOutput:
+    """``best_of > n``: keep the ``n`` completions with the highest cumulative logprob (vLLM's rule),
+    renumbered 0..n-1; their logprobs only if the request asked for them."""
+    best = sorted(out.outputs, key=lambda c: -(c.cumulative_logprob or 0.0))[:n]
+    for i, c in enumerate(best):
+        c.index = i
+        if not keep_logprobs:
+            c.logprobs = None
+    out.outputs = best
+    return out
+
+
+def truncate_prompt(ids: list[int], params: SamplingParams) -> list[int]:
+    k = params.truncate_prompt_tokens
+    return ids[-k:] if k is not None and len(ids) > k else ids
+
+
+def prompt_logprobs_json(plp: list | None) -> list | None:
+    """vLLM's shape: one entry per prompt token, None for the first, else
+    ``{token_id: {"logprob", "rank", "decoded_token"}}`` (the prompt token and the top ones)."""
+    if plp is None:
+        return None
+    return [None if d is None else {str(t): {"logprob": _lp(x.logprob), "rank": x.rank,
+                                             "decoded_token": x.decoded_token} for t, x in d.items()}
+            for d in plp]
+
+
 def check_context(model: ServedModel, num_prompt_tokens: int, params: SamplingParams, max_field: str,
                   prompt_field: str) -> None:
     eng = model.engine
+    if num_prompt_tokens == 0:
+        raise bad_request(f"{prompt_field} is empty: at least one token is needed", param=prompt_field)
     try:
         eng.check_prompt_len(num_prompt_tokens)
     except ValueError as e:
@@ -178,8 +245,9 @@ def encode_text(model: ServedModel, text: str, add_special_tokens: bool, param: 
                           f"({model.engine.max_model_len} tokens)", param=param, code="context_length_exceeded")
     try:
         return model.engine.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-    except Exception as e:  # e.g. lone surrogates the Rust tokenizer refuses
-        raise bad_request(f"{param} could not be tokenized: {type(e).__name__}: {e}", param=param) from None
+    except Exception:  # the body was checked for lone surrogates already; anything else is the tokenizer's
+        logger.exception("tokenizer failed on %s", param)
+        raise bad_request(f"{param} could not be tokenized", param=param) from None
 
 
 def check_token_ids(model: ServedModel, ids: list[int], param: str) -> None:
@@ -190,10 +258,12 @@ def check_token_ids(model: ServedModel, ids: list[int], param: str) -> None:
 
 
 def admit(model: ServedModel, request_id: str, prompt: dict, params: SamplingParams, priority: int,
-          arrival: float) -> RequestStream:
-    """Hand a request to the engine; map refusals to HTTP errors."""
+          arrival: float, check_queue: bool = True) -> RequestStream:
+    """Hand a request to the engine; map refusals to HTTP errors. ``check_queue=False``: the caller checked
+    the waiting-queue bound once for a request of several prompts (:func:`check_queue`)."""
     try:
-        return model.engine.add_request(request_id, prompt, params, priority=priority, arrival_time=arrival)
+        return model.engine.add_request(request_id, prompt, params, priority=priority, arrival_time=arrival,
+                                        check_queue=check_queue)
     except QueueFullError as e:
         raise APIError(429, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
     except EngineDeadError as e:
@@ -202,13 +272,31 @@ def admit(model: ServedModel, request_id: str, prompt: dict, params: SamplingPar
         raise bad_request(str(e), param="prompt") from None
 
 
+def check_num_sequences(num_prompts: int, params: SamplingParams, opts: ServerOptions) -> None:
+    """A per-request cap on prompts x n (``--max-sequences-per-request``)."""
+    num = num_prompts * max(params.n, params.best_of or 1)
+    if num > opts.max_sequences_per_request:
+        raise bad_request(f"this request asks for {num} sequences ({num_prompts} prompt(s) x n={params.n}"
+                          f"{f', best_of={params.best_of}' if (params.best_of or 1) > params.n else ''}); the "
+                          f"server allows at most {opts.max_sequences_per_request} per request "
+                          "(--max-sequences-per-request)", param="prompt" if num_prompts > 1 else "n")
+
+
+def check_queue(model: ServedModel) -> None:
+    """The waiting-queue bound, checked once for a request of several prompts (429 when full)."""
+    try:
+        model.engine.check_queue()
+    except QueueFullError as e:
+        raise APIError(429, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
+
+
 def engine_failure(e: BaseException) -> APIError:
     if isinstance(e, RequestRejectedError):
         return bad_request(str(e), param="prompt")
     if isinstance(e, EngineDeadError):
         return APIError(503, f"the engine is not available: {e}", code="engine_dead")
     if isinstance(e, RequestAbortedError):
-        return APIError(503, str(e), code="aborted")
+        return APIError(503, str(e), code="shutting_down")  # the server aborts requests only when it stops
     return APIError(500, f"internal error: {type(e).__name__}: {e}")
 
 
@@ -325,10 +413,18 @@ def completion_logprobs(model: ServedModel, token_ids: list[int], logprobs: list
         text = token_text(model, tid, lp)
         tokens.append(text)
         token_lps.append(_lp(lp.logprob) if lp is not None else None)
-        tops.append({token_text(model, t, x): _lp(x.logprob) for t, x in _top(d, k)} if d else None)
+        tops.append(_completion_top(model, tid, lp, d, k) if d else None)
         offsets.append(text_offset)
         text_offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _completion_top(model: ServedModel, tid: int, lp: Logprob | None, d: dict[int, Logprob], k: int) -> dict:
+    """The top ``k`` alternatives plus the chosen (or prompt) token itself, as vLLM returns them."""
+    top = {token_text(model, t, x): _lp(x.logprob) for t, x in _top(d, k)}
+    if lp is not None:
+        top.setdefault(token_text(model, tid, lp), _lp(lp.logprob))
+    return top
 
 
 def finish_reason(reason: str | None) -> str | None:

@@ -7,9 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
+from pagedserve.entrypoints.openai.errors import bad_request
 from pagedserve.entrypoints.openai.protocol import COMPLETION_FIELDS, COMPLETION_REQUIRED, require_supported
 from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ChunkTemplate, ServedModel, ServedModels,
                                                           abort_unfinished, admit, build_sampling_params, check_context,
+                                                          check_constraints, check_num_sequences, check_queue,
+                                                          prompt_logprobs_json, select_best_of, truncate_prompt,
                                                           check_priority, check_token_ids, collect_final,
                                                           completion_logprobs, encode_text, engine_failure,
                                                           first_and_rest, json_response, make_request_id,
@@ -30,6 +33,9 @@ def _prompts(model: ServedModel, prompt: Any, add_special: bool) -> list[tuple[s
 
 
 async def create_completion(request: web.Request, body: dict, served: ServedModels) -> web.StreamResponse:
+    if body.get("prompt") == [] or body.get("prompt") == "":
+        raise bad_request("prompt is empty: give a string, a list of strings, a list of token ids or a list of "
+                          "token-id lists, with at least one token", param="prompt")
     validate_body(body, COMPLETION_FIELDS, COMPLETION_REQUIRED)
     require_supported(body)
     model = served.resolve(body.get("model"))
@@ -38,17 +44,26 @@ async def create_completion(request: web.Request, body: dict, served: ServedMode
     priority = check_priority(model, body)
     add_special = body.get("add_special_tokens")
     prompts = _prompts(model, body["prompt"], True if add_special is None else add_special)
+    if params.truncate_prompt_tokens is not None:  # keep the last k tokens (echo then decodes them)
+        prompts = [(t if len(ids) <= params.truncate_prompt_tokens else None, truncate_prompt(ids, params), p)
+                   for t, ids, p in prompts]
     for text, ids, param in prompts:
         if text is None:
             check_token_ids(model, ids, param)
         check_context(model, len(ids), params, max_field, param)
+    check_num_sequences(len(prompts), params, served.options)
+    await check_constraints(body, params)
+    user_n, user_lp = body.get("n") or 1, body.get("logprobs")
     request_id, engine_id = make_request_id("cmpl", request)
     arrival = time.time()
     streams = []
+    if len(prompts) > 1:
+        check_queue(model)  # several prompts count once against --max-waiting-requests
     try:
         for i, (text, ids, _) in enumerate(prompts):
             rid = engine_id if len(prompts) == 1 else f"{engine_id}-{i}"
-            streams.append(admit(model, rid, {"prompt": text, "prompt_token_ids": ids}, params, priority, arrival))
+            streams.append(admit(model, rid, {"prompt": text, "prompt_token_ids": ids}, params, priority, arrival,
+                                 check_queue=len(prompts) == 1))
         if stream:
             return await _stream(request, body, model, prompts, streams, params, request_id)
         try:
@@ -58,6 +73,9 @@ async def create_completion(request: web.Request, body: dict, served: ServedMode
                 finals = list(await asyncio.gather(*(collect_final(s) for s in streams)))
         except ENGINE_ERRORS as e:
             raise engine_failure(e) from None
+        if params.n > user_n:  # best_of > n
+            finals = [select_best_of(f, user_n, user_lp is not None) for f in finals]
+            params = params.clone(n=user_n, best_of=user_n, logprobs=user_lp)
         return json_response(_response(body, model, prompts, finals, params, request_id), request_id)
     finally:
         abort_unfinished(model, streams)
@@ -84,8 +102,11 @@ def _response(body: dict, model: ServedModel, prompts: list, finals: list[Reques
                                              list(out.prompt_logprobs) + list(c.logprobs or []), k)
                 else:
                     lp = completion_logprobs(model, c.token_ids, c.logprobs or [], k, len(prefix))
-            choices.append({"index": i * n + c.index, "text": prefix + c.text, "logprobs": lp,
-                            "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
+            choice = {"index": i * n + c.index, "text": prefix + c.text, "logprobs": lp,
+                      "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+            if params.prompt_logprobs is not None and body.get("prompt_logprobs") is not None:
+                choice["prompt_logprobs"] = prompt_logprobs_json(out.prompt_logprobs)
+            choices.append(choice)
     choices.sort(key=lambda c: c["index"])
     return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model.name,
             "choices": choices,
@@ -130,6 +151,14 @@ async def _stream(request: web.Request, body: dict, model: ServedModel, prompts:
                 toks, lps = list(c.token_ids), list(c.logprobs or []) if c.logprobs is not None else None
                 if not sent_first[idx]:
                     sent_first[idx] = True
+                    if body.get("prompt_logprobs") is not None:  # vLLM: on the choice's first chunk
+                        first = {"id": request_id, "object": "text_completion", "created": created, "model": name,
+                                 "choices": [{"index": idx, "text": "", "logprobs": None, "finish_reason": None,
+                                              "stop_reason": None,
+                                              "prompt_logprobs": prompt_logprobs_json(out.prompt_logprobs)}]}
+                        if include_usage:
+                            first["usage"] = None
+                        await resp.write(sse(first))
                     if echo:
                         text = _echo_text(model, text_p, ids_p) + text
                         if k is not None and out.prompt_logprobs is not None:

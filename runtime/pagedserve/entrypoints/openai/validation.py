@@ -32,7 +32,39 @@ def parse_json_body(raw: bytes) -> dict:
         raise bad_request(f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got {_jtype(body)}")
+    if _SURROGATE_ESCAPE.search(raw):  # \ud800-\udfff: a valid pair is fine, a lone half is not text
+        path = _lone_surrogate_path(body, "")
+        if path is not None:
+            raise bad_request(f"{path or 'the request body'} contains a lone UTF-16 surrogate (an unpaired "
+                              "\\ud800-\\udfff escape), which is not valid Unicode text", param=path or None)
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate_path(v: Any, path: str) -> str | None:
+    """The path of the first string (value or key) holding a lone surrogate, else None."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(v, list):
+        for i, x in enumerate(v):
+            hit = _lone_surrogate_path(x, f"{path}[{i}]")
+            if hit is not None:
+                return hit
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if _lone_surrogate_path(k, sub) is not None:
+                return path or None
+            hit = _lone_surrogate_path(x, sub)
+            if hit is not None:
+                return hit
+    return None
 
 
 #: Python type → JSON type name; bool before int (a bool is an int in Python)
