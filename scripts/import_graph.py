@@ -44,6 +44,8 @@ LAYERS: list[list[tuple[str, tuple[str, ...]]]] = [
     [("entrypoints", ("pagedserve", "pagedserve.entrypoints.*", "pagedserve.benchmarks.*", "pagedserve.router.*"))],
     [("engine", ("pagedserve.engine.*", "pagedserve.metrics.*"))],
     [("executor", ("pagedserve.executor.*",))],
+    # grammar compilation and per-request matchers: built by the engine core, advanced through Request.grammar
+    [("structured output", ("pagedserve.structured_output.*",))],
     [("core", ("pagedserve.core.*",)), ("worker", ("pagedserve.worker.*",))],
     # the data that crosses from the scheduler to the worker and back: read by both halves above
     [("request types", ("pagedserve.request", "pagedserve.core.scheduler_output", "pagedserve.sampling_params",
