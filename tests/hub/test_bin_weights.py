@@ -7,7 +7,7 @@ import shutil
 import torch
 from safetensors.torch import load_file
 
-from pagedserve.config import EngineArgs
+from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.models.loader import build_model
 
 

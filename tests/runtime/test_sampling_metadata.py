@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pagedserve.engine.request import Request
+from pagedserve.request import Request
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.worker.sampling_metadata import build_sampling_metadata
 
