@@ -7,6 +7,7 @@ import json
 import os
 import statistics
 import time
+from typing import Callable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +45,9 @@ def copy_bandwidth_gbs() -> float:
     return 2 * n / statistics.median(times) / 1e9
 
 
-def measure(engine, prompt: list[int], output_len: int, batch: int) -> tuple[float, float]:
+def measure(engine, prompt: list[int] | Callable[[], list[int]], output_len: int, batch: int) -> tuple[float, float]:
+    """(TTFT, TPOT) in seconds of ``batch`` requests. ``prompt`` is a token list, or a function giving a fresh
+    one per request: fresh prompts never hit the prefix cache, so TTFT is a real prefill."""
     import torch
 
     from pagedserve.sampling_params import SamplingParams
@@ -53,7 +56,8 @@ def measure(engine, prompt: list[int], output_len: int, batch: int) -> tuple[flo
     torch.cuda.synchronize() if torch.cuda.is_available() else None
     t0 = time.perf_counter()
     for i in range(batch):
-        engine.add_request(f"lat-{time.monotonic_ns()}-{i}", {"prompt_token_ids": prompt}, sp)
+        ids = prompt() if callable(prompt) else prompt
+        engine.add_request(f"lat-{time.monotonic_ns()}-{i}", {"prompt_token_ids": ids}, sp)
     t_first = None
     while engine.has_unfinished_requests():
         outs = engine.step()
@@ -79,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rng = np.random.default_rng(0)
     vocab = core.config.model_config.arch.vocab_size
-    prompt = rng.integers(100, vocab - 100, size=args.input_len).tolist()
+
+    def prompt() -> list[int]:  # a fresh random prompt per request: no prefix-cache hits between runs
+        return rng.integers(100, vocab - 100, size=args.input_len).tolist()
+
     result: dict = {"model": core.config.model_config.model, "input_len": args.input_len, "output_len": args.output_len,
                     "weight_bytes": weight_bytes, "ready_s": ready_s, "graph_capture_s": core.graph_capture_seconds,
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "runs": []}
