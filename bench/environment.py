@@ -35,17 +35,22 @@ def git_commit(root: str) -> tuple[str, bool] | None:
 
 
 def commit_info(root: str) -> dict:
-    got = git_commit(root)
-    if got is not None:
-        return {"commit": got[0], "dirty": got[1], "commit_source": "git"}
+    """The commit the tree holds: $PAGEDSERVE_COMMIT first; then git when the tree is clean; then the commit
+    that ``--prepare`` wrote into bench/carry (the GPU machine receives a copy whose .git can be older than
+    the files it carries, so a dirty git HEAD there is not the commit that ran); then a dirty git HEAD."""
     if os.environ.get("PAGEDSERVE_COMMIT"):
         return {"commit": os.environ["PAGEDSERVE_COMMIT"], "dirty": None, "commit_source": "PAGEDSERVE_COMMIT"}
+    got = git_commit(root)
+    if got is not None and not got[1]:
+        return {"commit": got[0], "dirty": False, "commit_source": "git"}
     path = os.path.join(root, COMMIT_FILE)
     if os.path.exists(path):
         with open(path) as fh:
             words = fh.read().split()
         if words:
             return {"commit": words[0], "dirty": "dirty" in words[1:], "commit_source": COMMIT_FILE}
+    if got is not None:
+        return {"commit": got[0], "dirty": got[1], "commit_source": "git"}
     return {"commit": "unknown", "dirty": None, "commit_source": None}
 
 

@@ -112,6 +112,25 @@ def test_commit_without_git(tmp_path, monkeypatch):
     assert environment.commit_info(str(tmp_path))["commit"] == "def456"
 
 
+def test_commit_prefers_the_carried_commit_over_a_dirty_git_head(tmp_path, monkeypatch):
+    """The GPU machine's copy has a .git from an older commit and newer files: the commit --prepare wrote wins."""
+    import subprocess
+
+    monkeypatch.delenv("PAGEDSERVE_COMMIT", raising=False)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f").write_text("1")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert environment.commit_info(str(tmp_path)) == {"commit": head, "dirty": False, "commit_source": "git"}
+    (tmp_path / "f").write_text("2")  # newer files than the .git says
+    assert environment.commit_info(str(tmp_path))["dirty"] is True
+    (tmp_path / "bench" / "carry").mkdir(parents=True)
+    (tmp_path / "bench" / "carry" / "COMMIT").write_text("abc123\n")
+    assert environment.commit_info(str(tmp_path))["commit"] == "abc123"
+
+
 def test_groups_name_known_scenarios():
     for g in GROUPS.values():
         assert g.scenarios and all(n in SCENARIOS for n in g.scenarios), g.name
