@@ -13,6 +13,7 @@ for path in (ROOT / 'operator', HERE):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from health_server import HealthServer  # noqa: E402
 from isvc_cluster import Api, Operator, StandIn  # noqa: E402
 from isvc_schema import load_crd  # noqa: E402
 
@@ -42,3 +43,13 @@ def operator(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iter
     finally:
         code = proc.stop()
         print(f'operator exit code {code}; log tail:\n' + proc.log()[-4000:])
+
+
+@pytest.fixture(scope='module')
+def health() -> Iterator[HealthServer]:
+    """A runtime's /health on loopback, answering the phases a test sets (tests/operator/health_server.py)."""
+    server = HealthServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -4,7 +4,7 @@ controller check and the cache-claim warning."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -99,15 +99,6 @@ def test_summary_prefers_a_failure_to_progress_and_names_the_pod() -> None:
     serving = deployment_condition({'spec': {'replicas': 2}, 'status': {'readyReplicas': 1}},
                                    pods_summary([crashing], {}))
     assert serving['status'] == 'True' and 'CrashLoopBackOff: pod llm-2' in serving['message']
-
-
-@pytest.fixture(scope='module')
-def health() -> Iterator[HealthServer]:
-    server = HealthServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_fetch_health_reads_the_503_body(health: HealthServer) -> None:

@@ -45,15 +45,6 @@ def first(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         print(proc.log()[-3000:])
 
 
-@pytest.fixture(scope='module')
-def health() -> Iterator[HealthServer]:
-    server = HealthServer()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_child_watches_are_filtered_by_the_api_server(standin: StandIn, first: Operator) -> None:
     plurals = ('deployments', 'services', 'horizontalpodautoscalers', 'poddisruptionbudgets', 'ingresses', 'pods')
 

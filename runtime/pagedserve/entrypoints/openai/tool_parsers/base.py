@@ -47,6 +47,13 @@ def json_values(text: str) -> list[tuple[Any, int, int]]:
     return out
 
 
+def split_calls(text: str, start: int, calls: list[ToolCall]) -> tuple[str | None, list[ToolCall]]:
+    """(content before the first call or None, calls); the whole text as content when no call parsed."""
+    if not calls:
+        return text, []
+    return text[:start].strip() or None, calls
+
+
 class ToolParser:
     #: text that begins a tool call (streaming holds text back once it appears)
     start_marker: str = ""

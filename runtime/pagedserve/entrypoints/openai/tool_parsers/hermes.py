@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 
-from pagedserve.entrypoints.openai.tool_parsers.base import ToolCall, ToolParser, call_from_obj
+from pagedserve.entrypoints.openai.tool_parsers.base import ToolCall, ToolParser, call_from_obj, split_calls
 
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
@@ -24,7 +24,4 @@ class HermesToolParser(ToolParser):
                 call = None
             if call is not None:
                 calls.append(call)
-        if not calls:
-            return text, []
-        content = text[:start].strip()
-        return content or None, calls
+        return split_calls(text, start, calls)

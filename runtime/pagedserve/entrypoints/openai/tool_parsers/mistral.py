@@ -2,7 +2,8 @@
 token, so the detokenizer keeps special tokens for these requests)."""
 from __future__ import annotations
 
-from pagedserve.entrypoints.openai.tool_parsers.base import ToolCall, ToolParser, call_from_obj, json_values
+from pagedserve.entrypoints.openai.tool_parsers.base import (ToolCall, ToolParser, call_from_obj, json_values,
+                                                          split_calls)
 
 
 class MistralToolParser(ToolParser):
@@ -19,7 +20,4 @@ class MistralToolParser(ToolParser):
                 call = call_from_obj(obj)
                 if call is not None:
                     calls.append(call)
-        if not calls:
-            return text, []
-        content = text[:start].strip()
-        return content or None, calls
+        return split_calls(text, start, calls)
