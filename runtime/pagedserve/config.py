@@ -16,7 +16,6 @@ from pagedserve.arch_config import ArchConfig
 GiB = 1 << 30
 
 
-QUANTIZATIONS = (None, "none", "fp8")
 #: --kv-cache-dtype values (vLLM's names) and the cache's element type; None = the model dtype
 KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "fp8": torch.float8_e4m3fn,
                                                    "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -33,7 +32,8 @@ class ModelConfig:
     seed: int = 0
     generation_config: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
-    quantization: str | None = None  # None or "fp8" (online: layers/fp8.py)
+    quantization: str | None = None  # the method (layers/quantization): --quantization or the checkpoint's
+    quant_config: dict[str, Any] | None = None  # config.json's quantization_config, when the checkpoint has one
     tokenizer: str | None = None  # the tokenizer directory (--tokenizer, resolved); None: the model's
 
 

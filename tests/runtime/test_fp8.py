@@ -106,8 +106,10 @@ def test_smollm2_with_an_fp8_kv_cache_answers_and_stays_close(smollm2_prompt_log
 
 
 def test_quantization_flag_is_validated():
-    with pytest.raises(ValueError, match="quantization must be one of none, fp8"):
-        EngineArgs(model="default", quantization="awq").create_engine_config()
+    with pytest.raises(ValueError, match="quantization must be one of .*fp8.*, got 'int3'"):
+        EngineArgs(model="default", quantization="int3").create_engine_config()
+    with pytest.raises(ValueError, match="quantization='bitsandbytes': bitsandbytes checkpoints are not supported"):
+        EngineArgs(model="default", quantization="bitsandbytes").create_engine_config()
 
 
 def test_fp8_needs_fp8_tensor_cores(monkeypatch):

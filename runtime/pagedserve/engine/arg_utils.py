@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pagedserve.arch_config import ArchConfig
-from pagedserve.config import (KV_CACHE_DTYPES, QUANTIZATIONS, CacheConfig, EngineConfig, ModelConfig, ParallelConfig,
+from pagedserve.config import (KV_CACHE_DTYPES, CacheConfig, EngineConfig, ModelConfig, ParallelConfig,
                                SchedulerConfig)
 from pagedserve.utils import default_device, parse_dtype
 
@@ -79,6 +79,9 @@ class EngineArgs:
         for eos in _as_list(gen_cfg.get("eos_token_id")):
             if eos not in arch.eos_token_ids:
                 arch.eos_token_ids.append(eos)
+        from pagedserve.layers.quantization import detect_quantization, make_quant_config
+
+        quant = detect_quantization(hf_cfg.get("quantization_config"), self.quantization)
         dtype = _resolve_dtype(self.dtype, hf_cfg, device)
         max_len = _resolve_max_model_len(self.max_model_len, arch)
         on_gpu = device.startswith("cuda")
@@ -92,8 +95,11 @@ class EngineArgs:
             model=model_dir, served_model_name=name, arch=arch, dtype=dtype, max_model_len=max_len,
             load_format=self.load_format, seed=self.seed, generation_config=gen_cfg,
             trust_remote_code=self.trust_remote_code,
-            quantization=None if self.quantization in (None, "none") else self.quantization, tokenizer=tokenizer_dir)
-        if model_config.quantization == "fp8" or self.kv_cache_dtype != "auto":
+            quantization=quant, quant_config=hf_cfg.get("quantization_config") if quant else None,
+            tokenizer=tokenizer_dir)
+        if quant is not None:
+            make_quant_config(quant, model_config.quant_config).check_device(device)
+        if self.kv_cache_dtype != "auto":
             from pagedserve.layers.fp8 import check_fp8_device
 
             check_fp8_device(device)
@@ -139,9 +145,9 @@ class EngineArgs:
             raise ValueError(f"priority_aging_interval must be >= 0 seconds, got {self.priority_aging_interval}")
         if self.auto_swap_min_tokens < 0:
             raise ValueError(f"auto_swap_min_tokens must be >= 0, got {self.auto_swap_min_tokens}")
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be one of {', '.join(q for q in QUANTIZATIONS if q)}, "
-                             f"got {self.quantization!r}")
+        from pagedserve.layers.quantization import canonical_name
+
+        canonical_name(self.quantization)  # a clear error for an unknown or unsupported method
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         if self.pipeline_parallel_size != 1:

@@ -20,6 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pagedserve.config import ModelConfig
+from pagedserve.layers.linear import process_weights_after_loading
+from pagedserve.layers.quantization import make_quant_config, set_quant_config
 from pagedserve.models.registry import check_architecture
 
 logger = logging.getLogger(__name__)
@@ -30,8 +32,9 @@ def build_model(mc: ModelConfig, device: str, use_tqdm: bool = True) -> nn.Modul
     t0 = time.perf_counter()
     prev = torch.get_default_dtype()
     torch.set_default_dtype(mc.dtype)
+    quant = make_quant_config(mc.quantization, mc.quant_config)
     try:
-        with torch.device(device):
+        with torch.device(device), set_quant_config(quant):
             model = cls(mc.arch, max_position=max(mc.max_model_len, mc.arch.max_position_embeddings))
     finally:
         torch.set_default_dtype(prev)
@@ -39,13 +42,10 @@ def build_model(mc: ModelConfig, device: str, use_tqdm: bool = True) -> nn.Modul
         init_dummy_weights(model, mc.seed)
     else:
         load_safetensors(model, mc.model, use_tqdm=use_tqdm)
-    if mc.quantization == "fp8":
-        from pagedserve.layers.linear import quantize_model_fp8
-
-        quantize_model_fp8(model)
+    process_weights_after_loading(model)
     model.eval()
     logger.info("model %s loaded in %.2f s (%s%s, %.1fM params)", mc.arch.architecture,
-                time.perf_counter() - t0, mc.dtype, ", fp8 linear layers" if mc.quantization == "fp8" else "",
+                time.perf_counter() - t0, mc.dtype, f", {quant.describe()}" if quant else "",
                 sum(p.numel() for p in model.parameters()) / 1e6)
     return model
 

@@ -12,7 +12,7 @@ from pagedserve.layers.norm import RMSNorm
 from pagedserve.layers.rotary import RotaryEmbedding
 
 #: (producer, consumer) attribute paths inside a decoder layer whose producer output feeds only that
-#: linear layer (models/llama.py)
+#: linear layer (models/llama.py); fused when the consumer's method takes fp8 activations
 QUANT_FUSIONS = (("input_layernorm", "self_attn.qkv_proj"), ("post_attention_layernorm", "mlp.gate_up_proj"),
                  ("mlp.act", "mlp.down_proj"))
 
@@ -44,9 +44,9 @@ def fuse_fp8_quantization(model: nn.Module) -> int:
     for layer in model.modules():
         for producer_path, consumer_path in QUANT_FUSIONS:
             producer, consumer = _get(layer, producer_path), _get(layer, consumer_path)
-            weight = getattr(consumer, "weight", None)
+            method = getattr(consumer, "quant_method", None)
             if (isinstance(producer, (RMSNorm, SiluAndMul)) and producer.fused is not None
-                    and weight is not None and weight.element_size() == 1):
+                    and method is not None and method.accepts_fp8_act(consumer)):
                 producer.quant_out = True
                 n += 1
     return n

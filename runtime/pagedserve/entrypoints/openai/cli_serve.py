@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from pagedserve.config import KV_CACHE_DTYPES, QUANTIZATIONS
+from pagedserve.config import KV_CACHE_DTYPES
+from pagedserve.layers.quantization import canonical_name
 from pagedserve.entrypoints.engine_flags import add_engine_flags, engine_args_from
 
 logger = logging.getLogger("pagedserve.server")
@@ -103,9 +104,10 @@ def unsupported_features(ea: Any) -> list[str]:
     if ea.pipeline_parallel_size != 1:
         out.append(f"--pipeline-parallel-size {ea.pipeline_parallel_size}: pipeline parallelism is not built yet; "
                    "use 1")
-    if ea.quantization not in QUANTIZATIONS:
-        out.append(f"--quantization {ea.quantization}: only fp8 (online quantization of an unquantized "
-                   "checkpoint) is supported")
+    try:
+        canonical_name(ea.quantization)
+    except ValueError as e:
+        out.append(f"--quantization {ea.quantization}: {e}")
     if ea.kv_cache_dtype not in KV_CACHE_DTYPES:
         out.append(f"--kv-cache-dtype {ea.kv_cache_dtype}: must be one of {', '.join(KV_CACHE_DTYPES)}")
     if ea.max_waiting_requests is not None and ea.max_waiting_requests < 1:
