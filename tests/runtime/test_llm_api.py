@@ -65,3 +65,35 @@ def test_cli_bad_flag_gives_clear_error():
     r = subprocess.run([sys.executable, "-m", "pagedserve.entrypoints.cli", "generate", "--prompt", "x",
                         "--block-size", "7"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "block_size" in r.stderr and "Traceback" not in r.stderr
+
+
+TOOL_TEMPLATE = ("{% if tools %}Tools: {{ tools | map(attribute='function.name') | join(', ') }}\n{% endif %}"
+                 "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+                 "{% if m.tool_calls %}{{ m.tool_calls[0].function.arguments.city }}{% endif %}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}{% if lang %}[{{ lang }}]{% endif %}")
+
+
+def test_chat_renders_tools_kwargs_and_continuation_as_the_tokenizer_does(llm):
+    tok = llm.get_tokenizer()
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    msgs = [{"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "content": "sunny", "tool_call_id": "c1"}]
+    sp = SamplingParams(temperature=0, max_tokens=1)
+    out = llm.chat(msgs, sp, use_tqdm=False, chat_template=TOOL_TEMPLATE, tools=tools,
+                   chat_template_kwargs={"lang": "fr"})[0]
+    as_objects = [msgs[0], {**msgs[1], "tool_calls": [{**msgs[1]["tool_calls"][0], "function": {
+        "name": "weather", "arguments": {"city": "Paris"}}}]}, msgs[2]]
+    text = tok.apply_chat_template(as_objects, tools=tools, chat_template=TOOL_TEMPLATE, lang="fr",
+                                   add_generation_prompt=True, tokenize=False)
+    assert text.startswith("Tools: weather\n") and "Paris" in text and text.endswith("assistant:[fr]")
+    assert out.prompt_token_ids == tok.encode(text, add_special_tokens=False)
+    partial = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hello"}]
+    cont = llm.chat(partial, sp, use_tqdm=False, add_generation_prompt=False, continue_final_message=True)[0]
+    ref = tok.apply_chat_template(partial, continue_final_message=True, tokenize=False)
+    assert cont.prompt_token_ids == tok.encode(ref, add_special_tokens=False) and ref.rstrip().endswith("Hello")
+    with pytest.raises(ValueError, match="continue_final_message needs the last message to be an assistant"):
+        llm.chat(partial[:1], sp, add_generation_prompt=False, continue_final_message=True)
+    with pytest.raises(ValueError, match="cannot both be true"):
+        llm.chat(partial, sp, continue_final_message=True)

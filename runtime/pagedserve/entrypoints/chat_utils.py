@@ -1,6 +1,7 @@
 """Chat messages → prompt token ids through the tokenizer's chat template (roles validated)."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 VALID_ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -33,13 +34,46 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
+def template_messages(msgs: list[dict]) -> list[dict]:
+    """Assistant tool calls with their arguments as objects (what chat templates iterate over)."""
+    out = []
+    for m in msgs:
+        calls = m.get("tool_calls")
+        if m.get("role") == "assistant" and calls:
+            fixed = []
+            for c in calls:
+                c = dict(c)
+                fn = dict(c.get("function") or {})
+                if isinstance(fn.get("arguments"), str):
+                    try:
+                        fn["arguments"] = json.loads(fn["arguments"])
+                    except ValueError:
+                        pass
+                c["function"] = fn
+                fixed.append(c)
+            m = {**m, "tool_calls": fixed}
+        out.append(m)
+    return out
+
+
 def render_chat(tokenizer: Any, messages: Any, add_generation_prompt: bool = True,
-                chat_template: str | None = None) -> list[int]:
+                chat_template: str | None = None, tools: list[dict] | None = None,
+                continue_final_message: bool = False, chat_template_kwargs: dict[str, Any] | None = None
+                ) -> list[int]:
+    """The offline path (``LLM.chat``): the same rendering as the server's chat endpoint."""
     if tokenizer is None:
         raise ValueError("chat needs a tokenizer")
     msgs = validate_messages(messages)
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise ValueError("the model's tokenizer has no chat template; pass chat_template")
-    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=False,
-                                         chat_template=chat_template)
+    if add_generation_prompt and continue_final_message:
+        raise ValueError("add_generation_prompt and continue_final_message cannot both be true")
+    if continue_final_message and msgs[-1]["role"] != "assistant":
+        raise ValueError("continue_final_message needs the last message to be an assistant message")
+    extra = dict(chat_template_kwargs or {})
+    if tools:
+        extra["tools"] = tools
+    text = tokenizer.apply_chat_template(template_messages(msgs), add_generation_prompt=add_generation_prompt,
+                                         continue_final_message=continue_final_message, tokenize=False,
+                                         chat_template=chat_template, **extra)
     return tokenizer.encode(text, add_special_tokens=False)

@@ -102,11 +102,16 @@ class LLM:
     def chat(self, messages: list[dict[str, str]] | list[list[dict[str, str]]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
              use_tqdm: bool = True, add_generation_prompt: bool = True,
-             chat_template: str | None = None) -> list[RequestOutput]:
+             chat_template: str | None = None, tools: list[dict] | None = None,
+             continue_final_message: bool = False, chat_template_kwargs: dict | None = None
+             ) -> list[RequestOutput]:
+        """Render each conversation with the chat template (``tools`` rendered by the template, as the
+        server does) and generate; parse tool calls from the text with a tool parser if needed."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         from pagedserve.entrypoints.chat_utils import render_chat
 
-        prompts = [{"prompt_token_ids": render_chat(self.get_tokenizer(), c, add_generation_prompt, chat_template)}
+        prompts = [{"prompt_token_ids": render_chat(self.get_tokenizer(), c, add_generation_prompt, chat_template,
+                                                    tools, continue_final_message, chat_template_kwargs)}
                    for c in convs]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 

@@ -18,7 +18,8 @@ from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, C
                                                           start_sse, usage, check_constraints, check_num_sequences,
                                                           prompt_logprobs_json, select_best_of, truncate_prompt)
 from pagedserve.entrypoints.openai.structured import check_structured_outputs
-from pagedserve.entrypoints.openai.tools import ToolPlan, ToolStream, extract_calls, plan_tools, template_messages
+from pagedserve.entrypoints.chat_utils import template_messages
+from pagedserve.entrypoints.openai.tools import ToolPlan, ToolStream, extract_calls, plan_tools
 from pagedserve.entrypoints.openai.validation import validate_body
 
 # apply_chat_template arguments a request's chat_template_kwargs may not override

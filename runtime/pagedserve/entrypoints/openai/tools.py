@@ -10,6 +10,7 @@ from typing import Any
 
 from pagedserve.entrypoints.openai.errors import bad_request
 from pagedserve.entrypoints.openai.tool_parsers import ToolCall, ToolParser, get_tool_parser
+from pagedserve.entrypoints.openai.tool_parsers.base import top_objects
 from pagedserve.sampling_params import StructuredOutputsParams
 
 _ANY_OBJECT = {"type": "object"}
@@ -91,40 +92,35 @@ def extract_calls(plan: ToolPlan, text: str) -> tuple[str | None, list[ToolCall]
     return text, []
 
 
-def template_messages(msgs: list[dict]) -> list[dict]:
-    """Assistant tool calls with their arguments as objects (what chat templates iterate over)."""
-    out = []
-    for m in msgs:
-        calls = m.get("tool_calls")
-        if m.get("role") == "assistant" and calls:
-            fixed = []
-            for c in calls:
-                c = dict(c)
-                fn = dict(c.get("function") or {})
-                if isinstance(fn.get("arguments"), str):
-                    try:
-                        fn["arguments"] = json.loads(fn["arguments"])
-                    except ValueError:
-                        pass
-                c["function"] = fn
-                fixed.append(c)
-            m = {**m, "tool_calls": fixed}
-        out.append(m)
-    return out
+def _required_calls(text: str) -> list[ToolCall]:
+    """The complete ``{"name", "parameters"}`` items of a ``required`` array still being generated."""
+    calls = []
+    for s, e in top_objects(text):
+        try:
+            item = json.loads(text[s:e])
+        except ValueError:
+            continue
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            calls.append(ToolCall(item["name"], json.dumps(item.get("parameters", {}), ensure_ascii=False)))
+    return calls
 
 
 class ToolStream:
     """One streamed choice under a tool plan: turns text deltas into OpenAI chat deltas. A named
     function streams its arguments as they come; ``required`` and ``auto`` send plain text until a
-    call begins, then each call (a name delta, then an arguments delta) once the text is complete."""
+    call begins, then each call (a name delta, then an arguments delta) as soon as its JSON closes."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
         self.text = ""
         self.sent = 0  # characters of text sent as content
-        self.num_calls = 0
+        self.calls: list[ToolCall] = []  # calls sent
         self.named_id: str | None = None
         self.in_call = False
+
+    @property
+    def num_calls(self) -> int:
+        return 1 if self.named_id is not None else len(self.calls)
 
     def feed(self, delta: str) -> list[dict]:
         if not delta:
@@ -136,24 +132,34 @@ class ToolStream:
             if self.named_id is None:
                 call = ToolCall(plan.name or "", "")
                 self.named_id = call.id
-                self.num_calls = 1
                 out.append({"tool_calls": [{"index": 0, "id": call.id, "type": "function",
                                             "function": {"name": call.name, "arguments": ""}}]})
             out.append({"tool_calls": [{"index": 0, "function": {"arguments": delta}}]})
             return out
-        if plan.mode != "auto" or self.in_call:
+        if plan.mode == "required":
+            return self._send_calls(_required_calls(self.text))
+        if plan.mode != "auto" or plan.parser is None:
             return []
-        start = plan.parser.call_started(self.text) if plan.parser else -1
+        if self.in_call:
+            return self._send_calls(plan.parser.stream_calls(self.text))
+        start = plan.parser.call_started(self.text)
         if start >= 0:
             self.in_call = True
-            return self._content(start)
-        marker = plan.parser.start_marker if plan.parser else ""
-        hold = 0
-        for k in range(min(len(marker) - 1, len(self.text)), 0, -1):  # a marker may be arriving
-            if self.text.endswith(marker[:k]):
-                hold = k
-                break
-        return self._content(len(self.text) - hold)
+            return self._content(start) + self._send_calls(plan.parser.stream_calls(self.text))
+        return self._content(len(self.text) - plan.parser.held(self.text))
+
+    def _send_calls(self, calls: list[ToolCall]) -> list[dict]:
+        """Deltas for the calls past those already sent (one call at most without parallel_tool_calls)."""
+        if not self.plan.parallel:
+            calls = calls[:1]
+        out = []
+        for c in calls[len(self.calls):]:
+            i = len(self.calls)
+            self.calls.append(c)
+            out.append({"tool_calls": [{"index": i, "id": c.id, "type": "function",
+                                        "function": {"name": c.name, "arguments": ""}}]})
+            out.append({"tool_calls": [{"index": i, "function": {"arguments": c.arguments}}]})
+        return out
 
     def _content(self, end: int) -> list[dict]:
         if end <= self.sent:
@@ -162,21 +168,16 @@ class ToolStream:
         return [{"content": piece}]
 
     def finish(self) -> list[dict]:
-        """Deltas still owed when the choice ends (calls, held-back text)."""
+        """Deltas still owed when the choice ends (calls not sent yet, held-back text)."""
         plan = self.plan
         if plan.mode == "named":
             return []
         content, calls = extract_calls(plan, self.text)
+        if not calls and not self.calls:
+            return self._content(len(self.text)) if plan.mode in ("auto", "required") else []
         out = []
-        if not calls:
-            return self._content(len(self.text)) if plan.mode == "auto" or plan.mode == "required" else []
         if content and plan.mode == "auto":
             idx = self.text.find(content, self.sent) if self.sent < len(content) else -1
             if idx >= 0:
                 out += self._content(idx + len(content))
-        for i, c in enumerate(calls):
-            out.append({"tool_calls": [{"index": i, "id": c.id, "type": "function",
-                                        "function": {"name": c.name, "arguments": ""}}]})
-            out.append({"tool_calls": [{"index": i, "function": {"arguments": c.arguments}}]})
-        self.num_calls = len(calls)
-        return out
+        return out + self._send_calls(calls)

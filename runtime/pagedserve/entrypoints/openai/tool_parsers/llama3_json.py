@@ -16,6 +16,10 @@ class Llama3JsonToolParser(ToolParser):
             return len(text) - len(stripped)
         return -1
 
+    def held(self, text: str) -> int:
+        stripped = text.lstrip()
+        return len(text) if stripped and _TAG.startswith(stripped) else 0
+
     def extract(self, text: str) -> tuple[str | None, list[ToolCall]]:
         body = text.strip()
         if body.startswith(_TAG):
