@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import fields
 
 from pagedserve.engine.arg_utils import EngineArgs
@@ -41,16 +42,31 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
     g.add_argument("--quantization", "-q", default=None,
-                   help="fp8: quantize the linear layers to fp8 (e4m3) after loading (GPUs of compute capability 8.9+)")
+                   help="the checkpoint's method is read from config.json's quantization_config; this flag "
+                        "checks it, or with fp8 on an unquantized checkpoint quantizes the linear layers to fp8 "
+                        "(e4m3) after loading (GPUs of compute capability 8.9+); see docs/quantization.md")
     g.add_argument("--kv-cache-dtype", default="auto",
                    help="auto (the model dtype), fp8 / fp8_e4m3 or fp8_e5m2: K/V stored in fp8 with scale 1 "
                         "(twice the cached tokens, not faster yet; GPUs of compute capability 8.9+)")
     g.add_argument("--trust-remote-code", action="store_true")
+    g.add_argument("--hf-overrides", type=_json_object, default=None,
+                   help="a JSON object merged into the model's config.json, e.g. "
+                        "'{\"num_hidden_layers\": 2}' or '{\"quantization_config\": {...}}'")
     g.add_argument("--revision", default=None, help="branch, tag or commit of a Hub --model (default: main)")
     g.add_argument("--enforce-eager", action="store_true")
     g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule step N+1 while step N runs on the device (default: on with CUDA)")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def engine_args_from(ns: argparse.Namespace) -> EngineArgs:
