@@ -1,0 +1,91 @@
+"""The W4A16 / W8A16 dequantising kernels (``kernels/wna16.py``) against the torch reference
+(``kernels/wna16_ref.py``): 4 and 8 bits, symmetric and with zeros, groups inside one K tile,
+straddling tiles and per channel, act-order ``g_idx``, bias, split-K, ragged M / N / K. In Triton's
+interpreter here (small sizes); the same tests run compiled on a GPU, bf16 included."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedserve.kernels.wna16 import wna16_gemm, wna16_gemv, wna16_linear
+from pagedserve.kernels.wna16_ref import pack_rows, unpack_rows, wna16_linear_ref
+from tests.kernels.conftest import HAS_CUDA
+
+DEV = "cuda" if HAS_CUDA else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
+
+
+def _layer(n: int, k: int, bits: int, group: int, zeros: bool, act_order: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.int32)
+    groups = k // group
+    scales = torch.rand(groups, n, generator=g) * 0.02 + 0.001
+    z = torch.randint(0, 1 << bits, (groups, n), generator=g).float() if zeros else None
+    g_idx = None
+    if act_order:  # sorted, uneven groups (a row-parallel act-order shard)
+        g_idx = torch.sort(torch.randint(0, groups, (k,), generator=g)).values.to(torch.int32)
+    return pack_rows(q, bits), scales, z, g_idx
+
+
+def test_pack_roundtrip():
+    for bits in (4, 8):
+        q = torch.randint(0, 1 << bits, (5, 64), dtype=torch.int32)
+        p = pack_rows(q, bits)
+        assert p.dtype == torch.int32 and p.shape == (5, 64 * bits // 32)
+        assert torch.equal(unpack_rows(p, bits), q)
+    # nibble order: value i of a word in bits 4i..4i+3
+    assert pack_rows(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 15]]), 4).item() == int("f7654321", 16) - (1 << 32)
+
+
+CASES = [  # (M, N, K, bits, group, zeros, act_order, bias, split_k)
+    (1, 48, 128, 4, 128, False, False, False, 1),
+    (3, 40, 256, 4, 64, True, False, True, 1),     # groups smaller than the K tile
+    (5, 64, 192, 4, 32, True, False, False, 2),    # ragged K, split-K
+    (16, 32, 128, 8, 128, False, False, True, 1),
+    (7, 32, 256, 8, 64, True, True, False, 2),     # act-order g_idx, 8 bits
+    (2, 24, 128, 4, 128, True, True, True, 1),     # act-order g_idx, 4 bits
+    (4, 32, 96, 4, 96, False, False, False, 1),    # per channel, K not a power of two
+]
+
+
+@pytest.mark.parametrize("M,N,K,bits,group,zeros,act,bias,split", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_matches_reference(M, N, K, bits, group, zeros, act, bias, split, dtype):
+    qw, s, z, gi = _layer(N, K, bits, group, zeros, act)
+    x = torch.randn(M, K)
+    b = torch.randn(N) if bias else None
+    to = lambda t: t.to(DEV) if t is not None else None  # noqa: E731
+    args = (to(qw), to(s).to(dtype), to(z).to(dtype) if z is not None else None, to(gi), bits, group)
+    ref = wna16_linear_ref(x.to(DEV).to(dtype).float(), args[0], args[1].float(),
+                           args[2].float() if z is not None else None, args[3], None, bits, group,
+                           to(b).float() if bias else None)
+    got = wna16_gemv(to(x).to(dtype), *args, to(b).to(dtype) if bias else None, block_n=16, block_k=64, split_k=split)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
+
+
+@pytest.mark.parametrize("M,N,K,bits,group,zeros,act,bias,split", CASES[:5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_matches_reference(M, N, K, bits, group, zeros, act, bias, split, dtype):
+    M = M * 13 + 3  # prefill sizes, ragged
+    qw, s, z, gi = _layer(N, K, bits, group, zeros, act, seed=1)
+    x = torch.randn(M, K)
+    b = torch.randn(N) if bias else None
+    to = lambda t: t.to(DEV) if t is not None else None  # noqa: E731
+    args = (to(qw), to(s).to(dtype), to(z).to(dtype) if z is not None else None, to(gi), bits, group)
+    ref = wna16_linear_ref(x.to(DEV).to(dtype).float(), args[0], args[1].float(),
+                           args[2].float() if z is not None else None, args[3], None, bits, group,
+                           to(b).float() if bias else None)
+    got = wna16_gemm(to(x).to(dtype), *args, to(b).to(dtype) if bias else None, block_m=32, block_n=16, block_k=32)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
+
+
+def test_dispatch_and_empty_input():
+    qw, s, z, _ = _layer(32, 128, 4, 64, True, False)
+    qw, s, z = qw.to(DEV), s.to(DEV), z.to(DEV)
+    for m in (0, 2, 70):
+        x = torch.randn(m, 128, device=DEV)
+        got = wna16_linear(x, qw, s, z, None, 4, 64)
+        assert got.shape == (m, 32)
+        torch.testing.assert_close(got, wna16_linear_ref(x, qw, s, z, None, None, 4, 64), rtol=1e-4, atol=1e-4)
