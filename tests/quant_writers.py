@@ -35,27 +35,24 @@ def act_order_g_idx(k: int, group_size: int, seed: int) -> torch.Tensor:
 def rtn(w: torch.Tensor, bits: int, g_idx: torch.Tensor, groups: int, sym: bool, zero_min: int = 0,
         scale_dtype: torch.dtype = torch.float16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``w [N, K]`` → unsigned ``q [N, K]``, ``scales [G, N]`` (rounded to ``scale_dtype``), ``zeros [G, N]``
-    with ``W ≈ (q - zeros[g_idx]) * scales[g_idx]``."""
+    with ``W ≈ (q - zeros[g_idx]) * scales[g_idx]``; every group has ``K / G`` members."""
     maxq = (1 << bits) - 1
-    w = w.float()
-    n = w.shape[0]
-    scales, zeros = torch.empty(groups, n), torch.empty(groups, n)
-    q = torch.empty(w.shape, dtype=torch.int32)
-    for g in range(groups):
-        cols = g_idx == g
-        wg = w[:, cols]
-        lo, hi = wg.min(1).values.clamp(max=0), wg.max(1).values.clamp(min=0)
-        if sym:
-            s = torch.maximum(-lo, hi) * 2 / maxq
-            z = torch.full((n,), float(1 << (bits - 1)))
-        else:
-            s = (hi - lo) / maxq
-        s = torch.where(s == 0, torch.ones_like(s), s).to(scale_dtype).float()
-        if not sym:
-            z = torch.round(-lo / s).clamp(zero_min, maxq)
-        q[:, cols] = torch.clamp(torch.round(wg / s[:, None]) + z[:, None], 0, maxq).to(torch.int32)
-        scales[g], zeros[g] = s, z
-    return q, scales.to(scale_dtype), zeros.to(torch.int32)
+    n, k = w.shape
+    perm = torch.argsort(g_idx, stable=True)
+    wg = w.float()[:, perm].view(n, groups, k // groups)  # [N, G, members]
+    lo, hi = wg.amin(-1).clamp(max=0), wg.amax(-1).clamp(min=0)
+    if sym:
+        s = torch.maximum(-lo, hi) * 2 / maxq
+        z = torch.full_like(s, float(1 << (bits - 1)))
+    else:
+        s = (hi - lo) / maxq
+    s = torch.where(s == 0, torch.ones_like(s), s).to(scale_dtype).float()
+    if not sym:
+        z = torch.round(-lo / s).clamp(zero_min, maxq)
+    qg = torch.clamp(torch.round(wg / s[..., None]) + z[..., None], 0, maxq).to(torch.int32).view(n, k)
+    q = torch.empty_like(qg)
+    q[:, perm] = qg
+    return q, s.t().contiguous().to(scale_dtype), z.t().contiguous().to(torch.int32)
 
 
 def dequant(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
@@ -73,22 +70,21 @@ def pack_along(x: torch.Tensor, bits: int, dim: int, order: tuple[int, ...] | No
     """Pack unsigned ``x`` along ``dim``: ``32 / bits`` consecutive values per int32, value ``j`` of a
     word at bits ``[i*bits, ...)`` where ``order[i] == j`` (default: ``i == j``)."""
     p = 32 // bits
-    order = order or tuple(range(p))
+    order = list(order or range(p))
     x = x.to(torch.int64).movedim(dim, -1)
-    words = torch.zeros(*x.shape[:-1], x.shape[-1] // p, dtype=torch.int64)
-    for i in range(p):
-        words |= x[..., order[i]::p] << (bits * i)
+    x = x.reshape(*x.shape[:-1], -1, p)[..., order]  # field i of each word holds value order[i]
+    words = (x << (torch.arange(p) * bits)).sum(-1)  # disjoint fields: sum == or
     return _to_int32(words).movedim(-1, dim).contiguous()
 
 
 def unpack_along(packed: torch.Tensor, bits: int, dim: int, order: tuple[int, ...] | None = None) -> torch.Tensor:
     p = 32 // bits
-    order = order or tuple(range(p))
+    order = list(order or range(p))
     v = packed.to(torch.int64).movedim(dim, -1) & 0xFFFFFFFF
-    out = torch.empty(*v.shape[:-1], v.shape[-1] * p, dtype=torch.int64)
-    for i in range(p):
-        out[..., order[i]::p] = (v >> (bits * i)) & ((1 << bits) - 1)
-    return out.movedim(-1, dim).to(torch.int32)
+    fields = (v.unsqueeze(-1) >> (torch.arange(p) * bits)) & ((1 << bits) - 1)  # [..., W, p] by field
+    values = torch.empty_like(fields)
+    values[..., order] = fields
+    return values.reshape(*v.shape[:-1], -1).movedim(-1, dim).to(torch.int32)
 
 
 # --- per-layer tensors of each format -----------------------------------------------------------------
@@ -148,11 +144,12 @@ def _write_config(src: str, dst: str, quant: dict[str, Any] | None) -> None:
         json.dump(cfg, fh, indent=2)
 
 
-def write_quantized(src: str, out: str, deq_out: str, fmt: str, bits: int = 4, group_size: int = 128,
-                    sym: bool = True, desc_act: bool = False, checkpoint_format: str = "gptq") -> dict[str, Any]:
+def write_quantized(src: str, out: str, deq_out: str | None, fmt: str, bits: int = 4, group_size: int = 128,
+                    sym: bool = True, desc_act: bool = False, checkpoint_format: str = "gptq"
+                    ) -> dict[str, torch.Tensor] | None:
     """Quantize the linear layers of the float checkpoint ``src`` into ``out`` (``fmt`` gptq, awq or
-    compressed-tensors) and write their dequantized float32 weights into ``deq_out``; returns the
-    ``quantization_config``."""
+    compressed-tensors) and write the whole float32 checkpoint holding their dequantized weights into
+    ``deq_out``; without ``deq_out`` (gptq, awq) return those weights (name → float32 tensor)."""
     if fmt == "compressed-tensors":
         return write_compressed_tensors(src, out, deq_out, bits, group_size, sym)
     state = _float_state(src)
@@ -183,14 +180,17 @@ def write_quantized(src: str, out: str, deq_out: str, fmt: str, bits: int = 4, g
     else:
         raise ValueError(f"unknown format {fmt!r}")
     for d, st, q in ((out, quant_state, quant), (deq_out, deq_state, None)):
-        _copy_side_files(src, d)
-        _write_config(src, d, q)
-        save_file({k: v.contiguous() for k, v in st.items()}, os.path.join(d, "model.safetensors"))
-    return quant
+        if d is not None:
+            _copy_side_files(src, d)
+            _write_config(src, d, q)
+            save_file({k: v.contiguous() for k, v in st.items()}, os.path.join(d, "model.safetensors"))
+    if deq_out is None:
+        return {k: v for k, v in deq_state.items() if k.rpartition(".")[0].rsplit(".", 1)[-1] in LINEARS}
+    return None
 
 
 def write_compressed_tensors(src: str, out: str, deq_out: str, bits: int = 4, group_size: int = 128,
-                             sym: bool = True) -> dict[str, Any]:
+                             sym: bool = True) -> None:
     """W4A16 / W8A16 pack-quantized through the ``compressed-tensors`` package: its quantization
     config applied to the HF model, round-to-nearest scales and zero points from its
     ``calculate_qparams``, its ``ModelCompressor`` packing; the dequantized weights are the
@@ -235,8 +235,6 @@ def write_compressed_tensors(src: str, out: str, deq_out: str, bits: int = 4, gr
         _write_config(src, d, None)
         save_file(st, os.path.join(d, "model.safetensors"))
     compressor.update_config(out)
-    with open(os.path.join(out, "config.json")) as fh:
-        return json.load(fh)["quantization_config"]
 
 
 def _check_ct_packing(quant: dict[str, torch.Tensor], deq: dict[str, torch.Tensor], bits: int, group_size: int,

@@ -18,7 +18,11 @@ at load into one layout, the one the Triton kernels of ``kernels/wna16.py`` read
 """
 from __future__ import annotations
 
+import sys
+
 import torch
+
+assert sys.byteorder == "little", "the packed layouts are read byte-wise (little-endian)"
 
 
 def pack_factor(bits: int) -> int:
@@ -27,21 +31,29 @@ def pack_factor(bits: int) -> int:
 
 def pack_rows(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Unsigned integers ``[R, C]`` (C a multiple of 32/bits) → int32 ``[R, C * bits / 32]``,
-    consecutive values of a row in consecutive bit fields of a word (lowest bits first)."""
+    consecutive values of a row in consecutive bit fields of a word (lowest bits first). Built
+    byte-wise: on a little-endian machine (x86, ARM, the GPU) byte ``j`` of a word is bits 8j..8j+7."""
     p = pack_factor(bits)
     r, c = q.shape
     if c % p:
         raise ValueError(f"cannot pack {c} values into words of {p}")
-    v = q.to(torch.int64).reshape(r, c // p, p) << (torch.arange(p, device=q.device) * bits)
-    packed = v.sum(-1)  # disjoint bit fields: sum == or
-    return torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)
+    b = q.to(torch.uint8)
+    if bits == 4:
+        b = b.view(r, c // 2, 2)
+        b = b[..., 0] | (b[..., 1] << 4)
+    return b.contiguous().view(torch.int32)
 
 
-def unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """Inverse of :func:`pack_rows`: int32 ``[R, W]`` → unsigned values ``[R, W * 32 / bits]`` (int32)."""
-    p = pack_factor(bits)
-    shifts = torch.arange(p, device=packed.device, dtype=torch.int32) * bits
-    return ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(packed.shape[0], -1)
+def unpack_rows(packed: torch.Tensor, bits: int, order: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Inverse of :func:`pack_rows`: int32 ``[R, W]`` → unsigned values ``[R, W * 32 / bits]`` (int32).
+    ``order[j]``: the bit field holding value ``j`` of a word (default ``j``; AWQ interleaves)."""
+    r, w = packed.shape
+    b = packed.contiguous().view(torch.uint8)  # [R, 4W], little-endian bytes
+    if bits == 4:
+        b = torch.stack((b & 0xF, b >> 4), dim=-1).view(r, -1)
+    if order is not None:
+        b = b.view(r, w, -1)[:, :, list(order)].reshape(r, -1)
+    return b.to(torch.int32)
 
 
 def group_index(k: int, group_size: int, g_idx: torch.Tensor | None, device: torch.device) -> torch.Tensor:

@@ -26,10 +26,17 @@ AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds column AWQ_ORDER[i] of it
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j sits in nibble AWQ_REVERSE_ORDER[j]
 
 
-def unpack_awq(packed: torch.Tensor) -> torch.Tensor:
-    """int32 ``[R, C / 8]`` in AWQ's order → unsigned nibbles ``[R, C]`` in column order."""
-    v = unpack_rows(packed, 4).view(packed.shape[0], -1, 8)
-    return v[:, :, list(AWQ_REVERSE_ORDER)].reshape(packed.shape[0], -1)
+def awq_columns(n: int, device: torch.device) -> torch.Tensor:
+    """For each output column, its position among the nibbles unpacked in word order."""
+    return (torch.arange(n, device=device).view(-1, 8)[:, list(AWQ_REVERSE_ORDER)] // 8 * 8
+            + torch.tensor(AWQ_REVERSE_ORDER, device=device)).view(-1)
+
+
+def unpack_awq_t(packed: torch.Tensor) -> torch.Tensor:
+    """int32 ``[R, C / 8]`` in AWQ's order → unsigned nibbles transposed, ``[C, R]`` in column order
+    (rows gathered after the transpose: whole-row copies)."""
+    v = unpack_rows(packed, 4).t()
+    return v.index_select(0, awq_columns(v.shape[0], v.device))
 
 
 class AWQConfig(QuantizationConfig):
@@ -94,6 +101,6 @@ class AWQLinearMethod(WNA16LinearMethod):
                              dummy_init=dummy_scales(c.bits))
 
     def unpack(self, layer: nn.Module) -> Unpacked:
-        q = unpack_awq(layer.qweight.data).t().contiguous()  # [N, K]
-        zeros = unpack_awq(layer.qzeros.data)  # [G, N]
+        q = unpack_awq_t(layer.qweight.data)  # [N, K]
+        zeros = unpack_awq_t(layer.qzeros.data).t()  # [G, N]
         return Unpacked(q, layer.scales.data, zeros.to(torch.float32), None, self.group)
