@@ -15,15 +15,19 @@ values go straight into the canonical layout.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from pagedserve.kernels.wna16_ref import unpack_rows
 from pagedserve.layers.quantization.base import LinearMethod, set_weight_attrs
-from pagedserve.layers.quantization.compressed_tensors import CTScheme
 from pagedserve.layers.quantization.wna16 import (Unpacked, WNA16LinearMethod, check_bits_and_group,
                                                   check_divisible, dummy_g_idx, dummy_scales, full_input_size,
                                                   row_split)
+
+if TYPE_CHECKING:  # compressed_tensors.py imports this module (the scheme dispatch)
+    from pagedserve.layers.quantization.compressed_tensors import CTScheme
 
 
 def wna16_method(scheme: CTScheme) -> LinearMethod | None:
