@@ -147,16 +147,20 @@ def _common(qweight, scales, zeros, g_idx, bits, group_size, block_k) -> dict:
                 HAS_ZERO=zeros is not None, HAS_GIDX=g_idx is not None)
 
 
-def gemv_config(M: int, N: int, K: int, bits: int, device: torch.device) -> tuple[int, int, int, int, int]:
+def gemv_config(M: int, N: int, K: int, group_size: int, device: torch.device, has_g_idx: bool = False
+                ) -> tuple[int, int, int, int, int]:
     """(block_n, block_k, split_k, num_warps, num_stages) for the skinny kernel: 32-row tiles of
-    256 features; split K until there are about two programs per SM (each split keeps at least
-    four K tiles). A starting point for a search on the GPU."""
-    block_n, block_k = 32, 256 if K >= 256 else max(16, 1 << (K - 1).bit_length())
+    128 features (one scale per row and tile for groups of 128, the common size), 8 warps for
+    M > 16 or per-element scales (``g_idx``; 4 spill there, sm_90 AOT compile); split K until there are about two programs per
+    SM (each split keeps at least four K tiles). A starting point for a search on the GPU."""
+    block_n = 32
+    block_k = 256 if group_size % 256 == 0 and K >= 256 else 128
+    block_k = min(block_k, max(16, 1 << (K - 1).bit_length()))
     programs = cdiv(N, block_n)
     split = 1
     while programs * split * 2 <= 2 * num_sms(device) and K // (block_k * split * 2) >= 4:
         split *= 2
-    return block_n, block_k, split, 4, 4
+    return block_n, block_k, split, 4 if M <= 16 and not has_g_idx else 8, 3
 
 
 def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -216,7 +220,8 @@ def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  bias: torch.Tensor | None = None) -> torch.Tensor:
     """The skinny kernel for M <= 64, the tiled one above."""
     if x.shape[0] <= MAX_M:
-        bn, bk, split, nw, ns = gemv_config(*x.shape[:1], qweight.shape[0], x.shape[1], bits, x.device)
+        bn, bk, split, nw, ns = gemv_config(x.shape[0], qweight.shape[0], x.shape[1], group_size, x.device,
+                                            g_idx is not None)
         return wna16_gemv(x, qweight, scales, zeros, g_idx, bits, group_size, bias, block_n=bn, block_k=bk,
                           split_k=split, num_warps=nw, num_stages=ns)
     return wna16_gemm(x, qweight, scales, zeros, g_idx, bits, group_size, bias)
