@@ -89,3 +89,33 @@ def test_dispatch_and_empty_input():
         got = wna16_linear(x, qw, s, z, None, 4, 64)
         assert got.shape == (m, 32)
         torch.testing.assert_close(got, wna16_linear_ref(x, qw, s, z, None, None, 4, 64), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("uneven", [False, True])
+def test_act_order_repack_then_kernels_equal_the_dense_layer(uneven):
+    """``layers/quantization/wna16.repack`` of an act-order layer (features sorted by group: uniform
+    groups, or uneven ones as on a row-parallel rank) run through the kernels with the activation
+    permutation equals the dequantized weight in feature order."""
+    from torch import nn
+
+    from pagedserve.layers.quantization.wna16 import Unpacked, dense_weight, repack
+
+    g = torch.Generator().manual_seed(3)
+    n, k, group, bits = 48, 256, 32, 4
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.int32)
+    groups = k // group if not uneven else 2 * k // group  # uneven: this rank holds half of the features
+    g_idx = torch.randperm(k, generator=g) % (k // group) if not uneven else torch.randint(0, groups, (k,), generator=g)
+    u = Unpacked(q.to(DEV), (torch.rand(groups, n, generator=g) * 0.02).half().to(DEV),
+                 torch.randint(0, 16, (groups, n), generator=g).float().to(DEV), g_idx.to(torch.int32).to(DEV), group)
+    layer = nn.Module()
+    repack(layer, u, bits)
+    assert layer.wq_perm is not None and (layer.wq_g_idx is not None) == uneven
+    for m in (5, 70):  # skinny and tiled kernels
+        xm = torch.randn(m, k, device=DEV)
+        got = wna16_linear(xm.index_select(1, layer.wq_perm), layer.wq_packed, layer.wq_scales, layer.wq_zeros,
+                           layer.wq_g_idx, bits, group)
+        torch.testing.assert_close(got, xm @ dense_weight(layer, torch.float32).t(), rtol=1e-4, atol=1e-4)
+    # the dense weight is the unpacked integers dequantized in feature order
+    gi = g_idx.long()
+    ref = (q.float() - u.zeros.cpu()[gi].t()) * u.scales.cpu().float()[gi].t()
+    torch.testing.assert_close(dense_weight(layer, torch.float32).cpu(), ref)
