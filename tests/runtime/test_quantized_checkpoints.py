@@ -185,3 +185,18 @@ def _run_with_weights(model_dir: str, weights: dict[str, torch.Tensor], max_toke
 def test_smollm2_4bit_greedy_tokens_equal_the_dequantized_model(smollm2_dir, smollm2_quantized, fmt):
     q, weights = smollm2_quantized[fmt]
     _assert_close(_run_with_weights(smollm2_dir, weights, 12), _run(q, max_tokens=12), tol=2e-4)
+
+
+def test_fused_parts_with_different_act_orders_are_refused(quantized, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = quantized["gptq4_g32_asym_actorder"][0]
+    d = _edit_config(src, str(tmp_path / "m"))
+    os.remove(os.path.join(d, "model.safetensors"))
+    state = load_file(os.path.join(src, "model.safetensors"))
+    name = "model.layers.1.mlp.up_proj.g_idx"
+    state[name] = state[name].flip(0).contiguous()
+    save_file(state, os.path.join(d, "model.safetensors"))
+    with pytest.raises(ValueError, match=r"gptq: model.layers.1.mlp.gate_up_proj: the fused parts \[0, 1\] have "
+                                         r"different g_idx"):
+        LLM(d, device="cpu", dtype="float32", skip_tokenizer_init=True, use_tqdm=False, **KV)

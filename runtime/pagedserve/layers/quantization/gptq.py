@@ -57,6 +57,22 @@ class GPTQConfig(QuantizationConfig):
         return describe("gptq", self.bits, self.group_size, self.sym, self.desc_act)
 
 
+def _shared_g_idx_loader(layer: nn.Module):
+    """A fused layer (q/k/v, gate/up) holds one ``g_idx`` for all its parts: GPTQ gives layers that
+    read the same input the same act order. Loading a part whose ``g_idx`` differs is an error."""
+    loaded: list = []
+
+    def load(param: nn.Parameter, source, shard_id=None) -> None:
+        before = param.data.clone() if loaded else None
+        layer.weight_loader(param, source, shard_id)
+        if before is not None and not torch.equal(before, param.data):
+            raise ValueError(f"gptq: {layer.prefix}: the fused parts {loaded + [shard_id]} have different g_idx "
+                             "(act orders); they must share one to be fused")
+        loaded.append(shard_id)
+
+    return load
+
+
 class GPTQLinearMethod(WNA16LinearMethod):
     checkpoint_params = ("qweight", "qzeros", "scales", "g_idx")
 
@@ -95,6 +111,8 @@ class GPTQLinearMethod(WNA16LinearMethod):
                              dummy_init=dummy_scales(c.bits))
         layer.g_idx = param((input_size,), torch.int32, input_dim=0,
                             dummy_init=dummy_g_idx(k_full if channelwise else c.group_size))
+        if len(output_sizes) > 1:
+            layer.g_idx.weight_loader = _shared_g_idx_loader(layer)
 
     def unpack(self, layer: nn.Module) -> Unpacked:
         c = self.config
