@@ -116,6 +116,20 @@ def awq_layer(w: torch.Tensor, group_size: int) -> tuple[dict[str, torch.Tensor]
     return t, dequant(q, scales, zeros, g_idx)
 
 
+def ct_group_actorder_layer(w: torch.Tensor, bits: int, group_size: int, seed: int
+                            ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A compressed-tensors pack-quantized layer with ``actorder: group`` (``weight_g_idx``), written
+    here: the package dropped that ordering (0.20 refuses it), older llm-compressor exports have it.
+    Symmetric: values stored as signed + 2^(bits-1), i.e. the unsigned RTN integers."""
+    n, k = w.shape
+    g_idx = act_order_g_idx(k, group_size, seed)
+    q, scales, zeros = rtn(w, bits, g_idx, k // group_size, sym=True, scale_dtype=torch.float32)
+    t = {"weight_packed": pack_along(q, bits, 1), "weight_scale": scales.t().contiguous(),
+         "weight_g_idx": g_idx, "weight_shape": torch.tensor([n, k])}
+    assert torch.equal(unpack_along(t["weight_packed"], bits, 1), q)
+    return t, dequant(q, scales, zeros, g_idx)
+
+
 # --- whole checkpoints --------------------------------------------------------------------------------
 
 def _copy_side_files(src: str, dst: str) -> None:
@@ -152,17 +166,21 @@ def write_quantized(src: str, out: str, deq_out: str | None, fmt: str, bits: int
     ``deq_out``; without ``deq_out`` (gptq, awq) return those weights (name → float32 tensor)."""
     if fmt == "compressed-tensors":
         return write_compressed_tensors(src, out, deq_out, bits, group_size, sym)
+    if fmt == "compressed-tensors-actorder":
+        desc_act = True
     state = _float_state(src)
     quant_state, deq_state = {}, {}
     for name, t in sorted(state.items()):
         module, _, leaf = name.rpartition(".")
         if leaf == "weight" and module.rsplit(".", 1)[-1] in LINEARS:
+            # layers reading the same input (q/k/v, gate/up) share GPTQ's act order: one Hessian
+            seed = zlib.crc32(module.replace("k_proj", "q_proj").replace("v_proj", "q_proj")
+                              .replace("up_proj", "gate_proj").encode())
             if fmt == "gptq":
-                # layers reading the same input (q/k/v, gate/up) share GPTQ's act order: one Hessian
-                seed = zlib.crc32(module.replace("k_proj", "q_proj").replace("v_proj", "q_proj")
-                                  .replace("up_proj", "gate_proj").encode())
                 tensors, deq = gptq_layer(t, bits, group_size, sym, desc_act, v1=checkpoint_format == "gptq",
                                           seed=seed)
+            elif fmt == "compressed-tensors-actorder":
+                tensors, deq = ct_group_actorder_layer(t, bits, group_size, seed)
             else:
                 tensors, deq = awq_layer(t, group_size)
             quant_state.update({f"{module}.{k}": v for k, v in tensors.items()})
@@ -177,6 +195,13 @@ def write_quantized(src: str, out: str, deq_out: str | None, fmt: str, bits: int
     elif fmt == "awq":
         quant = {"quant_method": "awq", "bits": bits, "group_size": group_size, "zero_point": True,
                  "version": "gemm", "modules_to_not_convert": None}
+    elif fmt == "compressed-tensors-actorder":
+        weights = {"num_bits": bits, "type": "int", "symmetric": True, "strategy": "group", "group_size": group_size,
+                   "actorder": "group", "dynamic": False}
+        quant = {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+                 "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
+                                               "output_activations": None, "format": "pack-quantized"}},
+                 "ignore": ["lm_head"], "kv_cache_scheme": None}
     else:
         raise ValueError(f"unknown format {fmt!r}")
     for d, st, q in ((out, quant_state, quant), (deq_out, deq_state, None)):

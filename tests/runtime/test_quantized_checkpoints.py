@@ -54,6 +54,7 @@ FORMATS = {  # name → write_quantized kwargs (hidden 64, intermediate 128)
     "ct_w4a16_g32_sym": dict(fmt="compressed-tensors", bits=4, group_size=32, sym=True),
     "ct_w4a16_channel_asym": dict(fmt="compressed-tensors", bits=4, group_size=-1, sym=False),
     "ct_w8a16_g64_asym": dict(fmt="compressed-tensors", bits=8, group_size=64, sym=False),
+    "ct_w4a16_g32_actorder": dict(fmt="compressed-tensors-actorder", bits=4, group_size=32),
 }
 
 
@@ -132,10 +133,11 @@ def test_unsupported_compressed_tensors_scheme_is_named(quantized, tmp_path):
         LLM(d, device="cpu", dtype="float32", skip_tokenizer_init=True, use_tqdm=False, **KV)
 
 
-def test_tp2_equals_tp1_for_an_act_order_gptq_model(quantized):
+@pytest.mark.parametrize("name", ["gptq4_g32_asym_actorder", "ct_w4a16_g32_actorder", "awq4_g32"])
+def test_tp2_equals_tp1(quantized, name):
     """Row-parallel act-order layers keep every group's scales (uneven groups per rank: the g_idx
     path); column-parallel ones split scales and packed zeros with the weight."""
-    q, _ = quantized["gptq4_g32_asym_actorder"]
+    q, _ = quantized[name]
     _assert_close(_run(q), _run(q, tensor_parallel_size=2))
 
 
