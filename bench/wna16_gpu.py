@@ -1,7 +1,8 @@
 """Weight-only int4 / int8 on the GPU (GPTQ, AWQ, compressed-tensors W4A16; ``kernels/wna16.py``).
 
 - ``--kernels``: the dequantising kernels against bf16 cuBLAS at the Llama-3.1-8B linear shapes
-  (M = 1 .. 2048), and a search of the skinny kernel's tiles at M = 1 and 32 (the best per shape,
+  (M = 1 .. 8192; above 64 rows both the tiled kernel and dequantize + cuBLAS, to set
+  ``kernels.wna16.DENSE_MIN_M``), and a search of the skinny kernel's tiles at M = 1 and 32 (the best per shape,
   for ``kernels.wna16.gemv_config``);
 - ``--tpot``: batch-1 decode TPOT (CUDA graphs on, dummy weights, bf16 activations) of the
   Llama-3.1-8B shape in each format (``--shape 70b``: the Llama-3.1-70B shape) next to its weight-read
@@ -74,22 +75,29 @@ def _layer(n: int, k: int, bits: int, group: int = 128, zeros: bool = False):
 
 
 def kernels(out: dict) -> None:
-    from pagedserve.kernels.wna16 import gemv_config, wna16_gemv, wna16_linear
+    from pagedserve.kernels.wna16 import gemv_config, wna16_dequantize, wna16_gemm, wna16_gemv, wna16_linear
 
     bw = out["copy_bandwidth_GBps"] * 1e9
     rows = []
     for (name, (n, k)), bits in itertools.product(SHAPES_8B.items(), (4, 8)):
         qw, s, z = _layer(n, k, bits)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        for m in (1, 16, 32, 64, 256, 2048):
+        for m in (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 8192):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             q_ms = bench_ms(lambda: wna16_linear(x, qw, s, None, None, bits, 128))
             b_ms = bench_ms(lambda: torch.nn.functional.linear(x, w))
             floor = (qw.numel() * 4 + s.numel() * 2) / bw * 1e3
-            rows.append(dict(layer=name, bits=bits, M=m, wna16_ms=q_ms, bf16_ms=b_ms, floor_ms=floor,
-                             config=gemv_config(m, n, k, 128, x.device) if m <= 64 else "gemm"))
+            row = dict(layer=name, bits=bits, M=m, wna16_ms=q_ms, bf16_ms=b_ms, floor_ms=floor,
+                       config=gemv_config(m, n, k, 128, x.device) if m <= 64 else "")
+            if m > 64:  # the two large-M paths, for DENSE_MIN_M
+                row["gemm_ms"] = bench_ms(lambda: wna16_gemm(x, qw, s, None, None, bits, 128))
+                row["dequant_cublas_ms"] = bench_ms(lambda: torch.nn.functional.linear(
+                    x, wna16_dequantize(qw, s, None, None, bits, 128, x.dtype)))
+            rows.append(row)
+            extra = (f"  tiled {row['gemm_ms'] * 1e3:8.1f} us  dequant+cuBLAS {row['dequant_cublas_ms'] * 1e3:8.1f} us"
+                     if m > 64 else "")
             print(f"{name:>8} int{bits} M={m:<5} wna16 {q_ms * 1e3:8.1f} us  bf16 {b_ms * 1e3:8.1f} us  "
-                  f"read floor {floor * 1e3:7.1f} us", flush=True)
+                  f"read floor {floor * 1e3:7.1f} us{extra}", flush=True)
     out["kernels"] = rows
     search = []
     for name, (n, k) in SHAPES_8B.items():

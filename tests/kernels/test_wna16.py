@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pagedserve.kernels.wna16 import wna16_gemm, wna16_gemv, wna16_linear
-from pagedserve.kernels.wna16_ref import pack_rows, unpack_rows, wna16_linear_ref
+from pagedserve.kernels import wna16
+from pagedserve.kernels.wna16 import wna16_dequantize, wna16_gemm, wna16_gemv, wna16_linear
+from pagedserve.kernels.wna16_ref import dequantize, pack_rows, unpack_rows, wna16_linear_ref
 from tests.kernels.conftest import HAS_CUDA
 
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -81,10 +82,22 @@ def test_gemm_matches_reference(M, N, K, bits, group, zeros, act, bias, split, d
     torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
 
 
-def test_dispatch_and_empty_input():
+@pytest.mark.parametrize("M,N,K,bits,group,zeros,act,bias,split", CASES)
+def test_dequantize_matches_reference(M, N, K, bits, group, zeros, act, bias, split):
+    qw, s, z, gi = _layer(N, K, bits, group, zeros, act, seed=2)
+    to = lambda t: t.to(DEV) if t is not None else None  # noqa: E731
+    for dtype in DTYPES:
+        got = wna16_dequantize(to(qw), to(s).to(dtype), to(z), to(gi), bits, group, dtype)
+        ref = dequantize(to(qw), to(s).to(dtype), to(z), to(gi), bits, group, dtype)
+        assert got.dtype == dtype and got.shape == (N, K)
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_dispatch_and_empty_input(monkeypatch):
+    monkeypatch.setattr(wna16, "DENSE_MIN_M", 100)  # 70: tiled kernel, 130: dequantize + matmul
     qw, s, z, _ = _layer(32, 128, 4, 64, True, False)
     qw, s, z = qw.to(DEV), s.to(DEV), z.to(DEV)
-    for m in (0, 2, 70):
+    for m in (0, 2, 70, 130):
         x = torch.randn(m, 128, device=DEV)
         got = wna16_linear(x, qw, s, z, None, 4, 64)
         assert got.shape == (m, 32)

@@ -11,7 +11,9 @@ fp32, rounded to the activation dtype) and feed it to the tensor cores:
   optional split-K (``split_k`` programs per column block, fp32 partials summed in torch: the
   weight read of a 4-bit layer is small, so narrow layers need the extra programs to fill the GPU);
 - ``wna16_gemm``, prefill: a tiled GEMM over ``(BLOCK_M, BLOCK_N)`` output tiles, grouped launch
-  order for L2 reuse of the weight tiles.
+  order for L2 reuse of the weight tiles;
+- ``wna16_dequantize``: the whole weight in 16 bits, for large M (``DENSE_MIN_M``), where cuBLAS on
+  the dequantized weight beats dequantizing every weight tile once per row block.
 
 Scales: when a K tile lies inside one group (``group_size % BLOCK_K == 0``, no ``g_idx``) one scale
 (and zero) per row is loaded per tile; otherwise (small groups, act-order ``g_idx``) they are
@@ -131,6 +133,21 @@ def _wna16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _wna16_dequant_kernel(qw_ptr, s_ptr, z_ptr, gidx_ptr, w_ptr, N, K, stride_qn, stride_s,
+                          BITS: tl.constexpr, PACK: tl.constexpr, GROUP: tl.constexpr, SCALAR_GROUP: tl.constexpr,
+                          HAS_ZERO: tl.constexpr, HAS_GIDX: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    mask_n = offs_n < N
+    w = _dequant_tile(qw_ptr, s_ptr, z_ptr, gidx_ptr, offs_n, mask_n, k0, K, stride_qn, stride_s,
+                      BITS, PACK, GROUP, SCALAR_GROUP, HAS_ZERO, HAS_GIDX, BLOCK_N, BLOCK_K)
+    tl.store(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], w.to(w_ptr.dtype.element_ty),
+             mask=mask_n[:, None] & (offs_k < K)[None, :])
+
+
 def _check(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int, block_k: int) -> tuple[int, int, int]:
     M, K = x.shape
     N = qweight.shape[0]
@@ -215,10 +232,34 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y
 
 
+def wna16_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                     g_idx: torch.Tensor | None, bits: int, group_size: int, dtype: torch.dtype,
+                     block_n: int = 64, block_k: int = 128) -> torch.Tensor:
+    """The weight ``[N, K]`` in ``dtype`` (columns in stored order), as ``wna16_ref.dequantize``."""
+    N, K = qweight.shape[0], qweight.shape[1] * (32 // bits)
+    block_k = min(block_k, max(16, triton.next_power_of_2(K)))
+    w = torch.empty((N, K), dtype=dtype, device=qweight.device)
+    dummy = qweight
+    _wna16_dequant_kernel[(triton.cdiv(N, block_n), triton.cdiv(K, block_k))](
+        qweight, scales, zeros if zeros is not None else dummy, g_idx if g_idx is not None else dummy, w, N, K,
+        qweight.stride(0), scales.stride(0), **_common(qweight, scales, zeros, g_idx, bits, group_size, block_k),
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+    return w
+
+
+#: from this many rows on, the weight is dequantized to a scratch tensor and multiplied by cuBLAS
+#: (the fused kernel's dequantization is repeated for every row block and costs more than the
+#: one-off write and read of the 16-bit weight); a starting point for bench/wna16_gpu.py --kernels
+DENSE_MIN_M = 1024
+
+
 def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  g_idx: torch.Tensor | None, bits: int, group_size: int,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The skinny kernel for M <= 64, the tiled one above."""
+    """The skinny kernel for M <= 64, the tiled one up to ``DENSE_MIN_M``, then dequantize + cuBLAS."""
+    if x.shape[0] >= DENSE_MIN_M:
+        w = wna16_dequantize(qweight, scales, zeros, g_idx, bits, group_size, x.dtype)
+        return torch.nn.functional.linear(x, w, bias)
     if x.shape[0] <= MAX_M:
         bn, bk, split, nw, ns = gemv_config(x.shape[0], qweight.shape[0], x.shape[1], group_size, x.device,
                                             g_idx is not None)
@@ -227,4 +268,4 @@ def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     return wna16_gemm(x, qweight, scales, zeros, g_idx, bits, group_size, bias)
 
 
-__all__ = ["MAX_M", "gemv_config", "wna16_gemm", "wna16_gemv", "wna16_linear"]
+__all__ = ["DENSE_MIN_M", "MAX_M", "gemv_config", "wna16_dequantize", "wna16_gemm", "wna16_gemv", "wna16_linear"]
