@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 #: the group sizes the checkpoint formats use; others are accepted when they are multiples of 16
 GROUP_SIZES = (-1, 32, 64, 128)
 
+#: run the Triton kernels on CPU tensors too (tests, under TRITON_INTERPRET=1: the GPU code path
+#: of the engine end to end without a GPU); off, CPU layers multiply the dequantized weight
+KERNELS_ON_CPU = False
+
 
 def check_bits_and_group(method: str, bits: int, group_size: int, allowed_bits: tuple[int, ...] = (4, 8)) -> None:
     if bits not in allowed_bits:
@@ -104,7 +108,7 @@ class WNA16LinearMethod(LinearMethod):
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if x2.is_cuda:
+        if x2.is_cuda or KERNELS_ON_CPU:
             from pagedserve.kernels.wna16 import wna16_linear
 
             if layer.wq_perm is not None:
