@@ -2,7 +2,7 @@
 
 - ``--kernels``: the dequantising kernels against bf16 cuBLAS at the Llama-3.1-8B linear shapes
   (M = 1 .. 8192; above 64 rows both the tiled kernel and dequantize + cuBLAS, to set
-  ``kernels.wna16.DENSE_MIN_M``), and a search of the skinny kernel's tiles at M = 1 and 32 (the best per shape,
+  ``kernels.wna16.DENSE_MIN_M``), and a search of the skinny kernel's tiles (and its split-dots variant) at M = 1 and 32 (the best per shape,
   for ``kernels.wna16.gemv_config``);
 - ``--tpot``: batch-1 decode TPOT (CUDA graphs on, dummy weights, bf16 activations) of the
   Llama-3.1-8B shape in each format (``--shape 70b``: the Llama-3.1-70B shape) next to its weight-read
@@ -105,14 +105,17 @@ def kernels(out: dict) -> None:
         for m in (1, 32):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             best = None
-            for bn, bk, split, nw, ns in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4, 8), (2, 3, 4)):
+            for bn, bk, split, nw, ns, sd in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4, 8), (2, 3, 4),
+                                                               (False, True)):
                 try:
                     ms = bench_ms(lambda: wna16_gemv(x, qw, s, None, None, 4, 128, block_n=bn, block_k=bk,
-                                                     split_k=split, num_warps=nw, num_stages=ns), iters=20)
+                                                     split_k=split, num_warps=nw, num_stages=ns, split_dots=sd),
+                                  iters=20)
                 except Exception:  # noqa: BLE001 - out of shared memory etc.
                     continue
                 if best is None or ms < best[0]:
-                    best = (ms, dict(block_n=bn, block_k=bk, split_k=split, num_warps=nw, num_stages=ns))
+                    best = (ms, dict(block_n=bn, block_k=bk, split_k=split, num_warps=nw, num_stages=ns,
+                                     split_dots=sd))
             floor = (qw.numel() * 4 + s.numel() * 2) / bw * 1e3
             search.append(dict(layer=name, M=m, best_ms=best[0], floor_ms=floor, config=best[1]))
             print(f"search {name} M={m}: {best[0] * 1e3:.1f} us (floor {floor * 1e3:.1f}) {best[1]}", flush=True)

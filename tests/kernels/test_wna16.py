@@ -51,7 +51,8 @@ CASES = [  # (M, N, K, bits, group, zeros, act_order, bias, split_k)
 
 @pytest.mark.parametrize("M,N,K,bits,group,zeros,act,bias,split", CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemv_matches_reference(M, N, K, bits, group, zeros, act, bias, split, dtype):
+@pytest.mark.parametrize("split_dots", [False, True])
+def test_gemv_matches_reference(M, N, K, bits, group, zeros, act, bias, split, dtype, split_dots):
     qw, s, z, gi = _layer(N, K, bits, group, zeros, act)
     x = torch.randn(M, K)
     b = torch.randn(N) if bias else None
@@ -60,7 +61,9 @@ def test_gemv_matches_reference(M, N, K, bits, group, zeros, act, bias, split, d
     ref = wna16_linear_ref(x.to(DEV).to(dtype).float(), args[0], args[1].float(),
                            args[2].float() if z is not None else None, args[3], None, bits, group,
                            to(b).float() if bias else None)
-    got = wna16_gemv(to(x).to(dtype), *args, to(b).to(dtype) if bias else None, block_n=16, block_k=64, split_k=split)
+    block_k = 16 * 32 // bits if split_dots else 64
+    got = wna16_gemv(to(x).to(dtype), *args, to(b).to(dtype) if bias else None, block_n=16, block_k=block_k,
+                     split_k=split, split_dots=split_dots)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
 

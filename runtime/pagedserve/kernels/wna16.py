@@ -69,12 +69,53 @@ def _dequant_tile(qw_ptr, s_ptr, z_ptr, gidx_ptr, offs_n, mask_n, k0, K, stride_
 
 
 @triton.jit
+def _split_dots(acc, x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, mask_m, offs_n, mask_n, k0, K,
+                stride_xm, stride_qn, stride_s, BITS: tl.constexpr, PACK: tl.constexpr, GROUP: tl.constexpr,
+                SCALAR_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_GIDX: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """The K tile as ``PACK`` products, one per bit field: field ``i`` of the words holds features
+    ``word * PACK + i``, multiplied with those columns of x (a strided load of the small activation
+    tile) - no reshape of the unpacked weights. Needs ``BLOCK_K / PACK >= 16``."""
+    WORDS: tl.constexpr = BLOCK_K // PACK
+    offs_w = k0 // PACK + tl.arange(0, WORDS)
+    mask_w = offs_w < K // PACK
+    words = tl.load(qw_ptr + offs_n[:, None].to(tl.int64) * stride_qn + offs_w[None, :],
+                    mask=mask_n[:, None] & mask_w[None, :], other=0)
+    if SCALAR_GROUP:
+        g = k0 // GROUP
+        s = tl.load(s_ptr + g * stride_s + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        if HAS_ZERO:
+            z = tl.load(z_ptr + g * stride_s + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        else:
+            z = (1 << (BITS - 1)) * 1.0
+    for i in tl.static_range(PACK):
+        feats = offs_w * PACK + i
+        q = ((words >> (i * BITS)) & ((1 << BITS) - 1)).to(tl.float32)
+        if not SCALAR_GROUP:
+            if HAS_GIDX:
+                g = tl.load(gidx_ptr + feats, mask=mask_w, other=0)
+            else:
+                g = feats // GROUP
+            sp = g[None, :].to(tl.int64) * stride_s + offs_n[:, None]
+            m2 = mask_n[:, None] & mask_w[None, :]
+            s = tl.load(s_ptr + sp, mask=m2, other=0.0).to(tl.float32)
+            if HAS_ZERO:
+                z = tl.load(z_ptr + sp, mask=m2, other=0.0).to(tl.float32)
+            else:
+                z = (1 << (BITS - 1)) * 1.0
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + feats[None, :], mask=mask_m[:, None] & mask_w[None, :],
+                    other=0.0)
+        acc += tl.dot(((q - z) * s).to(x.dtype), tl.trans(x), input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _wna16_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT,
                        stride_xm, stride_qn, stride_s, stride_ym, stride_ys,
                        BITS: tl.constexpr, PACK: tl.constexpr, GROUP: tl.constexpr, SCALAR_GROUP: tl.constexpr,
                        HAS_ZERO: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       PRECISION: tl.constexpr):
+                       SPLIT_DOTS: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -86,12 +127,17 @@ def _wna16_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N
     k_end = tl.minimum(k_begin + K_SPLIT, K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        mk = (k0 + offs_k) < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :],
-                    mask=mask_m[:, None] & mk[None, :], other=0.0)
-        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, gidx_ptr, offs_n, mask_n, k0, K, stride_qn, stride_s,
-                          BITS, PACK, GROUP, SCALAR_GROUP, HAS_ZERO, HAS_GIDX, BLOCK_N, BLOCK_K)
-        acc += tl.dot(w.to(x.dtype), tl.trans(x), input_precision=PRECISION)
+        if SPLIT_DOTS:
+            acc = _split_dots(acc, x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, mask_m, offs_n, mask_n, k0, K,
+                              stride_xm, stride_qn, stride_s, BITS, PACK, GROUP, SCALAR_GROUP, HAS_ZERO, HAS_GIDX,
+                              BLOCK_N, BLOCK_K, PRECISION)
+        else:
+            mk = (k0 + offs_k) < K
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :],
+                        mask=mask_m[:, None] & mk[None, :], other=0.0)
+            w = _dequant_tile(qw_ptr, s_ptr, z_ptr, gidx_ptr, offs_n, mask_n, k0, K, stride_qn, stride_s,
+                              BITS, PACK, GROUP, SCALAR_GROUP, HAS_ZERO, HAS_GIDX, BLOCK_N, BLOCK_K)
+            acc += tl.dot(w.to(x.dtype), tl.trans(x), input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
     y = y_ptr + pid_k * stride_ys + offs_m[None, :] * stride_ym + offs_n[:, None]
@@ -183,11 +229,13 @@ def gemv_config(M: int, N: int, K: int, group_size: int, device: torch.device, h
 def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                g_idx: torch.Tensor | None, bits: int, group_size: int, bias: torch.Tensor | None = None, *,
                block_n: int = 32, block_k: int = 256, split_k: int = 1, num_warps: int = 4,
-               num_stages: int = 4) -> torch.Tensor:
-    """x [M <= 64, K] → y [M, N] in x's dtype (see the module docstring for the operands)."""
+               num_stages: int = 4, split_dots: bool = False) -> torch.Tensor:
+    """x [M <= 64, K] → y [M, N] in x's dtype (see the module docstring for the operands).
+    ``split_dots``: one product per bit field instead of reshaping the unpacked tile (``_split_dots``;
+    needs ``block_k >= 16 * 32 / bits``)."""
     block_k = min(block_k, max(16, triton.next_power_of_2(x.shape[1])))
     M, N, K = _check(x, qweight, scales, bits, block_k)
-    assert M <= MAX_M
+    assert M <= MAX_M and (not split_dots or block_k * bits // 32 >= 16)
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return y
@@ -201,7 +249,7 @@ def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         x.stride(0), qweight.stride(0), scales.stride(0), N, M * N,
         **_common(qweight, scales, zeros, g_idx, bits, group_size, block_k),
         HAS_BIAS=bias is not None and split_k == 1, BLOCK_M=max(16, triton.next_power_of_2(M)),
-        BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=dot_precision(x.dtype),
+        BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_DOTS=split_dots, PRECISION=dot_precision(x.dtype),
         num_warps=num_warps, num_stages=num_stages)
     if split_k > 1:
         acc = out.sum(0)
