@@ -165,6 +165,23 @@ def run_all(c: Compiler, quick: bool) -> None:
         store_kv(T(10, 8, 128), T(10, 8, 128), kc, kc, T(10, dt=i64))
         paged_decode_attention(T(8, 32, 128), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1, num_splits=1)
         paged_prefill_attention(T(100, 32, 128), kc, kc, T(3, dt=i32), T(2, dt=i32), T(2, 64, dt=i32), 0.1, 64)
+    # weight-only int4 / int8 (GPTQ, AWQ, compressed-tensors W4A16): skinny and tiled kernels at the
+    # Llama-3.1-8B shapes, group 128 (one scale per K tile) and act order (per-element scales), and the
+    # dequantization kernel of large M
+    from pagedserve.kernels.wna16 import wna16_gemm, wna16_gemv, wna16_linear
+
+    for bits in (4, 8):
+        for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
+            pk = T(n, k * bits // 32, dt=i32)
+            for m in (1, 16, 64, 512, 2048):  # skinny, tiled, dequantize (+ cuBLAS)
+                wna16_linear(T(m, k), pk, T(k // 128, n), T(k // 128, n), None, bits, 128)
+            if bits == 4:
+                wna16_linear(T(1, k), pk, T(k // 128, n), None, None, bits, 128)
+                wna16_linear(T(1, k), pk, T(k // 128, n), T(k // 128, n), T(k, dt=i32), bits, 128)
+                wna16_gemm(T(512, k), pk, T(k // 128, n), None, T(k, dt=i32), bits, 128)
+                for m in (1, 16):  # the split-dots variant of the skinny kernel (bench/wna16_gpu.py search)
+                    wna16_gemv(T(m, k), pk, T(k // 128, n), None, None, bits, 128, block_k=128, split_dots=True,
+                               num_warps=4, num_stages=3)
     if not quick:  # fp32 (GPU pytest runs only): allowed to spill, must compile
         kc = T(100, 16, 2, 128, dt=f32)
         paged_decode_attention(T(8, 8, 128, dt=f32), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1, num_splits=3)

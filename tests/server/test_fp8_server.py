@@ -1,6 +1,7 @@
 """`pagedserve serve --quantization fp8 --kv-cache-dtype fp8`: the server starts with fp8 linear
 layers and an fp8 KV cache (neither flag is refused any more), the real openai client gets the
-France answer from SmolLM2, and `/metrics` reports the cache dtype as vLLM does."""
+France answer from SmolLM2, `/v1/models` names the quantization and `/metrics` reports the cache
+dtype as vLLM does."""
 from __future__ import annotations
 
 import openai
@@ -22,6 +23,7 @@ def test_fp8_server_answers(tmp_path_factory):
             messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}])
         assert "Paris" in r.choices[0].message.content
         assert r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 10
+        assert request(srv, "GET", "/v1/models")[1]["data"][0]["quantization"] == "fp8"
         status, text = request(srv, "GET", "/metrics")
         assert status == 200 and 'cache_dtype="fp8"' in text
     finally:

@@ -59,7 +59,8 @@ class LinearBase(nn.Module):
         self.quant_method.create_weights(self, in_features, out_features, output_sizes or [out_features],
                                          torch.get_default_dtype())
         for p in self.parameters(recurse=False):
-            p.weight_loader = self.weight_loader
+            if not hasattr(p, "weight_loader"):  # a method may wrap the layer's loader (gptq's g_idx)
+                p.weight_loader = self.weight_loader
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
             set_weight_attrs(self.bias, output_dim=0, weight_loader=self.weight_loader)

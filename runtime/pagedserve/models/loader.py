@@ -133,6 +133,8 @@ def _check_complete(params: dict[str, nn.Parameter], packed: dict[str, tuple[str
 
 def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
     """Small uniform random weights (norms stay 1), deterministic per seed and parameter name.
+    Integer (packed quantized) parameters get random bits; a parameter tagged ``dummy_init`` (a
+    quantization method's scales or group indices) is filled by that function instead.
 
     A sharded parameter draws the values of the whole (unsharded) parameter and keeps its slice
     through its weight loader, so a tensor-parallel model holds exactly the weights of TP=1."""
@@ -143,39 +145,61 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
             p.data.fill_(1.0)
             continue
         gen = torch.Generator(device=p.device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        fill = getattr(p, "dummy_init", None) or _random_fill
         owner = owners.get(name)
         loader = getattr(p, "weight_loader", None)
         if loader is None or getattr(owner, "tp_size", 1) == 1:
-            p.data.uniform_(-2e-2, 2e-2, generator=gen)
+            fill(p.data, gen)
             continue
         shape, shards = _unsharded_layout(owner, p)
-        full = torch.empty(shape, dtype=p.dtype, device=p.device).uniform_(-2e-2, 2e-2, generator=gen)
+        full = torch.empty(shape, dtype=p.dtype, device=p.device)
+        fill(full, gen)
         if shards is None:
             loader(p, full)
         else:
-            for shard_id, start, size in shards:
-                loader(p, full.narrow(0, start, size), shard_id)
+            for shard_id, dim, start, size in shards:
+                loader(p, full if dim is None else full.narrow(dim, start, size), shard_id)
         del full
 
 
+def _random_fill(t: torch.Tensor, gen: torch.Generator) -> None:
+    if t.is_floating_point():
+        t.uniform_(-2e-2, 2e-2, generator=gen)
+    else:  # packed integers: random bits
+        info = torch.iinfo(t.dtype)
+        t.copy_(torch.randint(info.min, info.max, t.shape, generator=gen, device=t.device, dtype=t.dtype))
+
+
 def _unsharded_layout(layer: nn.Module, p: torch.Tensor) -> tuple[tuple[int, ...], list | None]:
-    """The TP=1 shape of a sharded parameter and, for a fused one, its (shard id, first row, rows)."""
+    """The TP=1 shape of a sharded parameter and, for a fused one, its shards as (shard id, dim,
+    first entry, entries) along its output dimension (dim None: every shard gets all of it)."""
     from pagedserve.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
                                           RowParallelLinear)
     from pagedserve.layers.vocab import VocabParallelEmbedding
 
-    tp, rest = layer.tp_size, tuple(p.shape[1:])
+    tp, shape = layer.tp_size, list(p.shape)
+    if isinstance(layer, VocabParallelEmbedding):
+        return (layer.vocab_size, *shape[1:]), None
+    if isinstance(layer, ReplicatedLinear):
+        return tuple(shape), None
+    if isinstance(layer, RowParallelLinear):
+        dim = getattr(p, "input_dim", None)
+        if dim is not None:
+            shape[dim] *= tp
+        return tuple(shape), None
+    dim = getattr(p, "output_dim", None)  # column-parallel
+    factor = p.pack_factor if dim is not None and getattr(p, "packed_dim", None) == dim else 1
     if isinstance(layer, QKVParallelLinear):
         q = layer.num_heads * tp * layer.head_dim
         kv = layer.num_kv_heads * tp // layer.kv_replicas * layer.head_dim
-        return (q + 2 * kv, *rest), [("q", 0, q), ("k", q, kv), ("v", q + kv, kv)]
-    if isinstance(layer, MergedColumnParallelLinear):
-        starts = [sum(layer.out_sizes[:i]) for i in range(len(layer.out_sizes))]
-        return (sum(layer.out_sizes), *rest), [(i, s, n) for i, (s, n) in enumerate(zip(starts, layer.out_sizes))]
-    if isinstance(layer, VocabParallelEmbedding):
-        return (layer.vocab_size, *rest), None
-    if isinstance(layer, RowParallelLinear):
-        return ((p.shape[0], p.shape[1] * tp) if p.dim() == 2 else tuple(p.shape)), None
-    if isinstance(layer, ReplicatedLinear):
-        return tuple(p.shape), None
-    return (p.shape[0] * tp, *rest), None  # column-parallel
+        parts = [("q", 0, q), ("k", q, kv), ("v", q + kv, kv)]
+    elif isinstance(layer, MergedColumnParallelLinear):
+        parts = [(i, sum(layer.out_sizes[:i]), n) for i, n in enumerate(layer.out_sizes)]
+    else:
+        if dim is not None:
+            shape[dim] *= tp
+        return tuple(shape), None
+    if dim is None:
+        return tuple(shape), [(sid, None, 0, 0) for sid, _, _ in parts]
+    shape[dim] = sum(n for _, _, n in parts) // factor
+    return tuple(shape), [(sid, dim, start // factor, n // factor) for sid, start, n in parts]

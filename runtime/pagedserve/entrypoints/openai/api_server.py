@@ -184,7 +184,8 @@ def _json_handler(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[
 def _model_card(m: Any) -> dict:
     return {"id": m.name, "object": "model", "created": m.created, "owned_by": "pagedserve",
             "root": m.engine.model_config.model, "parent": None, "max_model_len": m.engine.max_model_len,
-            "aliases": m.names[1:], "permission": []}
+            "aliases": m.names[1:], "permission": [],
+            "quantization": m.engine.model_config.quantization}  # gptq, awq, compressed-tensors, fp8 or None
 
 
 async def list_models(request: web.Request) -> web.Response:

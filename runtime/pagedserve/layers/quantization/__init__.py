@@ -11,15 +11,24 @@ from typing import Any
 from pagedserve.layers.quantization.base import (LinearMethod, QuantizationConfig, UnquantizedLinearMethod,
                                                  get_quant_config, linear_method_for, set_quant_config,
                                                  set_weight_attrs)
+from pagedserve.layers.quantization.awq import AWQConfig
+from pagedserve.layers.quantization.compressed_tensors import CompressedTensorsConfig
 from pagedserve.layers.quantization.fp8_online import Fp8OnlineConfig
+from pagedserve.layers.quantization.gptq import GPTQConfig
 
 #: method name → config class
 QUANTIZATION_METHODS: dict[str, type[QuantizationConfig]] = {
     "fp8": Fp8OnlineConfig,
+    "gptq": GPTQConfig,
+    "awq": AWQConfig,
+    "compressed-tensors": CompressedTensorsConfig,
 }
 
 #: --quantization names accepted as synonyms of a registered method
-ALIASES: dict[str, str] = {}
+ALIASES: dict[str, str] = {
+    "gptq_marlin": "gptq", "awq_marlin": "awq",  # vLLM's Marlin kernels; ours is kernels/wna16.py
+    "compressed_tensors": "compressed-tensors",
+}
 
 #: formats people ask for that this engine does not run, with the reason given to them
 UNSUPPORTED: dict[str, str] = {
@@ -30,6 +39,9 @@ UNSUPPORTED: dict[str, str] = {
     "eetq": "EETQ checkpoints are not supported",
     "aqlm": "AQLM checkpoints are not supported",
     "exl2": "EXL2 checkpoints are not supported",
+    "marlin": "Marlin-format checkpoints (pre-permuted tiles) are not supported; GPTQ and AWQ checkpoints "
+              "run with --quantization gptq / awq (gptq_marlin and awq_marlin are accepted as synonyms)",
+    "gptq_marlin_24": "2:4 sparse GPTQ (gptq_marlin_24) checkpoints are not supported",
 }
 
 

@@ -1,0 +1,191 @@
+"""Weight-only int4 / int8 on the GPU (GPTQ, AWQ, compressed-tensors W4A16; ``kernels/wna16.py``).
+
+- ``--kernels``: the dequantising kernels against bf16 cuBLAS at the Llama-3.1-8B linear shapes
+  (M = 1 .. 8192; above 64 rows both the tiled kernel and dequantize + cuBLAS, to set
+  ``kernels.wna16.DENSE_MIN_M``), and a search of the skinny kernel's tiles (and its split-dots variant) at M = 1 and 32 (the best per shape,
+  for ``kernels.wna16.gemv_config``);
+- ``--tpot``: batch-1 decode TPOT (CUDA graphs on, dummy weights, bf16 activations) of the
+  Llama-3.1-8B shape in each format (``--shape 70b``: the Llama-3.1-70B shape) next to its weight-read
+  floor: the bytes of every parameter a decode step reads (all but the embedding table) over the
+  copy bandwidth measured here.
+
+    PYTHONPATH=runtime python bench/wna16_gpu.py --kernels --tpot --out $OUT/wna16.json
+    PYTHONPATH=runtime python bench/wna16_gpu.py --tpot --shape 70b --formats gptq4 --out $OUT/wna16_70b.json
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHAPES_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+FORMATS = {
+    "bf16": None,
+    "gptq4": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},
+    "gptq4-actorder": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "sym": True},
+    "awq4": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
+    "ct-w4a16": {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                 "config_groups": {"group_0": {"targets": ["Linear"], "input_activations": None,
+                                               "weights": {"num_bits": 4, "type": "int", "symmetric": True,
+                                                           "strategy": "group", "group_size": 128}}},
+                 "ignore": ["lm_head"]},
+    "gptq8": {"quant_method": "gptq", "bits": 8, "group_size": 128, "desc_act": False, "sym": True},
+}
+
+
+def bench_ms(fn, iters: int = 50) -> float:
+    """Mean ms of ``fn`` replayed in a CUDA graph (launch overhead excluded, as in the engine)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        g.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / iters * 1e3
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 2 GiB device-to-device copy (read + write)."""
+    x = torch.empty(1 << 30, dtype=torch.int16, device="cuda")
+    y = torch.empty_like(x)
+    ms = bench_ms(lambda: y.copy_(x), iters=20)
+    return 2 * x.numel() * 2 / (ms / 1e3)
+
+
+def _layer(n: int, k: int, bits: int, group: int = 128, zeros: bool = False):
+    qw = torch.randint(-2 ** 31, 2 ** 31 - 1, (n, k * bits // 32), dtype=torch.int32, device="cuda")
+    s = torch.rand(k // group, n, device="cuda", dtype=torch.float16) * 0.01
+    z = torch.full((k // group, n), 8.0, device="cuda", dtype=torch.float16) if zeros else None
+    return qw, s, z
+
+
+def kernels(out: dict) -> None:
+    from pagedserve.kernels.wna16 import gemv_config, wna16_dequantize, wna16_gemm, wna16_gemv, wna16_linear
+
+    bw = out["copy_bandwidth_GBps"] * 1e9
+    rows = []
+    for (name, (n, k)), bits in itertools.product(SHAPES_8B.items(), (4, 8)):
+        qw, s, z = _layer(n, k, bits)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        for m in (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 8192):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            q_ms = bench_ms(lambda: wna16_linear(x, qw, s, None, None, bits, 128))
+            b_ms = bench_ms(lambda: torch.nn.functional.linear(x, w))
+            floor = (qw.numel() * 4 + s.numel() * 2) / bw * 1e3
+            row = dict(layer=name, bits=bits, M=m, wna16_ms=q_ms, bf16_ms=b_ms, floor_ms=floor,
+                       config=gemv_config(m, n, k, 128, x.device) if m <= 64 else "")
+            if m > 64:  # the two large-M paths, for DENSE_MIN_M
+                row["gemm_ms"] = bench_ms(lambda: wna16_gemm(x, qw, s, None, None, bits, 128))
+                row["dequant_cublas_ms"] = bench_ms(lambda: torch.nn.functional.linear(
+                    x, wna16_dequantize(qw, s, None, None, bits, 128, x.dtype)))
+            rows.append(row)
+            extra = (f"  tiled {row['gemm_ms'] * 1e3:8.1f} us  dequant+cuBLAS {row['dequant_cublas_ms'] * 1e3:8.1f} us"
+                     if m > 64 else "")
+            print(f"{name:>8} int{bits} M={m:<5} wna16 {q_ms * 1e3:8.1f} us  bf16 {b_ms * 1e3:8.1f} us  "
+                  f"read floor {floor * 1e3:7.1f} us{extra}", flush=True)
+    out["kernels"] = rows
+    search = []
+    for name, (n, k) in SHAPES_8B.items():
+        qw, s, _ = _layer(n, k, 4)
+        for m in (1, 32):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            best = None
+            for bn, bk, split, nw, ns, sd in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4, 8), (2, 3, 4),
+                                                               (False, True)):
+                try:
+                    ms = bench_ms(lambda: wna16_gemv(x, qw, s, None, None, 4, 128, block_n=bn, block_k=bk,
+                                                     split_k=split, num_warps=nw, num_stages=ns, split_dots=sd),
+                                  iters=20)
+                except Exception:  # noqa: BLE001 - out of shared memory etc.
+                    continue
+                if best is None or ms < best[0]:
+                    best = (ms, dict(block_n=bn, block_k=bk, split_k=split, num_warps=nw, num_stages=ns,
+                                     split_dots=sd))
+            floor = (qw.numel() * 4 + s.numel() * 2) / bw * 1e3
+            search.append(dict(layer=name, M=m, best_ms=best[0], floor_ms=floor, config=best[1]))
+            print(f"search {name} M={m}: {best[0] * 1e3:.1f} us (floor {floor * 1e3:.1f}) {best[1]}", flush=True)
+    out["gemv_search"] = search
+
+
+def model_dir(shape: str, quant: dict | None, root: str) -> str:
+    with open(os.path.join(HERE, "configs", "llama-3.1-8b", "config.json")) as fh:
+        cfg = json.load(fh)
+    if shape == "70b":
+        cfg.update(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64)
+    if quant is not None:
+        cfg["quantization_config"] = quant
+    d = tempfile.mkdtemp(dir=root)
+    with open(os.path.join(d, "config.json"), "w") as fh:
+        json.dump(cfg, fh)
+    return d
+
+
+def tpot(out: dict, shape: str, formats: list[str]) -> None:
+    from pagedserve import EngineArgs, LLMEngine, SamplingParams
+
+    bw = out["copy_bandwidth_GBps"] * 1e9
+    root = tempfile.mkdtemp()
+    res = {}
+    for fmt in formats:
+        d = model_dir(shape, FORMATS[fmt], root)
+        eng = LLMEngine.from_engine_args(EngineArgs(model=d, load_format="dummy", dtype="bfloat16", max_model_len=4096,
+                                                    gpu_memory_utilization=0.85), skip_tokenizer_init=True)
+        model = eng.core.executor.runner.model
+        read = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+        eng.add_request("r", {"prompt_token_ids": list(range(1000, 1128))},
+                        SamplingParams(temperature=0, max_tokens=400, ignore_eos=True))
+        for _ in range(20):  # prefill and warm-up decode steps
+            eng.step()
+        torch.cuda.synchronize()
+        t, steps = time.perf_counter(), 256
+        for _ in range(steps):
+            eng.step()
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - t) / steps * 1e3
+        floor = read / bw * 1e3
+        res[fmt] = dict(tpot_ms=ms, weight_bytes_read=read, floor_ms=floor, ratio=ms / floor)
+        print(f"{shape} {fmt:>15}: TPOT {ms:.3f} ms, weight-read floor {floor:.3f} ms ({read / 1e9:.2f} GB), "
+              f"{ms / floor:.2f}x", flush=True)
+        while eng.has_unfinished_requests():
+            eng.step()
+        del eng, model
+        torch.cuda.empty_cache()
+    out[f"tpot_{shape}"] = res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernels", action="store_true")
+    ap.add_argument("--tpot", action="store_true")
+    ap.add_argument("--shape", choices=("8b", "70b"), default="8b")
+    ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    out: dict = {"device": torch.cuda.get_device_name(), "copy_bandwidth_GBps": copy_bandwidth() / 1e9}
+    print(f"{out['device']}: copy bandwidth {out['copy_bandwidth_GBps']:.0f} GB/s", flush=True)
+    if args.kernels:
+        kernels(out)
+    if args.tpot:
+        tpot(out, args.shape, args.formats)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

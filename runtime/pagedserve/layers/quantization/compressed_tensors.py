@@ -1,0 +1,126 @@
+"""compressed-tensors checkpoints (what llm-compressor writes, ``quant_method: compressed-tensors``).
+
+``quantization_config`` holds ``config_groups``: schemes, each with ``targets`` (``Linear``, module
+names or ``re:`` regular expressions), ``weights`` / ``input_activations`` arguments (``num_bits``,
+``type`` int or float, ``symmetric``, ``strategy`` tensor / channel / group / token, ``group_size``,
+``dynamic``, ``actorder``) and a ``format``; ``ignore`` lists modules kept unquantized. This module
+finds each linear layer's scheme (a fused layer's checkpoint parts, q/k/v or gate/up, must agree)
+and hands it to the method that runs it: :func:`method_for_scheme`.
+
+Implemented here: W4A16 / W8A16 ``pack-quantized`` (``compressed_tensors_wna16.py``). The W8A8 schemes
+(fp8, int8) live in ``compressed_tensors_w8a8.py``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from pagedserve.layers.quantization.base import LinearMethod, QuantizationConfig
+
+#: our fused layers → the checkpoint's modules they hold (``models/llama.py``'s ``packed_modules``)
+FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+@dataclass
+class CTScheme:
+    """One entry of ``config_groups``."""
+    name: str
+    targets: list[str]
+    weights: dict[str, Any] | None
+    input_activations: dict[str, Any] | None
+    format: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_names(prefix: str) -> list[str]:
+    """The checkpoint modules behind a layer name (``...qkv_proj`` → q/k/v_proj)."""
+    head, _, last = prefix.rpartition(".")
+    parts = FUSED_PARTS.get(last)
+    if parts is None:
+        return [prefix]
+    return [f"{head}.{p}" if head else p for p in parts]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern == "Linear":
+        return True
+    if pattern.startswith("re:"):
+        return re.match(pattern[3:], name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+def method_for_scheme(scheme: CTScheme, prefix: str) -> LinearMethod:
+    """The linear method running ``scheme``, or a ValueError naming what is not supported."""
+    from pagedserve.layers.quantization.compressed_tensors_wna16 import wna16_method
+
+    method = wna16_method(scheme)
+    if method is not None:
+        return method
+    # the W8A8 schemes (fp8 / int8 weights with quantized activations): compressed_tensors_w8a8.py
+    w, a = scheme.weights or {}, scheme.input_activations
+    raise ValueError(
+        f"compressed-tensors: {prefix}: scheme {scheme.name!r} (format {scheme.format!r}, weights "
+        f"{w.get('num_bits')}-bit {w.get('type')} {w.get('strategy')}, input activations "
+        f"{'none' if a is None else str(a.get('num_bits')) + '-bit ' + str(a.get('type'))}) is not supported")
+
+
+class CompressedTensorsConfig(QuantizationConfig):
+    name = "compressed-tensors"
+
+    def __init__(self, schemes: list[CTScheme], ignore: list[str]) -> None:
+        self.schemes, self.ignore = schemes, ignore
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "CompressedTensorsConfig":
+        groups = config.get("config_groups")
+        if not isinstance(groups, dict) or not groups:
+            raise ValueError("compressed-tensors: quantization_config.config_groups is missing or empty")
+        default_fmt = config.get("format") or "dense"
+        if config.get("sparsity_config"):
+            raise ValueError("compressed-tensors: sparse checkpoints (quantization_config.sparsity_config) "
+                             "are not supported")
+        if config.get("transform_config"):
+            raise ValueError("compressed-tensors: transforms (quantization_config.transform_config) are not supported")
+        schemes = []
+        for name, g in groups.items():
+            targets = g.get("targets") or []
+            if not targets:
+                raise ValueError(f"compressed-tensors: config_groups.{name}.targets is empty")
+            schemes.append(CTScheme(name, list(targets), g.get("weights"), g.get("input_activations"),
+                                    g.get("format") or default_fmt,
+                                    {k: v for k, v in g.items() if k not in ("targets", "weights",
+                                                                             "input_activations", "format")}))
+        return cls(schemes, list(config.get("ignore") or []))
+
+    def scheme_for(self, prefix: str) -> CTScheme | None:
+        """The scheme of the layer named ``prefix`` (None: unquantized)."""
+        found: list[CTScheme | None] = []
+        for name in checkpoint_names(prefix):
+            if any(_matches(name, p) for p in self.ignore):
+                found.append(None)
+                continue
+            found.append(next((s for s in self.schemes if any(_matches(name, t) for t in s.targets)), None))
+        if any(f is not found[0] for f in found):
+            raise ValueError(f"compressed-tensors: the parts of {prefix} ({', '.join(checkpoint_names(prefix))}) "
+                             "are quantized differently; they must share one scheme to be fused")
+        return found[0]
+
+    def get_linear_method(self, layer: nn.Module, prefix: str) -> LinearMethod | None:
+        scheme = self.scheme_for(prefix)
+        if scheme is None or scheme.weights is None:
+            return None
+        return method_for_scheme(scheme, prefix)
+
+    def describe(self) -> str:
+        parts = []
+        for s in self.schemes:
+            w = s.weights or {}
+            a = s.input_activations
+            desc = f"w{w.get('num_bits')}a{a.get('num_bits') if a else 16}"
+            if w.get("strategy") == "group":
+                desc += f" group {w.get('group_size')}"
+            parts.append(f"{s.format} {desc}")
+        return f"compressed-tensors ({'; '.join(parts)})"
