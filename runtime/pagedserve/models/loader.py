@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pagedserve.config import ModelConfig
 from pagedserve.layers.linear import process_weights_after_loading
 from pagedserve.layers.quantization import make_quant_config, set_quant_config
+from pagedserve.layers.quantization.layer_names import ATTENTION_SCALE_SUFFIXES
 from pagedserve.models.registry import check_architecture
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
     packed = getattr(model, "packed_modules", {})
     tied = getattr(getattr(model, "cfg", None), "tie_word_embeddings", False)
     loaded: set[str] = set()
+    skipped: list[str] = []
     files = safetensors_files(model_dir)
     bar = tqdm(files, desc="Loading weights", unit="file", disable=not use_tqdm or len(files) < 2)
     for path in bar:
@@ -101,6 +103,9 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
                 continue
             target, shard = _target(name, packed)
             param = params.get(target)
+            if param is None and name.endswith(ATTENTION_SCALE_SUFFIXES):
+                skipped.append(name)
+                continue
             if param is None:
                 raise ValueError(f"model: checkpoint tensor {name!r} has no matching parameter")
             loader = getattr(param, "weight_loader", None)
@@ -111,6 +116,9 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
             else:
                 loader(param, source, shard)
             loaded.add(target if shard is None else f"{target}#{shard}")
+    if skipped:
+        logger.warning("ignored %d KV-cache scale(s) of the checkpoint, e.g. %s (the fp8 KV cache uses scale 1)",
+                       len(skipped), skipped[0])
     _check_complete(params, packed, loaded)
 
 
@@ -142,20 +150,35 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
         if name.endswith("norm.weight"):
             p.data.fill_(1.0)
             continue
+        if getattr(p, "dummy_value", None) is not None:  # a quantization scale (layers/quantization)
+            p.data.fill_(p.dummy_value)
+            continue
         gen = torch.Generator(device=p.device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         owner = owners.get(name)
         loader = getattr(p, "weight_loader", None)
         if loader is None or getattr(owner, "tp_size", 1) == 1:
-            p.data.uniform_(-2e-2, 2e-2, generator=gen)
+            p.data.copy_(_dummy_values(tuple(p.shape), p.dtype, p.device, gen))
             continue
         shape, shards = _unsharded_layout(owner, p)
-        full = torch.empty(shape, dtype=p.dtype, device=p.device).uniform_(-2e-2, 2e-2, generator=gen)
+        full = _dummy_values(shape, p.dtype, p.device, gen)
         if shards is None:
             loader(p, full)
         else:
             for shard_id, start, size in shards:
                 loader(p, full.narrow(0, start, size), shard_id)
         del full
+
+
+def _dummy_values(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Uniform in ±2e-2 for float parameters; over the whole range of an 8-bit quantized weight
+    (int8, fp8), whose dummy scale (``dummy_value``) maps it back to ±2e-2."""
+    if dtype == torch.int8:
+        return torch.randint(-127, 128, shape, dtype=dtype, device=device, generator=gen)
+    if dtype.is_floating_point and dtype.itemsize == 1:
+        bound = float(torch.finfo(dtype).max)
+        return torch.empty(shape, device=device).uniform_(-bound, bound, generator=gen).to(dtype)
+    return torch.empty(shape, dtype=dtype, device=device).uniform_(-2e-2, 2e-2, generator=gen)
 
 
 def _unsharded_layout(layer: nn.Module, p: torch.Tensor) -> tuple[tuple[int, ...], list | None]:

@@ -11,11 +11,14 @@ from typing import Any
 from pagedserve.layers.quantization.base import (LinearMethod, QuantizationConfig, UnquantizedLinearMethod,
                                                  get_quant_config, linear_method_for, set_quant_config,
                                                  set_weight_attrs)
-from pagedserve.layers.quantization.fp8_online import Fp8OnlineConfig
+from pagedserve.layers.quantization.compressed_tensors import CompressedTensorsConfig
+from pagedserve.layers.quantization.fp8_checkpoint import Fp8Config, ModelOptFp8Config
 
 #: method name → config class
 QUANTIZATION_METHODS: dict[str, type[QuantizationConfig]] = {
-    "fp8": Fp8OnlineConfig,
+    "fp8": Fp8Config,  # a serialized fp8 checkpoint, or online quantization of an unquantized one
+    "modelopt": ModelOptFp8Config,
+    "compressed-tensors": CompressedTensorsConfig,
 }
 
 #: --quantization names accepted as synonyms of a registered method
