@@ -51,14 +51,15 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), s.view(-1).contiguous()
 
 
-def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] → (fp8 [M, K], fp32 scale [M, 1]): per token, or with a checkpoint's static
-    per-tensor ``input_scale`` (one fp32 value; out-of-range values saturate at ±448·scale)."""
-    if input_scale is not None:
-        s = input_scale.float().reshape(1, 1)
-        q = (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-        return q, s.expand(x.shape[0], 1).contiguous()
+def quantize_static(x: torch.Tensor, input_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] → (fp8 [M, K], fp32 scale [M, 1]) with a checkpoint's static per-tensor
+    ``input_scale`` (one fp32 value; values beyond ±448·scale saturate)."""
+    s = input_scale.float().reshape(1, 1)
+    q = (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, s.expand(x.shape[0], 1).contiguous()
+
+
+def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.is_cuda:
         from pagedserve.kernels.quant_fp8 import quantize_per_token
 
@@ -79,7 +80,7 @@ def fp8_linear(x: torch.Tensor | Fp8Act, weight: torch.Tensor, weight_scale: tor
         x2 = x.reshape(-1, shape[-1])
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        q, s = quantize_activation(x2, input_scale)
+        q, s = quantize_activation(x2) if input_scale is None else quantize_static(x2, input_scale)
     if q.is_cuda and q.shape[0] <= GEMV_MAX_M:
         from pagedserve.kernels.gemv import gemv
 
