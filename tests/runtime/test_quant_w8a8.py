@@ -247,3 +247,34 @@ def test_ignore_list_must_cover_fused_shards_alike():
     with set_quant_config(quant):
         layer = QKVParallelLinear(64, 16, 4, 2, bias=False, prefix="model.layers.0.self_attn.qkv_proj")
     assert layer.weight.dtype == torch.float32  # ignored: unquantized
+
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital and most populous city of France, "
+        "with an estimated population of two million residents.")
+
+
+def test_smollm2_int8_w8a8_answers_and_stays_close(tmp_path, smollm2_dir):
+    """The real SmolLM2-135M written as an INT8 W8A8 compressed-tensors checkpoint: the France
+    answer, and prompt log-probs close to the float model's (measured: mean |delta| 0.23 nats, top-1
+    agreement 93%; online fp8 on the same text: 0.29 nats, 86%, tests/runtime/test_fp8.py)."""
+    quant_dir = write_compressed_tensors(smollm2_dir, str(tmp_path / "int8"), "W8A8")
+    out = {}
+    for name, d in (("float", smollm2_dir), ("int8", quant_dir)):
+        llm = LLM(d, device="cpu", dtype="float32", use_tqdm=False)
+        try:
+            o = llm.generate([TEXT], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1), use_tqdm=False)[0]
+            chat = llm.chat([{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+                            SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].outputs[0].text
+        finally:
+            llm.shutdown()
+        out[name] = (o.prompt_token_ids, o.prompt_logprobs, chat)
+    ids, ref, _ = out["float"]
+    _, got, chat = out["int8"]
+    assert "Paris" in chat
+    diffs = [abs(ref[i][ids[i]].logprob - got[i][ids[i]].logprob) for i in range(1, len(ids))]
+    agree = sum(max(ref[i], key=lambda t: ref[i][t].logprob) == max(got[i], key=lambda t: got[i][t].logprob)
+                for i in range(1, len(ids)))
+    print(f"SmolLM2 int8 W8A8: mean |delta logprob| {sum(diffs) / len(diffs):.3f}, top-1 agreement "
+          f"{agree / len(diffs):.2f}")
+    assert sum(diffs) / len(diffs) < 0.4
+    assert agree / len(diffs) >= 0.75
