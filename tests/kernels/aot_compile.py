@@ -114,7 +114,7 @@ def run_all(c: Compiler, quick: bool) -> None:
     from pagedserve.kernels.activation import silu_and_mul
     from pagedserve.kernels.decode_attention import paged_decode_attention
     from pagedserve.kernels.gemv import gemv
-    from pagedserve.kernels.quant_fp8 import quantize_per_token
+    from pagedserve.kernels.quant_fp8 import quantize_per_token, quantize_static
     from pagedserve.kernels.fp8_utils import FP8_DTYPE
     from pagedserve.layers.fp8 import gemv_config
     from pagedserve.kernels.kv_store_triton import store_kv
@@ -154,6 +154,7 @@ def run_all(c: Compiler, quick: bool) -> None:
         rms_norm_fused(T(10, hidden), T(10, hidden), T(hidden), 1e-5, quant=True)
         silu_and_mul(T(10, 2 * inter), quant=True)
         quantize_per_token(T(10, hidden))
+        quantize_static(T(10, hidden), T(1, dt=torch.float32))  # fp8 checkpoints with static input scales
     for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
         bn, bk, nw, ns = gemv_config(n, k)
         for m in (1, 32, 64):

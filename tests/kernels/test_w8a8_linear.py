@@ -51,3 +51,22 @@ def test_int8_linear(m, static):
     # and close to the float product: int8 keeps ~7 bits per operand
     exact = F.linear(x.float(), w)
     assert (got.float() - exact).norm() / exact.norm() < (0.04 if static else 0.02)
+
+
+@pytest.mark.parametrize("m,k", [(1, 64), (7, 300), (3, 5000)])
+def test_static_fp8_quantization_kernel_matches_reference(m, k):
+    """``kernels/quant_fp8.quantize_static`` (one launch) equals ``layers/fp8.quantize_static_ref``,
+    entries beyond ±448·scale saturating."""
+    from pagedserve.kernels.quant_fp8 import quantize_static
+    from pagedserve.layers.fp8 import quantize_static_ref
+    from tests.kernels.conftest import INTERPRETED
+    from tests.kernels.paged_utils import assert_fp8_matches
+
+    g = torch.Generator().manual_seed(m + k)
+    x = torch.randn(m, k, generator=g) * 3
+    s_in = torch.tensor([6.0 / FP8_MAX])
+    q, s = (t.cpu() for t in quantize_static(x.to(DEVICE), s_in.to(DEVICE)))
+    rq, rs = quantize_static_ref(x, s_in)
+    assert q.dtype == FP8_DTYPE and torch.equal(s, rs) and s.shape == (m, 1)
+    assert_fp8_matches(q, rq, INTERPRETED)
+    assert float(rq.float().abs().max()) == FP8_MAX  # |x| > 6 saturates

@@ -51,12 +51,20 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), s.view(-1).contiguous()
 
 
-def quantize_static(x: torch.Tensor, input_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_static_ref(x: torch.Tensor, input_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] → (fp8 [M, K], fp32 scale [M, 1]) with a checkpoint's static per-tensor
     ``input_scale`` (one fp32 value; values beyond ±448·scale saturate)."""
     s = input_scale.float().reshape(1, 1)
     q = (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, s.expand(x.shape[0], 1).contiguous()
+
+
+def quantize_static(x: torch.Tensor, input_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.is_cuda:
+        from pagedserve.kernels.quant_fp8 import quantize_static as quantize_static_triton
+
+        return quantize_static_triton(x, input_scale)
+    return quantize_static_ref(x, input_scale)
 
 
 def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
