@@ -263,8 +263,9 @@ def test_smollm2_int8_w8a8_answers_and_stays_close(tmp_path, smollm2_dir):
         llm = LLM(d, device="cpu", dtype="float32", use_tqdm=False)
         try:
             o = llm.generate([TEXT], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1), use_tqdm=False)[0]
-            chat = llm.chat([{"role": "user", "content": "What is the capital of France? Answer in one word."}],
-                            SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].outputs[0].text
+            chat = "" if name == "float" else llm.chat(
+                [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+                SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].outputs[0].text
         finally:
             llm.shutdown()
         out[name] = (o.prompt_token_ids, o.prompt_logprobs, chat)
