@@ -106,7 +106,8 @@ def test_layers_compute_the_format_arithmetic(ckpts, kind):
         layer0 = _model(llm).model.layers[0]
         g = torch.Generator().manual_seed(0)
         for fused, shards in (("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-                              ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")), ("mlp.down_proj", ("mlp.down_proj",))):
+                              ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")),
+                              ("mlp.down_proj", ("mlp.down_proj",))):
             layer = layer0.get_submodule(fused)
             names = [f"model.layers.0.{s}" for s in shards]
             weights = [t[f"{n}.weight"].float() * t[f"{n}.weight_scale"].float().reshape(-1, 1) for n in names]

@@ -76,7 +76,8 @@ def w8a8_method(scheme: dict[str, Any], fmt: str | None = None, where: str = "qu
     _check(_get(weights, "symmetric", True), where, "asymmetric 8-bit weights (weights.symmetric=false) are "
            "not supported")
     _check(not _get(weights, "dynamic", False), where, "weights.dynamic=true is not supported")
-    _check(not weights.get("actorder"), where, f"weights.actorder={weights.get('actorder')!r} is not supported for W8A8")
+    _check(not weights.get("actorder"), where,
+           f"weights.actorder={weights.get('actorder')!r} is not supported for W8A8")
     _check(_get(acts, "symmetric", True), where, f"asymmetric {atype}8 activations (input_activations.symmetric="
            "false, an input_zero_point) are not supported")
     dynamic = bool(_get(acts, "dynamic", False))
