@@ -29,7 +29,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 TT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
-      torch.int64: "i64", torch.uint8: "u8", torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5"}
+      torch.int64: "i64", torch.uint8: "u8", torch.int8: "i8", torch.float8_e4m3fn: "fp8e4nv",
+      torch.float8_e5m2: "fp8e5"}
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
 
 
@@ -114,7 +115,7 @@ def run_all(c: Compiler, quick: bool) -> None:
     from pagedserve.kernels.activation import silu_and_mul
     from pagedserve.kernels.decode_attention import paged_decode_attention
     from pagedserve.kernels.gemv import gemv
-    from pagedserve.kernels.quant_fp8 import quantize_per_token
+    from pagedserve.kernels.quant_fp8 import quantize_per_token, quantize_static
     from pagedserve.kernels.fp8_utils import FP8_DTYPE
     from pagedserve.layers.fp8 import gemv_config
     from pagedserve.kernels.kv_store_triton import store_kv
@@ -154,11 +155,23 @@ def run_all(c: Compiler, quick: bool) -> None:
         rms_norm_fused(T(10, hidden), T(10, hidden), T(hidden), 1e-5, quant=True)
         silu_and_mul(T(10, 2 * inter), quant=True)
         quantize_per_token(T(10, hidden))
+        quantize_static(T(10, hidden), T(1, dt=torch.float32))  # fp8 checkpoints with static input scales
     for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
         bn, bk, nw, ns = gemv_config(n, k)
         for m in (1, 32, 64):
             gemv(T(m, k, dt=FP8_DTYPE), T(n, k, dt=FP8_DTYPE), x_scale=T(m, dt=f32), w_scale=T(n, dt=f32),
                  out_dtype=torch.bfloat16, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+    # INT8 W8A8 (compressed-tensors): activation quantization (per token, static) and the int8 GEMM at
+    # the 8B shapes, decode and prefill tiles
+    from pagedserve.kernels.int8_gemm import int8_gemm, quantize_int8
+
+    for k in (4096, 14336):
+        quantize_int8(T(10, k))
+        quantize_int8(T(10, k), T(1, dt=f32))
+    for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
+        for m in (1, 32, 64, 512):
+            int8_gemm(T(m, k, dt=torch.int8), T(n, k, dt=torch.int8), T(m, dt=f32), T(n, dt=f32),
+                      out_dtype=torch.bfloat16)
     # --kv-cache-dtype fp8: the store into and attention over an fp8 cache (bf16 queries: fp16 dots)
     for kv_dt in (torch.float8_e4m3fn, torch.float8_e5m2):
         kc = T(100, 16, 8, 128, dt=kv_dt)

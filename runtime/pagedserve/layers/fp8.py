@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from pagedserve.kernels.fp8_utils import Fp8Act, quantize_per_token_ref
+from pagedserve.kernels.fp8_utils import FP8_DTYPE, FP8_MAX, Fp8Act, quantize_per_token_ref
 
 GEMV_MAX_M = 64  # kernels/gemv.MAX_M: the skinny kernel's largest M
 
@@ -51,6 +51,22 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), s.view(-1).contiguous()
 
 
+def quantize_static_ref(x: torch.Tensor, input_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] → (fp8 [M, K], fp32 scale [M, 1]) with a checkpoint's static per-tensor
+    ``input_scale`` (one fp32 value; values beyond ±448·scale saturate)."""
+    s = input_scale.float().reshape(1, 1)
+    q = (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, s.expand(x.shape[0], 1).contiguous()
+
+
+def quantize_static(x: torch.Tensor, input_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.is_cuda:
+        from pagedserve.kernels.quant_fp8 import quantize_static as quantize_static_triton
+
+        return quantize_static_triton(x, input_scale)
+    return quantize_static_ref(x, input_scale)
+
+
 def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.is_cuda:
         from pagedserve.kernels.quant_fp8 import quantize_per_token
@@ -60,9 +76,10 @@ def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fp8_linear(x: torch.Tensor | Fp8Act, weight: torch.Tensor, weight_scale: torch.Tensor,
-               bias: torch.Tensor | None) -> torch.Tensor:
+               bias: torch.Tensor | None, input_scale: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ dequant(weight)^T + bias`` with ``x`` quantized per token (here, unless it comes as an
-    :class:`Fp8Act`); result in x's dtype."""
+    :class:`Fp8Act`), or with the static ``input_scale`` of a serialized checkpoint when given;
+    ``weight_scale`` holds one fp32 value per output channel. Result in x's dtype."""
     if isinstance(x, Fp8Act):
         q, s, dtype = x
         shape = q.shape
@@ -71,7 +88,7 @@ def fp8_linear(x: torch.Tensor | Fp8Act, weight: torch.Tensor, weight_scale: tor
         x2 = x.reshape(-1, shape[-1])
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        q, s = quantize_activation(x2)
+        q, s = quantize_activation(x2) if input_scale is None else quantize_static(x2, input_scale)
     if q.is_cuda and q.shape[0] <= GEMV_MAX_M:
         from pagedserve.kernels.gemv import gemv
 

@@ -23,7 +23,7 @@ def _read(source: Any, dim: int, start: int, size: int) -> torch.Tensor:
 
 
 def _whole(source: Any) -> torch.Tensor:
-    return source[:] if hasattr(source, "get_shape") else source
+    return source[...] if hasattr(source, "get_shape") else source  # [...]: a 0-dim scale too
 
 
 def _copy(param: torch.Tensor, value: torch.Tensor) -> None:

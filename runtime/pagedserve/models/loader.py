@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pagedserve.config import ModelConfig
 from pagedserve.layers.linear import process_weights_after_loading
 from pagedserve.layers.quantization import make_quant_config, set_quant_config
+from pagedserve.layers.quantization.layer_names import ATTENTION_SCALE_SUFFIXES
 from pagedserve.models.registry import check_architecture
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
     packed = getattr(model, "packed_modules", {})
     tied = getattr(getattr(model, "cfg", None), "tie_word_embeddings", False)
     loaded: set[str] = set()
+    skipped: list[str] = []
     files = safetensors_files(model_dir)
     bar = tqdm(files, desc="Loading weights", unit="file", disable=not use_tqdm or len(files) < 2)
     for path in bar:
@@ -101,6 +103,9 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
                 continue
             target, shard = _target(name, packed)
             param = params.get(target)
+            if param is None and name.endswith(ATTENTION_SCALE_SUFFIXES):
+                skipped.append(name)
+                continue
             if param is None:
                 raise ValueError(f"model: checkpoint tensor {name!r} has no matching parameter")
             loader = getattr(param, "weight_loader", None)
@@ -111,6 +116,9 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
             else:
                 loader(param, source, shard)
             loaded.add(target if shard is None else f"{target}#{shard}")
+    if skipped:
+        logger.warning("ignored %d KV-cache scale(s) of the checkpoint, e.g. %s (the fp8 KV cache uses scale 1)",
+                       len(skipped), skipped[0])
     _check_complete(params, packed, loaded)
 
 
@@ -144,6 +152,9 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
         if name.endswith("norm.weight"):
             p.data.fill_(1.0)
             continue
+        if getattr(p, "dummy_value", None) is not None:  # a quantization scale (layers/quantization)
+            p.data.fill_(p.dummy_value)
+            continue
         gen = torch.Generator(device=p.device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         fill = getattr(p, "dummy_init", None) or _random_fill
         owner = owners.get(name)
@@ -163,7 +174,15 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
 
 
 def _random_fill(t: torch.Tensor, gen: torch.Generator) -> None:
-    if t.is_floating_point():
+    """Uniform in ±2e-2 for float parameters; over the whole range of an 8-bit quantized weight
+    (int8, fp8), whose dummy scale (``dummy_value``) maps it back to ±2e-2; random bits for packed
+    integers (int4 in int32)."""
+    if t.dtype == torch.int8:
+        t.copy_(torch.randint(-127, 128, t.shape, dtype=t.dtype, device=t.device, generator=gen))
+    elif t.is_floating_point() and t.element_size() == 1:
+        bound = float(torch.finfo(t.dtype).max)
+        t.copy_(torch.empty(t.shape, device=t.device).uniform_(-bound, bound, generator=gen).to(t.dtype))
+    elif t.is_floating_point():
         t.uniform_(-2e-2, 2e-2, generator=gen)
     else:  # packed integers: random bits
         info = torch.iinfo(t.dtype)

@@ -13,12 +13,13 @@ from pagedserve.layers.quantization.base import (LinearMethod, QuantizationConfi
                                                  set_weight_attrs)
 from pagedserve.layers.quantization.awq import AWQConfig
 from pagedserve.layers.quantization.compressed_tensors import CompressedTensorsConfig
-from pagedserve.layers.quantization.fp8_online import Fp8OnlineConfig
+from pagedserve.layers.quantization.fp8_checkpoint import Fp8Config, ModelOptFp8Config
 from pagedserve.layers.quantization.gptq import GPTQConfig
 
 #: method name → config class
 QUANTIZATION_METHODS: dict[str, type[QuantizationConfig]] = {
-    "fp8": Fp8OnlineConfig,
+    "fp8": Fp8Config,  # a serialized fp8 checkpoint, or online quantization of an unquantized one
+    "modelopt": ModelOptFp8Config,
     "gptq": GPTQConfig,
     "awq": AWQConfig,
     "compressed-tensors": CompressedTensorsConfig,

@@ -7,21 +7,25 @@ names or ``re:`` regular expressions), ``weights`` / ``input_activations`` argum
 finds each linear layer's scheme (a fused layer's checkpoint parts, q/k/v or gate/up, must agree)
 and hands it to the method that runs it: :func:`method_for_scheme`.
 
-Implemented here: W4A16 / W8A16 ``pack-quantized`` (``compressed_tensors_wna16.py``). The W8A8 schemes
-(fp8, int8) live in ``compressed_tensors_w8a8.py``.
+The methods: W4A16 / W8A16 ``pack-quantized`` (``compressed_tensors_wna16.py``) and the W8A8 schemes,
+fp8 and int8 (``compressed_tensors_w8a8.py``). Every group is checked when the config is read, so an
+unsupported scheme fails at start-up with a message naming it; sparse (2:4) and transformed
+(SpinQuant / QuIP) checkpoints are rejected.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from pagedserve.layers.fp8 import check_fp8_device
+from pagedserve.layers.int8 import check_int8_device
 from pagedserve.layers.quantization.base import LinearMethod, QuantizationConfig
+from pagedserve.layers.quantization.compressed_tensors_w8a8 import Int8LinearMethod, w8a8_method
+from pagedserve.layers.quantization.fp8_checkpoint import Fp8LinearMethod
+from pagedserve.layers.quantization.layer_names import checkpoint_names, matches_ct
 
-#: our fused layers → the checkpoint's modules they hold (``models/llama.py``'s ``packed_modules``)
-FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
 @dataclass
@@ -35,21 +39,8 @@ class CTScheme:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def checkpoint_names(prefix: str) -> list[str]:
-    """The checkpoint modules behind a layer name (``...qkv_proj`` → q/k/v_proj)."""
-    head, _, last = prefix.rpartition(".")
-    parts = FUSED_PARTS.get(last)
-    if parts is None:
-        return [prefix]
-    return [f"{head}.{p}" if head else p for p in parts]
-
-
 def _matches(name: str, pattern: str) -> bool:
-    if pattern == "Linear":
-        return True
-    if pattern.startswith("re:"):
-        return re.match(pattern[3:], name) is not None
-    return name == pattern or name.endswith("." + pattern)
+    return pattern == "Linear" or matches_ct(name, pattern)
 
 
 def method_for_scheme(scheme: CTScheme, prefix: str) -> LinearMethod:
@@ -59,7 +50,10 @@ def method_for_scheme(scheme: CTScheme, prefix: str) -> LinearMethod:
     method = wna16_method(scheme)
     if method is not None:
         return method
-    # the W8A8 schemes (fp8 / int8 weights with quantized activations): compressed_tensors_w8a8.py
+    method = w8a8_method({"weights": scheme.weights, "input_activations": scheme.input_activations, **scheme.extra},
+                         scheme.format, f"quantization_config.config_groups.{scheme.name}")
+    if method is not None:
+        return method
     w, a = scheme.weights or {}, scheme.input_activations
     raise ValueError(
         f"compressed-tensors: {prefix}: scheme {scheme.name!r} (format {scheme.format!r}, weights "
@@ -72,6 +66,7 @@ class CompressedTensorsConfig(QuantizationConfig):
 
     def __init__(self, schemes: list[CTScheme], ignore: list[str]) -> None:
         self.schemes, self.ignore = schemes, ignore
+        self.methods: list[LinearMethod] = []
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "CompressedTensorsConfig":
@@ -79,13 +74,17 @@ class CompressedTensorsConfig(QuantizationConfig):
         if not isinstance(groups, dict) or not groups:
             raise ValueError("compressed-tensors: quantization_config.config_groups is missing or empty")
         default_fmt = config.get("format") or "dense"
-        if config.get("sparsity_config"):
-            raise ValueError("compressed-tensors: sparse checkpoints (quantization_config.sparsity_config) "
-                             "are not supported")
+        sparsity = config.get("sparsity_config") or {}
+        if sparsity.get("format") not in (None, "dense"):
+            raise ValueError(f"quantization_config.sparsity_config: sparse compressed-tensors checkpoints "
+                             f"(format {sparsity.get('format')!r}, e.g. 2:4) are not supported")
         if config.get("transform_config"):
             raise ValueError("compressed-tensors: transforms (quantization_config.transform_config) are not supported")
         schemes = []
         for name, g in groups.items():
+            if g.get("output_activations"):
+                raise ValueError(f"quantization_config.config_groups.{name}.output_activations: output "
+                                 "quantization is not supported")
             targets = g.get("targets") or []
             if not targets:
                 raise ValueError(f"compressed-tensors: config_groups.{name}.targets is empty")
@@ -93,7 +92,10 @@ class CompressedTensorsConfig(QuantizationConfig):
                                     g.get("format") or default_fmt,
                                     {k: v for k, v in g.items() if k not in ("targets", "weights",
                                                                              "input_activations", "format")}))
-        return cls(schemes, list(config.get("ignore") or []))
+        self = cls(schemes, list(config.get("ignore") or []))
+        self.methods = [method_for_scheme(sc, f"config_groups.{sc.name}") for sc in schemes
+                        if sc.weights is not None]  # checked at start-up
+        return self
 
     def scheme_for(self, prefix: str) -> CTScheme | None:
         """The scheme of the layer named ``prefix`` (None: unquantized)."""
@@ -124,3 +126,10 @@ class CompressedTensorsConfig(QuantizationConfig):
                 desc += f" group {w.get('group_size')}"
             parts.append(f"{s.format} {desc}")
         return f"compressed-tensors ({'; '.join(parts)})"
+
+    def check_device(self, device: str) -> None:
+        for m in self.methods:
+            if isinstance(m, Int8LinearMethod):
+                check_int8_device(device)
+            elif isinstance(m, Fp8LinearMethod):
+                check_fp8_device(device)
