@@ -127,9 +127,8 @@ def test_unsupported_compressed_tensors_scheme_is_named(quantized, tmp_path):
     groups["group_0"]["input_activations"] = {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True,
                                               "symmetric": True}
     d = _edit_config(src, str(tmp_path / "m"), config_groups=groups)
-    with pytest.raises(ValueError, match=r"compressed-tensors: model.layers.0.self_attn.qkv_proj: scheme 'group_0' "
-                                         r"\(format 'pack-quantized', weights 4-bit int group, input activations "
-                                         r"8-bit int\) is not supported"):
+    with pytest.raises(ValueError, match=r"config_groups.group_0: W4A8 \(int weights, int activations\) is not "
+                                         r"supported"):
         LLM(d, device="cpu", dtype="float32", skip_tokenizer_init=True, use_tqdm=False, **KV)
 
 

@@ -22,9 +22,9 @@ from torch import nn
 from pagedserve.layers.fp8 import check_fp8_device
 from pagedserve.layers.int8 import check_int8_device
 from pagedserve.layers.quantization.base import LinearMethod, QuantizationConfig
-from pagedserve.layers.quantization.compressed_tensors_w8a8 import Int8LinearMethod, w8a8_method
+from pagedserve.layers.quantization.compressed_tensors_w8a8 import Int8LinearMethod, describe_w8a8, w8a8_method
 from pagedserve.layers.quantization.fp8_checkpoint import Fp8LinearMethod
-from pagedserve.layers.quantization.layer_names import checkpoint_names, matches_ct
+from pagedserve.layers.quantization.layer_names import checkpoint_names, layer_in, matches_ct
 
 
 
@@ -66,7 +66,7 @@ class CompressedTensorsConfig(QuantizationConfig):
 
     def __init__(self, schemes: list[CTScheme], ignore: list[str]) -> None:
         self.schemes, self.ignore = schemes, ignore
-        self.methods: list[LinearMethod] = []
+        self.methods: dict[str, LinearMethod] = {}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "CompressedTensorsConfig":
@@ -93,17 +93,16 @@ class CompressedTensorsConfig(QuantizationConfig):
                                     {k: v for k, v in g.items() if k not in ("targets", "weights",
                                                                              "input_activations", "format")}))
         self = cls(schemes, list(config.get("ignore") or []))
-        self.methods = [method_for_scheme(sc, f"config_groups.{sc.name}") for sc in schemes
-                        if sc.weights is not None]  # checked at start-up
+        self.methods = {sc.name: method_for_scheme(sc, f"config_groups.{sc.name}") for sc in schemes
+                        if sc.weights is not None}  # checked at start-up
         return self
 
     def scheme_for(self, prefix: str) -> CTScheme | None:
         """The scheme of the layer named ``prefix`` (None: unquantized)."""
         found: list[CTScheme | None] = []
+        if layer_in(prefix, self.ignore, matches_ct):  # a list naming only some fused shards is an error
+            return None
         for name in checkpoint_names(prefix):
-            if any(_matches(name, p) for p in self.ignore):
-                found.append(None)
-                continue
             found.append(next((s for s in self.schemes if any(_matches(name, t) for t in s.targets)), None))
         if any(f is not found[0] for f in found):
             raise ValueError(f"compressed-tensors: the parts of {prefix} ({', '.join(checkpoint_names(prefix))}) "
@@ -119,6 +118,9 @@ class CompressedTensorsConfig(QuantizationConfig):
     def describe(self) -> str:
         parts = []
         for s in self.schemes:
+            if isinstance(self.methods.get(s.name), Fp8LinearMethod):
+                parts.append(describe_w8a8(self.methods[s.name]))
+                continue
             w = s.weights or {}
             a = s.input_activations
             desc = f"w{w.get('num_bits')}a{a.get('num_bits') if a else 16}"
@@ -128,7 +130,7 @@ class CompressedTensorsConfig(QuantizationConfig):
         return f"compressed-tensors ({'; '.join(parts)})"
 
     def check_device(self, device: str) -> None:
-        for m in self.methods:
+        for m in self.methods.values():
             if isinstance(m, Int8LinearMethod):
                 check_int8_device(device)
             elif isinstance(m, Fp8LinearMethod):
