@@ -28,6 +28,10 @@ class ArchConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     hidden_act: str = "silu"
+    #: per layer "full_attention" / "sliding_attention" (transformers 5 writes it); None: all alike
+    layer_types: list[str] | None = None
+    #: the whole config.json, for the fields only one model family reads (models/<family>.py)
+    hf_config: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "ArchConfig":
@@ -36,16 +40,7 @@ class ArchConfig:
             raise ValueError("config.json: missing 'architectures'")
         num_heads = _req(cfg, "num_attention_heads")
         hidden = _req(cfg, "hidden_size")
-        rp = cfg.get("rope_parameters") or {}
-        rope_theta = cfg.get("rope_theta", rp.get("rope_theta", 10000.0))
-        scaling = cfg.get("rope_scaling") or None
-        if scaling is None and rp.get("rope_type", "default") not in ("default", None):
-            scaling = dict(rp)
-        if scaling is not None:
-            scaling = dict(scaling)
-            scaling.setdefault("rope_type", scaling.get("type", "default"))
-            if scaling["rope_type"] == "default":
-                scaling = None
+        rope_theta, scaling = rope_config(cfg, "full_attention")
         eos = cfg.get("eos_token_id")
         eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         arch = archs[0]
@@ -74,11 +69,46 @@ class ArchConfig:
             eos_token_ids=eos_ids,
             bos_token_id=cfg.get("bos_token_id"),
             hidden_act=act,
+            layer_types=list(cfg["layer_types"]) if cfg.get("layer_types") else None,
+            hf_config=dict(cfg),
         )
+
+    def layer_sliding_window(self, layer_idx: int) -> int | None:
+        """The attention window of a layer (None: full attention)."""
+        if not self.sliding_window:
+            return None
+        if self.layer_types is None:
+            return self.sliding_window
+        return self.sliding_window if self.layer_types[layer_idx] == "sliding_attention" else None
 
     def kv_bytes_per_token(self, dtype_size: int) -> int:
         """Bytes of KV cache one token needs across all layers."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_size
+
+
+def rope_config(cfg: dict[str, Any], layer_type: str = "full_attention") -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, scaling or None) of config.json, for one layer type when ``rope_parameters`` is
+    keyed by layer type (transformers 5's Gemma 3). Reads transformers 5's ``rope_parameters`` and
+    the older ``rope_theta`` / ``rope_scaling``; ``original_max_position_embeddings`` at the top
+    level (Phi-3) is copied into the scaling."""
+    rp = cfg.get("rope_parameters") or {}
+    if isinstance(rp.get(layer_type), dict):
+        rp = rp[layer_type]
+    elif any(isinstance(v, dict) for v in rp.values()):
+        raise ValueError(f"config.json: rope_parameters has no entry for layer type {layer_type!r}")
+    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    scaling = None if rp.get("rope_type", "default") in ("default", None) else dict(rp)
+    if scaling is None and isinstance(cfg.get("rope_scaling"), dict):
+        scaling = dict(cfg["rope_scaling"])
+    if float(rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise ValueError("config.json: partial_rotary_factor < 1 (partial rotary embedding) is not supported")
+    if scaling is not None:
+        scaling.setdefault("rope_type", scaling.get("type", "default"))
+        if scaling["rope_type"] == "default":
+            return float(theta), None
+        if scaling.get("original_max_position_embeddings") is None and cfg.get("original_max_position_embeddings"):
+            scaling["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
+    return float(theta), scaling
 
 
 def _req(cfg: dict[str, Any], key: str) -> Any:

@@ -203,15 +203,18 @@ def _resolve_dtype(name: str, hf_cfg: dict[str, Any], device: str) -> torch.dtyp
 
 def _resolve_max_model_len(requested: int | None, arch: ArchConfig) -> int:
     native = arch.max_position_embeddings
-    if arch.rope_scaling and arch.rope_scaling.get("rope_type") == "llama3":
-        native = max(native, int(arch.rope_scaling.get("original_max_position_embeddings", native)))
-    if arch.sliding_window:
-        native = min(native, arch.sliding_window)  # no sliding-window attention: stay inside the window
+    scaling = arch.rope_scaling or {}
+    if scaling.get("rope_type") == "llama3":
+        native = max(native, int(scaling.get("original_max_position_embeddings", native)))
+    if scaling.get("rope_type") in ("yarn", "dynamic") and scaling.get("factor"):
+        # these scalings extend the context: to original length x factor (yarn) / native x factor (dynamic)
+        base = int(scaling.get("original_max_position_embeddings") or native)
+        native = max(native, int(base * float(scaling["factor"])))
     if requested is None:
         return native
     if requested > native:
         raise ValueError(f"max_model_len={requested} is larger than the model's maximum context of {native} "
-                         "tokens (max_position_embeddings / sliding_window in config.json)")
+                         "tokens (max_position_embeddings / rope_parameters in config.json)")
     return requested
 
 
