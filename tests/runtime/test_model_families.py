@@ -63,3 +63,22 @@ def test_family_matches_hf(family_models, arch):
         assert abs(got - lp[pos - 1, prompt[pos]].item()) < 1e-4, f"{arch}: position {pos}"
     pool = sched.kv.pool
     assert pool.num_free_blocks == pool.num_blocks
+
+
+def test_piecewise_pieces_keep_per_layer_windows(family_models):
+    """The piecewise-graph split (run eagerly on CPU) calls each layer's attention with its own
+    window, soft-cap and scale: Gemma 2's tokens equal the plain forward's."""
+    from pagedserve.worker.piecewise_graphs import PiecewiseCUDAGraphs, supports_piecewise
+
+    def run(piecewise: bool) -> list[list[int]]:
+        llm = LLM(family_models["gemma2"], device="cpu", dtype="float32", max_num_batched_tokens=16,
+                  use_tqdm=False)
+        runner = llm.llm_engine.core.runner
+        if piecewise:
+            assert supports_piecewise(runner.model)
+            runner.piecewise = PiecewiseCUDAGraphs(runner, 16, use_graphs=False)
+        outs = llm.generate([{"prompt_token_ids": p} for p in _prompts(llm)[:2]],
+                            SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
+        return [o.outputs[0].token_ids for o in outs]
+
+    assert run(True) == run(False)
