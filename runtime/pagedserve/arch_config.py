@@ -69,7 +69,7 @@ class ArchConfig:
             eos_token_ids=eos_ids,
             bos_token_id=cfg.get("bos_token_id"),
             hidden_act=act,
-            layer_types=list(cfg["layer_types"]) if cfg.get("layer_types") else None,
+            layer_types=_layer_types(cfg, arch),
             hf_config=dict(cfg),
         )
 
@@ -109,6 +109,16 @@ def rope_config(cfg: dict[str, Any], layer_type: str = "full_attention") -> tupl
         if scaling.get("original_max_position_embeddings") is None and cfg.get("original_max_position_embeddings"):
             scaling["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
     return float(theta), scaling
+
+
+def _layer_types(cfg: dict[str, Any], arch: str) -> list[str] | None:
+    if cfg.get("layer_types"):
+        return list(cfg["layer_types"])
+    if arch.startswith("Qwen2") and cfg.get("use_sliding_window") and "max_window_layers" in cfg:
+        # configs from before transformers 5: layers from max_window_layers on are windowed
+        n, first = int(cfg["num_hidden_layers"]), int(cfg["max_window_layers"])
+        return ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    return None
 
 
 def _req(cfg: dict[str, Any], key: str) -> Any:

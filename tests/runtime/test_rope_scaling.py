@@ -107,3 +107,6 @@ def test_layer_windows_from_layer_types():
     assert [m.layer_sliding_window(i) for i in range(3)] == [4, 4, 4]
     q = ArchConfig.from_hf({**base, "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": False})
     assert q.layer_sliding_window(0) is None
+    q4 = ArchConfig.from_hf({**base, "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True,
+                             "max_window_layers": 2})  # a transformers 4 config
+    assert [q4.layer_sliding_window(i) for i in range(3)] == [None, None, 4]
