@@ -120,3 +120,20 @@ def test_triton_backend_passes_window_and_cap():
     out = TritonAttentionBackend().forward(q, k, v, kc, vc, meta, 0.25, **kw)
     n = q.shape[0] - 3
     assert_close(out[:n], ref[:n], torch.float32, "backend")
+
+
+def test_gemma2_shape_default_tiles():
+    """Gemma 2's head_dim 256 with window + soft-cap at the default (16-bit) launch configuration."""
+    dtype = torch.float16
+    gen = torch.Generator().manual_seed(11)
+    reqs = [(1, 70), (1, 9), (40, 90)]
+    kc, vc, bt, sl = make_paged_cache([s for _, s in reqs], 16, 4, 256, dtype, gen=gen)
+    _poison_outside(kc, vc, bt, reqs, 32)
+    q_lens = [ql for ql, _ in reqs]
+    q = randn(sum(q_lens), 8, 256, dtype=dtype, gen=gen, scale=2.0)
+    qsl = torch.tensor([0] + q_lens, dtype=torch.int64).cumsum(0).to(torch.int32).to(DEVICE)
+    out = poisoned(q.shape, dtype)
+    kw = dict(sliding_window=32, logit_softcap=50.0)
+    paged_decode_attention(q[:2], kc, vc, bt[:2], sl[:2], 256 ** -0.5, out=out[:2], **kw)
+    paged_prefill_attention(q, kc, vc, qsl[2:], sl[2:], bt[2:], 256 ** -0.5, 40, out=out, **kw)
+    assert_close(out, _ref(q, kc, vc, qsl, sl, bt, 256 ** -0.5, 32, 50.0), dtype, "gemma2 shape")

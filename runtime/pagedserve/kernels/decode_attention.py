@@ -32,7 +32,7 @@ LOG2E = 1.4426950408889634
 def _decode_attn_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
-    scale_log2, window, softcap,
+    scale_log2, window, softcap_log2,
     stride_qb, stride_qh,
     stride_cb, stride_cs, stride_ch,
     stride_bt,
@@ -83,8 +83,8 @@ def _decode_attn_kernel(
         kv_mask = valid[:, None] & d_mask[None, :]
         k = tl.load(k_cache_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
-        if USE_SOFTCAP:  # c * tanh(s / c) on the natural-log scale s = qk / log2(e)
-            qk = softcap * LOG2E * (2.0 * tl.sigmoid(2.0 * qk / (softcap * LOG2E)) - 1.0)
+        if USE_SOFTCAP:  # c * tanh(s / c), on the log2 scale: qk = s log2(e), softcap_log2 = c log2(e)
+            qk = softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk / softcap_log2) - 1.0)
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
@@ -188,17 +188,20 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, device: t
     return int(max(1, min(want, by_len, mx)))
 
 
-def decode_launch_config(num_programs: int, dtype: torch.dtype) -> tuple[int, int, int]:
+def decode_launch_config(num_programs: int, dtype: torch.dtype, head_dim: int = 128) -> tuple[int, int, int]:
     """Default (tile_n, num_warps, num_stages) for a decode launch of ``num_programs`` programs.
 
     H200 sweep (bench/kernels/attn_tune.py, bf16, contexts 300-350): tile 64 / 2 warps / 3 stages is
     the best or within 1% at batch 8-64; from ~16 programs per SM (batch 256+) tile 32 / 2 warps /
-    2 stages reads K/V 10% faster."""
+    2 stages reads K/V 10% faster. Head dims above 128 (Gemma's 256) take 4 warps: with 2 the
+    [16, 256] fp32 accumulator and the K/V tiles spill (sm_90 AOT compile, 255 registers + stack);
+    not yet tuned on a GPU."""
     if dtype == torch.float32:
         return DECODE_TILE_N_FP32, DECODE_NUM_WARPS_FP32, DECODE_NUM_STAGES_FP32
+    warps = 4 if head_dim > 128 else None
     if num_programs >= DECODE_MANY_PROGRAMS:
-        return DECODE_MANY_TILE_N, DECODE_MANY_NUM_WARPS, DECODE_MANY_NUM_STAGES
-    return DECODE_TILE_N, DECODE_NUM_WARPS, DECODE_NUM_STAGES
+        return DECODE_MANY_TILE_N, warps or DECODE_MANY_NUM_WARPS, DECODE_MANY_NUM_STAGES
+    return DECODE_TILE_N, warps or DECODE_NUM_WARPS, DECODE_NUM_STAGES
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -239,7 +242,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     group = H // KVH
     block_g = max(16, next_pow2(group))
     block_d = max(16, next_pow2(D))
-    d_tile, d_warps, d_stages = decode_launch_config(B * KVH * num_splits, q.dtype)
+    d_tile, d_warps, d_stages = decode_launch_config(B * KVH * num_splits, q.dtype, D)
     tile_n, num_warps, num_stages = tile_n or d_tile, num_warps or d_warps, num_stages or d_stages
     scale_log2 = float(scale) * LOG2E
     one = num_splits == 1
@@ -254,7 +257,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         l_strides = part_lse.stride()[:2]
     _decode_attn_kernel[(B, KVH, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
-        scale_log2, window, softcap,
+        scale_log2, window, softcap * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),

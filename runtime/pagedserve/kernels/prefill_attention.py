@@ -31,7 +31,7 @@ LOG2E = 1.4426950408889634
 @jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "stride_bt", "window")
 def _prefill_attn_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, out_ptr,
-    scale_log2, window, softcap,
+    scale_log2, window, softcap_log2,
     stride_qt, stride_qh,
     stride_cb, stride_cs, stride_ch,
     stride_bt,
@@ -89,7 +89,7 @@ def _prefill_attn_kernel(
         k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=d_mask[None, :], other=0.0)
         qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
         if USE_SOFTCAP:
-            qk = softcap * LOG2E * (2.0 * tl.sigmoid(2.0 * qk / (softcap * LOG2E)) - 1.0)
+            qk = softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk / softcap_log2) - 1.0)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
@@ -108,7 +108,7 @@ def _prefill_attn_kernel(
         k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
         if USE_SOFTCAP:
-            qk = softcap * LOG2E * (2.0 * tl.sigmoid(2.0 * qk / (softcap * LOG2E)) - 1.0)
+            qk = softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk / softcap_log2) - 1.0)
         visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
         if USE_WINDOW:
             visible = visible & (pos[None, :] > q_pos[:, None] - window)
@@ -186,7 +186,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     grid = (H, cdiv(max_query_len, block_m), B)
     _prefill_attn_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out,
-        float(scale) * LOG2E, window, softcap,
+        float(scale) * LOG2E, window, softcap * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
