@@ -73,6 +73,11 @@ class ArchConfig:
             hf_config=dict(cfg),
         )
 
+    def all_layers_window(self) -> int | None:
+        """The window when every layer is windowed (then no token left of it is ever read again)."""
+        wins = {self.layer_sliding_window(i) for i in range(self.num_layers)}
+        return wins.pop() if len(wins) == 1 and None not in wins else None
+
     def layer_sliding_window(self, layer_idx: int) -> int | None:
         """The attention window of a layer (None: full attention)."""
         if not self.sliding_window:

@@ -44,7 +44,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         self.config = scheduler_config
         self.policy = scheduler_config.policy
         self.kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching,
-                                 num_cpu_blocks)
+                                 num_cpu_blocks, sliding_window=cache_config.sliding_window)
         self.requests: dict[str, Request] = {}
         self.waiting = make_queue(self.policy)
         self.running: list[Request] = []

@@ -107,7 +107,7 @@ class EngineArgs:
             block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
             kv_cache_memory=self.kv_cache_memory, num_gpu_blocks_override=self.num_gpu_blocks_override,
             swap_space=self.swap_space, enable_prefix_caching=self.enable_prefix_caching,
-            cache_dtype=self.kv_cache_dtype)
+            cache_dtype=self.kv_cache_dtype, sliding_window=arch.all_layers_window())
         sched = SchedulerConfig(
             max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=max_len,
             long_prefill_token_threshold=self.long_prefill_token_threshold,
