@@ -34,6 +34,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen2_yarn": dict(cls="Qwen2Config", tie_word_embeddings=True, use_sliding_window=False,
                        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256,
                                         "rope_theta": 10000.0}),
+    "qwen2_sw": dict(cls="Qwen2Config", tie_word_embeddings=True, use_sliding_window=True, sliding_window=8,
+                     max_window_layers=1, rope_theta=10000.0),  # layer 0 full, layer 1 windowed
     "gemma2": dict(cls="Gemma2Config", tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=24,
                    sliding_window=8, attn_logit_softcapping=4.0, final_logit_softcapping=2.5, num_hidden_layers=3,
                    hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0),
