@@ -1,5 +1,5 @@
 """Issue 20's dense families against HF transformers in float32: Mistral with a real sliding window,
-Qwen2 with YaRN, Gemma 2 (soft-capping, sandwich norms, local/global layers), Gemma 3 text (q/k
+Qwen2 with YaRN, Qwen2 with one windowed and one full layer, Gemma 2 (soft-capping, sandwich norms, local/global layers), Gemma 3 text (q/k
 norms, a local RoPE and a linearly scaled global one), Phi-3 with fused checkpoint projections
 and LongRoPE. Tiny random models (windows of 8 tokens, prompts of 20-30) run with chunked
 prefill across the window boundary (5-token chunks), prefix caching with a real hit, and a
