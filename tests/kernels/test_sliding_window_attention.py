@@ -81,6 +81,8 @@ PREFILL = [
     (16, 6, 2, 64, 32, 16, 20, 20.0),
     (8, 4, 2, 32, 16, 32, None, 10.0),
     (8, 4, 2, 32, 16, 16, 1, None),  # window 1: each token sees only itself
+    (8, 4, 2, 32, 16, 16, 40, None),  # windows wider than a tile: unmasked tiles inside every row's window
+    (16, 6, 3, 32, 16, 16, 50, 20.0),
 ]
 
 

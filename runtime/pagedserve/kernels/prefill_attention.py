@@ -13,19 +13,53 @@ in fp32, in two loops: tiles below the first query's position need no causal mas
 diagonal tiles after it are masked; tiles past the last query's position are never read.
 
 Sliding window ``W`` (``window > 0``): query ``p`` sees ``p - W + 1 .. p`` only. The sweep then
-starts at the tile holding the first row's lowest visible position and every tile is masked
-(one loop); tiles left of every row's window are never read. Logit soft-capping ``c > 0``
+starts at the tile holding the first row's lowest visible position; tiles up to the last row's
+window start are masked (the windows' left edge), the tiles inside every row's window run
+unmasked as above, the diagonal is masked; no position left of every row's window is read
+(their blocks may have been freed). Logit soft-capping ``c > 0``
 (Gemma 2): scores ``s`` become ``c * tanh(s / c)`` before the mask and the softmax.
 """
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
 from pagedserve.kernels.jit import jit_unspecialized
 from pagedserve.kernels.utils import cdiv, dot_precision, fp16_dot, next_pow2
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _masked_tile(start_n, m_i, l_i, acc, q, q_pos, n, d, d_mask, bt_row, head_off, k_cache_ptr, v_cache_ptr,
+                 kv_end, win_lo, window, scale_log2, softcap_log2, stride_cb, stride_cs,
+                 BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_WINDOW: tl.constexpr,
+                 USE_SOFTCAP: tl.constexpr):
+    """One KV tile with the causal mask (and the window): the online-softmax update."""
+    pos = start_n + n
+    valid = (pos < kv_end) & (pos >= win_lo)  # blocks left of the window may be freed: never read
+    blk = tl.load(bt_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+    off = blk * stride_cb + (pos % BLOCK_SIZE).to(tl.int64) * stride_cs + head_off
+    kv_mask = valid[:, None] & d_mask[None, :]
+    k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
+    if USE_SOFTCAP:
+        qk = softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk / softcap_log2) - 1.0)
+    visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
+    if USE_WINDOW:
+        visible = visible & (pos[None, :] > q_pos[:, None] - window)
+    qk = tl.where(visible, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_ref = m_new
+    if USE_WINDOW:  # a row may have seen nothing yet: keep exp2 away from -inf - -inf
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(qk - m_ref[:, None])
+    alpha = tl.exp2(m_i - m_ref)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
 
 
 @jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "stride_bt", "window")
@@ -74,15 +108,23 @@ def _prefill_attn_kernel(
     first_pos = ctx + mt * BLOCK_M  # the tile's first query position (every row sees <= it)
     full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N  # KV tiles fully visible to all rows
     kv_end = tl.minimum(seq_len, first_pos + BLOCK_M)  # nothing at or past this is visible
-    masked_start = full_end
+    masked_start = 0  # [masked_start, a_end): the left edge of the rows' windows (masked)
+    a_end = 0
     win_lo = 0  # no row of the tile sees a position below this one
-    if USE_WINDOW:  # everything is masked, from the first row's window start on
+    if USE_WINDOW:
         win_lo = tl.maximum(first_pos - window + 1, 0)
         masked_start = (win_lo // BLOCK_N) * BLOCK_N
-        full_end = 0
+        last_lo = tl.maximum(first_pos + BLOCK_M - window, 0)  # the tile's last row's window start
+        a_end = tl.maximum(tl.minimum(tl.cdiv(last_lo, BLOCK_N) * BLOCK_N, full_end), masked_start)
 
-    # 1) unmasked tiles: positions < full_end <= first_pos + 1 <= seq_len
-    for start_n in range(0, full_end, BLOCK_N):
+    # 0) the windows' left edge (sliding window only): masked
+    for start_n in range(masked_start, a_end, BLOCK_N):
+        m_i, l_i, acc = _masked_tile(start_n, m_i, l_i, acc, q, q_pos, n, d, d_mask, bt_row, head_off,
+                                     k_cache_ptr, v_cache_ptr, kv_end, win_lo, window, scale_log2, softcap_log2,
+                                     stride_cb, stride_cs, BLOCK_SIZE, DOT_PRECISION, USE_WINDOW, USE_SOFTCAP)
+
+    # 1) unmasked tiles: a_end <= positions < full_end <= first_pos + 1 <= seq_len (inside every window)
+    for start_n in range(a_end, full_end, BLOCK_N):
         pos = start_n + n
         blk = tl.load(bt_row + pos // BLOCK_SIZE).to(tl.int64)
         off = blk * stride_cb + (pos % BLOCK_SIZE).to(tl.int64) * stride_cs + head_off
@@ -99,30 +141,10 @@ def _prefill_attn_kernel(
         m_i = m_new
 
     # 2) diagonal tiles: causal mask (and the end of the sequence; and the window)
-    for start_n in range(masked_start, kv_end, BLOCK_N):
-        pos = start_n + n
-        valid = (pos < kv_end) & (pos >= win_lo)  # blocks left of the window may be freed: never read
-        blk = tl.load(bt_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-        off = blk * stride_cb + (pos % BLOCK_SIZE).to(tl.int64) * stride_cs + head_off
-        kv_mask = valid[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
-        if USE_SOFTCAP:
-            qk = softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk / softcap_log2) - 1.0)
-        visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
-        if USE_WINDOW:
-            visible = visible & (pos[None, :] > q_pos[:, None] - window)
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_ref = m_new
-        if USE_WINDOW:  # a row may have seen nothing yet: keep exp2 away from -inf - -inf
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(qk - m_ref[:, None])
-        alpha = tl.exp2(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
-        m_i = m_new
+    for start_n in range(full_end, kv_end, BLOCK_N):
+        m_i, l_i, acc = _masked_tile(start_n, m_i, l_i, acc, q, q_pos, n, d, d_mask, bt_row, head_off,
+                                     k_cache_ptr, v_cache_ptr, kv_end, win_lo, window, scale_log2, softcap_log2,
+                                     stride_cb, stride_cs, BLOCK_SIZE, DOT_PRECISION, USE_WINDOW, USE_SOFTCAP)
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :], o.to(out_ptr.dtype.element_ty),
