@@ -191,6 +191,15 @@ class KVCacheManager:
         self.num_window_freed += len(gone)
         self.pool.free_blocks(gone)
 
+    def can_fork(self, parent: Request, num_tokens: int) -> bool:
+        """Whether a child continuing after ``parent``'s first ``num_tokens`` tokens finds every block
+        it will read (a sliding window may have freed some that the parent, further on, no longer needs)."""
+        if self.sliding_window is None:
+            return True
+        first = max(0, num_tokens - self.sliding_window + 1) // self.block_size
+        blocks = self.req_to_blocks.get(parent.request_id, [])[:self.blocks_needed(num_tokens)]
+        return all(b is not NULL_BLOCK for b in blocks[first:])
+
     def fork(self, parent: Request, child: Request, num_tokens: int) -> None:
         """Let ``child`` share the blocks holding ``parent``'s first ``num_tokens`` tokens (one more
         reference each: O(blocks), no KV is copied until someone writes into a shared block)."""

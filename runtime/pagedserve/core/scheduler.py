@@ -305,7 +305,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         if leader is None or leader.is_finished:
             return None
         if leader.status == RequestStatus.RUNNING and leader.num_computed_tokens >= req.num_prompt_tokens - 1:
-            return leader
+            # (with a sliding window the leader may have freed blocks the child would still read)
+            return leader if self.kv.can_fork(leader, req.num_prompt_tokens - 1) else None
         return _WAIT if leader.num_output_tokens == 0 else None
 
     def _admit(self, req: Request, budget: int, fork_src: Request | None) -> list[ScheduledRequest] | None:
