@@ -1,10 +1,11 @@
-"""Issue 20's dense families against HF transformers in float32: Mistral with a real sliding window,
-Qwen2 with YaRN, Qwen2 with one windowed and one full layer, Gemma 2 (soft-capping, sandwich norms, local/global layers), Gemma 3 text (q/k
-norms, a local RoPE and a linearly scaled global one), Phi-3 with fused checkpoint projections
-and LongRoPE. Tiny random models (windows of 8 tokens, prompts of 20-30) run with chunked
-prefill across the window boundary (5-token chunks), prefix caching with a real hit, and a
-cache small enough to force preemption; greedy tokens must equal HF generate and prompt logprobs
-HF's log-softmax within 1e-4."""
+"""Issue 20's dense families against HF transformers in float32: Mistral with a real sliding window
+(its blocks left of the window freed), Qwen2 with YaRN, Qwen2 with one windowed and one full layer,
+Gemma 2 (soft-capping, sandwich norms, local/global layers), Gemma 3 text (q/k norms, a local RoPE
+and a linearly scaled global one), Phi-3 with fused checkpoint projections and LongRoPE. Tiny
+random models (windows of 8 tokens, prompts of 20-30) run with chunked prefill across the window
+boundary (5-token chunks; 12 for Mistral), prefix caching with a real hit, and a cache small
+enough to force preemption; greedy tokens must equal HF generate and prompt logprobs HF's
+log-softmax within 1e-4."""
 from __future__ import annotations
 
 import pytest
