@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pagedserve.attention.backend import AttentionBackend
+from pagedserve.attention.metadata import AttentionMetadata
 from pagedserve.forward_context import get_forward_context
 
 
@@ -30,8 +32,9 @@ class Attention(nn.Module):
         out = self.attend(ctx.backend, q, k, v, k_cache, v_cache, ctx.attn_metadata)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
 
-    def attend(self, backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-               v_cache: torch.Tensor, meta, out: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(self, backend: AttentionBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+               out: torch.Tensor | None = None) -> torch.Tensor:
         """The backend call with this layer's scale, window and cap (also used by the piecewise graphs)."""
         return backend.forward(q, k, v, k_cache, v_cache, meta, self.scale, out=out,
                                sliding_window=self.sliding_window, logit_softcap=self.logit_softcap)
