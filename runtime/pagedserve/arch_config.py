@@ -28,6 +28,8 @@ class ArchConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     hidden_act: str = "silu"
+    #: the fraction of each head's dims that RoPE rotates (Phi-4-mini: 0.75; the first ones)
+    partial_rotary_factor: float = 1.0
     #: per layer "full_attention" / "sliding_attention" (transformers 5 writes it); None: all alike
     layer_types: list[str] | None = None
     #: the whole config.json, for the fields only one model family reads (models/<family>.py)
@@ -70,8 +72,14 @@ class ArchConfig:
             bos_token_id=cfg.get("bos_token_id"),
             hidden_act=act,
             layer_types=_layer_types(cfg, arch),
+            partial_rotary_factor=_partial_rotary_factor(cfg),
             hf_config=dict(cfg),
         )
+
+    @property
+    def rotary_dim(self) -> int:
+        """The head dims RoPE rotates (the first ones; HF's ``int(head_dim * partial_rotary_factor)``)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     def all_layers_window(self) -> int | None:
         """The window when every layer is windowed (then no token left of it is ever read again)."""
@@ -105,8 +113,6 @@ def rope_config(cfg: dict[str, Any], layer_type: str = "full_attention") -> tupl
     scaling = None if rp.get("rope_type", "default") in ("default", None) else dict(rp)
     if scaling is None and isinstance(cfg.get("rope_scaling"), dict):
         scaling = dict(cfg["rope_scaling"])
-    if float(rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))) != 1.0:
-        raise ValueError("config.json: partial_rotary_factor < 1 (partial rotary embedding) is not supported")
     if scaling is not None:
         scaling.setdefault("rope_type", scaling.get("type", "default"))
         if scaling["rope_type"] == "default":
@@ -114,6 +120,16 @@ def rope_config(cfg: dict[str, Any], layer_type: str = "full_attention") -> tupl
         if scaling.get("original_max_position_embeddings") is None and cfg.get("original_max_position_embeddings"):
             scaling["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
     return float(theta), scaling
+
+
+def _partial_rotary_factor(cfg: dict[str, Any]) -> float:
+    rp = cfg.get("rope_parameters") or {}
+    if isinstance(rp.get("full_attention"), dict):
+        rp = rp["full_attention"]
+    f = float(rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) or 1.0)
+    if not 0.0 < f <= 1.0:
+        raise ValueError(f"config.json: partial_rotary_factor must be in (0, 1], got {f}")
+    return f
 
 
 def _layer_types(cfg: dict[str, Any], arch: str) -> list[str] | None:

@@ -110,6 +110,22 @@ def test_rotary_scaled_caches(scaling):
     _close(k2, ref_k, torch.float16, "rotary k")
 
 
+def test_rotary_partial_dims_in_place():
+    """Partial RoPE (Phi-4-mini: 3/4 of each head): the fused kernel on the first-dims views of the
+    strided q/k equals the reference; the other dims stay as they were."""
+    gen = torch.Generator().manual_seed(6)
+    rope = RotaryEmbedding(64, 256, 10000.0, rotary_dim=48).to(DEVICE)
+    qkv = randn(4, 6 + 2 * 2, 64, dtype=torch.float16, gen=gen)
+    q, k = qkv[:, :6], qkv[:, 6:8]
+    pos = torch.tensor([0, 5, 100, 255], device=DEVICE)
+    ref_q, ref_k = rope(pos, q.clone(), k.clone())
+    rope.fused = rotary_fused
+    out_q, out_k = rope(pos, q, k)
+    assert out_q.data_ptr() == q.data_ptr()
+    _close(out_q, ref_q, torch.float16, "partial rotary q")
+    _close(out_k, ref_k, torch.float16, "partial rotary k")
+
+
 def test_rotary_module_hook():
     gen = torch.Generator().manual_seed(4)
     rope = RotaryEmbedding(64, 128, 10000.0).to(DEVICE)

@@ -48,6 +48,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
                           rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                                            "short_factor": [1.0 + 0.1 * i for i in range(_HALF)],
                                            "long_factor": [1.0 + 2.0 * i for i in range(_HALF)]}),
+    # Phi-4-mini style: LongRoPE on 3/4 of each head (12 of 16 dims: 6 frequencies)
+    "phi3_partial": dict(cls="Phi3Config", tie_word_embeddings=False, original_max_position_embeddings=48,
+                         partial_rotary_factor=0.75,
+                         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                                          "short_factor": [1.0 + 0.2 * i for i in range(6)],
+                                          "long_factor": [1.0 + 3.0 * i for i in range(6)]}),
 }
 
 

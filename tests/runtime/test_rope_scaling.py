@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pagedserve.arch_config import ArchConfig, rope_config
-from pagedserve.layers.rotary import RotaryEmbedding, rope_parameters
+from pagedserve.layers.rotary import RotaryEmbedding, apply_rotary_ref, rope_parameters
 
 HEAD_DIM, MAX_POS = 32, 512
 
@@ -84,8 +84,13 @@ def test_rope_parameters_as_transformers_5_writes_them():
     assert rope_config({"rope_theta": 5e5, "rope_scaling": {"type": "yarn", "factor": 4.0,
                                                             "original_max_position_embeddings": 32768}}) == (
         5e5, {"type": "yarn", "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})
+    base = dict(architectures=["Phi3ForCausalLM"], vocab_size=8, hidden_size=64, intermediate_size=8,
+                num_hidden_layers=1, num_attention_heads=4)
+    phi4 = ArchConfig.from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                           "partial_rotary_factor": 0.75}})
+    assert phi4.rotary_dim == 12 and phi4.head_dim == 16
     with pytest.raises(ValueError, match="partial_rotary_factor"):
-        rope_config({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}})
+        ArchConfig.from_hf({**base, "partial_rotary_factor": 1.5})
 
 
 def test_bad_rope_parameters_raise_value_errors():
@@ -110,3 +115,28 @@ def test_layer_windows_from_layer_types():
     q4 = ArchConfig.from_hf({**base, "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True,
                              "max_window_layers": 2})  # a transformers 4 config
     assert [q4.layer_sliding_window(i) for i in range(3)] == [None, None, 4]
+
+
+def test_partial_rotary_rotates_the_first_dims_only():
+    """rotary_dim < head_dim (Phi-4-mini): HF Phi-3's apply_rotary_pos_emb on the first dims, the
+    rest passed through; the fused-kernel hook works on the same in-place views."""
+    from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
+
+    rope = RotaryEmbedding(16, 64, 1e4, rotary_dim=12)
+    q, k = torch.randn(5, 4, 16), torch.randn(5, 2, 16)
+    pos = torch.tensor([0, 3, 17, 40, 63])
+    oq, ok = rope(pos, q, k)
+    cos = torch.cat((rope.cos_cache[pos], rope.cos_cache[pos]), -1)[None]
+    sin = torch.cat((rope.sin_cache[pos], rope.sin_cache[pos]), -1)[None]
+    hq, hk = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
+    assert torch.allclose(oq, hq[0].transpose(0, 1), atol=1e-6) and torch.allclose(ok, hk[0].transpose(0, 1), atol=1e-6)
+    assert torch.equal(oq[..., 12:], q[..., 12:])
+
+    def fused(positions, q_, k_, cos_c, sin_c):  # the hook's contract (in place), by the reference
+        c, s_ = cos_c[positions], sin_c[positions]
+        q_.copy_(apply_rotary_ref(q_, c, s_)), k_.copy_(apply_rotary_ref(k_, c, s_))
+        return q_, k_
+
+    rope.fused = fused
+    fq, fk = rope(pos, q.clone(), k.clone())
+    assert torch.allclose(fq, oq, atol=1e-6) and torch.allclose(fk, ok, atol=1e-6)

@@ -174,18 +174,32 @@ def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 
 class RotaryEmbedding(nn.Module):
+    """``rotary_dim`` < ``head_dim``: partial RoPE (Phi-4-mini), only the first ``rotary_dim`` dims of
+    each head rotate (rotate-half within them), the rest pass through."""
+
     def __init__(self, head_dim: int, max_position: int, theta: float,
-                 scaling: dict[str, Any] | None = None, max_position_embeddings: int | None = None) -> None:
+                 scaling: dict[str, Any] | None = None, max_position_embeddings: int | None = None,
+                 rotary_dim: int | None = None) -> None:
         super().__init__()
         self.head_dim = head_dim
-        cos, sin = rope_cos_sin(head_dim, max_position, theta, scaling, max_position_embeddings)
+        self.rotary_dim = rotary_dim or head_dim
+        if self.rotary_dim % 2 or self.rotary_dim > head_dim:
+            raise ValueError(f"rotary dims {self.rotary_dim} must be even and at most head_dim {head_dim}")
+        cos, sin = rope_cos_sin(self.rotary_dim, max_position, theta, scaling, max_position_embeddings)
         self.register_buffer("cos_cache", cos, persistent=False)
         self.register_buffer("sin_cache", sin, persistent=False)
         self.fused = None  # a fused kernel (positions, q, k, cos_cache, sin_cache) on GPU
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        rd = self.rotary_dim
         if self.fused is not None:
-            return self.fused(positions, q, k, self.cos_cache, self.sin_cache)
+            if rd == self.head_dim:
+                return self.fused(positions, q, k, self.cos_cache, self.sin_cache)
+            self.fused(positions, q[..., :rd], k[..., :rd], self.cos_cache, self.sin_cache)  # in place
+            return q, k
         cos, sin = self.cos_cache[positions], self.sin_cache[positions]
-        return apply_rotary_ref(q, cos, sin), apply_rotary_ref(k, cos, sin)
+        if rd == self.head_dim:
+            return apply_rotary_ref(q, cos, sin), apply_rotary_ref(k, cos, sin)
+        return (torch.cat((apply_rotary_ref(q[..., :rd], cos, sin), q[..., rd:]), dim=-1),
+                torch.cat((apply_rotary_ref(k[..., :rd], cos, sin), k[..., rd:]), dim=-1))

@@ -130,6 +130,8 @@ class GemmaModel(nn.Module):
         super().__init__()
         self.embed_tokens = ScaledEmbedding(cfg.vocab_size, cfg.hidden_size)
         types = gemma_layer_types(cfg)
+        if cfg.rotary_dim != cfg.head_dim:
+            raise ValueError(f"partial_rotary_factor {cfg.partial_rotary_factor} is not supported for Gemma")
         theta, scaling = rope_config(cfg.hf_config, "full_attention")
         self.rotary = RotaryEmbedding(cfg.head_dim, max_position, theta, scaling, cfg.max_position_embeddings)
         self.rotary_local = self.rotary

@@ -96,8 +96,11 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: ArchConfig, max_position: int) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        if cfg.rotary_dim != cfg.head_dim and not cfg.architecture.startswith("Phi3"):
+            raise ValueError(f"partial_rotary_factor {cfg.partial_rotary_factor} is not supported for "
+                             f"{cfg.architecture} (only Phi3ForCausalLM rotates part of each head)")
         self.rotary = RotaryEmbedding(cfg.head_dim, max_position, cfg.rope_theta, cfg.rope_scaling,
-                                      cfg.max_position_embeddings)
+                                      cfg.max_position_embeddings, rotary_dim=cfg.rotary_dim)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, self.rotary, prefix=f"model.layers.{i}") for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
