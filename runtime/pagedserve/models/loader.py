@@ -107,6 +107,10 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
             loader = getattr(param, "weight_loader", None)
             split = next((v for frag, v in splits.items() if f".{frag}." in name), None) if shard is None else None
             if split is not None and loader is not None:  # one checkpoint tensor, several shards
+                shape = list(source.get_shape() if hasattr(source, "get_shape") else source.shape)
+                if not shape or shape[0] != sum(rows for _, _, rows in split):
+                    raise ValueError(f"model: fused checkpoint tensor {name!r} of shape {shape} cannot be split "
+                                     f"into its shards ({[r for _, _, r in split]} rows)")
                 for shard_id, start, rows in split:
                     loader(param, source[start:start + rows], shard_id)
             elif loader is None:
