@@ -29,18 +29,20 @@ if "--cpu-smoke" in sys.argv:
 
 import torch  # noqa: E402
 
-from bench.kernels import activation, decode_attention, harness, kv_store, prefill_attention, rmsnorm, rotary  # noqa: E402
+from bench.kernels import (activation, decode_attention, harness, kv_store, prefill_attention, rmsnorm,  # noqa: E402
+                           rotary, window_attention)
 from bench.kernels.harness import CudaDead, Run, copy_tbps  # noqa: E402
 
 #: every section, in the order of a full run
 SECTION_FNS = {**harness.SECTIONS, **kv_store.SECTIONS, "decode": decode_attention.SECTIONS["decode"],
                "prefill": prefill_attention.SECTIONS["prefill"], "graph": decode_attention.SECTIONS["graph"],
+               "window": window_attention.SECTIONS["window"],
                **rmsnorm.SECTIONS, **rotary.SECTIONS, **activation.SECTIONS,
                "decode_sweep": decode_attention.SECTIONS["decode_sweep"],
                "prefill_sweep": prefill_attention.SECTIONS["prefill_sweep"]}
 #: names of several sections (the sections of the earlier one-file script)
 ALIASES = {"fused": ["rmsnorm", "rotary", "silu_and_mul"], "sweep": ["decode_sweep", "prefill_sweep"],
-           "attention": ["decode", "prefill", "graph"]}
+           "attention": ["decode", "prefill", "graph", "window"]}
 
 
 def sections(spec: str) -> list[str]:

@@ -28,6 +28,12 @@ class ArchConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     hidden_act: str = "silu"
+    #: the fraction of each head's dims that RoPE rotates (Phi-4-mini: 0.75; the first ones)
+    partial_rotary_factor: float = 1.0
+    #: per layer "full_attention" / "sliding_attention" (transformers 5 writes it); None: all alike
+    layer_types: list[str] | None = None
+    #: the whole config.json, for the fields only one model family reads (models/<family>.py)
+    hf_config: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "ArchConfig":
@@ -36,16 +42,7 @@ class ArchConfig:
             raise ValueError("config.json: missing 'architectures'")
         num_heads = _req(cfg, "num_attention_heads")
         hidden = _req(cfg, "hidden_size")
-        rp = cfg.get("rope_parameters") or {}
-        rope_theta = cfg.get("rope_theta", rp.get("rope_theta", 10000.0))
-        scaling = cfg.get("rope_scaling") or None
-        if scaling is None and rp.get("rope_type", "default") not in ("default", None):
-            scaling = dict(rp)
-        if scaling is not None:
-            scaling = dict(scaling)
-            scaling.setdefault("rope_type", scaling.get("type", "default"))
-            if scaling["rope_type"] == "default":
-                scaling = None
+        rope_theta, scaling = rope_config(cfg, "full_attention")
         eos = cfg.get("eos_token_id")
         eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         arch = archs[0]
@@ -74,11 +71,75 @@ class ArchConfig:
             eos_token_ids=eos_ids,
             bos_token_id=cfg.get("bos_token_id"),
             hidden_act=act,
+            layer_types=_layer_types(cfg, arch),
+            partial_rotary_factor=_partial_rotary_factor(cfg),
+            hf_config=dict(cfg),
         )
+
+    @property
+    def rotary_dim(self) -> int:
+        """The head dims RoPE rotates (the first ones; HF's ``int(head_dim * partial_rotary_factor)``)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    def all_layers_window(self) -> int | None:
+        """The window when every layer is windowed (then no token left of it is ever read again)."""
+        wins = {self.layer_sliding_window(i) for i in range(self.num_layers)}
+        return wins.pop() if len(wins) == 1 and None not in wins else None
+
+    def layer_sliding_window(self, layer_idx: int) -> int | None:
+        """The attention window of a layer (None: full attention)."""
+        if not self.sliding_window:
+            return None
+        if self.layer_types is None:
+            return self.sliding_window
+        return self.sliding_window if self.layer_types[layer_idx] == "sliding_attention" else None
 
     def kv_bytes_per_token(self, dtype_size: int) -> int:
         """Bytes of KV cache one token needs across all layers."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_size
+
+
+def rope_config(cfg: dict[str, Any], layer_type: str = "full_attention") -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, scaling or None) of config.json, for one layer type when ``rope_parameters`` is
+    keyed by layer type (transformers 5's Gemma 3). Reads transformers 5's ``rope_parameters`` and
+    the older ``rope_theta`` / ``rope_scaling``; ``original_max_position_embeddings`` at the top
+    level (Phi-3) is copied into the scaling."""
+    rp = cfg.get("rope_parameters") or {}
+    if isinstance(rp.get(layer_type), dict):
+        rp = rp[layer_type]
+    elif any(isinstance(v, dict) for v in rp.values()):
+        raise ValueError(f"config.json: rope_parameters has no entry for layer type {layer_type!r}")
+    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    scaling = None if rp.get("rope_type", "default") in ("default", None) else dict(rp)
+    if scaling is None and isinstance(cfg.get("rope_scaling"), dict):
+        scaling = dict(cfg["rope_scaling"])
+    if scaling is not None:
+        scaling.setdefault("rope_type", scaling.get("type", "default"))
+        if scaling["rope_type"] == "default":
+            return float(theta), None
+        if scaling.get("original_max_position_embeddings") is None and cfg.get("original_max_position_embeddings"):
+            scaling["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
+    return float(theta), scaling
+
+
+def _partial_rotary_factor(cfg: dict[str, Any]) -> float:
+    rp = cfg.get("rope_parameters") or {}
+    if isinstance(rp.get("full_attention"), dict):
+        rp = rp["full_attention"]
+    f = float(rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) or 1.0)
+    if not 0.0 < f <= 1.0:
+        raise ValueError(f"config.json: partial_rotary_factor must be in (0, 1], got {f}")
+    return f
+
+
+def _layer_types(cfg: dict[str, Any], arch: str) -> list[str] | None:
+    if cfg.get("layer_types"):
+        return list(cfg["layer_types"])
+    if arch.startswith("Qwen2") and cfg.get("use_sliding_window") and "max_window_layers" in cfg:
+        # configs from before transformers 5: layers from max_window_layers on are windowed
+        n, first = int(cfg["num_hidden_layers"]), int(cfg["max_window_layers"])
+        return ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    return None
 
 
 def _req(cfg: dict[str, Any], key: str) -> Any:

@@ -48,6 +48,8 @@ class CacheConfig:
     num_gpu_blocks: int | None = None  # resolved by the model runner
     num_cpu_blocks: int | None = None
     cache_dtype: str = "auto"  # --kv-cache-dtype: auto (the model dtype), fp8 / fp8_e4m3, fp8_e5m2
+    #: the window of a model whose every layer is windowed (Mistral): blocks left of it are freed
+    sliding_window: int | None = None
 
     def torch_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         """The KV cache's element type."""

@@ -195,6 +195,17 @@ def run_all(c: Compiler, quick: bool) -> None:
                 for m in (1, 16):  # the split-dots variant of the skinny kernel (bench/wna16_gpu.py search)
                     wna16_gemv(T(m, k), pk, T(k // 128, n), None, None, bits, 128, block_k=128, split_dots=True,
                                num_warps=4, num_stages=3)
+    # sliding windows (Mistral: D 128) and windows + soft-capping (Gemma 2: D 256, GQA 2)
+    for H, KVH, D, cap in ((32, 8, 128, None), (16, 8, 256, 50.0)):
+        kc = T(100, 16, KVH, D)
+        for splits in (1, 4):
+            paged_decode_attention(T(8, H, D), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1, num_splits=splits,
+                                   sliding_window=4096, logit_softcap=cap)
+        paged_prefill_attention(T(100, H, D), kc, kc, T(3, dt=i32), T(2, dt=i32), T(2, 64, dt=i32), 0.1, 64,
+                                sliding_window=4096, logit_softcap=cap)
+        if cap:  # Gemma 2's global layers: soft-cap without a window
+            paged_prefill_attention(T(100, H, D), kc, kc, T(3, dt=i32), T(2, dt=i32), T(2, 64, dt=i32), 0.1, 64,
+                                    logit_softcap=cap)
     if not quick:  # fp32 (GPU pytest runs only): allowed to spill, must compile
         kc = T(100, 16, 2, 128, dt=f32)
         paged_decode_attention(T(8, 8, 128, dt=f32), kc, kc, T(8, 64, dt=i32), T(8, dt=i32), 0.1, num_splits=3)

@@ -90,6 +90,42 @@ def test_rotary(dtype, heads, kv_heads, head_dim):
     assert torch.equal(qkv[:, heads + kv_heads:], v_before)  # v untouched
 
 
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256},
+    {"rope_type": "longrope", "original_max_position_embeddings": 100,
+     "short_factor": [1.0 + 0.1 * i for i in range(32)], "long_factor": [1.0 + 2.0 * i for i in range(32)]},
+    {"rope_type": "dynamic", "factor": 2.0},
+], ids=lambda s: s["rope_type"])
+def test_rotary_scaled_caches(scaling):
+    """The fused kernel over the yarn / longrope / dynamic caches (attention factor folded into
+    cos/sin; longrope's short rows then long rows) equals the reference."""
+    gen = torch.Generator().manual_seed(5)
+    rope = RotaryEmbedding(64, 512, 10000.0, scaling, 256).to(DEVICE)
+    q, k = randn(5, 4, 64, dtype=torch.float16, gen=gen), randn(5, 2, 64, dtype=torch.float16, gen=gen)
+    pos = torch.tensor([0, 99, 100, 300, 511], device=DEVICE)
+    cos, sin = rope.cos_cache[pos], rope.sin_cache[pos]
+    ref_q, ref_k = apply_rotary_ref(q, cos, sin), apply_rotary_ref(k, cos, sin)
+    q2, k2 = rotary_fused(pos, q.clone(), k.clone(), rope.cos_cache, rope.sin_cache)
+    _close(q2, ref_q, torch.float16, "rotary q")
+    _close(k2, ref_k, torch.float16, "rotary k")
+
+
+def test_rotary_partial_dims_in_place():
+    """Partial RoPE (Phi-4-mini: 3/4 of each head): the fused kernel on the first-dims views of the
+    strided q/k equals the reference; the other dims stay as they were."""
+    gen = torch.Generator().manual_seed(6)
+    rope = RotaryEmbedding(64, 256, 10000.0, rotary_dim=48).to(DEVICE)
+    qkv = randn(4, 6 + 2 * 2, 64, dtype=torch.float16, gen=gen)
+    q, k = qkv[:, :6], qkv[:, 6:8]
+    pos = torch.tensor([0, 5, 100, 255], device=DEVICE)
+    ref_q, ref_k = rope(pos, q.clone(), k.clone())
+    rope.fused = rotary_fused
+    out_q, out_k = rope(pos, q, k)
+    assert out_q.data_ptr() == q.data_ptr()
+    _close(out_q, ref_q, torch.float16, "partial rotary q")
+    _close(out_k, ref_k, torch.float16, "partial rotary k")
+
+
 def test_rotary_module_hook():
     gen = torch.Generator().manual_seed(4)
     rope = RotaryEmbedding(64, 128, 10000.0).to(DEVICE)

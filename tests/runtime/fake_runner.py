@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pagedserve.config import CacheConfig, SchedulerConfig
+from pagedserve.core.kv_cache_manager import NULL_BLOCK
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import EngineCoreOutput
 from pagedserve.request import Request, RequestStatus
@@ -63,6 +64,7 @@ class FakeConfig:
     policy: str = "fcfs"
     priority_aging_interval: float = 0.0
     long_prefill_token_threshold: int = 0
+    sliding_window: int | None = None  # every layer windowed: the scheduler frees blocks left of it
 
 
 class FakeCore:
@@ -72,7 +74,8 @@ class FakeCore:
                              max_model_len=cfg.max_model_len, policy=cfg.policy, preemption_mode=cfg.preemption_mode,
                              priority_aging_interval=cfg.priority_aging_interval,
                              long_prefill_token_threshold=cfg.long_prefill_token_threshold)
-        cc = CacheConfig(block_size=cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
+        cc = CacheConfig(block_size=cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching,
+                         sliding_window=cfg.sliding_window)
         self.scheduler = Scheduler(sc, cc, cfg.num_blocks, cfg.num_cpu_blocks)
         # "KV": k = token id, v = position; -1 = never written
         self.kv = torch.full((1, 2, cfg.num_blocks, cfg.block_size, 1, 1), -1, dtype=torch.int64)
@@ -102,7 +105,8 @@ class FakeCore:
                 self.kv[0, 1, blk, pos % bs, 0, 0] = pos
         for s in sched.scheduled:  # ... then attends: every position up to its last must be its own
             req = s.request
-            for pos in range(s.start + s.num_tokens):
+            first = max(0, s.start - self.cfg.sliding_window + 1) if self.cfg.sliding_window else 0
+            for pos in range(first, s.start + s.num_tokens):  # (a window reads only its last W positions)
                 blk = s.block_ids[pos // bs]
                 got = (int(self.kv[0, 0, blk, pos % bs, 0, 0]), int(self.kv[0, 1, blk, pos % bs, 0, 0]))
                 want = (req.all_token_ids[pos], pos)
@@ -157,7 +161,8 @@ def check_invariants(sched: Scheduler) -> None:
         for rid, blocks in tables.items():
             assert rid in live, f"blocks held by unknown sequence {rid}"
             for b in blocks:
-                owned[b.block_id] = owned.get(b.block_id, 0) + 1
+                if b is not NULL_BLOCK:  # a hole left by the sliding window
+                    owned[b.block_id] = owned.get(b.block_id, 0) + 1
         for b in pool.blocks:
             assert b.ref_cnt == owned.get(b.block_id, 0), f"block {b.block_id}: ref_cnt {b.ref_cnt}"
             assert (b.block_id in pool.free_queue) == (b.ref_cnt == 0), f"block {b.block_id} free-queue state"

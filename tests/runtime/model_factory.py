@@ -26,11 +26,41 @@ ARCHS: dict[str, dict[str, Any]] = {
                   use_sliding_window=False),
 }
 
+#: the families of issue 20 (tests/runtime/test_model_families.py): windows of 8 tokens, prompts longer
+_HALF = 8  # head_dim 16 -> 8 rotary frequencies
+FAMILIES: dict[str, dict[str, Any]] = {
+    "mistral_sw": dict(cls="MistralConfig", tie_word_embeddings=False, rope_theta=10000.0, sliding_window=8,
+                       head_dim=16),
+    "qwen2_yarn": dict(cls="Qwen2Config", tie_word_embeddings=True, use_sliding_window=False,
+                       rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256,
+                                        "rope_theta": 10000.0}),
+    "qwen2_sw": dict(cls="Qwen2Config", tie_word_embeddings=True, use_sliding_window=True, sliding_window=8,
+                     max_window_layers=1, rope_theta=10000.0),  # layer 0 full, layer 1 windowed
+    "gemma2": dict(cls="Gemma2Config", tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=24,
+                   sliding_window=8, attn_logit_softcapping=4.0, final_logit_softcapping=2.5, num_hidden_layers=3,
+                   hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0),
+    "gemma3": dict(cls="Gemma3TextConfig", tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=16,
+                   sliding_window=8, num_hidden_layers=3,
+                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                   rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+    "phi3_longrope": dict(cls="Phi3Config", tie_word_embeddings=False, original_max_position_embeddings=48,
+                          rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                           "short_factor": [1.0 + 0.1 * i for i in range(_HALF)],
+                                           "long_factor": [1.0 + 2.0 * i for i in range(_HALF)]}),
+    # Phi-4-mini style: LongRoPE on 3/4 of each head (12 of 16 dims: 6 frequencies)
+    "phi3_partial": dict(cls="Phi3Config", tie_word_embeddings=False, original_max_position_embeddings=48,
+                         partial_rotary_factor=0.75,
+                         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                                          "short_factor": [1.0 + 0.2 * i for i in range(6)],
+                                          "long_factor": [1.0 + 3.0 * i for i in range(6)]}),
+}
+
 
 def make_tiny_model(out_dir: str, arch: str, tokenizer_dir: str, seed: int = 0, shard: bool = False) -> str:
     import transformers
 
-    spec = dict(ARCHS[arch])
+    spec = dict(ARCHS[arch] if arch in ARCHS else FAMILIES[arch])
     cls = getattr(transformers, spec.pop("cls"))
     from transformers import AutoTokenizer
 
@@ -43,6 +73,11 @@ def make_tiny_model(out_dir: str, arch: str, tokenizer_dir: str, seed: int = 0, 
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.5)
+    if arch.startswith("gemma"):  # (1 + w) norms start at w = 0: make them matter
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.normal_(0, 0.3)
     model.save_pretrained(out_dir, max_shard_size="1MB" if shard else "5GB")
     for f in TOKENIZER_FILES:
         src = os.path.join(tokenizer_dir, f)

@@ -54,6 +54,10 @@ CONFIGS = {
                                        policy="priority", priority_aging_interval=0.5),
     "tiny+prefix": FakeConfig(num_blocks=14, max_num_batched_tokens=7, enable_prefix_caching=True,
                               long_prefill_token_threshold=5),
+    # every layer windowed: blocks left of the window freed (holes through forks, beams, swap, prefix hits)
+    "window+swap+prefix": FakeConfig(num_blocks=16, num_cpu_blocks=40, preemption_mode="swap",
+                                     enable_prefix_caching=True, sliding_window=6, max_num_batched_tokens=7),
+    "window+recompute": FakeConfig(num_blocks=14, sliding_window=5, max_num_batched_tokens=9),
 }
 
 

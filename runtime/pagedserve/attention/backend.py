@@ -13,9 +13,12 @@ class AttentionBackend:
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, sliding_window: int | None = None,
+                logit_softcap: float | None = None) -> torch.Tensor:
         """Store k/v, attend; the result [T, H, D] goes into ``out`` when given (a view of a
-        static buffer: the piecewise graphs' attention output) and is returned."""
+        static buffer: the piecewise graphs' attention output) and is returned. ``sliding_window``:
+        each query sees its last ``W`` positions only (None: all); ``logit_softcap``: Gemma 2's
+        ``c * tanh(s / c)`` on the scaled scores (None: off)."""
         raise NotImplementedError
 
 
@@ -26,10 +29,12 @@ class TorchAttentionBackend(AttentionBackend):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, sliding_window: int | None = None,
+                logit_softcap: float | None = None) -> torch.Tensor:
         store_kv_ref(k, v, k_cache, v_cache, meta.slot_mapping)
         qsl = meta.query_start_loc_cpu if meta.query_start_loc_cpu is not None else meta.query_start_loc
         sl = meta.seq_lens_cpu if meta.seq_lens_cpu is not None else meta.seq_lens
-        res = paged_attention_ref(q, k_cache, v_cache, qsl, sl, meta.block_tables, scale)
+        res = paged_attention_ref(q, k_cache, v_cache, qsl, sl, meta.block_tables, scale,
+                                  sliding_window=sliding_window, logit_softcap=logit_softcap)
         return res if out is None else out.copy_(res)
 

@@ -38,10 +38,12 @@ class TritonAttentionBackend(AttentionBackend):
         self.prefill_kwargs: dict = {}
 
     def num_decode_splits(self, num_decodes: int, num_kv_heads: int, max_seq_len: int,
-                          device: torch.device | str) -> int:
+                          device: torch.device | str, sliding_window: int | None = None) -> int:
         if self.decode_splits is not None:
             return self.decode_splits
         bound = self.max_seq_len_bound if self.max_seq_len_bound is not None else max_seq_len
+        if sliding_window is not None and sliding_window > 0:  # a window bounds every context read
+            bound = min(bound, sliding_window)
         return decode_num_splits(num_decodes, num_kv_heads, max(1, bound), device)
 
     def new_output(self, q: torch.Tensor) -> torch.Tensor:
@@ -49,7 +51,8 @@ class TritonAttentionBackend(AttentionBackend):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, sliding_window: int | None = None,
+                logit_softcap: float | None = None) -> torch.Tensor:
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         T = q.shape[0]
         if out is None:
@@ -57,13 +60,15 @@ class TritonAttentionBackend(AttentionBackend):
         nd = meta.num_decodes
         n_pre = meta.num_prefill_tokens
         if nd > 0:
-            splits = self.num_decode_splits(nd, k_cache.shape[2], meta.max_seq_len, q.device)
+            splits = self.num_decode_splits(nd, k_cache.shape[2], meta.max_seq_len, q.device, sliding_window)
             paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.seq_lens[:nd],
-                                   scale, out=out[:nd], num_splits=splits, **self.decode_kwargs)
+                                   scale, out=out[:nd], num_splits=splits, sliding_window=sliding_window,
+                                   logit_softcap=logit_softcap, **self.decode_kwargs)
         if n_pre > 0:
             max_q = self.max_query_len_bound if self.max_query_len_bound is not None else meta.max_query_len
             paged_prefill_attention(q, k_cache, v_cache, meta.query_start_loc[nd:], meta.seq_lens[nd:],
-                                    meta.block_tables[nd:], scale, max_q, out=out, **self.prefill_kwargs)
+                                    meta.block_tables[nd:], scale, max_q, out=out, sliding_window=sliding_window,
+                                    logit_softcap=logit_softcap, **self.prefill_kwargs)
         if nd + n_pre < T:  # padding tokens past the real ones: keep them finite
             out[nd + n_pre:].zero_()
         return out

@@ -7,6 +7,13 @@ tensor. What the model runner must do to the KV tensors before the next forward 
 ``ops`` in decision order — ``("copy", src_gpu, dst_gpu)``, ``("swap_out", gpu, cpu)``,
 ``("swap_in", cpu, gpu)`` — and applied in that order by ``worker/block_ops.py``, so every op sees
 the cache exactly as the scheduler's bookkeeping did when it issued it.
+
+Sliding windows (``sliding_window``: set only when *every* layer of the model has that window):
+once a sequence's next token to compute sits at position ``p``, no query will read a position
+below ``p - W + 1``; blocks wholly below it are freed and their table entries become
+:data:`NULL_BLOCK` (block id 0, never read: the attention kernels skip positions left of the
+window, the torch reference masks them). A freed block keeps its prefix-cache hash while it waits
+in the free queue (its KV depends only on its token prefix), so prefix caching stays exact.
 """
 from __future__ import annotations
 
@@ -17,11 +24,21 @@ from pagedserve.utils import cdiv
 
 BlockOp = tuple[str, int, int]
 
+#: the table entry of a block freed because it fell out of the sliding window (not in any pool)
+NULL_BLOCK = KVCacheBlock(block_id=0, ref_cnt=1)
+
+
+def _real(blocks: list[KVCacheBlock]) -> list[KVCacheBlock]:
+    return [b for b in blocks if b is not NULL_BLOCK]
+
 
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = False,
-                 num_cpu_blocks: int = 0) -> None:
+                 num_cpu_blocks: int = 0, sliding_window: int | None = None) -> None:
         self.block_size = block_size
+        self.sliding_window = sliding_window if sliding_window and sliding_window > 0 else None
+        self.num_dropped: dict[str, int] = {}  # leading blocks of each sequence already NULL_BLOCK
+        self.num_window_freed = 0  # blocks freed because they left the window, cumulative
         self.enable_caching = enable_caching
         self.pool = BlockPool(num_blocks, enable_caching)
         self.cpu_pool = BlockPool(num_cpu_blocks) if num_cpu_blocks > 0 else None
@@ -89,6 +106,8 @@ class KVCacheManager:
         hashes = update_block_hashes(seq, self.block_size)
         new = []
         for i in range(done, n_full):
+            if blocks[i] is NULL_BLOCK:
+                continue
             if blocks[i].block_hash is None and self.pool.cache_block(blocks[i], hashes[i]):
                 new.append(blocks[i])
         self.num_hashed[seq.request_id] = n_full
@@ -152,18 +171,47 @@ class KVCacheManager:
             fresh = self.pool.get_new_blocks(need_new)
             blocks.extend(fresh)
             ids.extend(b.block_id for b in fresh)
+        if self.sliding_window is not None:
+            self._drop_outside_window(rid, blocks, ids, start)
         return ids
+
+    def _drop_outside_window(self, rid: str, blocks: list[KVCacheBlock], ids: list[int], start: int) -> None:
+        """Free the blocks wholly left of the window of position ``start`` (the step's first query)."""
+        assert self.sliding_window is not None
+        dead = max(0, start - self.sliding_window + 1) // self.block_size
+        done = self.num_dropped.get(rid, 0)
+        if dead <= done:
+            return
+        gone = []
+        for i in range(done, min(dead, len(blocks))):
+            if blocks[i] is not NULL_BLOCK:
+                gone.append(blocks[i])
+                blocks[i], ids[i] = NULL_BLOCK, NULL_BLOCK.block_id
+        self.num_dropped[rid] = dead
+        self.num_window_freed += len(gone)
+        self.pool.free_blocks(gone)
+
+    def can_fork(self, parent: Request, num_tokens: int) -> bool:
+        """Whether a child continuing after ``parent``'s first ``num_tokens`` tokens finds every block
+        it will read (a sliding window may have freed some that the parent, further on, no longer needs)."""
+        if self.sliding_window is None:
+            return True
+        first = max(0, num_tokens - self.sliding_window + 1) // self.block_size
+        blocks = self.req_to_blocks.get(parent.request_id, [])[:self.blocks_needed(num_tokens)]
+        return all(b is not NULL_BLOCK for b in blocks[first:])
 
     def fork(self, parent: Request, child: Request, num_tokens: int) -> None:
         """Let ``child`` share the blocks holding ``parent``'s first ``num_tokens`` tokens (one more
         reference each: O(blocks), no KV is copied until someone writes into a shared block)."""
         assert child.request_id not in self.req_to_blocks
         shared = self.req_to_blocks.get(parent.request_id, [])[:self.blocks_needed(num_tokens)]
-        self.pool.touch(shared)
+        self.pool.touch(_real(shared))
         if shared:
             self.req_to_blocks[child.request_id] = list(shared)
             self.req_to_ids[child.request_id] = [b.block_id for b in shared]
             self.num_hashed[child.request_id] = min(self.num_hashed.get(parent.request_id, 0), len(shared))
+            if parent.request_id in self.num_dropped:
+                self.num_dropped[child.request_id] = min(self.num_dropped[parent.request_id], len(shared))
 
     def get_block_ids(self, request_id: str) -> list[int]:
         """A copy of the sequence's block ids."""
@@ -176,7 +224,7 @@ class KVCacheManager:
         blocks = self.req_to_blocks.get(seq.request_id, [])
         shared = 0
         for b in blocks:
-            if not (b.ref_cnt > 1 and b.block_hash is not None):
+            if b is NULL_BLOCK or not (b.ref_cnt > 1 and b.block_hash is not None):
                 break
             shared += 1
         return max(0, seq.num_computed_tokens - shared * self.block_size)
@@ -185,12 +233,13 @@ class KVCacheManager:
         blocks = self.req_to_blocks.pop(seq.request_id, None)
         self.req_to_ids.pop(seq.request_id, None)
         self.num_hashed.pop(seq.request_id, None)
+        self.num_dropped.pop(seq.request_id, None)
         if blocks:
-            self.pool.free_blocks(list(reversed(blocks)))  # tail blocks first: evicted first later
+            self.pool.free_blocks(list(reversed(_real(blocks))))  # tail blocks first: evicted first later
         cpu = self.req_to_cpu_blocks.pop(seq.request_id, None)
         if cpu:
             assert self.cpu_pool is not None
-            self.cpu_pool.free_blocks(list(reversed(cpu)))
+            self.cpu_pool.free_blocks(list(reversed(_real(cpu))))
 
     # -- swapping -----------------------------------------------------------------------------
     def num_swap_out_blocks(self, seqs: list[Request]) -> int:
@@ -198,7 +247,7 @@ class KVCacheManager:
         seen: set[int] = set()
         for seq in seqs:
             blocks = self.req_to_blocks.get(seq.request_id, [])
-            seen.update(b.block_id for b in blocks[:self.blocks_needed(seq.num_computed_tokens)])
+            seen.update(b.block_id for b in _real(blocks[:self.blocks_needed(seq.num_computed_tokens)]))
         return len(seen)
 
     def can_swap_out(self, seqs: list[Request]) -> bool:
@@ -212,9 +261,12 @@ class KVCacheManager:
         for seq in seqs:
             blocks = self.req_to_blocks.pop(seq.request_id, [])
             self.req_to_ids.pop(seq.request_id, None)
-            self.num_hashed.pop(seq.request_id, None)
+            self.num_hashed.pop(seq.request_id, None)  # (num_dropped stays: the holes come back with it)
             cpu_table = []
             for b in blocks[:self.blocks_needed(seq.num_computed_tokens)]:
+                if b is NULL_BLOCK:
+                    cpu_table.append(NULL_BLOCK)
+                    continue
                 c = mapping.get(b.block_id)
                 if c is None:
                     c = mapping[b.block_id] = self.cpu_pool.get_new_blocks(1)[0]
@@ -224,7 +276,7 @@ class KVCacheManager:
                     self.cpu_pool.touch([c])
                 cpu_table.append(c)
             if blocks:
-                self.pool.free_blocks(list(reversed(blocks)))
+                self.pool.free_blocks(list(reversed(_real(blocks))))
             if cpu_table:
                 self.req_to_cpu_blocks[seq.request_id] = cpu_table
 
@@ -235,7 +287,7 @@ class KVCacheManager:
         extra = 0
         for seq, n in zip(seqs, num_new_tokens):
             cpu = self.req_to_cpu_blocks.get(seq.request_id, [])
-            distinct.update(c.block_id for c in cpu)
+            distinct.update(c.block_id for c in _real(cpu))
             extra += max(0, self.blocks_needed(seq.num_computed_tokens + n) - len(cpu)) + 1  # + a CoW
         return len(distinct) + extra
 
@@ -249,6 +301,9 @@ class KVCacheManager:
             hashes = update_block_hashes(seq, self.block_size) if self.enable_caching else []
             blocks = []
             for i, c in enumerate(cpu_table):
+                if c is NULL_BLOCK:
+                    blocks.append(NULL_BLOCK)
+                    continue
                 g = mapping.get(c.block_id)
                 if g is not None:
                     self.pool.touch([g])
@@ -263,7 +318,7 @@ class KVCacheManager:
                     mapping[c.block_id] = g
                 blocks.append(g)
             if cpu_table:
-                self.cpu_pool.free_blocks(list(reversed(cpu_table)))
+                self.cpu_pool.free_blocks(list(reversed(_real(cpu_table))))
             if blocks:
                 self.req_to_blocks[seq.request_id] = blocks
                 self.req_to_ids[seq.request_id] = [b.block_id for b in blocks]

@@ -44,7 +44,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         self.config = scheduler_config
         self.policy = scheduler_config.policy
         self.kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching,
-                                 num_cpu_blocks)
+                                 num_cpu_blocks, sliding_window=cache_config.sliding_window)
         self.requests: dict[str, Request] = {}
         self.waiting = make_queue(self.policy)
         self.running: list[Request] = []
@@ -305,7 +305,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         if leader is None or leader.is_finished:
             return None
         if leader.status == RequestStatus.RUNNING and leader.num_computed_tokens >= req.num_prompt_tokens - 1:
-            return leader
+            # (with a sliding window the leader may have freed blocks the child would still read)
+            return leader if self.kv.can_fork(leader, req.num_prompt_tokens - 1) else None
         return _WAIT if leader.num_output_tokens == 0 else None
 
     def _admit(self, req: Request, budget: int, fork_src: Request | None) -> list[ScheduledRequest] | None:

@@ -107,7 +107,7 @@ class EngineArgs:
             block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
             kv_cache_memory=self.kv_cache_memory, num_gpu_blocks_override=self.num_gpu_blocks_override,
             swap_space=self.swap_space, enable_prefix_caching=self.enable_prefix_caching,
-            cache_dtype=self.kv_cache_dtype)
+            cache_dtype=self.kv_cache_dtype, sliding_window=arch.all_layers_window())
         sched = SchedulerConfig(
             max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=max_len,
             long_prefill_token_threshold=self.long_prefill_token_threshold,
@@ -203,15 +203,18 @@ def _resolve_dtype(name: str, hf_cfg: dict[str, Any], device: str) -> torch.dtyp
 
 def _resolve_max_model_len(requested: int | None, arch: ArchConfig) -> int:
     native = arch.max_position_embeddings
-    if arch.rope_scaling and arch.rope_scaling.get("rope_type") == "llama3":
-        native = max(native, int(arch.rope_scaling.get("original_max_position_embeddings", native)))
-    if arch.sliding_window:
-        native = min(native, arch.sliding_window)  # no sliding-window attention: stay inside the window
+    scaling = arch.rope_scaling or {}
+    if scaling.get("rope_type") == "llama3":
+        native = max(native, int(scaling.get("original_max_position_embeddings", native)))
+    if scaling.get("rope_type") in ("yarn", "dynamic") and scaling.get("factor"):
+        # these scalings extend the context: to original length x factor (yarn) / native x factor (dynamic)
+        base = int(scaling.get("original_max_position_embeddings") or native)
+        native = max(native, int(base * float(scaling["factor"])))
     if requested is None:
         return native
     if requested > native:
         raise ValueError(f"max_model_len={requested} is larger than the model's maximum context of {native} "
-                         "tokens (max_position_embeddings / sliding_window in config.json)")
+                         "tokens (max_position_embeddings / rope_parameters in config.json)")
     return requested
 
 

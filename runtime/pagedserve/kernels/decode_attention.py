@@ -12,6 +12,10 @@ CUDA-graph rules: the grid depends only on the batch size, the head counts and `
 ``[s * per_split, min((s + 1) * per_split, seq_len))``, and may be empty (it then writes
 ``lse = -inf``, which the merge ignores). A request with ``seq_len == 0`` (a padding row of a
 captured batch) gets zeros. No host syncs anywhere.
+
+Sliding window ``W`` (``window > 0``): the new token at position ``seq_len - 1`` sees only
+``[max(0, seq_len - W), seq_len)``; the splits divide that span, so nothing outside it is read.
+Logit soft-capping ``c > 0`` (Gemma 2): scores ``s`` become ``c * tanh(s / c)`` before the softmax.
 """
 from __future__ import annotations
 
@@ -24,11 +28,11 @@ from pagedserve.kernels.utils import cdiv, dot_precision, fp16_dot, next_pow2, n
 LOG2E = 1.4426950408889634
 
 
-@jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "stride_bt", "stride_lb", "stride_lh")
+@jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "stride_bt", "stride_lb", "stride_lh", "window")
 def _decode_attn_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
-    scale_log2,
+    scale_log2, window, softcap_log2,
     stride_qb, stride_qh,
     stride_cb, stride_cs, stride_ch,
     stride_bt,
@@ -39,6 +43,7 @@ def _decode_attn_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
     ONE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FP16_DOT: tl.constexpr,
+    USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -46,8 +51,11 @@ def _decode_attn_kernel(
     num_splits = tl.num_programs(2)
 
     seq_len = tl.load(seq_lens_ptr + b)
-    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), TILE_N) * TILE_N
-    start = split * per_split
+    lo = 0
+    if USE_WINDOW:
+        lo = tl.maximum(seq_len - window, 0)
+    per_split = tl.cdiv(tl.cdiv(seq_len - lo, num_splits), TILE_N) * TILE_N
+    start = lo + split * per_split
     end = tl.minimum(start + per_split, seq_len)
 
     g = tl.arange(0, BLOCK_G)
@@ -75,6 +83,8 @@ def _decode_attn_kernel(
         kv_mask = valid[:, None] & d_mask[None, :]
         k = tl.load(k_cache_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
+        if USE_SOFTCAP:  # c * tanh(s / c), on the log2 scale: qk = s log2(e), softcap_log2 = c log2(e)
+            qk = softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk / softcap_log2) - 1.0)
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
@@ -178,24 +188,28 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, device: t
     return int(max(1, min(want, by_len, mx)))
 
 
-def decode_launch_config(num_programs: int, dtype: torch.dtype) -> tuple[int, int, int]:
+def decode_launch_config(num_programs: int, dtype: torch.dtype, head_dim: int = 128) -> tuple[int, int, int]:
     """Default (tile_n, num_warps, num_stages) for a decode launch of ``num_programs`` programs.
 
     H200 sweep (bench/kernels/attn_tune.py, bf16, contexts 300-350): tile 64 / 2 warps / 3 stages is
     the best or within 1% at batch 8-64; from ~16 programs per SM (batch 256+) tile 32 / 2 warps /
-    2 stages reads K/V 10% faster."""
+    2 stages reads K/V 10% faster. Head dims above 128 (Gemma's 256) take 4 warps: with 2 the
+    [16, 256] fp32 accumulator and the K/V tiles spill (sm_90 AOT compile, 255 registers + stack);
+    not yet tuned on a GPU."""
     if dtype == torch.float32:
         return DECODE_TILE_N_FP32, DECODE_NUM_WARPS_FP32, DECODE_NUM_STAGES_FP32
+    warps = 4 if head_dim > 128 else None
     if num_programs >= DECODE_MANY_PROGRAMS:
-        return DECODE_MANY_TILE_N, DECODE_MANY_NUM_WARPS, DECODE_MANY_NUM_STAGES
-    return DECODE_TILE_N, DECODE_NUM_WARPS, DECODE_NUM_STAGES
+        return DECODE_MANY_TILE_N, warps or DECODE_MANY_NUM_WARPS, DECODE_MANY_NUM_STAGES
+    return DECODE_TILE_N, warps or DECODE_NUM_WARPS, DECODE_NUM_STAGES
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
                            out: torch.Tensor | None = None, num_splits: int | None = None,
                            max_seq_len: int | None = None, tile_n: int | None = None,
-                           num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+                           num_warps: int | None = None, num_stages: int | None = None,
+                           sliding_window: int | None = None, logit_softcap: float | None = None) -> torch.Tensor:
     """Attention of one new token per request over its paged context.
 
     q: [B, H, D] (any strides with a unit last stride); k_cache/v_cache: [num_blocks, block_size,
@@ -203,6 +217,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     the new token, already stored). Returns out [B, H, D] (written into ``out`` if given).
     ``num_splits``: fixed split count (CUDA graphs); otherwise :func:`decode_num_splits` of
     ``max_seq_len`` (or, if that is None too, of the block table's capacity - a static bound).
+    ``sliding_window``: attend to the last ``W`` positions only (None / <= 0: all);
+    ``logit_softcap``: Gemma 2's ``c * tanh(s / c)`` on the scaled scores (None / 0: off).
     """
     B, H, D = q.shape
     _, block_size, KVH, Dk = k_cache.shape
@@ -215,14 +231,18 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     assert out.shape == (B, H, D) and out.stride(-1) == 1
     if B == 0:
         return out
+    window = int(sliding_window) if sliding_window is not None and sliding_window > 0 else 0
+    softcap = float(logit_softcap) if logit_softcap else 0.0
     if num_splits is None:
         bound = max_seq_len if max_seq_len is not None else block_tables.shape[1] * block_size
+        if window:
+            bound = min(bound, window)
         num_splits = decode_num_splits(B, KVH, bound, q.device)
     num_splits = max(1, int(num_splits))
     group = H // KVH
     block_g = max(16, next_pow2(group))
     block_d = max(16, next_pow2(D))
-    d_tile, d_warps, d_stages = decode_launch_config(B * KVH * num_splits, q.dtype)
+    d_tile, d_warps, d_stages = decode_launch_config(B * KVH * num_splits, q.dtype, D)
     tile_n, num_warps, num_stages = tile_n or d_tile, num_warps or d_warps, num_stages or d_stages
     scale_log2 = float(scale) * LOG2E
     one = num_splits == 1
@@ -237,7 +257,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         l_strides = part_lse.stride()[:2]
     _decode_attn_kernel[(B, KVH, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
-        scale_log2,
+        scale_log2, window, softcap * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
@@ -245,7 +265,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         *p_strides, *l_strides,
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=D, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, TILE_N=tile_n, ONE_SPLIT=one, DOT_PRECISION=dot_precision(q.dtype),
-        FP16_DOT=fp16_dot(q, k_cache),
+        FP16_DOT=fp16_dot(q, k_cache), USE_WINDOW=window > 0, USE_SOFTCAP=softcap > 0.0,
         num_warps=num_warps, num_stages=num_stages)
     if not one:
         _decode_reduce_kernel[(B, H)](

@@ -11,10 +11,18 @@ queries of one head (tiles past the request's query length exit at once; query t
 last-first so the longest programs start first) and sweeps the KV positions with online softmax
 in fp32, in two loops: tiles below the first query's position need no causal mask; the
 diagonal tiles after it are masked; tiles past the last query's position are never read.
+
+Sliding window ``W`` (``window > 0``): query ``p`` sees ``p - W + 1 .. p`` only. The sweep then
+starts at the tile holding the first row's lowest visible position; tiles up to the last row's
+window start are masked (the windows' left edge), the tiles inside every row's window run
+unmasked as above, the diagonal is masked; no position left of every row's window is read
+(their blocks may have been freed). Logit soft-capping ``c > 0``
+(Gemma 2): scores ``s`` become ``c * tanh(s / c)`` before the mask and the softmax.
 """
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
 from pagedserve.kernels.jit import jit_unspecialized
@@ -23,10 +31,41 @@ from pagedserve.kernels.utils import cdiv, dot_precision, fp16_dot, next_pow2
 LOG2E = 1.4426950408889634
 
 
-@jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "stride_bt")
+@triton.jit
+def _masked_tile(start_n, m_i, l_i, acc, q, q_pos, n, d, d_mask, bt_row, head_off, k_cache_ptr, v_cache_ptr,
+                 kv_end, win_lo, window, scale_log2, softcap_log2, stride_cb, stride_cs,
+                 BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_WINDOW: tl.constexpr,
+                 USE_SOFTCAP: tl.constexpr):
+    """One KV tile with the causal mask (and the window): the online-softmax update."""
+    pos = start_n + n
+    valid = (pos < kv_end) & (pos >= win_lo)  # blocks left of the window may be freed: never read
+    blk = tl.load(bt_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+    off = blk * stride_cb + (pos % BLOCK_SIZE).to(tl.int64) * stride_cs + head_off
+    kv_mask = valid[:, None] & d_mask[None, :]
+    k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
+    if USE_SOFTCAP:
+        qk = softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk / softcap_log2) - 1.0)
+    visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
+    if USE_WINDOW:
+        visible = visible & (pos[None, :] > q_pos[:, None] - window)
+    qk = tl.where(visible, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_ref = m_new
+    if USE_WINDOW:  # a row may have seen nothing yet: keep exp2 away from -inf - -inf
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(qk - m_ref[:, None])
+    alpha = tl.exp2(m_i - m_ref)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@jit_unspecialized("block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "stride_bt", "window")
 def _prefill_attn_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, out_ptr,
-    scale_log2,
+    scale_log2, window, softcap_log2,
     stride_qt, stride_qh,
     stride_cb, stride_cs, stride_ch,
     stride_bt,
@@ -34,6 +73,7 @@ def _prefill_attn_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FP16_DOT: tl.constexpr,
+    USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr,
 ):
     h = tl.program_id(0)
     mt = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -68,14 +108,30 @@ def _prefill_attn_kernel(
     first_pos = ctx + mt * BLOCK_M  # the tile's first query position (every row sees <= it)
     full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N  # KV tiles fully visible to all rows
     kv_end = tl.minimum(seq_len, first_pos + BLOCK_M)  # nothing at or past this is visible
+    masked_start = 0  # [masked_start, a_end): the left edge of the rows' windows (masked)
+    a_end = 0
+    win_lo = 0  # no row of the tile sees a position below this one
+    if USE_WINDOW:
+        win_lo = tl.maximum(first_pos - window + 1, 0)
+        masked_start = (win_lo // BLOCK_N) * BLOCK_N
+        last_lo = tl.maximum(first_pos + BLOCK_M - window, 0)  # the tile's last row's window start
+        a_end = tl.maximum(tl.minimum(tl.cdiv(last_lo, BLOCK_N) * BLOCK_N, full_end), masked_start)
 
-    # 1) unmasked tiles: positions < full_end <= first_pos + 1 <= seq_len
-    for start_n in range(0, full_end, BLOCK_N):
+    # 0) the windows' left edge (sliding window only): masked
+    for start_n in range(masked_start, a_end, BLOCK_N):
+        m_i, l_i, acc = _masked_tile(start_n, m_i, l_i, acc, q, q_pos, n, d, d_mask, bt_row, head_off,
+                                     k_cache_ptr, v_cache_ptr, kv_end, win_lo, window, scale_log2, softcap_log2,
+                                     stride_cb, stride_cs, BLOCK_SIZE, DOT_PRECISION, USE_WINDOW, USE_SOFTCAP)
+
+    # 1) unmasked tiles: a_end <= positions < full_end <= first_pos + 1 <= seq_len (inside every window)
+    for start_n in range(a_end, full_end, BLOCK_N):
         pos = start_n + n
         blk = tl.load(bt_row + pos // BLOCK_SIZE).to(tl.int64)
         off = blk * stride_cb + (pos % BLOCK_SIZE).to(tl.int64) * stride_cs + head_off
         k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=d_mask[None, :], other=0.0)
         qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
+        if USE_SOFTCAP:
+            qk = softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk / softcap_log2) - 1.0)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
@@ -84,24 +140,11 @@ def _prefill_attn_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
 
-    # 2) diagonal tiles: causal mask (and the end of the sequence)
+    # 2) diagonal tiles: causal mask (and the end of the sequence; and the window)
     for start_n in range(full_end, kv_end, BLOCK_N):
-        pos = start_n + n
-        valid = pos < kv_end
-        blk = tl.load(bt_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-        off = blk * stride_cb + (pos % BLOCK_SIZE).to(tl.int64) * stride_cs + head_off
-        kv_mask = valid[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
-        visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _masked_tile(start_n, m_i, l_i, acc, q, q_pos, n, d, d_mask, bt_row, head_off,
+                                     k_cache_ptr, v_cache_ptr, kv_end, win_lo, window, scale_log2, softcap_log2,
+                                     stride_cb, stride_cs, BLOCK_SIZE, DOT_PRECISION, USE_WINDOW, USE_SOFTCAP)
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :], o.to(out_ptr.dtype.element_ty),
@@ -133,7 +176,8 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                             scale: float, max_query_len: int, *, out: torch.Tensor | None = None,
                             block_m: int | None = None, block_n: int | None = None,
-                            num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+                            num_warps: int | None = None, num_stages: int | None = None,
+                            sliding_window: int | None = None, logit_softcap: float | None = None) -> torch.Tensor:
     """Causal attention of packed variable-length queries over the paged cache.
 
     q: [T, H, D] (unit last stride); ``query_start_loc [B+1]`` holds *absolute* row indices into
@@ -141,6 +185,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     block_tables [B, max_blocks]. ``max_query_len`` (a Python int, >= every query length) sizes the
     grid; a larger static bound is fine (extra programs exit at once), which keeps the launch
     CUDA-graph capturable. Rows of ``out`` outside the requests' ranges are left untouched.
+    ``sliding_window`` (None / <= 0: full) and ``logit_softcap`` (None / 0: off) as in the decode kernel.
     """
     T, H, D = q.shape
     _, block_size, KVH, Dk = k_cache.shape
@@ -158,17 +203,19 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     block_n = block_n or cfg["block_n"]
     num_warps = num_warps or cfg["num_warps"]
     num_stages = num_stages or cfg["num_stages"]
+    window = int(sliding_window) if sliding_window is not None and sliding_window > 0 else 0
+    softcap = float(logit_softcap) if logit_softcap else 0.0
     grid = (H, cdiv(max_query_len, block_m), B)
     _prefill_attn_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out,
-        float(scale) * LOG2E,
+        float(scale) * LOG2E, window, softcap * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=H // KVH, HEAD_DIM=D, BLOCK_D=max(16, next_pow2(D)),
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION=dot_precision(q.dtype),
-        FP16_DOT=fp16_dot(q, k_cache),
+        FP16_DOT=fp16_dot(q, k_cache), USE_WINDOW=window > 0, USE_SOFTCAP=softcap > 0.0,
         num_warps=num_warps, num_stages=num_stages)
     return out
 

@@ -21,3 +21,26 @@ class SiluAndMul(nn.Module):
         if self.fused is not None:
             return self.fused(x, quant=self.quant_out)
         return silu_and_mul_ref(x)
+
+
+class GeluAndMul(nn.Module):
+    """``gelu(gate) * up`` (GeGLU; Gemma's ``gelu_pytorch_tanh`` is ``approximate="tanh"``)."""
+
+    def __init__(self, approximate: str = "tanh") -> None:
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.gelu(gate, approximate=self.approximate) * up
+
+
+def act_and_mul(hidden_act: str) -> nn.Module:
+    """The gated activation of an MLP by HF's ``hidden_act`` name; ValueError for others."""
+    if hidden_act == "silu":
+        return SiluAndMul()
+    if hidden_act in ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new"):
+        return GeluAndMul("tanh")
+    if hidden_act == "gelu":
+        return GeluAndMul("none")
+    raise ValueError(f"hidden_act {hidden_act!r} is not supported (silu, gelu, gelu_pytorch_tanh)")

@@ -29,3 +29,28 @@ class RMSNorm(nn.Module):
             return rms_norm_ref(x, self.weight, self.eps)
         x = x + residual
         return rms_norm_ref(x, self.weight, self.eps), x
+
+
+def gemma_rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm: scale by ``1 + weight``, all in float32 (as HF's Gemma2RMSNorm), then cast."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * (1.0 + weight.float())).to(x.dtype)
+
+
+class GemmaRMSNorm(nn.Module):
+    """RMSNorm with a ``(1 + w)`` scale (Gemma 2/3; the checkpoint stores ``w``, zero = identity),
+    with the same optional fused residual add as :class:`RMSNorm`. Not an :class:`RMSNorm`
+    subclass on purpose: the fused Llama-style kernel must not replace it."""
+
+    def __init__(self, hidden: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(hidden), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return gemma_rms_norm_ref(x, self.weight, self.eps)
+        x = x + residual
+        return gemma_rms_norm_ref(x, self.weight, self.eps), x

@@ -1,4 +1,5 @@
-"""Llama-family decoder (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2 with qkv bias, Qwen3 with q/k norm).
+"""Llama-family decoder (Llama 2/3/3.1, SmolLM2, Mistral with its sliding window, Qwen2 with qkv bias,
+Qwen3 with q/k norm; Phi-3 in phi3.py).
 
 One implementation, switched by :class:`ArchConfig` flags. Inputs are flat token batches
 (``[num_tokens]``) with positions; attention goes through the paged KV cache.
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from pagedserve.distributed.parallel_state import get_tp_size
-from pagedserve.layers.activation import SiluAndMul
+from pagedserve.layers.activation import act_and_mul
 from pagedserve.layers.attention import Attention
 from pagedserve.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedserve.layers.norm import RMSNorm
@@ -32,7 +33,8 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
-        self.attn = Attention(layer_idx, self.num_heads, self.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5)
+        self.attn = Attention(layer_idx, self.num_heads, self.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5,
+                              sliding_window=cfg.layer_sliding_window(layer_idx))
 
     def qkv(self, positions: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projection, q/k norm and rotary: the attention inputs [T, H, D], [T, KVH, D], [T, KVH, D]."""
@@ -52,13 +54,11 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, cfg: ArchConfig, prefix: str = "") -> None:
         super().__init__()
-        if cfg.hidden_act != "silu":
-            raise ValueError(f"hidden_act {cfg.hidden_act!r} is not supported (only silu)")
         inter = cfg.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [inter, inter], bias=cfg.mlp_bias,
                                                        prefix=f"{prefix}.gate_up_proj")
         self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=cfg.mlp_bias, prefix=f"{prefix}.down_proj")
-        self.act = SiluAndMul()
+        self.act = act_and_mul(cfg.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -96,7 +96,11 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: ArchConfig, max_position: int) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.rotary = RotaryEmbedding(cfg.head_dim, max_position, cfg.rope_theta, cfg.rope_scaling)
+        if cfg.rotary_dim != cfg.head_dim and not cfg.architecture.startswith("Phi3"):
+            raise ValueError(f"partial_rotary_factor {cfg.partial_rotary_factor} is not supported for "
+                             f"{cfg.architecture} (only Phi3ForCausalLM rotates part of each head)")
+        self.rotary = RotaryEmbedding(cfg.head_dim, max_position, cfg.rope_theta, cfg.rope_scaling,
+                                      cfg.max_position_embeddings, rotary_dim=cfg.rotary_dim)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, self.rotary, prefix=f"model.layers.{i}") for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 

@@ -92,6 +92,7 @@ def _target(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, obje
 def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) -> None:
     params = dict(model.named_parameters())
     packed = getattr(model, "packed_modules", {})
+    splits: dict[str, list] = getattr(model, "checkpoint_splits", {})  # fused in the checkpoint (Phi-3)
     tied = getattr(getattr(model, "cfg", None), "tie_word_embeddings", False)
     loaded: set[str] = set()
     skipped: list[str] = []
@@ -109,7 +110,15 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
             if param is None:
                 raise ValueError(f"model: checkpoint tensor {name!r} has no matching parameter")
             loader = getattr(param, "weight_loader", None)
-            if loader is None:
+            split = next((v for frag, v in splits.items() if f".{frag}." in name), None) if shard is None else None
+            if split is not None and loader is not None:  # one checkpoint tensor, several shards
+                shape = list(source.get_shape() if hasattr(source, "get_shape") else source.shape)
+                if not shape or shape[0] != sum(rows for _, _, rows in split):
+                    raise ValueError(f"model: fused checkpoint tensor {name!r} of shape {shape} cannot be split "
+                                     f"into its shards ({[r for _, _, r in split]} rows)")
+                for shard_id, start, rows in split:
+                    loader(param, source[start:start + rows], shard_id)
+            elif loader is None:
                 param.data.copy_(source[:].to(param.dtype))
             elif shard is None:
                 loader(param, source)

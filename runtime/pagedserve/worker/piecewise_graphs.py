@@ -49,7 +49,6 @@ class PiecewiseCUDAGraphs:
         dev, dt, n = runner.device, runner.mc.dtype, self.max_tokens
         hidden = runner.mc.arch.hidden_size
         self.heads, self.kv_heads, self.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
-        self.scale = attn.attn.scale
         self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
         self.positions = torch.zeros(n, dtype=torch.long, device=dev)
         self.q = torch.zeros(n, self.heads, self.head_dim, dtype=dt, device=dev)
@@ -120,5 +119,5 @@ class PiecewiseCUDAGraphs:
                 self._piece(i, t)
             if i < len(self.layers):
                 k_cache, v_cache = r.kv_caches[i]
-                r.backend.forward(q, k, v, k_cache, v_cache, meta, self.scale, out=out)
+                self.layers[i].self_attn.attn.attend(r.backend, q, k, v, k_cache, v_cache, meta, out=out)
         return self.hidden[:t_real]
