@@ -28,6 +28,7 @@ class ArchConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     hidden_act: str = "silu"
+    moe: "MoEConfig | None" = None  # Mixture-of-Experts layers (None: a dense model)
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "ArchConfig":
@@ -74,11 +75,48 @@ class ArchConfig:
             eos_token_ids=eos_ids,
             bos_token_id=cfg.get("bos_token_id"),
             hidden_act=act,
+            moe=MoEConfig.from_hf(cfg),
         )
 
     def kv_bytes_per_token(self, dtype_size: int) -> int:
         """Bytes of KV cache one token needs across all layers."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_size
+
+
+@dataclass
+class MoEConfig:
+    """The sparse-MLP facts of a Mixture-of-Experts model (Mixtral, Qwen2-MoE, Qwen3-MoE).
+
+    Layer ``i`` is sparse unless ``i in mlp_only_layers`` or ``(i + 1) % decoder_sparse_step``;
+    a dense layer uses the model's ``intermediate_size``, an expert ``moe_intermediate_size``."""
+    num_experts: int
+    top_k: int
+    moe_intermediate_size: int
+    norm_topk_prob: bool
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE: one shared expert with a sigmoid gate
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "MoEConfig | None":
+        num = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+        if not num:
+            return None
+        mixtral = cfg.get("model_type") == "mixtral" or "Mixtral" in (cfg.get("architectures") or [""])[0]
+        top_k = int(cfg.get("num_experts_per_tok") or 0)
+        if not 0 < top_k <= num:
+            raise ValueError(f"config.json: num_experts_per_tok must be in [1, {num}], got {top_k}")
+        step = int(cfg.get("decoder_sparse_step") or 1)
+        if step < 1:
+            raise ValueError(f"config.json: decoder_sparse_step must be >= 1, got {step}")
+        return cls(num_experts=int(num), top_k=top_k,
+                   moe_intermediate_size=int(cfg.get("moe_intermediate_size") or _req(cfg, "intermediate_size")),
+                   norm_topk_prob=True if mixtral else bool(cfg.get("norm_topk_prob", False)),
+                   shared_expert_intermediate_size=int(cfg.get("shared_expert_intermediate_size") or 0),
+                   decoder_sparse_step=step, mlp_only_layers=[int(i) for i in cfg.get("mlp_only_layers") or []])
+
+    def is_sparse(self, layer_idx: int) -> bool:
+        return layer_idx not in self.mlp_only_layers and (layer_idx + 1) % self.decoder_sparse_step == 0
 
 
 def _req(cfg: dict[str, Any], key: str) -> Any:

@@ -91,6 +91,7 @@ def _target(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, obje
 def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) -> None:
     params = dict(model.named_parameters())
     packed = getattr(model, "packed_modules", {})
+    remap = getattr(model, "map_weight_name", None)  # e.g. per-expert tensors → stacked experts (models/moe.py)
     tied = getattr(getattr(model, "cfg", None), "tie_word_embeddings", False)
     loaded: set[str] = set()
     files = safetensors_files(model_dir)
@@ -99,7 +100,8 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
         for name, source in _tensors(path):
             if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
                 continue
-            target, shard = _target(name, packed)
+            mapped = remap(name) if remap is not None else None
+            target, shard = mapped if mapped is not None else _target(name, packed)
             param = params.get(target)
             if param is None:
                 raise ValueError(f"model: checkpoint tensor {name!r} has no matching parameter")
@@ -120,7 +122,10 @@ def _check_complete(params: dict[str, nn.Parameter], packed: dict[str, tuple[str
     for fused, shard in packed.values():
         shards.setdefault(fused, set()).add(shard)
     missing = []
-    for name in params:
+    for name, p in params.items():
+        if hasattr(p, "expected_shards"):  # the parameter tracks its own shards (layers/fused_moe.py)
+            missing += [f"{name}[{s}]" for s in sorted(p.expected_shards - p.loaded_shards)]
+            continue
         frag = next((f for f in shards if f".{f}." in name), None)
         if frag is None:
             if name not in loaded:
@@ -164,6 +169,8 @@ def _unsharded_layout(layer: nn.Module, p: torch.Tensor) -> tuple[tuple[int, ...
                                           RowParallelLinear)
     from pagedserve.layers.vocab import VocabParallelEmbedding
 
+    if hasattr(layer, "unsharded_shape"):  # its loader takes the whole stacked tensor (layers/fused_moe.py)
+        return layer.unsharded_shape(p), None
     tp, rest = layer.tp_size, tuple(p.shape[1:])
     if isinstance(layer, QKVParallelLinear):
         q = layer.num_heads * tp * layer.head_dim
