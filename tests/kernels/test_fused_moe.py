@@ -81,3 +81,26 @@ def test_align_block_size_is_a_padded_sort_by_expert(T, K, E, block):
     assert torch.equal(torch.sort(expert_ids[:n // block]).values, expert_ids[:n // block])  # expert order
     ref = moe_align_block_size_ref(ids, block, E)
     assert torch.equal(ref[0], sorted_ids) and torch.equal(ref[1], expert_ids)
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 23])
+def test_sparse_moe_block_with_fused_kernels(tokens):
+    """A Qwen2-MoE block (router, 8 experts top-2, shared expert with its sigmoid gate) gives the
+    same output with the kernels ``worker/fusion.py`` installs as with the torch reference."""
+    from pagedserve.arch_config import ArchConfig
+    from pagedserve.models.moe import SparseMoeBlock
+    from pagedserve.worker.fusion import install_fused_kernels
+
+    cfg = ArchConfig.from_hf(dict(architectures=["Qwen2MoeForCausalLM"], vocab_size=32, hidden_size=32,
+                                  intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_experts=8,
+                                  num_experts_per_tok=2, moe_intermediate_size=24,
+                                  shared_expert_intermediate_size=40))
+    torch.manual_seed(tokens)
+    with torch.device(DEVICE):
+        block = SparseMoeBlock(cfg, cfg.moe, "model.layers.0.mlp")
+    for p in block.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(tokens, 32, device=DEVICE)
+    ref = block(x)
+    assert install_fused_kernels(block) == 2 and block.experts.fused is not None  # + the shared SiluAndMul
+    _check(block(x), ref, torch.float32)

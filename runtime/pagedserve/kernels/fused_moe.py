@@ -144,6 +144,16 @@ def _decode_w2_kernel(act_ptr, w_ptr, ids_ptr, topw_ptr, out_ptr, H, I, stride_a
     tl.store(out_ptr + t * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
+def decode_block_n(rows: int, n: int, target_programs: int = 1024) -> int:
+    """Output columns per decode program: 32, halved (down to 4) until the launch has about
+    ``target_programs`` programs, so that a single token's GEMV still fills the GPU. The tile
+    (BLOCK_N x BLOCK_K) stays 4,096 elements."""
+    block = 32
+    while block > 4 and rows * cdiv(n, block) < target_programs:
+        block //= 2
+    return block
+
+
 def grouped_config(num_tokens: int, top_k: int, num_experts: int) -> dict[str, int]:
     """Tiles of the grouped path: BLOCK_M near the expected rows per expert (16..64)."""
     per_expert = num_tokens * top_k / num_experts
@@ -169,13 +179,13 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_wei
     weights = topk_weights.float().contiguous()
     if T <= decode_max_tokens:
         act = torch.empty((T * top_k, inter), dtype=x.dtype, device=x.device)
-        bk1, bk2 = min(128, next_pow2(H)), min(128, next_pow2(inter))
-        _decode_w13_kernel[(T * top_k, cdiv(inter, 32))](
+        bn1, bn2 = decode_block_n(T * top_k, inter), decode_block_n(T, H)
+        _decode_w13_kernel[(T * top_k, cdiv(inter, bn1))](
             x, w13, ids, act, inter, H, x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-            TOP_K=top_k, BLOCK_N=32, BLOCK_K=bk1, num_warps=4)
-        _decode_w2_kernel[(T, cdiv(H, 32))](
+            TOP_K=top_k, BLOCK_N=bn1, BLOCK_K=min(4096 // bn1, next_pow2(H)), num_warps=4)
+        _decode_w2_kernel[(T, cdiv(H, bn2))](
             act, w2, ids, weights, out, H, inter, act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-            TOP_K=top_k, BLOCK_N=32, BLOCK_K=bk2, num_warps=4)
+            TOP_K=top_k, BLOCK_N=bn2, BLOCK_K=min(4096 // bn2, next_pow2(inter)), num_warps=4)
         return out
     cfg = config or grouped_config(T, top_k, E)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
