@@ -161,6 +161,10 @@ def _scenarios() -> list[Scenario]:
     # Mixture-of-Experts shapes with dummy bf16 weights (docs/moe.md): batch-1 / 8 TPOT against the
     # active-parameter weight-read floor, and 256 lognormal requests. Mixtral-8x7B holds 93 GB of
     # weights: it needs an H200 (141 GB); Qwen3-30B-A3B (61 GB) fits an H100.
+    s.append(Scenario("moe-kernels", "the fused MoE kernel at the Mixtral-8x7B / Qwen3-30B-A3B layer shapes, "
+                      "1-4,096 tokens: checked vs torch, eager and CUDA-graph times, weight bandwidth, tile sweep",
+                      (Step("fused_moe", _py("-m", "bench.kernels.fused_moe", "--sweep", "--budget", "300",
+                                             "--out", "{work}/fused_moe.json"), 360),)))
     for tag, cfg in (("mixtral", MIXTRAL), ("qwen3-moe", QWEN3_MOE)):
         s.append(Scenario(f"moe-{tag}", f"{cfg.rsplit('/', 1)[-1]} shape (dummy bf16): batch-1 / 8 TPOT vs the "
                           "active-parameter floor, then 256 lognormal requests", (
@@ -203,7 +207,7 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("run34", "the run prepared as bench/gpu_run34.sh: bf16 serving with the step trace, the bf16 step "
           "profiles, fp8 weights + fp8 KV serving", ("serve-step-trace", "step-profiles", "serve-fp8-kv8")),
     Group("moe", "Mixture-of-Experts shapes on one H200: kernel tests, Mixtral-8x7B and Qwen3-30B-A3B "
-          "(dummy bf16 weights)", ("kernel-tests", "moe-mixtral", "moe-qwen3-moe")),
+          "(dummy bf16 weights)", ("kernel-tests", "moe-kernels", "moe-mixtral", "moe-qwen3-moe")),
     Group("tp", "2 GPUs: equality, bf16 and fp8 TP=2, the later-engine sequence",
           ("tp2", "tp2-fp8", "tp2-later-engine")),
 )}

@@ -138,3 +138,17 @@ def test_tp2_equals_tp1(moe_models, arch, load_format):
             assert (rd is None) == (gd is None)
             for t in rd or {}:
                 assert abs(rd[t] - gd[t]) < 1e-4
+
+
+def test_tensor_parallel_must_divide_the_expert_sizes():
+    from pagedserve.arch_config import ArchConfig
+    from pagedserve.distributed.parallel_state import check_tensor_parallel
+
+    cfg = dict(architectures=["Qwen2MoeForCausalLM"], vocab_size=32, hidden_size=48, intermediate_size=96,
+               num_hidden_layers=1, num_attention_heads=6, num_experts=4, num_experts_per_tok=2,
+               moe_intermediate_size=36, shared_expert_intermediate_size=40)
+    check_tensor_parallel(ArchConfig.from_hf(cfg), 2)
+    with pytest.raises(ValueError, match="shared_expert_intermediate_size 40"):
+        check_tensor_parallel(ArchConfig.from_hf(cfg), 3)
+    with pytest.raises(ValueError, match="moe_intermediate_size 32"):
+        check_tensor_parallel(ArchConfig.from_hf({**cfg, "moe_intermediate_size": 32}), 3)
