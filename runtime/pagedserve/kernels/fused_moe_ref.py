@@ -23,9 +23,20 @@ def select_experts(router_logits: torch.Tensor, top_k: int, renormalize: bool) -
 
 def fused_experts_ref(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
                       topk_ids: torch.Tensor) -> torch.Tensor:
-    """Expert by expert over the tokens routed to it (as HF's eager experts loop); result in x's dtype."""
+    """Expert by expert over the tokens routed to it (as HF's eager experts loop); result in x's dtype.
+
+    While a CUDA graph is being captured (the torch attention backend on a GPU without
+    ``enforce_eager``), every expert runs on every token with zero weights for the unrouted ones:
+    no data-dependent shapes, no host sync."""
     out = torch.zeros_like(x)
     ids = topk_ids.long()
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        dense = torch.zeros(x.shape[0], w13.shape[0], dtype=torch.float32, device=x.device)
+        dense.scatter_(1, ids, topk_weights.float())
+        for e in range(w13.shape[0]):
+            gate, up = F.linear(x, w13[e]).chunk(2, dim=-1)
+            out += (F.linear(F.silu(gate) * up, w2[e]) * dense[:, e, None]).to(out.dtype)
+        return out
     for e in torch.unique(ids).tolist():
         tok, slot = torch.where(ids == e)
         gate, up = F.linear(x[tok], w13[e]).chunk(2, dim=-1)
