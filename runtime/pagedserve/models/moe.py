@@ -16,13 +16,15 @@ from torch import nn
 from pagedserve.arch_config import ArchConfig, MoEConfig
 from pagedserve.layers.fused_moe import FusedMoE, expert_weight_target
 from pagedserve.layers.linear import ReplicatedLinear
+from pagedserve.layers.quantization import set_quant_config
 from pagedserve.models.llama import LlamaForCausalLM, LlamaMLP
 
 
 class SparseMoeBlock(nn.Module):
     def __init__(self, cfg: ArchConfig, moe: MoEConfig, prefix: str) -> None:
         super().__init__()
-        self.gate = ReplicatedLinear(cfg.hidden_size, moe.num_experts, bias=False, prefix=f"{prefix}.gate")
+        with set_quant_config(None):  # the router stays in the model dtype (as in vLLM and quantized exports)
+            self.gate = ReplicatedLinear(cfg.hidden_size, moe.num_experts, bias=False, prefix=f"{prefix}.gate")
         self.experts = FusedMoE(moe.num_experts, moe.top_k, cfg.hidden_size, moe.moe_intermediate_size,
                                 renormalize=moe.norm_topk_prob, prefix=f"{prefix}.experts")
         self.shared_expert: LlamaMLP | None = None
