@@ -68,7 +68,7 @@ class ArchConfig:
             rope_scaling=scaling,
             max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=bool(cfg.get("attention_bias", False)) or arch.startswith("Qwen2"),
+            qkv_bias=bool(cfg.get("attention_bias", False)) or (arch.startswith("Qwen2") and cfg.get("qkv_bias", True)),
             qk_norm=arch.startswith("Qwen3"),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             sliding_window=sliding,

@@ -50,7 +50,7 @@ def make_tiny_moe(out_dir: str, arch: str, tokenizer_dir: str, seed: int = 0, st
         for f in os.listdir(out_dir):
             if f.endswith(".safetensors") or f.endswith(".index.json"):
                 os.remove(os.path.join(out_dir, f))
-        state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight" or not cfg.tie_word_embeddings}
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     for f in TOKENIZER_FILES:
         src = os.path.join(tokenizer_dir, f)
