@@ -41,8 +41,10 @@ def moe_align_block_size(topk_ids: torch.Tensor, block_size: int, num_experts: i
 
 
 @triton.jit
-def _silu_mul(gate, up, dtype: tl.constexpr):
-    """silu(gate) * up with the reference's roundings (gate, up, silu and the product in ``dtype``)."""
+def _silu_mul(gate, up, like_ptr):
+    """silu(gate) * up with the reference's roundings (gate, up, silu and the product in the dtype
+    of ``like_ptr``'s elements)."""
+    dtype = like_ptr.dtype.element_ty
     g = gate.to(dtype).to(tl.float32)
     u = up.to(dtype).to(tl.float32)
     act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
@@ -86,7 +88,7 @@ def _grouped_gemm_kernel(a_ptr, b_ptr, c_ptr, w_ptr, sorted_ids_ptr, expert_ids_
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     if GATED:
-        acc = _silu_mul(acc, acc_up, a_ptr.dtype.element_ty)
+        acc = _silu_mul(acc, acc_up, a_ptr)
     if MUL_WEIGHT:  # the expert's output rounded, then weighted (as the reference)
         acc = acc.to(c_ptr.dtype.element_ty).to(tl.float32) * tl.load(w_ptr + pair, mask=valid, other=0.0)[:, None]
     c_ptrs = c_ptr + pair[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
@@ -114,7 +116,7 @@ def _decode_w13_kernel(x_ptr, w_ptr, ids_ptr, out_ptr, I, H, stride_xm, stride_w
         acc_u += tl.load(w_ptrs + I * stride_wn, mask=m, other=0.0).to(tl.float32) * x
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    y = _silu_mul(tl.sum(acc_g, axis=1), tl.sum(acc_u, axis=1), x_ptr.dtype.element_ty)
+    y = _silu_mul(tl.sum(acc_g, axis=1), tl.sum(acc_u, axis=1), x_ptr)
     tl.store(out_ptr + pair.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
