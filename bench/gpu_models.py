@@ -14,6 +14,12 @@ ARCH_CFG = {
     "mistral": ("MistralConfig", dict(sliding_window=None)),
     "qwen2": ("Qwen2Config", dict(use_sliding_window=False)),
     "qwen3": ("Qwen3Config", dict(head_dim=64, use_sliding_window=False)),
+    # Mixture-of-Experts (the fused MoE kernel: decode path at batch <= 2, grouped GEMM above)
+    "mixtral": ("MixtralConfig", dict(num_local_experts=8, num_experts_per_tok=2, sliding_window=None)),
+    "qwen2_moe": ("Qwen2MoeConfig", dict(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=256,
+                                         shared_expert_intermediate_size=512, use_sliding_window=False)),
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=32, num_experts_per_tok=4, moe_intermediate_size=256,
+                                         norm_topk_prob=True, head_dim=64, use_sliding_window=False)),
 }
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 MODEL = "bench/configs/llama-3.1-8b"
 MODEL_TOK = "bench/carry/llama-3.1-8b-tok"
 TINY = "bench/configs/tiny-llama"
+MIXTRAL = "bench/configs/mixtral-8x7b"
+QWEN3_MOE = "bench/configs/qwen3-30b-a3b"
 
 #: the engine flags of every Llama-3.1-8B run: random ("dummy") weights in bf16
 DUMMY = ("--load-format", "dummy", "--dtype", "bfloat16")
@@ -156,6 +158,20 @@ def _scenarios() -> list[Scenario]:
                  (Step("gemm", _py("-m", "bench.kernels.gemm", "--skinny", "16", "32", "64", "--large",
                                    "--no-bf16-search", "--budget", "40", "--out", "{work}/gemm.json"), 200),)),
     ]
+    # Mixture-of-Experts shapes with dummy bf16 weights (docs/moe.md): batch-1 / 8 TPOT against the
+    # active-parameter weight-read floor, and 256 lognormal requests. Mixtral-8x7B holds 93 GB of
+    # weights: it needs an H200 (141 GB); Qwen3-30B-A3B (61 GB) fits an H100.
+    s.append(Scenario("moe-kernels", "the fused MoE kernel at the Mixtral-8x7B / Qwen3-30B-A3B layer shapes, "
+                      "1-4,096 tokens: checked vs torch, eager and CUDA-graph times, weight bandwidth, tile sweep",
+                      (Step("fused_moe", _py("-m", "bench.kernels.fused_moe", "--sweep", "--budget", "300",
+                                             "--out", "{work}/fused_moe.json"), 360),)))
+    for tag, cfg in (("mixtral", MIXTRAL), ("qwen3-moe", QWEN3_MOE)):
+        s.append(Scenario(f"moe-{tag}", f"{cfg.rsplit('/', 1)[-1]} shape (dummy bf16): batch-1 / 8 TPOT vs the "
+                          "active-parameter floor, then 256 lognormal requests", (
+                              Step("latency", _py("-m", "pagedserve.benchmarks.latency", "--model", cfg, *DUMMY,
+                                                  "--batch-sizes", "1", "8", "--output-len", "128",
+                                                  "--output-json", "{work}/latency.json"), 240),
+                              Step("throughput", throughput("--model", cfg, *DUMMY, "--num-prompts", "256"), 240))))
     tp_env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
     s += [
         Scenario("tp2", "2 GPUs: TP=1 vs TP=2 float32 equality (5 architectures) and the Llama-3.1-8B shape at "
@@ -190,6 +206,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
           ("offline-random-400-kv8", "serve-kv8", "offline-random-400-fp8-kv8", "serve-fp8-kv8")),
     Group("run34", "the run prepared as bench/gpu_run34.sh: bf16 serving with the step trace, the bf16 step "
           "profiles, fp8 weights + fp8 KV serving", ("serve-step-trace", "step-profiles", "serve-fp8-kv8")),
+    Group("moe", "Mixture-of-Experts shapes on one H200: kernel tests, Mixtral-8x7B and Qwen3-30B-A3B "
+          "(dummy bf16 weights)", ("kernel-tests", "moe-kernels", "moe-mixtral", "moe-qwen3-moe")),
     Group("tp", "2 GPUs: equality, bf16 and fp8 TP=2, the later-engine sequence",
           ("tp2", "tp2-fp8", "tp2-later-engine")),
 )}

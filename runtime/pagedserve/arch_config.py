@@ -34,6 +34,7 @@ class ArchConfig:
     layer_types: list[str] | None = None
     #: the whole config.json, for the fields only one model family reads (models/<family>.py)
     hf_config: dict[str, Any] = field(default_factory=dict, repr=False)
+    moe: "MoEConfig | None" = None  # Mixture-of-Experts layers (None: a dense model)
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "ArchConfig":
@@ -64,7 +65,7 @@ class ArchConfig:
             rope_scaling=scaling,
             max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=bool(cfg.get("attention_bias", False)) or arch.startswith("Qwen2"),
+            qkv_bias=bool(cfg.get("attention_bias", False)) or (arch.startswith("Qwen2") and cfg.get("qkv_bias", True)),
             qk_norm=arch.startswith("Qwen3"),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             sliding_window=sliding,
@@ -74,6 +75,7 @@ class ArchConfig:
             layer_types=_layer_types(cfg, arch),
             partial_rotary_factor=_partial_rotary_factor(cfg),
             hf_config=dict(cfg),
+            moe=MoEConfig.from_hf(cfg),
         )
 
     @property
@@ -140,6 +142,40 @@ def _layer_types(cfg: dict[str, Any], arch: str) -> list[str] | None:
         n, first = int(cfg["num_hidden_layers"]), int(cfg["max_window_layers"])
         return ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
     return None
+@dataclass
+class MoEConfig:
+    """The sparse-MLP facts of a Mixture-of-Experts model (Mixtral, Qwen2-MoE, Qwen3-MoE).
+
+    Layer ``i`` is sparse unless ``i in mlp_only_layers`` or ``(i + 1) % decoder_sparse_step``;
+    a dense layer uses the model's ``intermediate_size``, an expert ``moe_intermediate_size``."""
+    num_experts: int
+    top_k: int
+    moe_intermediate_size: int
+    norm_topk_prob: bool
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE: one shared expert with a sigmoid gate
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "MoEConfig | None":
+        num = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+        if not num:
+            return None
+        mixtral = cfg.get("model_type") == "mixtral" or "Mixtral" in (cfg.get("architectures") or [""])[0]
+        top_k = int(cfg.get("num_experts_per_tok") or 0)
+        if not 0 < top_k <= num:
+            raise ValueError(f"config.json: num_experts_per_tok must be in [1, {num}], got {top_k}")
+        step = int(cfg.get("decoder_sparse_step") or 1)
+        if step < 1:
+            raise ValueError(f"config.json: decoder_sparse_step must be >= 1, got {step}")
+        return cls(num_experts=int(num), top_k=top_k,
+                   moe_intermediate_size=int(cfg.get("moe_intermediate_size") or _req(cfg, "intermediate_size")),
+                   norm_topk_prob=True if mixtral else bool(cfg.get("norm_topk_prob", False)),
+                   shared_expert_intermediate_size=int(cfg.get("shared_expert_intermediate_size") or 0),
+                   decoder_sparse_step=step, mlp_only_layers=[int(i) for i in cfg.get("mlp_only_layers") or []])
+
+    def is_sparse(self, layer_idx: int) -> bool:
+        return layer_idx not in self.mlp_only_layers and (layer_idx + 1) % self.decoder_sparse_step == 0
 
 
 def _req(cfg: dict[str, Any], key: str) -> Any:

@@ -172,6 +172,15 @@ def run_all(c: Compiler, quick: bool) -> None:
         for m in (1, 32, 64, 512):
             int8_gemm(T(m, k, dt=torch.int8), T(n, k, dt=torch.int8), T(m, dt=f32), T(n, dt=f32),
                       out_dtype=torch.bfloat16)
+    # the fused MoE kernels at the Mixtral-8x7B and Qwen3-30B-A3B shapes: decode path, grouped path
+    # at each BLOCK_M (16 / 32 / 64)
+    from pagedserve.kernels.fused_moe import fused_experts
+
+    for E, K, hidden, inter in ((8, 2, 4096, 14336), (128, 8, 2048, 768)):
+        for dt in [torch.bfloat16] + ([] if quick else [f32]):
+            for tokens in (1, 16, 256, 4096):
+                fused_experts(T(tokens, hidden, dt=dt), T(E, 2 * inter, hidden, dt=dt), T(E, hidden, inter, dt=dt),
+                              T(tokens, K, dt=f32), T(tokens, K, dt=i32))
     # --kv-cache-dtype fp8: the store into and attention over an fp8 cache (bf16 queries: fp16 dots)
     for kv_dt in (torch.float8_e4m3fn, torch.float8_e5m2):
         kc = T(100, 16, 8, 128, dt=kv_dt)

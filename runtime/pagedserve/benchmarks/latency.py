@@ -1,5 +1,6 @@
 """``pagedserve bench latency``: batch-1 (and small-batch) TTFT and TPOT, against the weight-read
-floor of one decode step (weight bytes / copy bandwidth measured in the same run)."""
+floor of one decode step (weight bytes / copy bandwidth measured in the same run; for a
+Mixture-of-Experts model the bytes of the active parameters: top_k of each layer's experts)."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,19 @@ def measure(engine, prompt: list[int] | Callable[[], list[int]], output_len: int
     return t_first - t0, (t_end - t_first) / max(1, output_len - 1)
 
 
+def active_weight_bytes(model) -> int:
+    """Bytes one batch-1 decode step reads: every parameter, except that of each Mixture-of-Experts
+    layer only ``top_k`` of its ``num_experts`` experts (the active-parameter floor)."""
+    from pagedserve.layers.fused_moe import FusedMoE
+
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for m in model.modules():
+        if isinstance(m, FusedMoE):
+            experts = sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
+            total -= experts * (m.num_experts - m.top_k) // m.num_experts
+    return total
+
+
 def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     import numpy as np
@@ -80,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     ready_s = time.perf_counter() - t_start
     core = engine.core
     model = core.runner.model
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = active_weight_bytes(model)
     rng = np.random.default_rng(0)
     vocab = core.config.model_config.arch.vocab_size
 
@@ -88,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         return rng.integers(100, vocab - 100, size=args.input_len).tolist()
 
     result: dict = {"model": core.config.model_config.model, "input_len": args.input_len, "output_len": args.output_len,
-                    "weight_bytes": weight_bytes, "ready_s": ready_s, "graph_capture_s": core.graph_capture_seconds,
+                    "weight_bytes": weight_bytes,
+                    "total_weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+                    "ready_s": ready_s, "graph_capture_s": core.graph_capture_seconds,
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "runs": []}
     if torch.cuda.is_available():
         bw = copy_bandwidth_gbs()

@@ -193,3 +193,8 @@ def check_tensor_parallel(arch: Any, tp: int) -> None:
                          "when it is larger (each KV head is replicated on tp / kv ranks)")
     if arch.intermediate_size % tp:
         raise ValueError(f"tensor_parallel_size {tp} must divide intermediate_size {arch.intermediate_size}")
+    moe = getattr(arch, "moe", None)
+    if moe is not None:  # each expert's (and the shared expert's) intermediate dimension is sharded
+        for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):
+            if getattr(moe, key) % tp:
+                raise ValueError(f"tensor_parallel_size {tp} must divide {key} {getattr(moe, key)}")

@@ -6,6 +6,8 @@ One implementation, switched by :class:`ArchConfig` flags. Inputs are flat token
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -52,9 +54,9 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ArchConfig, prefix: str = "") -> None:
+    def __init__(self, cfg: ArchConfig, prefix: str = "", intermediate_size: int | None = None) -> None:
         super().__init__()
-        inter = cfg.intermediate_size
+        inter = intermediate_size or cfg.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [inter, inter], bias=cfg.mlp_bias,
                                                        prefix=f"{prefix}.gate_up_proj")
         self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=cfg.mlp_bias, prefix=f"{prefix}.down_proj")
@@ -64,12 +66,21 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
+#: (cfg, layer index, prefix) → the layer's MLP module (a Mixture-of-Experts block in models/moe.py)
+MakeMLP = Callable[[ArchConfig, int, str], nn.Module]
+
+
+def default_mlp(cfg: ArchConfig, layer_idx: int, prefix: str) -> nn.Module:
+    return LlamaMLP(cfg, prefix=prefix)
+
+
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ArchConfig, layer_idx: int, rotary: RotaryEmbedding, prefix: str = "") -> None:
+    def __init__(self, cfg: ArchConfig, layer_idx: int, rotary: RotaryEmbedding, prefix: str = "",
+                 make_mlp: MakeMLP | None = None) -> None:
         super().__init__()
         prefix = prefix or f"model.layers.{layer_idx}"
         self.self_attn = LlamaAttention(cfg, layer_idx, rotary, prefix=f"{prefix}.self_attn")
-        self.mlp = LlamaMLP(cfg, prefix=f"{prefix}.mlp")
+        self.mlp = (make_mlp or default_mlp)(cfg, layer_idx, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -93,7 +104,7 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ArchConfig, max_position: int) -> None:
+    def __init__(self, cfg: ArchConfig, max_position: int, make_mlp: MakeMLP | None = None) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         if cfg.rotary_dim != cfg.head_dim and not cfg.architecture.startswith("Phi3"):
@@ -101,7 +112,9 @@ class LlamaModel(nn.Module):
                              f"{cfg.architecture} (only Phi3ForCausalLM rotates part of each head)")
         self.rotary = RotaryEmbedding(cfg.head_dim, max_position, cfg.rope_theta, cfg.rope_scaling,
                                       cfg.max_position_embeddings, rotary_dim=cfg.rotary_dim)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, self.rotary, prefix=f"model.layers.{i}") for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, i, self.rotary, prefix=f"model.layers.{i}", make_mlp=make_mlp)
+            for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -124,10 +137,14 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tp_size = get_tp_size()
-        self.model = LlamaModel(cfg, max_position)
+        self.model = LlamaModel(cfg, max_position, make_mlp=self.make_mlp)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def make_mlp(self, cfg: ArchConfig, layer_idx: int, prefix: str) -> nn.Module:
+        """Layer ``layer_idx``'s MLP (subclasses: a Mixture-of-Experts block)."""
+        return default_mlp(cfg, layer_idx, prefix)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)

@@ -93,6 +93,7 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
     params = dict(model.named_parameters())
     packed = getattr(model, "packed_modules", {})
     splits: dict[str, list] = getattr(model, "checkpoint_splits", {})  # fused in the checkpoint (Phi-3)
+    remap = getattr(model, "map_weight_name", None)  # e.g. per-expert tensors → stacked experts (models/moe.py)
     tied = getattr(getattr(model, "cfg", None), "tie_word_embeddings", False)
     loaded: set[str] = set()
     skipped: list[str] = []
@@ -102,7 +103,8 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
         for name, source in _tensors(path):
             if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
                 continue
-            target, shard = _target(name, packed)
+            mapped = remap(name) if remap is not None else None
+            target, shard = mapped if mapped is not None else _target(name, packed)
             param = params.get(target)
             if param is None and name.endswith(ATTENTION_SCALE_SUFFIXES):
                 skipped.append(name)
@@ -137,7 +139,10 @@ def _check_complete(params: dict[str, nn.Parameter], packed: dict[str, tuple[str
     for fused, shard in packed.values():
         shards.setdefault(fused, set()).add(shard)
     missing = []
-    for name in params:
+    for name, p in params.items():
+        if hasattr(p, "expected_shards"):  # the parameter tracks its own shards (layers/fused_moe.py)
+            missing += [f"{name}[{s}]" for s in sorted(p.expected_shards - p.loaded_shards)]
+            continue
         frag = next((f for f in shards if f".{f}." in name), None)
         if frag is None:
             if name not in loaded:
@@ -205,6 +210,8 @@ def _unsharded_layout(layer: nn.Module, p: torch.Tensor) -> tuple[tuple[int, ...
                                           RowParallelLinear)
     from pagedserve.layers.vocab import VocabParallelEmbedding
 
+    if hasattr(layer, "unsharded_shape"):  # its loader takes the whole stacked tensor (layers/fused_moe.py)
+        return layer.unsharded_shape(p), None
     tp, shape = layer.tp_size, list(p.shape)
     if isinstance(layer, VocabParallelEmbedding):
         return (layer.vocab_size, *shape[1:]), None

@@ -1,4 +1,4 @@
-"""Switch the model's norm / rotary / activation layers to the fused Triton kernels (CUDA only).
+"""Switch the model's norm / rotary / activation / MoE-expert layers to the fused Triton kernels (CUDA only).
 
 With ``--quantization fp8`` the norms and the activation that feed an fp8 linear layer also
 quantize their output per token (``quant_out``), so that layer skips its own quantization launch.
@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from pagedserve.layers.activation import SiluAndMul
+from pagedserve.layers.fused_moe import FusedMoE
 from pagedserve.layers.norm import RMSNorm
 from pagedserve.layers.rotary import RotaryEmbedding
 
@@ -19,6 +20,7 @@ QUANT_FUSIONS = (("input_layernorm", "self_attn.qkv_proj"), ("post_attention_lay
 
 def install_fused_kernels(model: nn.Module) -> int:
     from pagedserve.kernels.activation import silu_and_mul
+    from pagedserve.kernels.fused_moe import fused_experts
     from pagedserve.kernels.rmsnorm import rms_norm_fused
     from pagedserve.kernels.rotary import rotary_fused
 
@@ -30,6 +32,8 @@ def install_fused_kernels(model: nn.Module) -> int:
             m.fused = rotary_fused
         elif isinstance(m, SiluAndMul):
             m.fused = silu_and_mul
+        elif isinstance(m, FusedMoE):
+            m.fused = fused_experts
         else:
             continue
         n += 1

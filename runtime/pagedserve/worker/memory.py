@@ -41,6 +41,18 @@ def profile_run(runner: "ModelRunner") -> None:
     del logits
 
 
+def mlp_activation_width(arch, tp: int) -> int:
+    """Elements per token of the MLP's intermediate activations on one rank: gate and up of the
+    dense MLP, or for a Mixture-of-Experts layer each of the top-k experts' activation and output
+    row (``kernels/fused_moe.py``) plus a shared expert's gate and up."""
+    width = 2 * arch.intermediate_size // tp
+    moe = getattr(arch, "moe", None)
+    if moe is not None:
+        sparse = moe.top_k * (moe.moe_intermediate_size // tp + arch.hidden_size + 2)
+        width = max(width, sparse + 2 * moe.shared_expert_intermediate_size // tp)
+    return width
+
+
 def graph_memory_estimate(runner: "ModelRunner") -> int:
     """Memory the CUDA-graph pools keep (allocated after the KV cache, so reserved up front): the
     decode graphs' static logits and activations at the largest batch, and the piecewise graphs'
@@ -52,9 +64,10 @@ def graph_memory_estimate(runner: "ModelRunner") -> int:
     from pagedserve.worker.piecewise_graphs import BUCKETS
 
     max_bs = capture_sizes(sc.max_num_seqs)[-1]  # the largest captured decode batch
-    decode = max_bs * (arch.vocab_size + 4 * arch.hidden_size + 2 * arch.intermediate_size // tp) * elem
+    mlp = mlp_activation_width(arch, tp)
+    decode = max_bs * (arch.vocab_size + 4 * arch.hidden_size + mlp) * elem
     tokens = min(sc.max_num_batched_tokens, BUCKETS[-1])
-    piecewise = tokens * (6 * arch.hidden_size + 2 * arch.intermediate_size // tp) * elem
+    piecewise = tokens * (6 * arch.hidden_size + mlp) * elem
     return int(decode + piecewise)
 
 
