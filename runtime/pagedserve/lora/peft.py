@@ -21,6 +21,8 @@ import torch
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 _PREFIX = "base_model.model."
+_EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings")
+_HEADS = ("lm_head",)
 _KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
                   r"(?:\.[A-Za-z0-9_\-]+)?(?:\.weight)?$")
 
@@ -122,13 +124,17 @@ def load_peft_adapter(path: str, max_lora_rank: int, supported: Iterable[str], n
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         m = _KEY.match(key)
+        if m is None and any(f".{n}." in f".{key}." for n in _EMBEDDINGS):
+            raise ValueError(f"lora_path {path!r}: LoRA on the embedding ({key}) is not supported")
+        if m is None and any(f".{n}." in f".{key}." for n in _HEADS):
+            raise ValueError(f"lora_path {path!r}: LoRA on the LM head ({key}) is not supported")
         if m is None:
             raise ValueError(f"lora_path {path!r}: unexpected tensor {key!r} (not a LoRA A/B weight)")
         module, kind = m.group("module").removeprefix(_PREFIX), m.group("kind")
         short = module.rsplit(".", 1)[-1]
-        if kind.startswith("lora_embedding") or short in ("embed_tokens", "wte", "word_embeddings"):
+        if kind.startswith("lora_embedding") or short in _EMBEDDINGS:
             raise ValueError(f"lora_path {path!r}: LoRA on the embedding ({module}) is not supported")
-        if short in ("lm_head", "output"):
+        if short in _HEADS:
             raise ValueError(f"lora_path {path!r}: LoRA on the LM head ({module}) is not supported")
         if kind == "lora_magnitude_vector":
             raise ValueError(f"lora_path {path!r}: DoRA weights ({key}) are not supported")
