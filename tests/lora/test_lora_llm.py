@@ -112,3 +112,17 @@ def test_bin_adapter_and_lora_request_checks(base_dir, adapters, references, pro
     with pytest.raises(ValueError, match="LoRA is not enabled"):
         plain.generate([{"prompt_token_ids": prompt_ids[0]}], SP, lora_request=LoRARequest("a", 1, adapters["all8"]))
     plain.shutdown()
+
+
+def test_tensor_parallel_shards_match_peft(base_dir, adapters, references, prompt_ids):
+    """tensor_parallel_size=2 (gloo on CPU): each rank holds its shard of A / B (column-parallel: B's
+    rows per q / k / v and gate / up slice; row-parallel: A's columns); the tokens equal HF + peft."""
+    llm = _llm(base_dir, max_loras=2, tensor_parallel_size=2, kv_cache_memory=1 << 24)
+    reqs = _reqs(adapters)
+    names = ["all8", "mlp8rs", None]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], SP,
+                        lora_request=[reqs[n] if n else None for n in names])
+    for i, (o, name) in enumerate(zip(outs, names)):
+        assert o.outputs[0].token_ids == references[name][i], name
+    assert llm.llm_engine.core.executor.collective_rpc("list_loras_of_rank") == [[1, 3], [1, 3]]
+    llm.shutdown()

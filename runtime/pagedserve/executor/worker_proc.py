@@ -143,6 +143,10 @@ class RankWorker:
     def remove_lora(self, lora_id: int) -> bool:
         return self.runner.remove_lora(lora_id)
 
+    def list_loras_of_rank(self) -> list[int]:
+        """The adapters this rank holds (CPU cache or slot; tests)."""
+        return self.runner.list_loras()
+
     # -- steps (ranks 1..N-1; the driver runs ModelRunner.launch_inputs with its scheduler output) --
     def execute_step(self, h: Any, block_ops: list) -> None:
         self.prev = self.runner.launch_inputs(h, block_ops, self.prev, None)
