@@ -175,6 +175,7 @@ class LoRAManager:
             _copy_in(b.slot_start, starts.astype(np.int32))
             _copy_in(b.slot_count, counts.astype(np.int32))
         else:
+            b.token_slots.fill_(-1)  # rows past T (a padded piecewise bucket) take no adapter
             b.token_slots[:T] = torch.from_numpy(token_slots)
 
 
