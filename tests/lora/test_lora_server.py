@@ -124,3 +124,15 @@ def test_lora_modules_flag_is_checked(value, message):
     with pytest.raises(ValueError, match=message):
         parse_lora_modules([value])
     assert parse_lora_modules(["a=/x", '{"name": "b", "path": "/y", "base_model_name": "m"}'])[1].base_model_name == "m"
+
+
+def test_adapter_paths_resolve(adapters, tmp_path, monkeypatch):
+    """A local directory stays as it is; an ``hf://`` adapter comes from the HF cache (here: offline and
+    not cached, a clear error)."""
+    from pagedserve.entrypoints.openai.serving_lora import resolve_adapter_path
+
+    assert resolve_adapter_path(adapters["all8"]) == adapters["all8"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="cannot download it from the Hub"):
+        resolve_adapter_path("hf://someone/some-lora")

@@ -65,6 +65,32 @@ def parse_lora_modules(values: list[str] | None) -> list[LoRAModulePath]:
     return out
 
 
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
+
+
+def resolve_adapter_path(path: str) -> str:
+    """A local directory as it is; ``hf://ORG/NAME`` (or ``ORG/NAME`` that is no local directory) is
+    downloaded from the Hub into the HF cache (only the adapter files; ``HF_HUB_OFFLINE``: from the
+    cache). Blocking: call it in a thread."""
+    local = os.path.abspath(os.path.expanduser(path))
+    if not path.startswith("hf://") and (os.path.isdir(local) or path.startswith(("/", ".", "~"))):
+        return local
+    from pagedserve.models.hub import hub_settings, parse_repo_id
+
+    ref = parse_repo_id(path)
+    if ref is None or ref.gguf_file is not None:
+        return local  # the reader says the directory does not exist
+    s = hub_settings()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(ref.repo_id, allow_patterns=ADAPTER_FILES, cache_dir=s.cache_dir,
+                                 token=s.token or False, local_files_only=s.offline, endpoint=s.endpoint)
+    except Exception as e:  # noqa: BLE001 - any Hub failure is a reason the adapter cannot be served
+        raise ValueError(f"LoRA adapter {path!r}: cannot download it from the Hub ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
 def runtime_updating_allowed(flag: bool) -> bool:
     return flag or os.environ.get(ENV_ALLOW_RUNTIME_UPDATING, "").lower() in ("1", "true")
 
@@ -90,7 +116,8 @@ async def load_adapter(served: ServedModels, name: str, path: str, base_model_na
                              f"({', '.join(sorted(served.by_name))})")
         if base.engine.config.lora_config is None:
             raise ValueError(f"LoRA is not enabled for {base.name!r}: start the server with --enable-lora")
-        lr = LoRARequest(name, next(_ids), os.path.abspath(os.path.expanduser(path)), base_model_name=base.name)
+        local = await asyncio.get_running_loop().run_in_executor(None, resolve_adapter_path, path)
+        lr = LoRARequest(name, next(_ids), local, base_model_name=base.name)
         await base.engine.add_lora(lr)
         view = replace(base, names=[name], lora_request=lr, created=int(time.time()))
         served.adapters[name] = view
