@@ -56,7 +56,8 @@ LAYERS: list[list[tuple[str, tuple[str, ...]]]] = [
     [("kernels", ("pagedserve.kernels.*",))],
     # below everything: configuration, helpers and torch.distributed state that any layer may read
     [("common", ("pagedserve.config", "pagedserve.arch_config", "pagedserve.utils", "pagedserve.spawn",
-                 "pagedserve.tokenizer", "pagedserve.distributed.*"))],
+                 "pagedserve.tokenizer", "pagedserve.distributed.*",
+                 "pagedserve.lora.*"))],
 ]
 
 

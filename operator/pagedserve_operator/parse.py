@@ -15,7 +15,7 @@ from kubernetes.utils import parse_quantity
 from .passthrough import check_affinity, check_env_var, check_node_selector, check_tolerations
 from .reader import Reader
 from .spec import (BLOCK_SIZES, DNS1035, DTYPES, ENV_NAME, EXTENDED_RESOURCE, FIELD_FLAGS, LOAD_FORMATS, MANAGED_ENV,
-                   METRIC_TYPES, RESERVED_LABELS, URI_HF, URI_PVC, Autoscaling, DisruptionBudget, Engine,
+                   METRIC_TYPES, RESERVED_LABELS, URI_HF, URI_PVC, Adapter, Autoscaling, DisruptionBudget, Engine,
                    InferenceServiceSpec, Ingress, Metric, Model, ModelCache, Resources, Rollout, Runtime, Scheduling,
                    SecretRef, Service, SpecError)
 
@@ -106,7 +106,40 @@ def _parse_engine(r: Reader, spec: dict[str, Any]) -> Engine:
         seed=r.int_(raw, 'seed', p, minimum=0),
         load_format=r.str_(raw, 'loadFormat', p, choices=LOAD_FORMATS),
         max_waiting_requests=r.int_(raw, 'maxWaitingRequests', p, minimum=0),
+        max_loras=r.int_(raw, 'maxLoras', p, minimum=1),
+        max_lora_rank=r.int_(raw, 'maxLoraRank', p, minimum=1, maximum=512),
     )
+
+
+ADAPTER_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:/-]*$')
+
+
+def _parse_adapters(r: Reader, spec: dict[str, Any], model: Model) -> tuple[Adapter, ...]:
+    """``spec.adapters``: LoRA adapters, each a unique name and an hf:// / pvc:// / absolute-path source."""
+    out: list[Adapter] = []
+    for i, item in enumerate(r.list_(spec, 'adapters', 'spec.')):
+        p = f'spec.adapters[{i}].'
+        if not isinstance(item, dict):
+            r.problems.append(f'spec.adapters[{i}] must be an object with name and source')
+            continue
+        unknown = sorted(set(item) - {'name', 'source'})
+        if unknown:
+            r.problems.append(f'{p[:-1]} has unknown field(s) {", ".join(unknown)}')
+        name = r.str_(item, 'name', p)
+        source = r.str_(item, 'source', p)
+        if name is None or source is None:
+            r.problems.append(f'{p}name and {p}source are required')
+            continue
+        if not ADAPTER_NAME.match(name) or len(name) > 253:
+            r.problems.append(f'{p}name {name!r} must be letters, digits and ._:/- (no spaces, no "=")')
+        elif name == model.served_name:
+            r.problems.append(f'{p}name {name!r} is the model\'s served name')
+        elif any(a.name == name for a in out):
+            r.problems.append(f'{p}name {name!r} is used twice')
+        if not (URI_HF.match(source) or URI_PVC.match(source) or (source.startswith('/') and ' ' not in source)):
+            r.problems.append(f'{p}source must be hf://ORG/NAME, pvc://CLAIM[/PATH] or an absolute path (got {source!r})')
+        out.append(Adapter(name, source))
+    return tuple(out)
 
 
 def _parse_resources(r: Reader, spec: dict[str, Any], engine: Engine) -> Resources:
@@ -300,7 +333,7 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_image: s
                        mount_path=r.str_(cache_raw, 'mountPath', 'spec.modelCache.', '/model-cache') or '/model-cache')
     if cache.claim and cache.size_limit:
         problems.append('spec.modelCache.sizeLimit applies to the emptyDir cache only')
-    if cache.mount_path in ('/mnt/models', '/dev/shm') or not cache.mount_path.startswith('/'):
+    if cache.mount_path in ('/mnt/models', '/mnt/adapters', '/dev/shm') or not cache.mount_path.startswith('/'):
         problems.append(f'spec.modelCache.mountPath {cache.mount_path!r} is reserved or not absolute')
     if model.source == 'pvc' and model.pvc_claim == cache.claim:
         problems.append('spec.modelCache.persistentVolumeClaim must differ from the pvc:// model claim (mounted read-only)')
@@ -320,6 +353,7 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_image: s
         pod_annotations=r.str_map(spec, 'podAnnotations', 'spec.'),
         pod_labels=pod_labels,
         scheduling=_parse_scheduling(r, spec),
+        adapters=_parse_adapters(r, spec, model),
     )
     if problems:
         raise SpecError(problems)

@@ -41,6 +41,7 @@ FIELD_FLAGS = {
     '--engine-startup-timeout': 'probes.startupTimeoutSeconds',
     '--shutdown-timeout': 'terminationGracePeriodSeconds',
     '--download-dir': 'modelCache (downloads go to HF_HOME on the cache volume)',
+    '--lora-modules': 'adapters', '--max-loras': 'engine.maxLoras', '--max-lora-rank': 'engine.maxLoraRank',
 }
 # Environment variables the operator sets itself.
 MANAGED_ENV = ('HF_HOME', 'HF_TOKEN', 'PAGEDSERVE_API_KEY', 'PAGEDSERVE_CACHE', 'TRITON_CACHE_DIR',
@@ -99,6 +100,27 @@ class Model:
 
 
 @dataclasses.dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter served on the model under ``name`` (the OpenAI "model" of its requests)."""
+    name: str
+    source: str  # hf://ORG/NAME, pvc://CLAIM[/PATH] or an absolute path in the image
+
+    @property
+    def kind(self) -> str:
+        return 'hf' if self.source.startswith('hf://') else 'pvc' if self.source.startswith('pvc://') else 'local'
+
+    @property
+    def pvc_claim(self) -> str | None:
+        match = URI_PVC.match(self.source)
+        return match.group(1) if match else None
+
+    @property
+    def pvc_subpath(self) -> str:
+        match = URI_PVC.match(self.source)
+        return (match.group(3) or '').strip('/') if match else ''
+
+
+@dataclasses.dataclass(frozen=True)
 class Runtime:
     image: str
     image_pull_policy: str | None
@@ -124,6 +146,8 @@ class Engine:
     seed: int | None = None
     load_format: str | None = None
     max_waiting_requests: int | None = None
+    max_loras: int | None = None
+    max_lora_rank: int | None = None
 
     @property
     def tp(self) -> int:
@@ -227,6 +251,7 @@ class InferenceServiceSpec:
     pod_annotations: dict[str, str]
     pod_labels: dict[str, str]
     scheduling: Scheduling
+    adapters: tuple[Adapter, ...] = ()  # LoRA adapters (--enable-lora --lora-modules)
 
     @property
     def max_possible_replicas(self) -> int:

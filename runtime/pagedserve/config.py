@@ -76,6 +76,15 @@ class ParallelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Multi-LoRA serving (``--enable-lora``; docs/lora.md)."""
+
+    max_loras: int = 1  # adapters on the GPU at once (slots); one step runs at most this many
+    max_lora_rank: int = 16  # the largest adapter rank accepted (slots are sized for it)
+    max_cpu_loras: int | None = None  # adapters kept in CPU memory (LRU); None: max_loras
+
+
+@dataclass
 class EngineConfig:
     model_config: ModelConfig
     cache_config: CacheConfig
@@ -85,3 +94,4 @@ class EngineConfig:
     enforce_eager: bool = False
     attention_backend: str = "auto"
     async_scheduling: bool = False
+    lora_config: LoRAConfig | None = None  # None: LoRA off

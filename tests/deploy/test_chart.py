@@ -353,3 +353,16 @@ def test_package(helm: Any, tmp_path: pathlib.Path) -> None:
             'pagedserve/files/inferenceservices.pagedserve.io.yaml',
             'pagedserve/dashboards/pagedserve-models.json', 'pagedserve/dashboards/pagedserve-pods.json'} <= names
     assert not [n for n in names if '/examples/' in n or n.endswith('.py') or '__pycache__' in n], names
+
+
+def test_lora_values_map_to_the_cr(helm: Any) -> None:
+    """LoRA: model.maxLoras / maxLoraRank (engine settings next to the model) and the adapters list."""
+    docs = render(helm, sets=(
+        'inferenceServices[0].name=a', 'inferenceServices[0].model.name=default',
+        'inferenceServices[0].model.maxLoras=4', 'inferenceServices[0].model.maxLoraRank=32',
+        'inferenceServices[0].adapters[0].name=sql', 'inferenceServices[0].adapters[0].source=hf://org/sql-lora',
+        'inferenceServices[0].adapters[1].name=chat', 'inferenceServices[0].adapters[1].source=pvc://loras/chat'))
+    (a,) = [d for d in docs if d['kind'] == 'InferenceService']
+    assert a['spec']['engine'] == {'maxLoras': 4, 'maxLoraRank': 32}
+    assert a['spec']['adapters'] == [{'name': 'sql', 'source': 'hf://org/sql-lora'},
+                                     {'name': 'chat', 'source': 'pvc://loras/chat'}]

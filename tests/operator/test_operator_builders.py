@@ -124,6 +124,13 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], Callable[[Children], Any]]] = {
     'engine.loadFormat': ({'engine': {'loadFormat': 'safetensors'}}, lambda ch: '--load-format=safetensors' in args(ch)),
     'engine.maxWaitingRequests': ({'engine': {'maxWaitingRequests': 100}},
                                   lambda ch: '--max-waiting-requests=100' in args(ch)),
+    'engine.maxLoras': ({'engine': {'maxLoras': 4}}, lambda ch: '--max-loras=4' in args(ch)),
+    'engine.maxLoraRank': ({'engine': {'maxLoraRank': 64}}, lambda ch: '--max-lora-rank=64' in args(ch)),
+    'adapters': ({'adapters': [{'name': 'sql', 'source': 'hf://org/sql-lora'},
+                               {'name': 'chat', 'source': 'pvc://loras/chat'}]},
+                 lambda ch: '--enable-lora' in args(ch) and '--lora-modules=sql=hf://org/sql-lora' in args(ch)
+                 and '--lora-modules=chat=/mnt/adapters/0/chat' in args(ch)
+                 and volume(ch, 'lora-0')['persistentVolumeClaim'] == {'claimName': 'loras', 'readOnly': True}),
     'resources.gpus': ({'resources': {'gpus': 0}},
                        lambda ch: container(ch)['resources'] == {'requests': {'cpu': '2', 'memory': '4Gi'}}
                        and 'tolerations' not in pod(ch) and env(ch)['NVIDIA_VISIBLE_DEVICES']['value'] == 'void'),
@@ -495,6 +502,36 @@ def test_every_generated_flag_is_a_runtime_flag() -> None:
             'engine': {'maxModelLen': 4096, 'gpuMemoryUtilization': 0.9, 'maxNumSeqs': 8, 'maxNumBatchedTokens': 4096,
                        'blockSize': 16, 'swapSpace': 4, 'enablePrefixCaching': False, 'dtype': 'bfloat16',
                        'quantization': 'fp8', 'seed': 1, 'loadFormat': 'safetensors', 'maxWaitingRequests': 10,
-                       'trustRemoteCode': True, 'enforceEager': True}}
+                       'trustRemoteCode': True, 'enforceEager': True, 'maxLoras': 2, 'maxLoraRank': 32},
+            'adapters': [{'name': 'a', 'source': 'hf://org/a'}, {'name': 'b', 'source': '/loras/b'}]}
     parsed = make_parser().parse_args(args(build(full)))
     assert parsed.shutdown_timeout == 105 and parsed.engine_startup_timeout == 1800 and parsed.revision == 'main'
+
+
+def test_lora_adapters() -> None:
+    """spec.adapters: --enable-lora and one --lora-modules per adapter; each distinct pvc:// claim is
+    mounted read-only once under /mnt/adapters; bad entries are spec problems."""
+    ch = build({'adapters': [{'name': 'a', 'source': 'pvc://loras/a'}, {'name': 'b', 'source': 'pvc://other'},
+                             {'name': 'c', 'source': 'pvc://loras/nested/c'}, {'name': 'd', 'source': '/img/d'}]})
+    lora_args = [a for a in args(ch) if a.startswith('--lora-modules')]
+    assert lora_args == ['--lora-modules=a=/mnt/adapters/0/a', '--lora-modules=b=/mnt/adapters/1',
+                         '--lora-modules=c=/mnt/adapters/0/nested/c', '--lora-modules=d=/img/d']
+    assert [mount(ch, f'lora-{i}') for i in range(2)] == [
+        {'name': 'lora-0', 'mountPath': '/mnt/adapters/0', 'readOnly': True},
+        {'name': 'lora-1', 'mountPath': '/mnt/adapters/1', 'readOnly': True}]
+    assert volume(ch, 'lora-1')['persistentVolumeClaim']['claimName'] == 'other'
+    from pagedserve.entrypoints.openai.cli_serve import make_parser  # noqa: PLC0415  (the runtime, tests only)
+    from pagedserve.entrypoints.openai.serving_lora import parse_lora_modules  # noqa: PLC0415
+    parsed = make_parser().parse_args(args(ch))
+    assert parsed.enable_lora and [m.name for m in parse_lora_modules(parsed.lora_modules)] == ['a', 'b', 'c', 'd']
+    assert '--enable-lora' not in args(build())
+    for bad, reason in [([{'name': 'x y', 'source': '/a'}], 'no spaces'),
+                        ([{'name': 'llm', 'source': '/a'}], "model's served name"),
+                        ([{'name': 'a', 'source': '/a'}, {'name': 'a', 'source': '/b'}], 'used twice'),
+                        ([{'name': 'a', 'source': 's3://bucket/a'}], 'source must be'),
+                        ([{'name': 'a'}], 'required'), (['a'], 'must be an object'),
+                        ([{'name': 'a', 'source': '/a', 'rank': 8}], 'unknown field')]:
+        with pytest.raises(SpecError, match=reason):
+            build({'adapters': bad})
+    with pytest.raises(SpecError, match='must not contain --lora-modules'):
+        build({'runtime': {'args': ['--lora-modules', 'a=/b']}})

@@ -125,7 +125,7 @@ Returns YAML.
 {{- $_ := set $spec "model" $model -}}
 {{- /* engine (the seed keeps the engine settings next to the model name) */ -}}
 {{- $engine := dict -}}
-{{- include "pagedserve.copy" (list $m $engine "maxModelLen" "gpuMemoryUtilization" "maxNumSeqs" "maxNumBatchedTokens" "blockSize" "swapSpace" "enablePrefixCaching" "dtype" "quantization" "tensorParallelSize" "trustRemoteCode" "enforceEager" "seed" "loadFormat" "maxWaitingRequests") -}}
+{{- include "pagedserve.copy" (list $m $engine "maxModelLen" "gpuMemoryUtilization" "maxNumSeqs" "maxNumBatchedTokens" "blockSize" "swapSpace" "enablePrefixCaching" "dtype" "quantization" "tensorParallelSize" "trustRemoteCode" "enforceEager" "seed" "loadFormat" "maxWaitingRequests" "maxLoras" "maxLoraRank") -}}
 {{- if $engine }}{{ $_ := set $spec "engine" $engine }}{{ end -}}
 {{- /* runtime */ -}}
 {{- $runtime := dict -}}
@@ -175,6 +175,6 @@ Returns YAML.
 {{- $_ := set $spec "ingress" $i -}}
 {{- end -}}
 {{- /* blocks copied as they are */ -}}
-{{- include "pagedserve.copy" (list $e $spec "rollout" "service" "modelCache" "probes" "monitoring" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" "priorityClassName" "imagePullSecrets" "serviceAccountName" "terminationGracePeriodSeconds") -}}
+{{- include "pagedserve.copy" (list $e $spec "adapters" "rollout" "service" "modelCache" "probes" "monitoring" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" "priorityClassName" "imagePullSecrets" "serviceAccountName" "terminationGracePeriodSeconds") -}}
 {{- toYaml $spec -}}
 {{- end }}

@@ -7,11 +7,12 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from ..spec import InferenceServiceSpec
+from ..spec import Adapter, InferenceServiceSpec
 from .common import HTTP_PORT, HTTP_PORT_NAME, MODEL_MOUNT, labels, metadata, selector_labels
 
 SERVER_COMMAND = ['python', '-m', 'pagedserve.entrypoints.openai.api_server']
 CONTAINER_NAME = 'runtime'
+ADAPTER_MOUNT = '/mnt/adapters'  # pvc:// LoRA adapters: claim i read-only at ADAPTER_MOUNT/i
 RUN_AS_USER = 1000
 PROBE_PERIOD_SECONDS = 10
 # Shutdown: the preStop sleep keeps the listener open while the endpoint removal reaches kube-proxy
@@ -46,6 +47,24 @@ def model_argument(spec: InferenceServiceSpec) -> str:
     return model.uri
 
 
+def adapter_claims(spec: InferenceServiceSpec) -> list[str]:
+    """The distinct PVCs of pvc:// adapters, in order; claim i is mounted read-only at ADAPTER_MOUNT/i."""
+    claims: list[str] = []
+    for a in spec.adapters:
+        if a.kind == 'pvc' and a.pvc_claim not in claims:
+            claims.append(a.pvc_claim)  # type: ignore[arg-type]
+    return claims
+
+
+def adapter_path(spec: InferenceServiceSpec, adapter: Adapter) -> str:
+    """The adapter's path for ``--lora-modules``: hf:// as it is (the runtime downloads it into the
+    model cache), a pvc:// adapter under its claim's read-only mount, an image path as it is."""
+    if adapter.kind == 'pvc':
+        base = f'{ADAPTER_MOUNT}/{adapter_claims(spec).index(adapter.pvc_claim)}'  # type: ignore[arg-type]
+        return f'{base}/{adapter.pvc_subpath}' if adapter.pvc_subpath else base
+    return adapter.source
+
+
 def server_args(spec: InferenceServiceSpec) -> list[str]:
     """Flags of the runtime server, in a fixed order, then ``runtime.args``."""
     e = spec.engine
@@ -59,6 +78,7 @@ def server_args(spec: InferenceServiceSpec) -> list[str]:
         ('--max-num-batched-tokens', e.max_num_batched_tokens), ('--block-size', e.block_size),
         ('--swap-space', e.swap_space), ('--dtype', e.dtype), ('--quantization', e.quantization),
         ('--seed', e.seed), ('--load-format', e.load_format), ('--max-waiting-requests', e.max_waiting_requests),
+        ('--max-loras', e.max_loras), ('--max-lora-rank', e.max_lora_rank),
     ]
     for flag, value in valued:
         if value is not None:
@@ -69,6 +89,9 @@ def server_args(spec: InferenceServiceSpec) -> list[str]:
     for flag, enabled in (('--trust-remote-code', e.trust_remote_code), ('--enforce-eager', e.enforce_eager)):
         if enabled:
             args.append(flag)
+    if spec.adapters:
+        args.append('--enable-lora')
+        args.extend(f'--lora-modules={a.name}={adapter_path(spec, a)}' for a in spec.adapters)
     if spec.runtime.api_key:
         args.append('--api-key=$(PAGEDSERVE_API_KEY)')
     args.append(f'--engine-startup-timeout={spec.startup_timeout_seconds}')
@@ -148,6 +171,9 @@ def _volumes(spec: InferenceServiceSpec) -> tuple[list[dict[str, Any]], list[dic
     if spec.model.source == 'pvc':
         volumes.append({'name': 'model', 'persistentVolumeClaim': {'claimName': spec.model.pvc_claim, 'readOnly': True}})
         mounts.append({'name': 'model', 'mountPath': MODEL_MOUNT, 'readOnly': True})
+    for i, claim in enumerate(adapter_claims(spec)):
+        volumes.append({'name': f'lora-{i}', 'persistentVolumeClaim': {'claimName': claim, 'readOnly': True}})
+        mounts.append({'name': f'lora-{i}', 'mountPath': f'{ADAPTER_MOUNT}/{i}', 'readOnly': True})
     return volumes, mounts
 
 

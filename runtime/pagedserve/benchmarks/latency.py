@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--output-json", default=None)
+    p.add_argument("--lora", action="store_true",
+                   help="every request runs with a random adapter of rank --max-lora-rank (needs --enable-lora)")
     add_engine_flags(p)
     p.set_defaults(func=run)
 
@@ -46,7 +48,8 @@ def copy_bandwidth_gbs() -> float:
     return 2 * n / statistics.median(times) / 1e9
 
 
-def measure(engine, prompt: list[int] | Callable[[], list[int]], output_len: int, batch: int) -> tuple[float, float]:
+def measure(engine, prompt: list[int] | Callable[[], list[int]], output_len: int, batch: int,
+            lora_request: object = None) -> tuple[float, float]:
     """(TTFT, TPOT) in seconds of ``batch`` requests. ``prompt`` is a token list, or a function giving a fresh
     one per request: fresh prompts never hit the prefix cache, so TTFT is a real prefill."""
     import torch
@@ -58,7 +61,7 @@ def measure(engine, prompt: list[int] | Callable[[], list[int]], output_len: int
     t0 = time.perf_counter()
     for i in range(batch):
         ids = prompt() if callable(prompt) else prompt
-        engine.add_request(f"lat-{time.monotonic_ns()}-{i}", {"prompt_token_ids": ids}, sp)
+        engine.add_request(f"lat-{time.monotonic_ns()}-{i}", {"prompt_token_ids": ids}, sp, lora_request=lora_request)
     t_first = None
     while engine.has_unfinished_requests():
         outs = engine.step()
@@ -110,9 +113,20 @@ def run(args: argparse.Namespace) -> int:
         bw = copy_bandwidth_gbs()
         result["copy_bandwidth_gbs"] = bw
         result["weight_read_floor_ms"] = weight_bytes / (bw * 1e9) * 1e3
-    measure(engine, prompt, 8, 1)  # warm-up
+    lora = None
+    if args.lora:
+        if core.config.lora_config is None:
+            raise ValueError("--lora needs --enable-lora")
+        import tempfile
+
+        from pagedserve.benchmarks.lora_adapters import write_random_adapters
+
+        lora = write_random_adapters(core.config.model_config.arch, 1, core.config.lora_config.max_lora_rank,
+                                     tempfile.mkdtemp(prefix="pagedserve-lora-bench-"))[0]
+        result["lora_rank"] = core.config.lora_config.max_lora_rank
+    measure(engine, prompt, 8, 1, lora)  # warm-up
     for b in args.batch_sizes:
-        runs = [measure(engine, prompt, args.output_len, b) for _ in range(args.iters)]
+        runs = [measure(engine, prompt, args.output_len, b, lora) for _ in range(args.iters)]
         ttft = statistics.median(r[0] for r in runs) * 1e3
         tpot = statistics.median(r[1] for r in runs) * 1e3
         row = {"batch_size": b, "ttft_ms": ttft, "tpot_ms": tpot}

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write the last timed run's per-step trace (start/launched/done ms, tokens, requests, path)")
     p.add_argument("--warmup-prompts", type=int, default=4)
     p.add_argument("--repeat", type=int, default=1, help="timed runs (the last one is reported; all are listed)")
+    p.add_argument("--num-lora-adapters", type=int, default=0,
+                   help="random rank --max-lora-rank adapters on every q/k/v/o/gate/up/down, given to the requests "
+                        "round-robin (needs --enable-lora; --max-loras of them fit on the GPU at once)"),
     add_engine_flags(p)
     p.set_defaults(func=run)
 
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if warm:
         llm.generate([{"prompt_token_ids": p} for p, _ in reqs[:len(warm)]], warm, use_tqdm=False)
     params = [SamplingParams(temperature=1.0, top_p=1.0, max_tokens=o, ignore_eos=True) for _, o in reqs]
+    loras = _lora_requests(args, cfg, len(reqs))
+    result["num_lora_adapters"] = args.num_lora_adapters
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     runs = []
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         llm.reset_prefix_cache()  # neither the warm-up nor an earlier repeat may hit the cache
         core.trace, core.wait_seconds = [], 0.0
         t0 = time.perf_counter()
-        outs = llm.generate([{"prompt_token_ids": p} for p, _ in reqs], params, use_tqdm=False)
+        outs = llm.generate([{"prompt_token_ids": p} for p, _ in reqs], params, use_tqdm=False, lora_request=loras)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
@@ -108,6 +113,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"speedup vs best HF static batching: {result['speedup_vs_best_hf']:.1f}x")
     _write(result, args.output_json, args.output_png)
     return 0
+
+
+def _lora_requests(args: argparse.Namespace, cfg, n: int) -> list | None:
+    if not args.num_lora_adapters:
+        return None
+    if cfg.lora_config is None:
+        raise ValueError("--num-lora-adapters needs --enable-lora")
+    import tempfile
+
+    from pagedserve.benchmarks.lora_adapters import write_random_adapters
+
+    out = tempfile.mkdtemp(prefix="pagedserve-lora-bench-")
+    adapters = write_random_adapters(cfg.model_config.arch, args.num_lora_adapters, cfg.lora_config.max_lora_rank, out)
+    return [adapters[i % len(adapters)] for i in range(n)]
 
 
 def step_profile(trace: list[tuple], wait_s: float) -> dict:

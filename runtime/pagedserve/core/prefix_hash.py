@@ -3,7 +3,8 @@
 ``hash(block i) = sha256(hash(block i-1) || token ids of block i || extra keys)``, so a block's hash
 names the whole prefix up to and including it: two requests share cached block ``i`` only if their
 first ``(i + 1) * block_size`` tokens (and extra keys) are equal. The extra key of the first block
-is the request's ``cache_salt`` (tenants with different salts never share blocks). The root is
+is the request's ``cache_salt`` (tenants with different salts never share blocks) and its LoRA
+adapter (KV computed under one adapter is never reused under another, nor by the base model). The root is
 random per process unless ``PYTHONHASHSEED`` is set (then it is derived from it, reproducibly).
 Only full blocks are hashed; the partial last block of a sequence never is.
 """
@@ -38,6 +39,8 @@ def update_block_hashes(req: "Request", block_size: int) -> list[bytes]:
     if len(hashes) < n_full:
         tokens = req.all_token_ids
         salt = req.cache_salt.encode() if req.cache_salt else None
+        if req.lora_request is not None:
+            salt = (salt or b"") + b"\x00" + req.lora_request.cache_key()
         for i in range(len(hashes), n_full):
             parent = hashes[i - 1] if i else ROOT_HASH
             hashes.append(hash_block(parent, tokens[i * block_size:(i + 1) * block_size], salt if i == 0 else None))

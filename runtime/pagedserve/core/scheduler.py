@@ -40,8 +40,10 @@ _WAIT = object()  # a fresh n > 1 child whose first sibling has not prefilled th
 
 class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
-                 num_cpu_blocks: int = 0) -> None:
+                 num_cpu_blocks: int = 0, max_loras: int | None = None) -> None:
         self.config = scheduler_config
+        # LoRA: the running requests use at most this many distinct adapters (the GPU slots)
+        self.max_loras = max_loras
         self.policy = scheduler_config.policy
         self.kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching,
                                  num_cpu_blocks, sliding_window=cache_config.sliding_window)
@@ -193,10 +195,16 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
             i += 1
         if not preempted:
             skipped: list[Request] = []
+            loras = self._running_loras() if self.max_loras else None
             while len(self.waiting) and budget > 0:
                 req = self.waiting.peek()
                 if req.request_id in out.preempted_ids:
                     break  # just made room for a better request: not back in the same step
+                lora = req.lora_request
+                if (loras is not None and lora is not None and lora.lora_int_id not in loras
+                        and len(loras) >= self.max_loras):  # no free adapter slot: wait for one
+                    skipped.append(self.waiting.pop())
+                    continue
                 if req.grammar is not None and not req.grammar.ready:  # its grammar is still compiling
                     skipped.append(self.waiting.pop())
                     continue
@@ -221,6 +229,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
                     continue
                 self.waiting.pop()
                 req.status = RequestStatus.RUNNING
+                if loras is not None and lora is not None:
+                    loras.add(lora.lora_int_id)
                 if self.policy == "priority":
                     bisect.insort(self.running, req, key=lambda r: r.sort_key)
                 else:
@@ -239,6 +249,9 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
             if s.do_sample:  # its token is a placeholder until update_from_output appends it
                 s.request.num_output_placeholders += 1
         return out
+
+    def _running_loras(self) -> set[int]:
+        return {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
 
     def _fail(self, req: Request, message: str) -> None:
         """End a request the core cannot run (its grammar failed to compile); reported next step."""
@@ -404,5 +417,15 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
             num_preemptions_recompute_total=self.num_preemptions_by_mode["recompute"],
             num_preemptions_swap_total=self.num_preemptions_by_mode["swap"],
             num_blocks_swapped_out_total=kv.num_swapped_out, num_blocks_swapped_in_total=kv.num_swapped_in,
-            num_cow_copies_total=kv.num_copies, prefix_cache_evictions_total=kv.pool.num_evictions)
+            num_cow_copies_total=kv.num_copies, prefix_cache_evictions_total=kv.pool.num_evictions,
+            running_lora_adapters=_count_loras(self.running) if self.max_loras else {},
+            waiting_lora_adapters=_count_loras(self.waiting) if self.max_loras else {})
+
+
+def _count_loras(reqs) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reqs:
+        if r.lora_request is not None:
+            out[r.lora_request.lora_name] = out.get(r.lora_request.lora_name, 0) + 1
+    return out
 

@@ -1,7 +1,7 @@
 """Scheduler statistics the metrics layer reads after each step."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -23,3 +23,6 @@ class SchedulerStats:
     num_blocks_swapped_in_total: int = 0
     num_cow_copies_total: int = 0  # copy-on-write block copies, cumulative
     prefix_cache_evictions_total: int = 0  # cached blocks reused for other content, cumulative
+    # LoRA (vLLM's lora_requests_info): adapter name → requests running / waiting with it
+    running_lora_adapters: dict[str, int] = field(default_factory=dict)
+    waiting_lora_adapters: dict[str, int] = field(default_factory=dict)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pagedserve.arch_config import ArchConfig
-from pagedserve.config import (KV_CACHE_DTYPES, CacheConfig, EngineConfig, ModelConfig, ParallelConfig,
+from pagedserve.config import (KV_CACHE_DTYPES, CacheConfig, EngineConfig, LoRAConfig, ModelConfig, ParallelConfig,
                                SchedulerConfig)
 from pagedserve.utils import default_device, parse_dtype
 
@@ -57,6 +57,10 @@ class EngineArgs:
     attention_backend: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA, off elsewhere
     hf_overrides: dict[str, Any] | None = None
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
 
     def create_engine_config(self) -> EngineConfig:
         from pagedserve.models.resolve import resolve_model_dir, resolve_tokenizer_dir
@@ -116,9 +120,11 @@ class EngineArgs:
             auto_swap_min_tokens=self.auto_swap_min_tokens)
         parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size)
         async_sched = on_gpu if self.async_scheduling is None else self.async_scheduling
+        lora = (LoRAConfig(self.max_loras, self.max_lora_rank, self.max_cpu_loras or self.max_loras)
+                if self.enable_lora else None)
         return EngineConfig(model_config, cache_config, sched, parallel, device,
                             enforce_eager=self.enforce_eager, attention_backend=self.attention_backend,
-                            async_scheduling=async_sched)
+                            async_scheduling=async_sched, lora_config=lora)
 
     def _verify(self) -> None:
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
@@ -154,6 +160,14 @@ class EngineArgs:
             raise ValueError("pipeline_parallel_size > 1 is not supported; use tensor_parallel_size")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        for flag, v in (("max_loras", self.max_loras), ("max_lora_rank", self.max_lora_rank)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{flag} must be an integer >= 1, got {v!r}")
+        if self.max_lora_rank > 512:
+            raise ValueError(f"max_lora_rank must be <= 512, got {self.max_lora_rank}")
+        if self.max_cpu_loras is not None and (not isinstance(self.max_cpu_loras, int)
+                                               or self.max_cpu_loras < self.max_loras):
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras!r}) must be an integer >= max_loras ({self.max_loras})")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
 

@@ -27,6 +27,7 @@ from pagedserve.engine.core_wire import EngineDeadError
 from pagedserve.engine.llm_engine import InputProcessor, PromptType
 from pagedserve.engine.output_processor import OutputProcessor
 from pagedserve.engine.request_stream import RequestStream
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.utils import cdiv
@@ -86,7 +87,8 @@ class AsyncEngine:
         if enable_metrics:
             from pagedserve.metrics import EngineMetrics
 
-            self.metrics = EngineMetrics(self.served_model_name, self.max_model_len, engine_index)
+            self.metrics = EngineMetrics(self.served_model_name, self.max_model_len, engine_index,
+                                         max_lora=config.lora_config.max_loras if config.lora_config else None)
         self.client = EngineCoreClient(config, self._on_step, self._on_stats, self._on_rejected, self._on_dead,
                                        log_level=log_level, core_factory=core_factory)
         self.num_gpu_blocks = 0
@@ -169,7 +171,8 @@ class AsyncEngine:
                                  f"--max-waiting-requests={self.max_waiting_requests}); retry later")
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0,
-                    arrival_time: float | None = None, check_queue: bool = True) -> RequestStream:
+                    arrival_time: float | None = None, check_queue: bool = True,
+                    lora_request: LoRARequest | None = None) -> RequestStream:
         """Admit a request and return its stream. Raises ``EngineDeadError``, ``QueueFullError``, or
         ``ValueError`` (invalid prompt) before anything reaches the engine core. ``check_queue=False``:
         the caller checked the queue once for a request of several prompts (they are admitted together)."""
@@ -181,6 +184,7 @@ class AsyncEngine:
             self.check_queue()
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        lora_request = self.processor.check_lora(lora_request)
         text, ids = self.processor.tokenize(prompt)
         self.check_prompt_len(len(ids))
         max_tokens = self.processor.max_tokens(params, len(ids))
@@ -193,7 +197,7 @@ class AsyncEngine:
         eos = self.processor.eos_ids
         for cid, cp in children.items():
             self._tracks[cid] = _Track(stream, arrival, len(ids), max_tokens)
-            self.client.add_request((cid, ids, cp, eos, arrival, priority, max_tokens))
+            self.client.add_request((cid, ids, cp, eos, arrival, priority, max_tokens, lora_request))
         m = self.metrics
         if m is not None:
             m.params_n.observe(params.n)
@@ -228,6 +232,13 @@ class AsyncEngine:
     def abort_all(self, exc: BaseException) -> None:
         for rid in list(self._streams):
             self.abort(rid, exc)
+
+    async def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Load an adapter in the engine core (ValueError: it cannot be served, and why)."""
+        return await self.call_core("add_lora", lora_request, timeout=600.0)
+
+    async def remove_lora(self, lora_id: int) -> bool:
+        return await self.call_core("remove_lora", lora_id)
 
     async def call_core(self, method: str, *args: Any, timeout: float = 60.0) -> Any:
         return await self.client.call(method, *args, timeout=timeout)

@@ -10,6 +10,7 @@ from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedserve.core.stats import SchedulerStats
+from pagedserve.lora.request import LoRARequest
 from pagedserve.request import Request, RequestStatus
 from pagedserve.executor import make_executor
 from pagedserve.worker.model_runner import StepHandle
@@ -42,8 +43,11 @@ class EngineCore:
         except BaseException:
             self.executor.shutdown()
             raise
-        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, num_cpu_blocks)
+        lora = config.lora_config
+        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, num_cpu_blocks,
+                                   max_loras=lora.max_loras if lora is not None else None)
         self.async_scheduling = config.async_scheduling
+        self.loras: dict[int, LoRARequest] = {}  # adapters added (the workers cache them, LRU)
         self.inflight: tuple[SchedulerOutput, StepHandle] | None = None  # the step on the device
         # per-step trace for benchmarks: (start, launched, done, tokens, requests, runner path)
         self.trace: list[tuple] | None = None
@@ -60,6 +64,9 @@ class EngineCore:
         return int(cfg.cache_config.swap_space * GiB // self.executor.kv_block_bytes())  # per rank
 
     def add_request(self, request: Request) -> None:
+        lora = request.lora_request
+        if lora is not None:
+            self.add_lora(lora)  # read and checked on first use (a ValueError if bad); then a dict lookup
         spec = request.sampling_params.structured_outputs
         if spec is not None and request.grammar is None:
             request.grammar = self._structured_outputs().request_grammar(spec)  # compiles in a thread
@@ -77,6 +84,31 @@ class EngineCore:
             self.structured_output = StructuredOutputManager(mc.tokenizer or mc.model, mc.arch.vocab_size,
                                                              list(mc.arch.eos_token_ids), mc.trust_remote_code)
         return self.structured_output
+
+    # -- LoRA adapters (docs/lora.md) -------------------------------------------------------------
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Load an adapter into the CPU cache of every rank (False: it was there already)."""
+        if self.config.lora_config is None:
+            raise ValueError("lora_request: LoRA is not enabled; start the engine with enable_lora=True "
+                             "(--enable-lora)")
+        known = self.loras.get(lora_request.lora_int_id)
+        if known is not None:
+            if (known.lora_name, known.lora_path) != (lora_request.lora_name, lora_request.lora_path):
+                raise ValueError(f"lora_int_id {known.lora_int_id} is already used by adapter {known.lora_name!r} "
+                                 f"({known.lora_path}); give each adapter its own id")
+            return False
+        added = self.executor.add_lora(lora_request)
+        self.loras[lora_request.lora_int_id] = lora_request
+        return added
+
+    def remove_lora(self, lora_id: int) -> bool:
+        """Forget an adapter (CPU cache and GPU slot); requests still running with it read it again."""
+        known = self.loras.pop(lora_id, None) is not None
+        return self.executor.remove_lora(lora_id) or known
+
+    def list_loras(self) -> list[int]:
+        """The ids of the adapters added (and not removed)."""
+        return sorted(self.loras)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)

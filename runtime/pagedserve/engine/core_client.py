@@ -170,7 +170,9 @@ class EngineCoreClient:
                         if msg[2]:
                             fut.set_result(msg[3])
                         else:
-                            fut.set_exception(RuntimeError(msg[3]))
+                            err = msg[3]  # "ValueError: ..." for bad input (a LoRA adapter), else a failure
+                            fut.set_exception(ValueError(err.removeprefix("ValueError: "))
+                                              if err.startswith("ValueError: ") else RuntimeError(err))
                 elif kind == "fatal":
                     self._mark_dead(f"the engine core crashed: {msg[1]}")
                     return

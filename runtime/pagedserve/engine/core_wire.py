@@ -6,7 +6,8 @@ Every message is one length-prefixed pickle of plain data (token ids, ``Sampling
 
 frontend → core::
     ("batch", [add, ...], [abort_id, ...])   add = (request_id, prompt_token_ids, SamplingParams,
-                                              eos_token_ids, arrival_time, priority, max_tokens)
+                                              eos_token_ids, arrival_time, priority, max_tokens,
+                                              LoRARequest | None)
     ("call", call_id, method, args)           a method of EngineCore (utility / tests)
     ("shutdown",)
 core → frontend::

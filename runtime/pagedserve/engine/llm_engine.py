@@ -9,6 +9,7 @@ from pagedserve.config import EngineConfig
 from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.engine.core import EngineCore
 from pagedserve.engine.output_processor import OutputProcessor, child_request_id
+from pagedserve.lora.request import LoRARequest
 from pagedserve.request import Request
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
@@ -76,6 +77,17 @@ class InputProcessor:
             out[cid] = cp
         return out
 
+    def check_lora(self, lora_request: LoRARequest | None) -> LoRARequest | None:
+        if lora_request is None:
+            return None
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(f"lora_request must be a pagedserve.lora.request.LoRARequest, got "
+                             f"{type(lora_request).__name__}")
+        if self.config.lora_config is None:
+            raise ValueError("lora_request: LoRA is not enabled; start the engine with enable_lora=True "
+                             "(--enable-lora)")
+        return lora_request
+
     @staticmethod
     def with_cache_salt(prompt: "PromptType", params: SamplingParams, cache_salt: str | None) -> SamplingParams:
         """A ``cache_salt`` given beside the prompt (argument or prompt dict key) travels in the params."""
@@ -99,8 +111,10 @@ class LLMEngine:
         return cls(args.create_engine_config(), use_tqdm=use_tqdm, skip_tokenizer_init=skip_tokenizer_init)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
-                    arrival_time: float | None = None, priority: int = 0, cache_salt: str | None = None) -> None:
+                    arrival_time: float | None = None, priority: int = 0, cache_salt: str | None = None,
+                    lora_request: LoRARequest | None = None) -> None:
         params = self.processor.with_cache_salt(prompt, params or SamplingParams(), cache_salt)
+        lora_request = self.processor.check_lora(lora_request)
         if request_id in self.output_processor.states:
             raise ValueError(f"request_id {request_id!r} is already in use")
         text, ids = self.processor.tokenize(prompt)
@@ -112,7 +126,8 @@ class LLMEngine:
         try:
             for cid, cp in children.items():
                 self.core.add_request(Request(cid, ids, cp, eos_token_ids=self.processor.eos_ids,
-                                              arrival_time=arrival, priority=priority, max_tokens=max_tokens))
+                                              arrival_time=arrival, priority=priority, max_tokens=max_tokens,
+                                              lora_request=lora_request))
         except Exception:
             self.abort_request(request_id)
             raise

@@ -55,6 +55,11 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--revision", default=None, help="branch, tag or commit of a Hub --model (default: main)")
     g.add_argument("--enforce-eager", action="store_true")
     g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    g.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters on the base model (docs/lora.md)")
+    g.add_argument("--max-loras", type=int, default=None, help="LoRA adapters on the GPU at once (default 1)")
+    g.add_argument("--max-lora-rank", type=int, default=None, help="largest LoRA rank accepted (default 16)")
+    g.add_argument("--max-cpu-loras", type=int, default=None,
+                   help="LoRA adapters kept in CPU memory (default: --max-loras)")
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule step N+1 while step N runs on the device (default: on with CUDA)")
 

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.core.beam_search import BeamSearchOutput, BeamSearchSequence
 from pagedserve.engine.llm_engine import LLMEngine, PromptType
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import BeamSearchParams, SamplingParams
 
@@ -62,7 +63,9 @@ class LLM:
 
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool = True, priority: list[int] | None = None) -> list[RequestOutput]:
+                 use_tqdm: bool = True, priority: list[int] | None = None,
+                 lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None) -> list[RequestOutput]:
+        """``lora_request``: one adapter for every prompt, or one (or None: the base model) per prompt."""
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # one prompt (text, token ids or dict)
         prompts = list(prompts)
@@ -71,11 +74,14 @@ class LLM:
         params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"sampling_params: got {len(params)} for {len(prompts)} prompts")
+        loras = list(lora_request) if isinstance(lora_request, (list, tuple)) else [lora_request] * len(prompts)
+        if len(loras) != len(prompts):
+            raise ValueError(f"lora_request: got {len(loras)} for {len(prompts)} prompts")
         ids = []
         try:
             for i, (p, sp) in enumerate(zip(prompts, params)):
                 rid = str(next(self._counter))
-                self.llm_engine.add_request(rid, p, sp, priority=priority[i] if priority else 0)
+                self.llm_engine.add_request(rid, p, sp, priority=priority[i] if priority else 0, lora_request=loras[i])
                 ids.append(rid)
         except Exception:
             self.llm_engine.abort_request(ids)

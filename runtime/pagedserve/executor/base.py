@@ -37,6 +37,20 @@ class Executor:
         """Bytes of one KV block on one rank (its share of the KV heads)."""
         return self.runner.kv_block_bytes()
 
+    def add_lora(self, lora_request: Any) -> bool:
+        """Load an adapter on every rank; False if it was loaded already. The driver reads (and
+        checks) it first: a bad adapter is a ValueError here, before any other rank sees it."""
+        added = self.runner.add_lora(lora_request)
+        if self.tp_size > 1:
+            self.collective_rpc("add_lora", lora_request)
+        return added
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return self.collective_rpc("remove_lora", lora_id)[0] if self.tp_size > 1 else self.runner.remove_lora(lora_id)
+
+    def list_loras(self) -> list[int]:
+        return self.runner.list_loras()
+
     def launch(self, sched: "SchedulerOutput", prev: "StepHandle | None" = None) -> "StepHandle":
         raise NotImplementedError
 

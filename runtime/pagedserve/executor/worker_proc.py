@@ -136,6 +136,17 @@ class RankWorker:
                 del g
         return {"eager_us": eager, "graph_us": graph}
 
+    # -- LoRA adapters: every rank reads its own shard ---------------------------------------------
+    def add_lora(self, lora_request: Any) -> bool:
+        return self.runner.add_lora(lora_request)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return self.runner.remove_lora(lora_id)
+
+    def list_loras_of_rank(self) -> list[int]:
+        """The adapters this rank holds (CPU cache or slot; tests)."""
+        return self.runner.list_loras()
+
     # -- steps (ranks 1..N-1; the driver runs ModelRunner.launch_inputs with its scheduler output) --
     def execute_step(self, h: Any, block_ops: list) -> None:
         self.prev = self.runner.launch_inputs(h, block_ops, self.prev, None)

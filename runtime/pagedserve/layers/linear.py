@@ -55,6 +55,7 @@ class LinearBase(nn.Module):
         super().__init__()
         self.tp_rank, self.tp_size, self.tp_dim = get_tp_rank(), get_tp_size(), tp_dim
         self.input_size, self.output_size, self.prefix = in_features, out_features, prefix
+        self.lora: Any = None  # layers/lora.LoRALinear when LoRA serving is on: adds its delta to matmul
         self.quant_method: LinearMethod = linear_method_for(self, prefix)
         self.quant_method.create_weights(self, in_features, out_features, output_sizes or [out_features],
                                          torch.get_default_dtype())
@@ -103,7 +104,8 @@ class LinearBase(nn.Module):
         self.quant_method.process_weights_after_loading(self)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return self.quant_method.apply(self, x, bias)
+        y = self.quant_method.apply(self, x, bias)
+        return y if self.lora is None else self.lora.apply(x, y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.bias)

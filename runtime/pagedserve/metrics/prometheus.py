@@ -106,6 +106,9 @@ def _fam() -> dict[str, Any]:
                 "iteration_tokens": h("iteration_tokens_total", "Histogram of number of tokens per engine step.",
                                       ITERATION_TOKEN_BUCKETS),
                 "params_n": h("request_params_n", "Histogram of the n request parameter.", N_BUCKETS),
+                # LoRA (vLLM's lora_requests_info): the value is the time of the update, the labels the state
+                "lora_info": g("lora_requests_info", "Running stats on LoRA requests.",
+                               ["max_lora", "waiting_lora_adapters", "running_lora_adapters"]),
             }
         return _families
 
@@ -130,7 +133,7 @@ def _token_hists(max_model_len: int) -> dict[str, Histogram]:
 class EngineMetrics:
     """The labelled children of every metric for one served model."""
 
-    def __init__(self, model_name: str, max_model_len: int, engine_index: int = 0) -> None:
+    def __init__(self, model_name: str, max_model_len: int, engine_index: int = 0, max_lora: int | None = None) -> None:
         f = _fam()
         lab = (model_name, str(engine_index))
         self.model_name = model_name
@@ -166,6 +169,9 @@ class EngineMetrics:
             ("prefix_cache_evictions_total", f["pc_evictions"].labels(*lab)),
         ]
         self._last_cumulative = {name: 0 for name, _ in self._cumulative}
+        self.max_lora = max_lora  # None: LoRA off, no lora_requests_info series
+        self._lora_info = f["lora_info"]
+        self._lora_labels: tuple[str, ...] | None = None
 
     def set_cache_info(self, **info: Any) -> None:
         self._cache_info_labels.labels(*self._lab, *(str(info.get(k, "")) for k in (
@@ -179,12 +185,24 @@ class EngineMetrics:
         self.swapped.set(getattr(stats, "num_swapped", 0))
         self.kv_usage.set(getattr(stats, "kv_cache_usage", 0.0))
         self.cpu_usage.set(getattr(stats, "cpu_cache_usage", 0.0))
+        if self.max_lora is not None:
+            self._record_lora(stats)
         last = self._last_cumulative
         for attr, counter in self._cumulative:
             value = getattr(stats, attr, 0) or 0
             if value > last[attr]:
                 counter.inc(value - last[attr])
             last[attr] = value
+
+    def _record_lora(self, stats: Any) -> None:
+        """One series whose labels name the adapters with waiting / running requests (comma-separated,
+        as vLLM); the previous series is removed when they change, so a scrape shows the current one."""
+        labels = (*self._lab, str(self.max_lora), ",".join(getattr(stats, "waiting_lora_adapters", {}) or {}),
+                  ",".join(getattr(stats, "running_lora_adapters", {}) or {}))
+        if labels != self._lora_labels and self._lora_labels is not None:
+            self._lora_info.remove(*self._lora_labels)
+        self._lora_labels = labels
+        self._lora_info.labels(*labels).set_to_current_time()
 
     def clear_gauges(self) -> None:
         """The engine core died: no request runs, waits or holds cache any more."""

@@ -50,7 +50,8 @@ def fuse_fp8_quantization(model: nn.Module) -> int:
             producer, consumer = _get(layer, producer_path), _get(layer, consumer_path)
             method = getattr(consumer, "quant_method", None)
             if (isinstance(producer, (RMSNorm, SiluAndMul)) and producer.fused is not None
-                    and method is not None and method.accepts_fp8_act(consumer)):
+                    and method is not None and method.accepts_fp8_act(consumer)
+                    and getattr(consumer, "lora", None) is None):  # LoRA's shrink reads the 16-bit input
                 producer.quant_out = True
                 n += 1
     return n

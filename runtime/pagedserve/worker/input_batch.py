@@ -10,6 +10,7 @@ import torch
 
 from pagedserve.attention.metadata import AttentionMetadata
 from pagedserve.core.scheduler_output import ScheduledRequest
+from pagedserve.lora.request import LoRARequest
 
 
 @dataclass
@@ -29,6 +30,10 @@ class HostInput:
     # async scheduling: per token, the row of the previous step's sampled tensor that holds its id
     # (the token is not on the host yet), or -1; None when every id is on the host
     src_rows: np.ndarray | None = None
+    # LoRA: per token, the adapter id of its request (0: the base model), and the step's adapters;
+    # None when no request of the step has one
+    lora_ids: np.ndarray | None = None
+    lora_requests: dict[int, LoRARequest] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -108,8 +113,18 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int,
         if s.do_sample:
             sample_rows.append((i, len(logits_idx)))
             logits_idx.append(int(qsl[row + 1]) - 1)
+    lora_ids, lora_reqs = _lora_layout([scheduled[i].request.lora_request for i in order], lens)
     return HostInput(input_ids, positions, slot_mapping, qsl, seq_lens, block_tables,
-                     np.array(logits_idx, dtype=np.int64), num_decodes, order, sample_rows, prompt_rows, src_rows)
+                     np.array(logits_idx, dtype=np.int64), num_decodes, order, sample_rows, prompt_rows, src_rows,
+                     lora_ids, lora_reqs)
+
+
+def _lora_layout(loras: list[LoRARequest | None], lens: np.ndarray
+                 ) -> tuple[np.ndarray | None, dict[int, LoRARequest] | None]:
+    if all(lr is None for lr in loras):
+        return None, None
+    row_ids = np.fromiter((lr.lora_int_id if lr is not None else 0 for lr in loras), dtype=np.int64, count=len(loras))
+    return np.repeat(row_ids, lens), {lr.lora_int_id: lr for lr in loras if lr is not None}
 
 
 def _dev(a: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -50,6 +50,13 @@ class ModelRunner:
         # calibrated scales); the kernels widen them to the model dtype on load
         self.kv_dtype = config.cache_config.torch_dtype(self.mc.dtype)
         self.model = build_model(self.mc, config.device, use_tqdm=use_tqdm)
+        self.lora_manager = None  # worker/lora_manager.py: adapter slots, when LoRA is on
+        if config.lora_config is not None:
+            from pagedserve.worker.lora_manager import LoRAManager
+
+            sc = config.scheduler_config
+            self.lora_manager = LoRAManager(self.model, config.lora_config, self.mc.arch.num_layers, self.mc.dtype,
+                                            self.device, max(sc.max_num_batched_tokens, sc.max_num_seqs, 16))
         self.backend = get_attention_backend(config.attention_backend, config.device)
         if self.backend.name == "triton":
             self.backend.max_seq_len_bound = self.mc.max_model_len  # static split rule (CUDA graphs)
@@ -137,6 +144,18 @@ class ModelRunner:
         self.graphs = self.piecewise = None
         return n
 
+    # -- LoRA adapters (worker/lora_manager.py) ------------------------------------------------
+    def add_lora(self, lora_request) -> bool:
+        if self.lora_manager is None:
+            raise ValueError("LoRA is not enabled: start the engine with enable_lora=True (--enable-lora)")
+        return self.lora_manager.add_lora(lora_request)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return self.lora_manager.remove_lora(lora_id) if self.lora_manager is not None else False
+
+    def list_loras(self) -> list[int]:
+        return self.lora_manager.list_loras() if self.lora_manager is not None else []
+
     # -- one step -----------------------------------------------------------------------------
     def _hidden(self, h: HostInput, prev_sampled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of every token (piecewise graphs or eager) and the rows to turn into logits."""
@@ -180,6 +199,8 @@ class ModelRunner:
         if h is None:
             return handle
         prev_sampled = prev.sampled if prev is not None else None
+        if self.lora_manager is not None:
+            self.lora_manager.prepare(h)  # the step's adapters in slots, its token → slot layout
         if len(h.logits_indices) == 0:
             self._hidden(h, prev_sampled)  # a prefill chunk that samples nothing: fill the cache only
             return handle

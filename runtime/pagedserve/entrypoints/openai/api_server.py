@@ -32,6 +32,8 @@ from pagedserve.entrypoints.openai.openapi import openapi_document
 from pagedserve.entrypoints.openai.serving_chat import create_chat_completion
 from pagedserve.entrypoints.openai.serving_common import ServedModels, json_response
 from pagedserve.entrypoints.openai.serving_completion import create_completion
+from pagedserve.entrypoints.openai.serving_lora import (adapter_card, load_lora_adapter, runtime_updating_allowed,
+                                                        unload_lora_adapter)
 from pagedserve.entrypoints.openai.serving_tokens import detokenize, tokenize
 from pagedserve.entrypoints.openai.validation import parse_json_body
 
@@ -190,12 +192,13 @@ def _model_card(m: Any) -> dict:
 
 async def list_models(request: web.Request) -> web.Response:
     served = _served(request.app[STATE])
-    return json_response({"object": "list", "data": [_model_card(m) for m in served.models]})
+    cards = [_model_card(m) for m in served.models] + [adapter_card(a) for a in served.adapters.values()]
+    return json_response({"object": "list", "data": cards})
 
 
 async def get_model(request: web.Request) -> web.Response:
     m = _served(request.app[STATE]).resolve(request.match_info["model"])
-    return json_response(_model_card(m))
+    return json_response(adapter_card(m) if m.lora_request is not None else _model_card(m))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -234,7 +237,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def build_app(served: ServedModels | None, api_key: str | None = None, max_body_bytes: int = 64 << 20,
-              body_timeout: float = 60.0, metrics_prefix: str = "pagedserve") -> web.Application:
+              body_timeout: float = 60.0, metrics_prefix: str = "pagedserve",
+              allow_runtime_lora_updating: bool = False) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body_bytes)
     app[STATE] = ServerState(served, api_key.encode("utf-8") if api_key else None, body_timeout=body_timeout,
                              metrics_prefix=metrics_prefix)
@@ -251,6 +255,9 @@ def build_app(served: ServedModels | None, api_key: str | None = None, max_body_
     r.add_get("/version", version)
     r.add_post("/reset_prefix_cache", reset_prefix_cache)
     r.add_get("/openapi.json", openapi)
+    if allow_runtime_lora_updating:  # --allow-runtime-lora-updating / VLLM_ALLOW_RUNTIME_LORA_UPDATING
+        r.add_post("/v1/load_lora_adapter", _json_handler(load_lora_adapter))
+        r.add_post("/v1/unload_lora_adapter", _json_handler(unload_lora_adapter))
     return app
 
 
@@ -312,7 +319,9 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -
     # listen at once: while the models download and load, /health and the API answer 503 with the phase
     app = build_app(None, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)),
                     body_timeout=getattr(args, "request_body_timeout", 60.0),
-                    metrics_prefix=getattr(args, "metrics_prefix", "pagedserve"))
+                    metrics_prefix=getattr(args, "metrics_prefix", "pagedserve"),
+                    allow_runtime_lora_updating=runtime_updating_allowed(getattr(args, "allow_runtime_lora_updating",
+                                                                                 False)))
     state = app[STATE]
     access_log = None if args.disable_access_log else logging.getLogger("pagedserve.access")
     runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True, access_log=access_log,

@@ -52,6 +52,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--metrics-prefix", default="pagedserve", choices=["pagedserve", "vllm"],
                    help="metric name prefix on /metrics: 'vllm' serves vllm:* names so vLLM dashboards and "
                         "alerts work unchanged")
+    lo = p.add_argument_group("LoRA adapters (with --enable-lora)")
+    lo.add_argument("--lora-modules", nargs="+", action="extend", default=None, metavar="NAME=PATH",
+                    help="adapters served from the start: name=path, or JSON {\"name\": ..., \"path\": ..., "
+                         "\"base_model_name\": ...}")
+    lo.add_argument("--allow-runtime-lora-updating", action="store_true",
+                    help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (also "
+                         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")
     t = p.add_argument_group("tool calling")
     t.add_argument("--enable-auto-tool-choice", action="store_true",
                    help="let the model decide when to call tools (tool_choice 'auto'); needs --tool-call-parser")
@@ -253,6 +260,10 @@ def check_server_flags(args: argparse.Namespace) -> None:
     for flag in ("timeout_keep_alive", "request_body_timeout"):
         if not getattr(args, flag) > 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    from pagedserve.entrypoints.openai.serving_lora import parse_lora_modules
+
+    if parse_lora_modules(getattr(args, "lora_modules", None)) and not getattr(args, "enable_lora", False):
+        raise ValueError("--lora-modules needs --enable-lora")
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (llama3_json, hermes or mistral)")
 
@@ -294,4 +305,12 @@ async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any
                          max_sequences_per_request=args.max_sequences_per_request,
                          enable_auto_tool_choice=args.enable_auto_tool_choice,
                          tool_call_parser=args.tool_call_parser)
-    return ServedModels(models, opts)
+    served = ServedModels(models, opts)
+    from pagedserve.entrypoints.openai.serving_lora import load_static_adapters, parse_lora_modules
+
+    try:
+        await load_static_adapters(served, parse_lora_modules(getattr(args, "lora_modules", None)))
+    except BaseException:
+        await asyncio.gather(*(e.shutdown(5) for e in engines), return_exceptions=True)
+        raise
+    return served

@@ -20,6 +20,7 @@ ENGINE_ERRORS = (EngineDeadError, RequestAbortedError, RequestRejectedError)
 from pagedserve.entrypoints.openai.errors import APIError, bad_request, from_value_error
 from pagedserve.entrypoints.openai.structured import (bad_words_token_ids, check_structured_outputs,
                                                       parse_logit_bias, structured_outputs_from)
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import Logprob, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
@@ -37,6 +38,7 @@ class ServedModel:
     chat_template: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     max_token_chars: int = 256  # longest text one token can decode to (cheap too-long guard)
+    lora_request: LoRARequest | None = None  # set on an adapter's view of its base model (serving_lora.py)
 
     @property
     def name(self) -> str:
@@ -65,14 +67,17 @@ class ServedModels:
                 if n in self.by_name:
                     raise ValueError(f"served model name {n!r} is used twice")
                 self.by_name[n] = m
+        self.adapters: dict[str, ServedModel] = {}  # LoRA adapter name → its view of the base model
+        self.lora_lock: Any = None  # serializes adapter loads / unloads (serving_lora.py)
 
     def resolve(self, name: Any) -> ServedModel:
         if name is None:
             return self.models[0]
-        m = self.by_name.get(name)
+        m = self.by_name.get(name) or self.adapters.get(name)
         if m is None:
             raise APIError(404, f"The model `{name}` does not exist. Served models: "
-                           f"{', '.join(sorted(self.by_name))}", param="model", code="model_not_found")
+                           f"{', '.join(sorted([*self.by_name, *self.adapters]))}", param="model",
+                           code="model_not_found")
         return m
 
     @property
@@ -263,7 +268,7 @@ def admit(model: ServedModel, request_id: str, prompt: dict, params: SamplingPar
     the waiting-queue bound once for a request of several prompts (:func:`check_queue`)."""
     try:
         return model.engine.add_request(request_id, prompt, params, priority=priority, arrival_time=arrival,
-                                        check_queue=check_queue)
+                                        check_queue=check_queue, lora_request=model.lora_request)
     except QueueFullError as e:
         raise APIError(429, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
     except EngineDeadError as e:
