@@ -17,7 +17,7 @@ from .kube import ApiError, Kube
 from .observe import observe
 from .parse import parse_spec
 from .resources import CHILD_KINDS, build_children
-from .resources.common import selector_string
+from .resources.common import serving_selector_string
 from .resources.deployment import CONTAINER_NAME
 from .resources.ingress import ingress_url
 from .resources.service import cluster_url
@@ -122,6 +122,7 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
 
         desired = build_children(spec)
         live: dict[str, dict[str, Any] | None] = {}
+        kind = ''
         try:
             # Removals first (e.g. an HPA that must go), then creates and patches.
             for kind in sorted(CHILD_KINDS, key=lambda k: desired[k] is not None):
@@ -138,12 +139,18 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
             _fail(kube, events, cr, 'ChildConflict', str(exc))
             return 'conflict'
         except ApiError as exc:
+            if kind == 'LeaderWorkerSet' and exc.status == 404:  # no such resource: LWS is not installed
+                _fail(kube, events, cr, 'LeaderWorkerSetMissing',
+                      'spec.parallelism.nodes > 1 needs LeaderWorkerSet (leaderworkerset.x-k8s.io/v1, '
+                      'https://github.com/kubernetes-sigs/lws) installed in the cluster')
+                return 'invalid'
             _fail(kube, events, cr, 'ApplyFailed', f'the API server refused a child: {exc}')
             raise
 
         url = ingress_url(spec) or cluster_url(spec)
-        status = child_status(spec, live, url, selector_string(name), cr.get('status') or {}, generation,
-                              **observe(kube, spec, live.get('Deployment'), config))
+        workload = live.get('LeaderWorkerSet' if spec.parallelism.multi_node else 'Deployment')
+        status = child_status(spec, live, url, serving_selector_string(spec), cr.get('status') or {}, generation,
+                              **observe(kube, spec, workload, config))
         old_ready = _ready(cr.get('status') or {})
         new_ready = _ready(status)
         if old_ready.get('status') != new_ready.get('status') or old_ready.get('reason') != new_ready.get('reason'):
