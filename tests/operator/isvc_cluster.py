@@ -134,6 +134,7 @@ class Operator:
 
 PATHS = {
     'Deployment': '/apis/apps/v1/namespaces/{ns}/deployments',
+    'LeaderWorkerSet': '/apis/leaderworkerset.x-k8s.io/v1/namespaces/{ns}/leaderworkersets',
     'Service': '/api/v1/namespaces/{ns}/services',
     'HorizontalPodAutoscaler': '/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers',
     'PodDisruptionBudget': '/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets',

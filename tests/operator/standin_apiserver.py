@@ -13,6 +13,8 @@ kmock 0.8 lacks:
 * a CustomResourceDefinition, once created, serves its resources (with its
   subresources, short names and categories) and is marked Established;
 * core-group discovery answers ``groupVersion: v1``; lists carry their kind;
+* a resource that discovery does not list (e.g. a custom resource whose CRD is not installed)
+  answers 404 to every request, as kube-apiserver does (kmock would store the objects anyway);
 * ``/api/v1/namespaces[/NAME]`` paths parse (kmock 0.8 crashes on them);
 * ``?labelSelector=`` filters lists and watches (equality, ``!=``, ``in``,
   ``notin``, existence); every selector a list or watch carries is printed to
@@ -42,7 +44,7 @@ from typing import Any
 
 import attrs
 import kmock
-from kmock._internal import dicts, enums, parsing, rendering
+from kmock._internal import dicts, enums, k8s, parsing, rendering
 
 _resource_versions = itertools.count(100)
 _KEEP_REQUESTS = 32
@@ -132,6 +134,8 @@ class StandInAPIServer(kmock.KubernetesEmulator):
         # long-running server quadratically slower; keep only the recent ones (the current is last).
         del self._requests[:-_KEEP_REQUESTS]
         res = request.resource
+        if res is not None and res.plural and request.action is not None and res not in self.resources:
+            raise k8s.KubernetesResourceNotFoundError()
         data = request.data
         if res is not None and isinstance(data, dict):
             if request.action == enums.action.CREATE:
