@@ -37,7 +37,7 @@ WAIT_SECONDS = 5
 # $1 of the wait program is the number of Ray nodes the group must have.
 _WAIT_FOR_NODES = (
     'import sys, time, ray\n'
-    'ray.init(address="auto", logging_level="ERROR", log_to_driver=False)\n'
+    'ray.init(address="auto", log_to_driver=False)\n'
     'want = int(sys.argv[1])\n'
     'while True:\n'
     '    alive = sum(1 for n in ray.nodes() if n.get("Alive"))\n'
