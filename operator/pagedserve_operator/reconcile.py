@@ -101,6 +101,18 @@ def default_image(kube: Kube, cr: dict[str, Any], config: OperatorConfig) -> str
     return config.runtime_image
 
 
+def _remove(kube: Kube, cr: dict[str, Any], kind: str, namespace: str, name: str) -> str:
+    """remove_child; an operator that may not read LeaderWorkerSets (RBAC from before them) never made
+    one, so a single-node InferenceService does not fail on it."""
+    try:
+        return remove_child(kube, cr, kind, namespace, name)
+    except ApiError as exc:
+        if kind != 'LeaderWorkerSet' or exc.status != 403:
+            raise
+        log.debug('%s/%s: cannot read LeaderWorkerSets (%s): none to remove', namespace, name, exc)
+        return 'absent'
+
+
 def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, events: EventSink) -> str:
     """Bring the children and status of one InferenceService up to date.
 
@@ -128,7 +140,7 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
             for kind in sorted(CHILD_KINDS, key=lambda k: desired[k] is not None):
                 obj = desired[kind]
                 if obj is None:
-                    outcome = remove_child(kube, cr, kind, namespace, name)
+                    outcome = _remove(kube, cr, kind, namespace, name)
                     live[kind] = None
                 else:
                     outcome, live[kind] = apply_child(kube, cr, obj)
@@ -166,7 +178,12 @@ def cleanup(kube: Kube, namespace: str, name: str, uid: str) -> list[str]:
     deleted = []
     with _lock_for(namespace, name):
         for kind in CHILD_KINDS:
-            live = kube.get(kind, namespace, name)
+            try:
+                live = kube.get(kind, namespace, name)
+            except ApiError as exc:
+                if kind == 'LeaderWorkerSet' and exc.status == 403:  # see _remove
+                    continue
+                raise
             if live is not None and is_owned_by(live, uid) and kube.delete(kind, namespace, name):
                 deleted.append(kind)
     return deleted

@@ -6,7 +6,9 @@ test installs it; no LWS controller runs, so the test writes what it would: the 
 LWS StatefulSets and the kubelet would show them) and the LeaderWorkerSet's status. In order:
 without the CRD the InferenceService says LeaderWorkerSetMissing; once it is installed the operator
 (kopf finds the new kind) creates the LeaderWorkerSet and no Deployment; status follows the pods and
-the LWS; replicas, drift, a switch to one node and back, and deletion.
+the LWS; replicas, drift, a switch to one node and back, and deletion. Last, on a stand-in that
+answers 403 for leaderworkersets (an operator upgraded without the new RBAC rule), single-node
+models still reconcile and clean up.
 """
 from __future__ import annotations
 
@@ -150,3 +152,30 @@ def test_deleting_removes_the_leaderworkerset(api: Api, operator: Operator) -> N
     api.delete('InferenceService', NAME)
     wait_for(lambda: api.get('LeaderWorkerSet', NAME) is None and api.get('Service', NAME) is None,
              what='the children deleted (the stand-in has no garbage collector: the operator does it)')
+
+
+@pytest.fixture(scope='module')
+def no_lws_rbac(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A stand-in that answers 403 for leaderworkersets (RBAC from before them), and an operator on it."""
+    from isvc_schema import load_crd
+    server = StandIn(tmp_path_factory.mktemp('forbidden'), forbidden=('leaderworkersets',))
+    proc = None
+    try:
+        client = Api(server.url)
+        client.create_crd(load_crd())
+        proc = Operator(server, tmp_path_factory.mktemp('forbidden-operator'))
+        yield client
+    finally:
+        if proc is not None:
+            proc.stop()
+        server.stop()
+
+
+def test_single_node_models_work_without_rbac_for_leaderworkersets(no_lws_rbac: Api) -> None:
+    api = no_lws_rbac
+    api.create(isvc({'model': {'uri': 'default'}, 'resources': {'gpus': 0}}))
+    wait_for(lambda: api.get('Deployment', NAME), what='the Deployment (the 403 on leaderworkersets is no failure)')
+    ready_reason(api, 'ReplicasNotReady')
+    api.delete('InferenceService', NAME)
+    wait_for(lambda: api.get('Deployment', NAME) is None and api.get('Service', NAME) is None,
+             what='cleanup past the forbidden kind')
