@@ -23,7 +23,7 @@ import copy
 from typing import Any
 
 from ..spec import InferenceServiceSpec
-from .common import HTTP_PORT_NAME, metadata
+from .common import metadata
 from .deployment import CONTAINER_NAME, SERVER_COMMAND, initial_replicas, pod_template, server_args
 
 API_VERSION = 'leaderworkerset.x-k8s.io/v1'
@@ -140,5 +140,5 @@ def build_leaderworkerset(spec: InferenceServiceSpec) -> dict[str, Any] | None:
     }
 
 
-__all__ = ['API_VERSION', 'HTTP_PORT_NAME', 'KIND', 'RAY_PORT', 'build_leaderworkerset', 'leader_script',
+__all__ = ['API_VERSION', 'KIND', 'RAY_PORT', 'build_leaderworkerset', 'leader_script',
            'worker_script']
