@@ -4,7 +4,7 @@
   (fields others add, and server defaults, are left alone), so a repeated reconcile sends nothing.
 * Fields the operator stopped setting are removed: the last desired object is kept in the
   ``pagedserve.io/last-applied`` annotation, and the merge patch sets the dropped keys to null.
-* ``spec.replicas`` of a Deployment is never part of that record and never nulled; it is the
+* ``spec.replicas`` of a Deployment (or LeaderWorkerSet) is never part of that record and never nulled; it is the
   InferenceService's ``spec.replicas`` (which the HPA scales), unless ``manage_replicas`` is False
   (for a caller that leaves the count to another writer).
 * Objects that exist but are not owned by this InferenceService are not touched
@@ -105,7 +105,7 @@ def _has_live_removals(patch: Any, live: Any) -> bool:
 
 def _without_replicas(obj: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(obj)
-    if out.get('kind') == 'Deployment':
+    if out.get('kind') in ('Deployment', 'LeaderWorkerSet'):
         out.get('spec', {}).pop('replicas', None)
     return out
 

@@ -33,8 +33,9 @@ _resync_task: asyncio.Task[None] | None = None
 
 
 # Watched kinds other than the InferenceService: (apiVersion, plural), each with the selector below.
-WATCHED = tuple(KINDS[kind] for kind in ('Deployment', 'Service', 'HorizontalPodAutoscaler', 'PodDisruptionBudget',
-                                         'Ingress', 'Pod'))
+# Without the LeaderWorkerSet CRD kopf logs that leaderworkersets are unresolved and serves them once it appears.
+WATCHED = tuple(KINDS[kind] for kind in ('Deployment', 'LeaderWorkerSet', 'Service', 'HorizontalPodAutoscaler',
+                                         'PodDisruptionBudget', 'Ingress', 'Pod'))
 CHILD_SELECTOR = f'{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ISVC}'
 
 

@@ -21,6 +21,7 @@ MERGE_PATCH = 'application/merge-patch+json'
 # kind -> (apiVersion, plural) of every kind the operator touches.
 KINDS: dict[str, tuple[str, str]] = {
     'Deployment': ('apps/v1', 'deployments'),
+    'LeaderWorkerSet': ('leaderworkerset.x-k8s.io/v1', 'leaderworkersets'),  # a CRD: sigs.k8s.io/lws
     'Service': ('v1', 'services'),
     'HorizontalPodAutoscaler': ('autoscaling/v2', 'horizontalpodautoscalers'),
     'PodDisruptionBudget': ('policy/v1', 'poddisruptionbudgets'),

@@ -7,17 +7,19 @@ turns into a ``Ready=False, InvalidSpec`` condition.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from .parallelism import default_gpus, gpu_problems, multi_node_problems, parse_parallelism
 from .passthrough import check_affinity, check_env_var, check_node_selector, check_tolerations
 from .reader import Reader
 from .spec import (BLOCK_SIZES, DNS1035, DTYPES, ENV_NAME, EXTENDED_RESOURCE, FIELD_FLAGS, LOAD_FORMATS, MANAGED_ENV,
                    METRIC_TYPES, RESERVED_LABELS, URI_HF, URI_PVC, Adapter, Autoscaling, DisruptionBudget, Engine,
-                   InferenceServiceSpec, Ingress, Metric, Model, ModelCache, Resources, Rollout, Runtime, Scheduling,
-                   SecretRef, Service, SpecError)
+                   InferenceServiceSpec, Ingress, Metric, Model, ModelCache, Parallelism, Resources, Rollout, Runtime,
+                   Scheduling, SecretRef, Service, SpecError)
 
 
 def _is_zero(value: int | str | None) -> bool:
@@ -142,13 +144,12 @@ def _parse_adapters(r: Reader, spec: dict[str, Any], model: Model) -> tuple[Adap
     return tuple(out)
 
 
-def _parse_resources(r: Reader, spec: dict[str, Any], engine: Engine) -> Resources:
+def _parse_resources(r: Reader, spec: dict[str, Any], par: Parallelism) -> Resources:
     raw = r.obj(spec, 'resources', 'spec.')
     p = 'spec.resources.'
-    gpus = r.int_(raw, 'gpus', p, engine.tp, minimum=0, maximum=16)
+    gpus = r.int_(raw, 'gpus', p, default_gpus(par), minimum=0, maximum=16)
     assert gpus is not None
-    if gpus != engine.tp and not (gpus == 0 and engine.tp == 1):
-        r.problems.append(f'spec.resources.gpus ({gpus}) must equal engine.tensorParallelSize ({engine.tp}), or be 0 for CPU only')
+    r.problems.extend(gpu_problems(gpus, par, explicit=spec.get('parallelism') is not None))
     memory = r.quantity(raw, 'memory', p)
     default_shm = f'{2 * gpus}Gi' if gpus else '1Gi'
     shm = r.quantity(raw, 'shmSize', p, default_shm) or default_shm
@@ -309,7 +310,10 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_image: s
         raise SpecError(['spec must be an object'])
     model = _parse_model(r, spec, name)
     engine = _parse_engine(r, spec)
-    resources = _parse_resources(r, spec, engine)
+    parallelism = parse_parallelism(r, spec, engine)
+    if parallelism.tensor != engine.tp:  # parallelism.tensor alone sets --tensor-parallel-size
+        engine = dataclasses.replace(engine, tensor_parallel_size=parallelism.tensor)
+    resources = _parse_resources(r, spec, parallelism)
     replicas = r.int_(spec, 'replicas', 'spec.', minimum=0, maximum=1000)
     autoscaling = _parse_autoscaling(r, spec, resources.gpus)
     if autoscaling and resources.cpu is None and any(m.type == 'CPUUtilization' for m in autoscaling.metrics):
@@ -354,7 +358,9 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_image: s
         pod_labels=pod_labels,
         scheduling=_parse_scheduling(r, spec),
         adapters=_parse_adapters(r, spec, model),
+        parallelism=parallelism,
     )
+    problems.extend(multi_node_problems(name, parallelism, result.runtime.args))
     if problems:
         raise SpecError(problems)
     return result

@@ -17,7 +17,7 @@ from .kube import ApiError, Kube
 from .observe import observe
 from .parse import parse_spec
 from .resources import CHILD_KINDS, build_children
-from .resources.common import selector_string
+from .resources.common import serving_selector_string
 from .resources.deployment import CONTAINER_NAME
 from .resources.ingress import ingress_url
 from .resources.service import cluster_url
@@ -101,6 +101,18 @@ def default_image(kube: Kube, cr: dict[str, Any], config: OperatorConfig) -> str
     return config.runtime_image
 
 
+def _remove(kube: Kube, cr: dict[str, Any], kind: str, namespace: str, name: str) -> str:
+    """remove_child; an operator that may not read LeaderWorkerSets (RBAC from before them) never made
+    one, so a single-node InferenceService does not fail on it."""
+    try:
+        return remove_child(kube, cr, kind, namespace, name)
+    except ApiError as exc:
+        if kind != 'LeaderWorkerSet' or exc.status != 403:
+            raise
+        log.debug('%s/%s: cannot read LeaderWorkerSets (%s): none to remove', namespace, name, exc)
+        return 'absent'
+
+
 def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, events: EventSink) -> str:
     """Bring the children and status of one InferenceService up to date.
 
@@ -122,12 +134,13 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
 
         desired = build_children(spec)
         live: dict[str, dict[str, Any] | None] = {}
+        kind = ''
         try:
             # Removals first (e.g. an HPA that must go), then creates and patches.
             for kind in sorted(CHILD_KINDS, key=lambda k: desired[k] is not None):
                 obj = desired[kind]
                 if obj is None:
-                    outcome = remove_child(kube, cr, kind, namespace, name)
+                    outcome = _remove(kube, cr, kind, namespace, name)
                     live[kind] = None
                 else:
                     outcome, live[kind] = apply_child(kube, cr, obj)
@@ -138,12 +151,18 @@ def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig, eve
             _fail(kube, events, cr, 'ChildConflict', str(exc))
             return 'conflict'
         except ApiError as exc:
+            if kind == 'LeaderWorkerSet' and exc.status == 404:  # no such resource: LWS is not installed
+                _fail(kube, events, cr, 'LeaderWorkerSetMissing',
+                      'spec.parallelism.nodes > 1 needs LeaderWorkerSet (leaderworkerset.x-k8s.io/v1, '
+                      'https://github.com/kubernetes-sigs/lws) installed in the cluster')
+                return 'invalid'
             _fail(kube, events, cr, 'ApplyFailed', f'the API server refused a child: {exc}')
             raise
 
         url = ingress_url(spec) or cluster_url(spec)
-        status = child_status(spec, live, url, selector_string(name), cr.get('status') or {}, generation,
-                              **observe(kube, spec, live.get('Deployment'), config))
+        workload = live.get('LeaderWorkerSet' if spec.parallelism.multi_node else 'Deployment')
+        status = child_status(spec, live, url, serving_selector_string(spec), cr.get('status') or {}, generation,
+                              **observe(kube, spec, workload, config))
         old_ready = _ready(cr.get('status') or {})
         new_ready = _ready(status)
         if old_ready.get('status') != new_ready.get('status') or old_ready.get('reason') != new_ready.get('reason'):
@@ -159,7 +178,12 @@ def cleanup(kube: Kube, namespace: str, name: str, uid: str) -> list[str]:
     deleted = []
     with _lock_for(namespace, name):
         for kind in CHILD_KINDS:
-            live = kube.get(kind, namespace, name)
+            try:
+                live = kube.get(kind, namespace, name)
+            except ApiError as exc:
+                if kind == 'LeaderWorkerSet' and exc.status == 403:  # see _remove
+                    continue
+                raise
             if live is not None and is_owned_by(live, uid) and kube.delete(kind, namespace, name):
                 deleted.append(kind)
     return deleted

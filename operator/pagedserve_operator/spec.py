@@ -35,6 +35,8 @@ FIELD_FLAGS = {
     '--block-size': 'engine.blockSize', '--swap-space': 'engine.swapSpace',
     '--enable-prefix-caching': 'engine.enablePrefixCaching', '--dtype': 'engine.dtype',
     '--quantization': 'engine.quantization', '--tensor-parallel-size': 'engine.tensorParallelSize',
+    '-tp': 'engine.tensorParallelSize', '--pipeline-parallel-size': 'parallelism.pipeline',
+    '-pp': 'parallelism.pipeline',
     '--trust-remote-code': 'engine.trustRemoteCode', '--enforce-eager': 'engine.enforceEager',
     '--seed': 'engine.seed', '--load-format': 'engine.loadFormat',
     '--max-waiting-requests': 'engine.maxWaitingRequests',
@@ -231,6 +233,19 @@ class Scheduling:
 
 
 @dataclasses.dataclass(frozen=True)
+class Parallelism:
+    """``spec.parallelism``: tensor x pipeline GPUs per replica, spread over ``nodes`` pods."""
+    tensor: int = 1
+    pipeline: int = 1
+    nodes: int = 1
+
+    @property
+    def multi_node(self) -> bool:
+        """More than one pod per replica: a LeaderWorkerSet instead of a Deployment."""
+        return self.nodes > 1
+
+
+@dataclasses.dataclass(frozen=True)
 class InferenceServiceSpec:
     """The fully defaulted spec of one InferenceService."""
     name: str
@@ -252,6 +267,7 @@ class InferenceServiceSpec:
     pod_labels: dict[str, str]
     scheduling: Scheduling
     adapters: tuple[Adapter, ...] = ()  # LoRA adapters (--enable-lora --lora-modules)
+    parallelism: Parallelism = Parallelism()
 
     @property
     def max_possible_replicas(self) -> int:

@@ -1,7 +1,7 @@
 """InferenceService status from its children (pure).
 
 Conditions follow metav1.Condition: ``lastTransitionTime`` changes only when ``status`` does.
-``Ready`` needs ``DeploymentAvailable`` and, when an ingress is configured and the cluster has an
+``Ready`` needs ``DeploymentAvailable`` (``LeaderWorkerSetAvailable`` for a multi-node replica) and, when an ingress is configured and the cluster has an
 ingress controller for it, ``IngressReady``. ``AutoscalerReady`` and ``ModelCacheReady`` are reported
 but do not gate ``Ready``: a broken metrics pipeline stops scaling, not serving. Conditions of
 features that are off are omitted.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from .lws_status import leaderworkerset_condition
 from .pods import Problem
 from .spec import InferenceServiceSpec
 
@@ -118,11 +119,14 @@ def cache_condition(spec: InferenceServiceSpec, claim: dict[str, Any] | None, kn
     if claim is None:
         return condition('ModelCacheReady', False, 'ClaimNotFound', f'PersistentVolumeClaim {name} does not exist')
     modes = set((claim.get('spec') or {}).get('accessModes') or [])
-    if modes and modes <= {'ReadWriteOnce', 'ReadWriteOncePod'} and spec.max_possible_replicas > 1:
+    nodes = spec.parallelism.nodes
+    if modes and modes <= {'ReadWriteOnce', 'ReadWriteOncePod'} and spec.max_possible_replicas * nodes > 1:
+        sharing = (f'{spec.max_possible_replicas} replicas' if nodes == 1 else
+                   f'{spec.max_possible_replicas * nodes} pods ({nodes} nodes per replica)')
         return condition('ModelCacheReady', False, 'ReadWriteOnceWithReplicas',
                          f'PersistentVolumeClaim {name} is {", ".join(sorted(modes))} but up to '
-                         f'{spec.max_possible_replicas} replicas share it: replicas on other nodes cannot mount it '
-                         '(use ReadWriteMany, or one replica)')
+                         f'{sharing} share it: pods on other nodes cannot mount it '
+                         '(use ReadWriteMany, or one replica on one node)')
     phase = (claim.get('status') or {}).get('phase') or 'Pending'
     if phase != 'Bound':
         return condition('ModelCacheReady', False, f'Claim{phase}', f'PersistentVolumeClaim {name} is {phase}')
@@ -157,9 +161,13 @@ def child_status(spec: InferenceServiceSpec, children: dict[str, dict[str, Any] 
                  cache_claim: dict[str, Any] | None = None, cache_claim_known: bool = True) -> dict[str, Any]:
     """The full status of a valid InferenceService, given its live children and what was observed
     around them: the pods' summary, the cluster's IngressClasses (None: unknown), the cache claim."""
-    deployment = children.get('Deployment')
+    if spec.parallelism.multi_node:
+        deployment = children.get('LeaderWorkerSet')  # counts groups of pods, as the Deployment counts pods
+        conds = [leaderworkerset_condition(deployment, pods)]
+    else:
+        deployment = children.get('Deployment')
+        conds = [deployment_condition(deployment, pods)]
     hpa = children.get('HorizontalPodAutoscaler')
-    conds = [deployment_condition(deployment, pods)]
     gates = list(conds)
     if spec.autoscaling is not None:
         conds.append(autoscaler_condition(hpa))

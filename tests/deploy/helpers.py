@@ -73,8 +73,16 @@ def helm_template(helm: pathlib.Path, values: Iterable[pathlib.Path] = (), sets:
 
 
 def k8s_errors(obj: dict[str, Any], version: str) -> str | None:
-    """None when ``obj`` is valid for Kubernetes ``version`` (strict: unknown fields are errors)."""
+    """None when ``obj`` is valid for Kubernetes ``version`` (strict: unknown fields are errors).
+
+    A LeaderWorkerSet (a CRD, sigs.k8s.io/lws) goes against LWS's published CRD schema and its pod
+    templates against Kubernetes' (tests/operator/lws_schema.py)."""
     import kubernetes_validate
+
+    if obj.get('kind') == 'LeaderWorkerSet':
+        from lws_schema import lws_errors, pod_template_errors
+
+        return '; '.join(lws_errors(obj) + pod_template_errors(obj, version)) or None
 
     try:
         kubernetes_validate.validate(obj, version, strict=True)

@@ -123,6 +123,7 @@ def test_examples_cover_the_topologies(helm: Any) -> None:
     assert len(mm) == 2 and {s['spec']['ingress']['host'] for s in mm} == {'llm.example.com'}
     assert {s['spec']['ingress']['path'] for s in mm} == {'/llama', '/qwen'}
     assert any(d['kind'] == 'ServiceMonitor' for d in by_name['ha-autoscaling'])
+    assert isvc['multi-node'][0]['spec']['parallelism'] == {'tensor': 8, 'pipeline': 2, 'nodes': 2}
 
 
 def test_values_map_to_the_cr(helm: Any) -> None:

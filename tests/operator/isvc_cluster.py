@@ -59,7 +59,8 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 class StandIn:
     """The stand-in API server (tests/operator/standin_apiserver.py) in a subprocess."""
 
-    def __init__(self, workdir: pathlib.Path) -> None:
+    def __init__(self, workdir: pathlib.Path, forbidden: tuple[str, ...] = ()) -> None:
+        """``forbidden``: plurals the stand-in answers 403 for (a client without RBAC rules for them)."""
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}'
         self.log_path = workdir / 'standin.log'
@@ -72,8 +73,9 @@ class StandIn:
                                                           'namespace': 'default'}}],
         }))
         self._log = self.log_path.open('w')
+        env = dict(os.environ, STANDIN_FORBIDDEN=','.join(forbidden))
         self.proc = subprocess.Popen([sys.executable, str(HERE / 'standin_apiserver.py'), str(self.port)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=HERE)
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=HERE, env=env)
         wait_for(self._ready, 30, f'the stand-in API server on {self.url}')
 
     def _ready(self) -> bool:
@@ -134,6 +136,7 @@ class Operator:
 
 PATHS = {
     'Deployment': '/apis/apps/v1/namespaces/{ns}/deployments',
+    'LeaderWorkerSet': '/apis/leaderworkerset.x-k8s.io/v1/namespaces/{ns}/leaderworkersets',
     'Service': '/api/v1/namespaces/{ns}/services',
     'HorizontalPodAutoscaler': '/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers',
     'PodDisruptionBudget': '/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets',

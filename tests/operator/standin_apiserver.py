@@ -13,6 +13,10 @@ kmock 0.8 lacks:
 * a CustomResourceDefinition, once created, serves its resources (with its
   subresources, short names and categories) and is marked Established;
 * core-group discovery answers ``groupVersion: v1``; lists carry their kind;
+* a resource that discovery does not list (e.g. a custom resource whose CRD is not installed)
+  answers 404 to every request, as kube-apiserver does (kmock would store the objects anyway);
+* the plurals named in ``$STANDIN_FORBIDDEN`` (comma-separated) answer 403 Forbidden to every request,
+  known or not, as kube-apiserver's RBAC does for a client without a rule for them (no other RBAC);
 * ``/api/v1/namespaces[/NAME]`` paths parse (kmock 0.8 crashes on them);
 * ``?labelSelector=`` filters lists and watches (equality, ``!=``, ``in``,
   ``notin``, existence); every selector a list or watch carries is printed to
@@ -33,6 +37,7 @@ import asyncio
 import copy
 import datetime
 import itertools
+import os
 import re
 import secrets
 import signal
@@ -42,10 +47,11 @@ from typing import Any
 
 import attrs
 import kmock
-from kmock._internal import dicts, enums, parsing, rendering
+from kmock._internal import dicts, enums, k8s, parsing, rendering
 
 _resource_versions = itertools.count(100)
 _KEEP_REQUESTS = 32
+_FORBIDDEN = {p.strip() for p in os.environ.get('STANDIN_FORBIDDEN', '').split(',') if p.strip()}
 _ALL_VERBS = {'create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'}
 
 
@@ -132,6 +138,12 @@ class StandInAPIServer(kmock.KubernetesEmulator):
         # long-running server quadratically slower; keep only the recent ones (the current is last).
         del self._requests[:-_KEEP_REQUESTS]
         res = request.resource
+        if res is not None and res.plural and request.action is not None:
+            if res.plural in _FORBIDDEN:  # RBAC is checked before the resource is looked up
+                raise k8s.KubernetesError(status=403, reason='Forbidden', message=(
+                    f'{res.plural}.{res.group or "core"} is forbidden: the stand-in denies it ($STANDIN_FORBIDDEN)'))
+            if res not in self.resources:
+                raise k8s.KubernetesResourceNotFoundError()
         data = request.data
         if res is not None and isinstance(data, dict):
             if request.action == enums.action.CREATE:

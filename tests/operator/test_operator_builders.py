@@ -119,6 +119,16 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], Callable[[Children], Any]]] = {
         {'engine': {'tensorParallelSize': 2}},
         lambda ch: '--tensor-parallel-size=2' in args(ch) and container(ch)['resources']['limits']['nvidia.com/gpu'] == '2'),
     'engine.trustRemoteCode': ({'engine': {'trustRemoteCode': True}}, lambda ch: '--trust-remote-code' in args(ch)),
+    'parallelism.tensor': (
+        {'parallelism': {'tensor': 2}},
+        lambda ch: '--tensor-parallel-size=2' in args(ch) and container(ch)['resources']['limits']['nvidia.com/gpu'] == '2'),
+    'parallelism.pipeline': (
+        {'parallelism': {'pipeline': 2}},
+        lambda ch: '--pipeline-parallel-size=2' in args(ch) and '--distributed-executor-backend=ray' not in args(ch)
+        and container(ch)['resources']['limits']['nvidia.com/gpu'] == '2'),
+    'parallelism.nodes': (  # more in test_operator_lws.py
+        {'parallelism': {'tensor': 2, 'nodes': 2}},
+        lambda ch: ch['Deployment'] is None and ch['LeaderWorkerSet']['spec']['leaderWorkerTemplate']['size'] == 2),
     'engine.enforceEager': ({'engine': {'enforceEager': True}}, lambda ch: '--enforce-eager' in args(ch)),
     'engine.seed': ({'engine': {'seed': 7}}, lambda ch: '--seed=7' in args(ch)),
     'engine.loadFormat': ({'engine': {'loadFormat': 'safetensors'}}, lambda ch: '--load-format=safetensors' in args(ch)),

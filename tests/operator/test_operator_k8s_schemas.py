@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from isvc_schema import load_crd, manifest_objects
+from lws_schema import lws_errors, pod_template_errors
 from pagedserve_operator.apply import _with_record, owner_reference
 from pagedserve_operator.events import build_event
 from pagedserve_operator.resources import build_children
@@ -28,6 +29,11 @@ OWNER = {'apiVersion': 'pagedserve.io/v1alpha1', 'kind': 'InferenceService',
 
 
 def check(obj: dict[str, Any], version: str) -> None:
+    if obj['kind'] == 'LeaderWorkerSet':  # a CRD (sigs.k8s.io/lws): its published schema, its pod templates here
+        errors = lws_errors(obj) + pod_template_errors(obj, version)
+        if errors:
+            pytest.fail(f'LeaderWorkerSet {obj["metadata"].get("name")} invalid: {errors}')
+        return
     try:
         kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.ValidationError as exc:
@@ -55,7 +61,8 @@ def test_children_of_every_field_case(version: str) -> None:
         for obj in children_of(merged(BASE, fragment)):
             kinds.add(obj['kind'])
             check(obj, version)
-    assert kinds == {'Deployment', 'Service', 'HorizontalPodAutoscaler', 'PodDisruptionBudget', 'Ingress'}
+    assert kinds == {'Deployment', 'LeaderWorkerSet', 'Service', 'HorizontalPodAutoscaler', 'PodDisruptionBudget',
+                     'Ingress'}
 
 
 @pytest.mark.parametrize('version', VERSIONS)

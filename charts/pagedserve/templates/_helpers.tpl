@@ -175,6 +175,6 @@ Returns YAML.
 {{- $_ := set $spec "ingress" $i -}}
 {{- end -}}
 {{- /* blocks copied as they are */ -}}
-{{- include "pagedserve.copy" (list $e $spec "adapters" "rollout" "service" "modelCache" "probes" "monitoring" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" "priorityClassName" "imagePullSecrets" "serviceAccountName" "terminationGracePeriodSeconds") -}}
+{{- include "pagedserve.copy" (list $e $spec "adapters" "parallelism" "rollout" "service" "modelCache" "probes" "monitoring" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" "priorityClassName" "imagePullSecrets" "serviceAccountName" "terminationGracePeriodSeconds") -}}
 {{- toYaml $spec -}}
 {{- end }}

@@ -84,6 +84,11 @@ def server_args(spec: InferenceServiceSpec) -> list[str]:
         if value is not None:
             text = f'{value:g}' if isinstance(value, float) else str(value)
             args.append(f'{flag}={text}')
+    par = spec.parallelism
+    if par.pipeline > 1:
+        args.append(f'--pipeline-parallel-size={par.pipeline}')
+    if par.multi_node:  # the pods of one replica form a Ray cluster (resources/leaderworkerset.py)
+        args.append('--distributed-executor-backend=ray')
     if e.enable_prefix_caching is not None:  # a BooleanOptionalAction flag in the runtime
         args.append('--enable-prefix-caching' if e.enable_prefix_caching else '--no-enable-prefix-caching')
     for flag, enabled in (('--trust-remote-code', e.trust_remote_code), ('--enforce-eager', e.enforce_eager)):
@@ -283,26 +288,34 @@ def _strategy(spec: InferenceServiceSpec) -> dict[str, Any]:
         'maxSurge': spec.rollout.max_surge, 'maxUnavailable': spec.rollout.max_unavailable}}
 
 
-def build_deployment(spec: InferenceServiceSpec) -> dict[str, Any]:
-    """The desired Deployment, with ``replicas`` from the InferenceService's ``spec.replicas``."""
+def pod_template(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """The runtime pod template (labels, annotations, pod spec), shared with the LeaderWorkerSet."""
     template_labels = {**spec.pod_labels, **labels(spec)}
     template_meta: dict[str, Any] = {'labels': template_labels}
     annotations = _pod_annotations(spec)
     if annotations:
         template_meta['annotations'] = annotations
+    return {'metadata': template_meta, 'spec': _pod_spec(spec)}
+
+
+def build_deployment(spec: InferenceServiceSpec) -> dict[str, Any] | None:
+    """The desired Deployment, with ``replicas`` from the InferenceService's ``spec.replicas``; None
+    for a multi-node replica (a LeaderWorkerSet runs it)."""
+    if spec.parallelism.multi_node:
+        return None
     deployment_spec: dict[str, Any] = {
         'replicas': initial_replicas(spec),
         'selector': {'matchLabels': selector_labels(spec.name)},
         'strategy': _strategy(spec),
         'revisionHistoryLimit': 3,
         'progressDeadlineSeconds': spec.startup_timeout_seconds + 600,
-        'template': {'metadata': template_meta, 'spec': _pod_spec(spec)},
+        'template': pod_template(spec),
     }
     return {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'metadata': metadata(spec), 'spec': deployment_spec}
 
 
 def initial_replicas(spec: InferenceServiceSpec) -> int:
-    """The Deployment's replicas: ``spec.replicas``, kept within the autoscaling bounds.
+    """The Deployment's (or LeaderWorkerSet's) replicas: ``spec.replicas``, kept within the autoscaling bounds.
 
     The HPA scales the InferenceService (its scale subresource writes ``spec.replicas``) and the
     operator passes the count on, so ``kubectl scale`` and ``GET .../scale`` see the real count.

@@ -4,18 +4,19 @@ from __future__ import annotations
 from typing import Any
 
 from ..spec import InferenceServiceSpec
-from .common import HTTP_PORT_NAME, metadata, selector_labels
+from .common import HTTP_PORT_NAME, metadata, serving_labels
 
 
 def build_service(spec: InferenceServiceSpec) -> dict[str, Any]:
-    """A Service on ``service.port`` (default 8000) in front of the runtime's ``http`` port."""
+    """A Service on ``service.port`` (default 8000) in front of the runtime's ``http`` port (of the
+    leader pods only, for a multi-node replica: the workers run no server)."""
     return {
         'apiVersion': 'v1',
         'kind': 'Service',
         'metadata': metadata(spec, spec.service.annotations),
         'spec': {
             'type': spec.service.type,
-            'selector': selector_labels(spec.name),
+            'selector': serving_labels(spec),
             'ports': [{'name': HTTP_PORT_NAME, 'port': spec.service.port, 'targetPort': HTTP_PORT_NAME,
                        'protocol': 'TCP', 'appProtocol': 'http'}],
         },
