@@ -22,13 +22,14 @@ import bisect
 import itertools
 import logging
 
-from pagedserve.config import CacheConfig, SchedulerConfig
+from pagedserve.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from pagedserve.core.beam_groups import BeamGroupsMixin
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.output_update import OutputUpdateMixin
 from pagedserve.core.preemption import PreemptionMixin
 from pagedserve.core.request_queue import make_queue, priority_key
 from pagedserve.core.scheduler_output import EngineCoreOutput, ScheduledRequest, SchedulerOutput
+from pagedserve.core.spec_decode import SpecDecodeMixin
 from pagedserve.core.stats import SchedulerStats
 from pagedserve.request import Request, RequestStatus, child_request_id
 from pagedserve.sampling_params import SamplingParams
@@ -38,9 +39,9 @@ logger = logging.getLogger(__name__)
 _WAIT = object()  # a fresh n > 1 child whose first sibling has not prefilled the prompt yet
 
 
-class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
+class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeMixin):
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
-                 num_cpu_blocks: int = 0) -> None:
+                 num_cpu_blocks: int = 0, speculative_config: SpeculativeConfig | None = None) -> None:
         self.config = scheduler_config
         self.policy = scheduler_config.policy
         self.kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching,
@@ -58,6 +59,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         self.num_host_sync_requests = 0  # requests whose params need host tokens every step (async pauses)
         # the most tokens one sequence can hold: the model limit, or the whole cache if smaller
         self.capacity = min(scheduler_config.max_model_len, num_blocks * cache_config.block_size)
+        self._init_spec(speculative_config)  # speculative decoding (core/spec_decode.py)
 
     # -- admission ----------------------------------------------------------------------------
     def check_fits(self, num_prompt_tokens: int, params: SamplingParams | None = None,
@@ -91,6 +93,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         self.requests[request.request_id] = request
         if request.sampling_params.needs_host_tokens:
             self.num_host_sync_requests += 1
+        self._spec_admit(request)
         group = request.child_of
         if request.sampling_params.use_beam_search:
             if group is not None and group[1] > 0:  # gets the i-th best hypothesis when the leader finishes
@@ -137,6 +140,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         num_seqs = len(running) + sum(r.beam.width - 1 for r in running if r.beam is not None)
         cap = self.config.long_prefill_token_threshold
         preempted = False
+        speculate = self._spec_active()
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
@@ -151,6 +155,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
                 if n <= 0:
                     i += 1
                     continue
+                drafts = self._draft_tokens(req, budget) if speculate and n == 1 else []
+                n += len(drafts)
                 ids = kv.allocate_slots(req, n)
                 while ids is None:
                     victim = running[-1]
@@ -168,7 +174,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
                     if new:
                         self._step_cached[id(req)] = new
                 entry = ScheduledRequest(req, n, start, list(ids),
-                                         start + n == req.num_tokens + req.num_output_placeholders)
+                                         start + n - len(drafts) == req.num_tokens + req.num_output_placeholders,
+                                         drafts)
                 planned[id(req)] = [entry]
                 scheduled.append(entry)
                 budget -= n

@@ -15,7 +15,7 @@ import torch
 
 from pagedserve.arch_config import ArchConfig
 from pagedserve.config import (KV_CACHE_DTYPES, CacheConfig, EngineConfig, ModelConfig, ParallelConfig,
-                               SchedulerConfig)
+                               SchedulerConfig, SpeculativeConfig)
 from pagedserve.utils import default_device, parse_dtype
 
 
@@ -57,6 +57,8 @@ class EngineArgs:
     attention_backend: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA, off elsewhere
     hf_overrides: dict[str, Any] | None = None
+    # vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": k, ...} (docs/speculative_decoding.md)
+    speculative_config: dict[str, Any] | None = None
 
     def create_engine_config(self) -> EngineConfig:
         from pagedserve.models.resolve import resolve_model_dir, resolve_tokenizer_dir
@@ -116,9 +118,15 @@ class EngineArgs:
             auto_swap_min_tokens=self.auto_swap_min_tokens)
         parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size)
         async_sched = on_gpu if self.async_scheduling is None else self.async_scheduling
+        spec = SpeculativeConfig.from_dict(self.speculative_config)
+        if spec is not None:
+            if self.async_scheduling:
+                raise ValueError("async_scheduling=True with speculative_config: speculative decoding needs each "
+                                 "step's accepted tokens on the host before the next step is scheduled; drop one")
+            async_sched = False  # the proposer reads the accepted tokens (docs/speculative_decoding.md)
         return EngineConfig(model_config, cache_config, sched, parallel, device,
                             enforce_eager=self.enforce_eager, attention_backend=self.attention_backend,
-                            async_scheduling=async_sched)
+                            async_scheduling=async_sched, speculative_config=spec)
 
     def _verify(self) -> None:
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
@@ -154,6 +162,7 @@ class EngineArgs:
             raise ValueError("pipeline_parallel_size > 1 is not supported; use tensor_parallel_size")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        SpeculativeConfig.from_dict(self.speculative_config)  # a clear error naming the bad key
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
 

@@ -42,7 +42,8 @@ class EngineCore:
         except BaseException:
             self.executor.shutdown()
             raise
-        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, num_cpu_blocks)
+        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, num_cpu_blocks,
+                                   config.speculative_config)
         self.async_scheduling = config.async_scheduling
         self.inflight: tuple[SchedulerOutput, StepHandle] | None = None  # the step on the device
         # per-step trace for benchmarks: (start, launched, done, tokens, requests, runner path)
@@ -95,7 +96,7 @@ class EngineCore:
                 return outputs + self.scheduler.take_errored()
             out = self.executor.execute_model(sched)
             self._trace(sched, t0, time.perf_counter())
-            return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
+            return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs, out.spec)
         t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         handle = None
@@ -123,7 +124,7 @@ class EngineCore:
         tw = time.perf_counter()
         out = self.executor.collect(handle)
         self.wait_seconds += time.perf_counter() - tw
-        return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
+        return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs, out.spec)
 
     def _needs_sync(self) -> bool:
         """Requests whose next step depends on this step's tokens on the host: beam search (candidates
