@@ -410,5 +410,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             num_preemptions_recompute_total=self.num_preemptions_by_mode["recompute"],
             num_preemptions_swap_total=self.num_preemptions_by_mode["swap"],
             num_blocks_swapped_out_total=kv.num_swapped_out, num_blocks_swapped_in_total=kv.num_swapped_in,
-            num_cow_copies_total=kv.num_copies, prefix_cache_evictions_total=kv.pool.num_evictions)
+            num_cow_copies_total=kv.num_copies, prefix_cache_evictions_total=kv.pool.num_evictions,
+            spec_num_drafts_total=self.spec_num_drafts, spec_num_draft_tokens_total=self.spec_num_draft_tokens,
+            spec_num_accepted_tokens_total=self.spec_num_accepted_tokens,
+            spec_num_accepted_tokens_per_pos_total=list(self.spec_accepted_per_pos))
 

@@ -1,7 +1,7 @@
 """Scheduler statistics the metrics layer reads after each step."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -23,3 +23,15 @@ class SchedulerStats:
     num_blocks_swapped_in_total: int = 0
     num_cow_copies_total: int = 0  # copy-on-write block copies, cumulative
     prefix_cache_evictions_total: int = 0  # cached blocks reused for other content, cumulative
+    # speculative decoding (vLLM's spec_decode_* counters), cumulative: verify steps with drafts, draft
+    # tokens, accepted draft tokens, and accepted drafts per draft position
+    spec_num_drafts_total: int = 0
+    spec_num_draft_tokens_total: int = 0
+    spec_num_accepted_tokens_total: int = 0
+    spec_num_accepted_tokens_per_pos_total: list[int] = field(default_factory=list)
+
+    @property
+    def spec_acceptance_rate(self) -> float | None:
+        """Accepted / drafted tokens since the start (None before any draft)."""
+        d = self.spec_num_draft_tokens_total
+        return self.spec_num_accepted_tokens_total / d if d else None
