@@ -121,11 +121,12 @@ class SpeculativeConfig:
         _check_int("num_speculative_tokens", k, 1)
         lo, hi = d.get("prompt_lookup_min"), d.get("prompt_lookup_max")
         if method == "ngram":  # vLLM: one of the two alone sets both
+            for name, v in (("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
+                if v is not None:
+                    _check_int(name, v, 1)
             lo = hi if lo is None else lo
             hi = lo if hi is None else hi
             lo, hi = (1 if lo is None else lo), (4 if hi is None else hi)
-            _check_int("prompt_lookup_min", lo, 1)
-            _check_int("prompt_lookup_max", hi, 1)
             if lo > hi:
                 raise ValueError(f"speculative_config.prompt_lookup_min ({lo}) must be <= prompt_lookup_max ({hi})")
         elif lo is not None or hi is not None:
