@@ -15,7 +15,7 @@ from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.entrypoints.engine_flags import add_engine_flags, engine_args_from
 from pagedserve.layers.rejection_sampler import rejection_sample
 from pagedserve.layers.sampler import Sampler, SamplingMetadata
-from pagedserve.request import Request
+from pagedserve.request import Request, RequestStatus
 from pagedserve.sampling_params import SamplingParams
 
 
@@ -158,3 +158,63 @@ def test_seeded_rows_reproduce():
 
     assert run(7) == run(7)
     assert len({tuple(run(s)) for s in range(20)}) > 1
+
+
+# -- the scheduler: drafts, caps, rollback ------------------------------------------------------
+def _scheduler(k: int = 3, budget: int = 64, disable_by_batch_size: int | None = None, num_blocks: int = 32):
+    from pagedserve.config import CacheConfig, SchedulerConfig
+    from pagedserve.core.scheduler import Scheduler
+
+    spec = SpeculativeConfig(num_speculative_tokens=k, prompt_lookup_min=1, prompt_lookup_max=2,
+                             disable_by_batch_size=disable_by_batch_size)
+    return Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=64),
+                     CacheConfig(block_size=4, enable_prefix_caching=True), num_blocks, 0, spec)
+
+
+def _prefill_and_sample(s, first_tokens: dict[str, int]) -> None:
+    out = s.schedule()
+    s.update_from_output(out, {e.request.request_id: first_tokens[e.request.request_id] for e in out.scheduled})
+
+
+def test_scheduler_drafts_caps_rollback_and_trim():
+    s = _scheduler(k=3)
+    prompt = [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1]
+    a = Request("a", prompt, SamplingParams(temperature=0.0, max_tokens=20))
+    b = Request("b", prompt, SamplingParams(temperature=0.0, max_tokens=20, repetition_penalty=1.3))
+    c = Request("c", prompt, SamplingParams(temperature=0.0, max_tokens=3))  # room for 1 + 1 drafts only
+    for r in (a, b, c):
+        s.add_request(r)
+    assert b.spec_disabled_reason and "penalties" in b.spec_disabled_reason and a.spec_disabled_reason is None
+    _prefill_and_sample(s, {"a": 2, "b": 2, "c": 2})  # context ... 5, 1, 2: the lookup proposes 3, 4, 5
+    out = s.schedule()
+    by = {e.request.request_id: e for e in out.scheduled}
+    assert by["a"].spec_token_ids == [3, 4, 5] and by["a"].num_tokens == 4 and by["a"].token_ids == [2, 3, 4, 5]
+    assert by["b"].spec_token_ids == [] and by["b"].num_tokens == 1
+    assert by["c"].spec_token_ids == [3]  # max_tokens=3, one token out: 1 + 1 drafts at most
+    assert a.num_computed_tokens == 12 + 3
+    blocks_before = len(s.kv.get_block_ids("a"))
+    # a: every draft rejected, the target's own token 9; c: its draft accepted + bonus → length cap
+    outs = s.update_from_output(out, {"b": 4}, spec={"a": ([9], None), "c": ([3, 4], None)})
+    got = {o.request_id: o for o in outs}
+    assert got["a"].new_token_ids == [9] and a.num_computed_tokens == 12 and a.num_tokens == 13
+    assert len(s.kv.get_block_ids("a")) == s.kv.blocks_needed(12) < blocks_before  # the rejected tail freed
+    assert got["c"].new_token_ids == [3, 4] and got["c"].finish_reason == "length"
+    st = s.get_stats()
+    assert (st.spec_num_drafts_total, st.spec_num_draft_tokens_total, st.spec_num_accepted_tokens_total) == (2, 4, 1)
+    assert st.spec_num_accepted_tokens_per_pos_total == [1, 0, 0]
+    s.finish_requests(["a", "b"], RequestStatus.FINISHED_ABORTED)
+    assert s.kv.pool.num_free_blocks == s.kv.num_blocks
+
+
+def test_scheduler_budget_and_disable_by_batch_size():
+    s = _scheduler(k=4, budget=3)
+    prompt = [7, 8]
+    a = Request("a", prompt, SamplingParams(temperature=0.0, max_tokens=20))
+    s.add_request(a)
+    _prefill_and_sample(s, {"a": 7})
+    assert s.schedule().scheduled[0].spec_token_ids == [8, 7]  # budget 3: 1 + 2 drafts
+    s2 = _scheduler(k=4, disable_by_batch_size=1)
+    for rid in ("a", "b"):
+        s2.add_request(Request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=20)))
+    _prefill_and_sample(s2, {"a": 7, "b": 7})
+    assert all(not e.spec_token_ids for e in s2.schedule().scheduled)  # 2 running > 1: no drafts
