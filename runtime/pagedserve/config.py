@@ -75,9 +75,9 @@ class ParallelConfig:
 
 #: speculative_config "method" values (vLLM's names); those not built yet are refused with a clear error
 SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3")
-SPEC_METHODS_SUPPORTED = ("ngram",)
+SPEC_METHODS_SUPPORTED = ("ngram", "draft_model")
 _SPEC_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
-              "disable_by_batch_size")
+              "disable_by_batch_size", "hf_overrides")
 
 
 @dataclass
@@ -90,6 +90,8 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 4  # ngram: longest
     model: str | None = None  # draft_model / eagle: the draft's path ("default": the embedded model)
     disable_by_batch_size: int | None = None  # no drafts while more requests than this are running + waiting
+    hf_overrides: dict[str, Any] | None = None  # draft_model: config.json overrides (e.g. num_hidden_layers)
+    draft_model_config: "ModelConfig | None" = None  # draft_model: resolved by EngineArgs
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "SpeculativeConfig | None":
@@ -137,8 +139,14 @@ class SpeculativeConfig:
             _check_int("disable_by_batch_size", dbs, 1)
         if model is not None and not isinstance(model, str):
             raise ValueError(f"speculative_config.model must be a string (a path or 'default'), got {model!r}")
+        if method == "draft_model" and model is None:
+            raise ValueError("speculative_config.model is required for method 'draft_model' (a path, a Hub id or "
+                             "'default')")
+        overrides = d.get("hf_overrides")
+        if overrides is not None and (not isinstance(overrides, dict) or method != "draft_model"):
+            raise ValueError("speculative_config.hf_overrides must be a dict, and applies to method 'draft_model'")
         return cls(method=method, num_speculative_tokens=k, prompt_lookup_min=lo or 1, prompt_lookup_max=hi or 1,
-                   model=model if method != "ngram" else None, disable_by_batch_size=dbs)
+                   model=model if method != "ngram" else None, disable_by_batch_size=dbs, hf_overrides=overrides)
 
 
 def _check_int(name: str, v: Any, lo: int) -> None:

@@ -75,6 +75,7 @@ class Request:
         # verified), and why speculation is off for this request (None: on; core/spec_decode.py)
         self.spec_token_ids: list[int] = []
         self.spec_disabled_reason: str | None = None
+        self.num_draft_computed_tokens = 0  # a draft model's KV in the cache: positions below this (worker/draft_proposer.py)
 
     @property
     def num_tokens(self) -> int:

@@ -99,6 +99,31 @@ def test_default_model_seeded_sampling_n2_reproduces(smol_pair):
     assert _pool_empty(spec.llm_engine)
 
 
+@pytest.mark.parametrize("layers, min_rate", [(None, 0.9), (4, 0.0)])
+def test_draft_model_greedy_equals_plain(smol_pair, smollm2_dir, layers, min_rate):
+    """method draft_model with the default model itself as the draft (it agrees with the target: nearly
+    every draft accepted) and with a truncated-layer copy (hf_overrides num_hidden_layers); the draft's
+    KV lives in the same pool, which is empty again at the end."""
+    plain, _ = smol_pair
+    cfg = {"method": "draft_model", "model": smollm2_dir, "num_speculative_tokens": 3}
+    if layers is not None:
+        cfg["hf_overrides"] = {"num_hidden_layers": layers}
+    sp = [SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True),
+          SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=1)]
+    prompts = [COPY_PROMPTS[1], "The capital of France is"]
+    want = plain.generate(prompts, sp, use_tqdm=False)
+    with LLM(smollm2_dir, device="cpu", max_model_len=512, kv_cache_memory=64 << 20, use_tqdm=False,
+             speculative_config=cfg) as spec:
+        got = spec.generate(prompts, sp, use_tqdm=False)
+        st = _stats(spec.llm_engine)
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in want]
+        assert st.spec_num_draft_tokens_total > 0
+        assert st.spec_num_accepted_tokens_total >= min_rate * st.spec_num_draft_tokens_total
+        assert _pool_empty(spec.llm_engine)
+        runner = spec.llm_engine.core.runner
+        assert runner.kv_cache.shape[0] == 30 + (layers or 30)  # one pool: the target's and the draft's layers
+
+
 # -- a tiny model: scheduling features ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory, smollm2_dir) -> str:

@@ -42,7 +42,8 @@ def test_config_defaults_and_vllm_forms():
     ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 0}, "disable_by_batch_size"),
     ({"method": "ngram", "num_speculative_tokens": 2, "draft_tensor_parallel_sizee": 1}, "unknown key"),
     ({"method": "eagle", "num_speculative_tokens": 2, "model": "x"}, "not supported yet"),
-    ({"model": "/some/draft", "num_speculative_tokens": 2}, "draft_model"),
+    ({"method": "draft_model", "num_speculative_tokens": 2}, "model is required"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "hf_overrides": {"num_hidden_layers": 2}}, "hf_overrides"),
     ([1, 2], "JSON object"),
 ])
 def test_config_errors_name_the_field(cfg, field):
@@ -50,6 +51,23 @@ def test_config_errors_name_the_field(cfg, field):
         SpeculativeConfig.from_dict(cfg)
     with pytest.raises(ValueError, match=field):  # EngineArgs validates before loading anything
         EngineArgs(model="default", speculative_config=cfg).create_engine_config()
+
+
+def test_draft_model_must_share_vocabulary_and_kv_layout(tmp_path, smollm2_dir):
+    from tests.runtime.model_factory import make_tiny_model
+
+    assert SpeculativeConfig.from_dict({"model": "/some/draft", "num_speculative_tokens": 2}).method == "draft_model"
+    tiny = make_tiny_model(str(tmp_path / "tiny"), "llama", smollm2_dir)  # same tokenizer, other KV layout
+    with pytest.raises(ValueError, match="speculative_config.model: the draft's KV layout"):
+        EngineArgs(model=smollm2_dir, device="cpu", speculative_config={
+            "method": "draft_model", "model": tiny, "num_speculative_tokens": 2}).create_engine_config()
+    with pytest.raises(ValueError, match="speculative_config.model: the draft's vocabulary"):
+        EngineArgs(model=smollm2_dir, device="cpu", speculative_config={
+            "method": "draft_model", "model": tiny, "num_speculative_tokens": 2,
+            "hf_overrides": {"vocab_size": 1000}}).create_engine_config()
+    cfg = EngineArgs(model=smollm2_dir, device="cpu", speculative_config={
+        "model": "default", "num_speculative_tokens": 2, "hf_overrides": {"num_hidden_layers": 4}}).create_engine_config()
+    assert cfg.speculative_config.draft_model_config.arch.num_layers == 4 and not cfg.async_scheduling
 
 
 def test_cli_flag_parses_json_and_rejects_bad_json(capsys):

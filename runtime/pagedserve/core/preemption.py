@@ -77,7 +77,7 @@ class PreemptionMixin:
         else:
             for s in seqs:
                 self.kv.free(s)
-                s.num_computed_tokens = 0
+                s.num_computed_tokens = s.num_draft_computed_tokens = 0
             if victim.beam is not None:  # restart the search (deterministic: same result)
                 victim.beam.reset()
                 victim.beam.beams = [self._new_beam_seq(victim)]

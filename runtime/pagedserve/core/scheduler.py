@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 _WAIT = object()  # a fresh n > 1 child whose first sibling has not prefilled the prompt yet
 
 
+def start_samples(req: Request, n: int) -> bool:
+    """Computing ``n`` more known tokens of ``req`` reaches its end (the step samples)."""
+    return req.num_computed_tokens + n == req.num_tokens + req.num_output_placeholders
+
+
 class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeMixin):
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
                  num_cpu_blocks: int = 0, speculative_config: SpeculativeConfig | None = None) -> None:
@@ -157,7 +162,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
                     continue
                 drafts = self._draft_tokens(req, budget) if speculate and n == 1 else []
                 n += len(drafts)
-                ids = kv.allocate_slots(req, n)
+                ahead = self._lookahead(req) if start_samples(req, n - len(drafts)) else 0
+                ids = kv.allocate_slots(req, n + ahead)
                 while ids is None:
                     victim = running[-1]
                     self._preempt(victim, out, planned)
@@ -165,7 +171,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
                     preempted = True
                     if victim is req:
                         break
-                    ids = kv.allocate_slots(req, n)
+                    ids = kv.allocate_slots(req, n + ahead)
                 if ids is None:
                     break
                 start = req.num_computed_tokens
@@ -334,7 +340,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             keep = req.num_prompt_tokens - 1
             self.kv.fork(fork_src, req, keep)
             req.num_computed_tokens = keep
-            if self.kv.allocate_slots(req, 1) is None:
+            if self.kv.allocate_slots(req, 1 + self._lookahead(req)) is None:
                 self.kv.free(req)
                 req.num_computed_tokens = 0
                 return None
@@ -347,7 +353,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
         n_hit = len(hit) * self.kv.block_size
         cap = self.config.long_prefill_token_threshold
         n = min(seq.num_tokens - n_hit, budget, cap) if cap > 0 else min(seq.num_tokens - n_hit, budget)
-        if n <= 0 or self.kv.allocate_slots(seq, n, hit) is None:
+        ahead = self._lookahead(seq) if n_hit + n == seq.num_tokens else 0
+        if n <= 0 or self.kv.allocate_slots(seq, n + ahead, hit) is None:
             return None
         seq.num_computed_tokens = n_hit
         if self.kv.enable_caching:

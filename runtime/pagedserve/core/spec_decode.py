@@ -44,6 +44,9 @@ class SpecDecodeMixin:
         self.proposer = (NgramProposer(spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max)
                          if spec is not None and spec.method == "ngram" else None)
         k = spec.num_speculative_tokens if spec is not None else 0
+        # a draft model runs in the worker right after a step samples, writing its KV up to k - 1
+        # positions past the request's tokens: those steps allocate k slots of lookahead
+        self.spec_lookahead = k if spec is not None and spec.method == "draft_model" else 0
         self.spec_num_drafts = self.spec_num_draft_tokens = self.spec_num_accepted_tokens = 0  # cumulative
         self.spec_accepted_per_pos = [0] * k
         self._spec_reasons_logged: set[str] = set()
@@ -66,17 +69,19 @@ class SpecDecodeMixin:
         limit = spec.disable_by_batch_size
         return limit is None or len(self.running) + len(self.waiting) <= limit
 
+    def _lookahead(self, req: Request) -> int:
+        return self.spec_lookahead if req.spec_disabled_reason is None and self.spec_config is not None else 0
+
     def _draft_tokens(self, req: Request, budget: int) -> list[int]:
         """Draft tokens for a decoding request's next step, at most ``budget - 1`` and never more than
         the request can still emit (``max_tokens``, ``max_model_len`` / cache capacity) minus one."""
+        drafts, req.spec_token_ids = req.spec_token_ids, []  # proposed by the worker (a draft model): used once
         if req.spec_disabled_reason is not None or req.num_output_placeholders:
             return []
         room = min(budget - 1, req.max_tokens - req.num_output_tokens - 1, self.capacity - req.num_tokens - 1)
         if room <= 0:
             return []
-        drafts = req.spec_token_ids
-        if drafts:  # proposed by the worker (a draft model)
-            req.spec_token_ids = []
+        if drafts:
             return drafts[:room]
         if self.proposer is None:
             return []

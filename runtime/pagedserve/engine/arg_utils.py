@@ -124,9 +124,37 @@ class EngineArgs:
                 raise ValueError("async_scheduling=True with speculative_config: speculative decoding needs each "
                                  "step's accepted tokens on the host before the next step is scheduled; drop one")
             async_sched = False  # the proposer reads the accepted tokens (docs/speculative_decoding.md)
+            if spec.method == "draft_model":
+                spec.draft_model_config = self._draft_model_config(spec, model_config, device)
         return EngineConfig(model_config, cache_config, sched, parallel, device,
                             enforce_eager=self.enforce_eager, attention_backend=self.attention_backend,
                             async_scheduling=async_sched, speculative_config=spec)
+
+    def _draft_model_config(self, spec: SpeculativeConfig, target: ModelConfig, device: str) -> ModelConfig:
+        """The draft model of ``method: draft_model``: resolved like --model, same tokenizer (vocabulary)
+        and KV layout as the target, so that its layers' KV lives in the same pool and block tables."""
+        from pagedserve.models.registry import check_architecture
+        from pagedserve.models.resolve import resolve_model_dir
+
+        if self.tensor_parallel_size > 1:
+            raise ValueError("speculative_config.method='draft_model' runs with tensor_parallel_size=1 only")
+        draft_dir = resolve_model_dir(spec.model, download_dir=self.download_dir, load_format=self.load_format)
+        hf_cfg = _read_json(os.path.join(draft_dir, "config.json"), required=True)
+        hf_cfg.update(spec.hf_overrides or {})
+        arch = ArchConfig.from_hf(hf_cfg)
+        check_architecture(arch.architecture)
+        t = target.arch
+        if arch.vocab_size != t.vocab_size:
+            raise ValueError(f"speculative_config.model: the draft's vocabulary ({arch.vocab_size}) differs from the "
+                             f"target's ({t.vocab_size}); the draft must use the same tokenizer")
+        if (arch.num_kv_heads, arch.head_dim) != (t.num_kv_heads, t.head_dim):
+            raise ValueError(f"speculative_config.model: the draft's KV layout ({arch.num_kv_heads} KV heads x "
+                             f"{arch.head_dim}) differs from the target's ({t.num_kv_heads} x {t.head_dim}); "
+                             "drafts with another KV layout are not supported yet")
+        arch.eos_token_ids = list(t.eos_token_ids)
+        return ModelConfig(model=draft_dir, served_model_name=target.served_model_name + "-draft", arch=arch,
+                           dtype=target.dtype, max_model_len=target.max_model_len, load_format=self.load_format,
+                           seed=self.seed)
 
     def _verify(self) -> None:
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):

@@ -61,6 +61,13 @@ class ModelRunner:
 
             install_fused_kernels(self.model)
         self.sampler = Sampler()
+        spec = config.speculative_config
+        self.draft = None  # DraftModelProposer (speculative_config method draft_model)
+        if spec is not None and spec.method == "draft_model":
+            from pagedserve.worker.draft_proposer import DraftModelProposer
+
+            assert spec.draft_model_config is not None
+            self.draft = DraftModelProposer(self, spec.draft_model_config, spec.num_speculative_tokens)
         self.kv_cache: torch.Tensor | None = None
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeCUDAGraphs once captured
@@ -76,7 +83,11 @@ class ModelRunner:
         tp = self.config.parallel_config.tensor_parallel_size
         kv_heads = max(1, arch.num_kv_heads // tp)
         elem = self.kv_dtype.itemsize
-        return 2 * arch.num_layers * self.block_size * kv_heads * arch.head_dim * elem
+        return 2 * self._kv_layers() * self.block_size * kv_heads * arch.head_dim * elem
+
+    def _kv_layers(self) -> int:
+        """Layers with KV in the cache: the target's, then a draft model's (one pool, same blocks)."""
+        return self.mc.arch.num_layers + (self.draft.num_layers if self.draft is not None else 0)
 
     def determine_num_blocks(self) -> int:
         cc = self.config.cache_config
@@ -99,9 +110,12 @@ class ModelRunner:
     def initialize_kv_cache(self, num_blocks: int) -> None:
         arch = self.mc.arch
         tp = self.config.parallel_config.tensor_parallel_size
-        shape = (arch.num_layers, 2, num_blocks, self.block_size, max(1, arch.num_kv_heads // tp), arch.head_dim)
+        shape = (self._kv_layers(), 2, num_blocks, self.block_size, max(1, arch.num_kv_heads // tp), arch.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(arch.num_layers)]
+        if self.draft is not None:
+            self.draft.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1])
+                                    for i in range(arch.num_layers, self._kv_layers())]
         logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB, %s)", num_blocks, self.block_size,
                     num_blocks * self.block_size, self.kv_cache.numel() * self.kv_cache.element_size() / GiB,
                     str(self.kv_dtype).removeprefix("torch."))
@@ -180,6 +194,7 @@ class ModelRunner:
         if block_ops:  # copy-on-write block copies and swaps first (worker/block_ops.py)
             self.block_ops.apply(block_ops)
         handle = StepHandle()
+        handle.sched = sched if self.draft is not None else None
         if h is None:
             return handle
         prev_sampled = prev.sampled if prev is not None else None
@@ -235,6 +250,8 @@ class ModelRunner:
                     out.logprobs[req.request_id] = (ids[row][:k + 1], lps[row][:k + 1], ranks[row])
         if handle.spec_out is not None:
             self._collect_spec(handle, out)
+        if handle.sched is not None:  # a draft model proposes the next step's drafts (worker/draft_proposer.py)
+            self.draft.propose(handle.sched, out)
         for req, first_index, (ids_t, vals_t, ranks_t) in handle.prompt_lp:
             out.prompt_logprobs[req.request_id] = (first_index, list(zip(ids_t.tolist(), vals_t.tolist(),
                                                                          ranks_t.tolist())))
@@ -301,6 +318,7 @@ class StepHandle:
     spec_out: "RejectionOutput | None" = None
     spec_host: tuple = ()
     spec_lp: tuple | None = None
+    sched: "SchedulerOutput | None" = None  # the step (kept when a draft model proposes after it)
 
 
 def _less_fragmentation() -> None:
