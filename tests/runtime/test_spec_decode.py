@@ -151,19 +151,27 @@ def _copy_prompts(num: int) -> list[list[int]]:
     return [([100 + 7 * i + j for j in range(5 + i % 4)] * 4)[: 14 + 3 * i] for i in range(num)]
 
 
-def test_greedy_equal_under_chunked_prefill_prefix_caching_and_preemption(tiny_llama):
+@pytest.mark.parametrize("method, mode", [("ngram", "recompute"), ("draft_model", "recompute"),
+                                          ("draft_model", "swap")])
+def test_greedy_equal_under_chunked_prefill_prefix_caching_and_preemption(tiny_llama, method, mode):
     """Small token budget (prefill chunks share steps with verify steps), a shared prefix, and too few
-    blocks (preemption by recompute): same greedy tokens as without speculation."""
+    blocks (preemption by recompute or swap; a draft model's KV is recomputed or swapped with the
+    target's): same greedy tokens as without speculation. The draft model is the tiny model itself."""
     kw = dict(block_size=4, num_gpu_blocks_override=24, max_num_batched_tokens=16, max_num_seqs=6,
-              enable_prefix_caching=True)
+              enable_prefix_caching=True, preemption_mode=mode)
     prompts = _copy_prompts(6)
     prompts[5] = prompts[4][:12] + prompts[5]  # shares full blocks with prompts[4]
     params = [SamplingParams(temperature=0.0, max_tokens=20 + 3 * i, ignore_eos=True) for i in range(6)]
-    plain, spec = _tiny_engine(tiny_llama, None, **kw), _tiny_engine(tiny_llama, NGRAM, **kw)
+    cfg = NGRAM if method == "ngram" else {"method": "draft_model", "model": tiny_llama, "num_speculative_tokens": 3}
+    plain, spec = _tiny_engine(tiny_llama, None, **kw), _tiny_engine(tiny_llama, cfg, **kw)
     want, got = _run(plain, prompts, params), _run(spec, prompts, params)
     assert got == want
     st = _stats(spec)
     assert st.spec_num_drafts_total > 0 and st.num_preemptions_total > 0 and st.prefix_cache_hits_total > 0
+    if method == "draft_model":  # the target as its own draft: (nearly) every draft accepted
+        assert st.spec_num_accepted_tokens_total >= 0.9 * st.spec_num_draft_tokens_total
+    if mode == "swap":
+        assert st.num_preemptions_swap_total > 0
     assert _pool_empty(spec)
 
 
@@ -182,10 +190,26 @@ def leak_engine(tiny_llama) -> LLMEngine:
                         max_num_seqs=4, max_model_len=128)
 
 
+@pytest.fixture(scope="module")
+def leak_engine_draft(tiny_llama) -> LLMEngine:
+    return _tiny_engine(tiny_llama, {"method": "draft_model", "model": tiny_llama, "num_speculative_tokens": 3},
+                        block_size=4, num_gpu_blocks_override=NUM_BLOCKS, max_num_batched_tokens=16,
+                        max_num_seqs=4, max_model_len=128)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=ops)
 def test_random_add_abort_step_never_leaks_with_drafts(leak_engine, ops):
-    engine = leak_engine
+    _random_ops(leak_engine, ops)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=ops)
+def test_random_add_abort_step_never_leaks_with_a_draft_model(leak_engine_draft, ops):
+    _random_ops(leak_engine_draft, ops)
+
+
+def _random_ops(engine: LLMEngine, ops: list) -> None:
     prompts = _copy_prompts(8)
     added: list[str] = []
     for op in ops:
