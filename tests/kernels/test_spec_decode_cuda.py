@@ -1,6 +1,7 @@
 """Speculative decoding on a GPU (skipped without CUDA): CUDA graphs captured, Triton attention,
 n-gram drafts. Verify steps (1 + k query tokens) leave the decode graphs and run on the piecewise
-graphs; greedy output equals the plain engine's (float32, so that the decode and extend kernels'
+graphs; n-gram drafts and the default model as its own draft (eager draft forwards); greedy output
+equals the plain engine's (float32, so that the decode and extend kernels'
 rounding cannot flip a near-tie)."""
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ PROMPTS = ["Repeat this list exactly: apple, banana, cherry, date, elderberry, f
            "Tell me about the ocean."]
 
 
-def test_greedy_equal_with_cuda_graphs_and_drafts_accepted():
+@pytest.mark.parametrize("spec", [{"method": "ngram", "num_speculative_tokens": 4},
+                                  {"method": "draft_model", "model": "default", "num_speculative_tokens": 3}])
+def test_greedy_equal_with_cuda_graphs_and_drafts_accepted(spec):
     sp = SamplingParams(temperature=0.0, max_tokens=48)
     kw = dict(dtype="float32", max_model_len=1024, gpu_memory_utilization=0.3, use_tqdm=False)
     with LLM("default", **kw) as plain:
         want = [o.outputs[0].token_ids for o in plain.generate(PROMPTS, sp, use_tqdm=False)]
-    with LLM("default", speculative_config={"method": "ngram", "num_speculative_tokens": 4}, **kw) as spec:
-        core = spec.llm_engine.core
+    with LLM("default", speculative_config=spec, **kw) as llm:
+        core = llm.llm_engine.core
         core.trace = []
-        got = [o.outputs[0].token_ids for o in spec.generate(PROMPTS, sp, use_tqdm=False)]
+        got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
         st = core.get_stats()
         paths = {row[5] for row in core.trace}
         assert got == want
