@@ -75,6 +75,87 @@ class ParallelConfig:
     pipeline_parallel_size: int = 1
 
 
+#: speculative_config "method" values (vLLM's names); those not built yet are refused with a clear error
+SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3")
+SPEC_METHODS_SUPPORTED = ("ngram", "draft_model")
+_SPEC_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
+              "disable_by_batch_size", "hf_overrides")
+
+
+@dataclass
+class SpeculativeConfig:
+    """``speculative_config`` (vLLM's keys): who proposes draft tokens and how many per step."""
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 3
+    prompt_lookup_min: int = 1  # ngram: shortest suffix n-gram looked up in the context
+    prompt_lookup_max: int = 4  # ngram: longest
+    model: str | None = None  # draft_model / eagle: the draft's path ("default": the embedded model)
+    disable_by_batch_size: int | None = None  # no drafts while more requests than this are running + waiting
+    hf_overrides: dict[str, Any] | None = None  # draft_model: config.json overrides (e.g. num_hidden_layers)
+    draft_model_config: "ModelConfig | None" = None  # draft_model: resolved by EngineArgs
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "SpeculativeConfig | None":
+        """Validate a user's ``speculative_config`` dict; errors name the offending key."""
+        if d is None:
+            return None
+        if isinstance(d, SpeculativeConfig):
+            return d
+        if not isinstance(d, dict):
+            raise ValueError(f"speculative_config must be a JSON object (dict), got {type(d).__name__}")
+        unknown = sorted(set(d) - set(_SPEC_KEYS))
+        if unknown:
+            raise ValueError(f"speculative_config: unknown key(s) {', '.join(map(repr, unknown))}; "
+                             f"known keys: {', '.join(_SPEC_KEYS)}")
+        method, model = d.get("method"), d.get("model")
+        if method is None:  # vLLM: a model path alone means a draft model; "ngram" as the model means prompt lookup
+            if model is None:
+                raise ValueError("speculative_config.method is required (ngram, draft_model, eagle or eagle3), "
+                                 "or give speculative_config.model (a draft model)")
+            method = "ngram" if model in ("ngram", "[ngram]") else "draft_model"
+        if method not in SPEC_METHODS:
+            raise ValueError(f"speculative_config.method must be one of {', '.join(SPEC_METHODS)}, got {method!r}")
+        if method not in SPEC_METHODS_SUPPORTED:
+            raise ValueError(f"speculative_config.method={method!r} is not supported yet (supported: "
+                             f"{', '.join(SPEC_METHODS_SUPPORTED)}); see docs/speculative_decoding.md")
+        k = d.get("num_speculative_tokens")
+        if k is None:
+            raise ValueError("speculative_config.num_speculative_tokens is required (an integer >= 1)")
+        _check_int("num_speculative_tokens", k, 1)
+        lo, hi = d.get("prompt_lookup_min"), d.get("prompt_lookup_max")
+        if method == "ngram":  # vLLM: one of the two alone sets both
+            for name, v in (("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
+                if v is not None:
+                    _check_int(name, v, 1)
+            lo = hi if lo is None else lo
+            hi = lo if hi is None else hi
+            lo, hi = (1 if lo is None else lo), (4 if hi is None else hi)
+            if lo > hi:
+                raise ValueError(f"speculative_config.prompt_lookup_min ({lo}) must be <= prompt_lookup_max ({hi})")
+        elif lo is not None or hi is not None:
+            raise ValueError(f"speculative_config.prompt_lookup_min / prompt_lookup_max apply to method 'ngram', "
+                             f"not {method!r}")
+        dbs = d.get("disable_by_batch_size")
+        if dbs is not None:
+            _check_int("disable_by_batch_size", dbs, 1)
+        if model is not None and not isinstance(model, str):
+            raise ValueError(f"speculative_config.model must be a string (a path or 'default'), got {model!r}")
+        if method == "draft_model" and model is None:
+            raise ValueError("speculative_config.model is required for method 'draft_model' (a path, a Hub id or "
+                             "'default')")
+        overrides = d.get("hf_overrides")
+        if overrides is not None and (not isinstance(overrides, dict) or method != "draft_model"):
+            raise ValueError("speculative_config.hf_overrides must be a dict, and applies to method 'draft_model'")
+        return cls(method=method, num_speculative_tokens=k, prompt_lookup_min=lo or 1, prompt_lookup_max=hi or 1,
+                   model=model if method != "ngram" else None, disable_by_batch_size=dbs, hf_overrides=overrides)
+
+
+def _check_int(name: str, v: Any, lo: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"speculative_config.{name} must be an integer >= {lo}, got {v!r}")
+
+
 @dataclass
 class LoRAConfig:
     """Multi-LoRA serving (``--enable-lora``; docs/lora.md)."""
@@ -95,3 +176,4 @@ class EngineConfig:
     attention_backend: str = "auto"
     async_scheduling: bool = False
     lora_config: LoRAConfig | None = None  # None: LoRA off
+    speculative_config: SpeculativeConfig | None = None

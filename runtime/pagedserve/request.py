@@ -74,6 +74,11 @@ class Request:
         self.sort_key: tuple = ()  # scheduling order (core/request_queue.py)
         # structured output: this request's grammar matcher (structured_output/request_grammar.py)
         self.grammar: Any = None
+        # speculative decoding: draft tokens proposed for the next step (not part of all_token_ids until
+        # verified), and why speculation is off for this request (None: on; core/spec_decode.py)
+        self.spec_token_ids: list[int] = []
+        self.spec_disabled_reason: str | None = None
+        self.num_draft_computed_tokens = 0  # a draft model's KV in the cache: positions below this (worker/draft_proposer.py)
 
     @property
     def num_tokens(self) -> int:
@@ -104,6 +109,7 @@ class Request:
         child.block_hashes = list(self.block_hashes)
         child.output_logprobs, child.prompt_logprobs = [], []
         child.events = dict(self.events)
+        child.spec_token_ids = []
         return child
 
     def __repr__(self) -> str:

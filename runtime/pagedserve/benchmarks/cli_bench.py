@@ -1,4 +1,4 @@
-"""``pagedserve bench {serve,throughput,latency}``.
+"""``pagedserve bench {serve,throughput,latency,spec-verify}``.
 
 Each bench kind lives in its own module with ``add_parser(subparsers)`` (setting ``func``); this
 file only lists them. Modules are imported lazily (``pagedserve --help`` stays fast) and a kind
@@ -13,6 +13,7 @@ BENCH_KINDS = {
     "serve": "pagedserve.benchmarks.serve",
     "throughput": "pagedserve.benchmarks.throughput",
     "latency": "pagedserve.benchmarks.latency",
+    "spec-verify": "pagedserve.benchmarks.spec_verify",
 }
 
 

@@ -1,6 +1,9 @@
 """``pagedserve bench latency``: batch-1 (and small-batch) TTFT and TPOT, against the weight-read
 floor of one decode step (weight bytes / copy bandwidth measured in the same run; for a
-Mixture-of-Experts model the bytes of the active parameters: top_k of each layer's experts)."""
+Mixture-of-Experts model the bytes of the active parameters: top_k of each layer's experts). With
+``--speculative-config`` each row also reports the draft acceptance rate and the mean accepted length
+(``--prompt-mode repeat``: a prompt that repeats one random segment, which the model continues by
+copying: high n-gram acceptance; ``random``: fresh random tokens, acceptance near 0)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--prompt-mode", choices=["random", "repeat"], default="random",
+                   help="random token prompts, or one random 64-token segment repeated (copying: n-gram drafts hit)")
     p.add_argument("--output-json", default=None)
     p.add_argument("--lora", action="store_true",
                    help="every request runs with a random adapter of rank --max-lora-rank (needs --enable-lora)")
@@ -102,7 +107,14 @@ def run(args: argparse.Namespace) -> int:
     vocab = core.config.model_config.arch.vocab_size
 
     def prompt() -> list[int]:  # a fresh random prompt per request: no prefix-cache hits between runs
+        if args.prompt_mode == "repeat":
+            seg = rng.integers(100, vocab - 100, size=min(64, args.input_len)).tolist()
+            return (seg * (args.input_len // len(seg) + 1))[:args.input_len]
         return rng.integers(100, vocab - 100, size=args.input_len).tolist()
+
+    def spec_counts() -> tuple[int, int, int]:
+        st = core.scheduler.get_stats()
+        return st.spec_num_drafts_total, st.spec_num_draft_tokens_total, st.spec_num_accepted_tokens_total
 
     result: dict = {"model": core.config.model_config.model, "input_len": args.input_len, "output_len": args.output_len,
                     "weight_bytes": weight_bytes,
@@ -125,17 +137,28 @@ def run(args: argparse.Namespace) -> int:
                                      tempfile.mkdtemp(prefix="pagedserve-lora-bench-"))[0]
         result["lora_rank"] = core.config.lora_config.max_lora_rank
     measure(engine, prompt, 8, 1, lora)  # warm-up
+    spec = core.config.speculative_config
+    if spec is not None:
+        result["speculative_config"] = dict(vars(spec))
     for b in args.batch_sizes:
+        before = spec_counts()
         runs = [measure(engine, prompt, args.output_len, b, lora) for _ in range(args.iters)]
+        drafts, drafted, accepted = (x - y for x, y in zip(spec_counts(), before))
         ttft = statistics.median(r[0] for r in runs) * 1e3
         tpot = statistics.median(r[1] for r in runs) * 1e3
         row = {"batch_size": b, "ttft_ms": ttft, "tpot_ms": tpot}
         if "weight_read_floor_ms" in result:
             row["tpot_over_floor"] = tpot / result["weight_read_floor_ms"]
+        if spec is not None:
+            row.update(spec_drafts=drafts, spec_draft_tokens=drafted, spec_accepted_tokens=accepted,
+                       spec_acceptance_rate=accepted / drafted if drafted else 0.0,
+                       spec_mean_accepted_length=1 + accepted / drafts if drafts else 1.0)
         result["runs"].append(row)
         print(f"batch {b}: TTFT {ttft:.2f} ms, TPOT {tpot:.3f} ms"
               + (f" ({row['tpot_over_floor']:.2f}x the weight-read floor "
-                 f"{result['weight_read_floor_ms']:.2f} ms)" if "tpot_over_floor" in row else ""))
+                 f"{result['weight_read_floor_ms']:.2f} ms)" if "tpot_over_floor" in row else "")
+              + (f", spec decode acceptance {100 * row['spec_acceptance_rate']:.1f}% (mean accepted length "
+                 f"{row['spec_mean_accepted_length']:.2f})" if spec is not None else ""))
     print(f"ready in {ready_s:.1f} s (graph capture {core.graph_capture_seconds:.1f} s)")
     if args.output_json:
         os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)

@@ -229,6 +229,21 @@ class KVCacheManager:
             shared += 1
         return max(0, seq.num_computed_tokens - shared * self.block_size)
 
+    def trim(self, seq: Request) -> int:
+        """Free the tail blocks past the sequence's computed tokens (they held only the KV of rejected
+        draft tokens: speculative decoding); returns how many were freed."""
+        blocks = self.req_to_blocks.get(seq.request_id)
+        keep = self.blocks_needed(seq.num_computed_tokens)
+        if not blocks or len(blocks) <= keep:
+            return 0
+        tail = blocks[keep:]
+        del blocks[keep:]
+        del self.req_to_ids[seq.request_id][keep:]
+        if self.num_hashed.get(seq.request_id, 0) > keep:
+            self.num_hashed[seq.request_id] = keep
+        self.pool.free_blocks(list(reversed(tail)))
+        return len(tail)
+
     def free(self, seq: Request) -> None:
         blocks = self.req_to_blocks.pop(seq.request_id, None)
         self.req_to_ids.pop(seq.request_id, None)

@@ -1,6 +1,8 @@
 """After the forward pass: the scheduler appends each request's sampled token, checks its stop
 conditions (EOS, stop tokens, length), reports new tokens and prompt logprobs as
-``EngineCoreOutput``s, frees finished requests and steps beam groups once all their beams sampled."""
+``EngineCoreOutput``s, frees finished requests and steps beam groups once all their beams sampled.
+A speculative verify step brings several tokens for one request (``spec``): they are appended in
+order until one ends the request; the rest are dropped."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +19,10 @@ class OutputUpdateMixin:
 
     def update_from_output(self, sched: SchedulerOutput, sampled: dict[str, int],
                            logprobs: dict[str, object] | None = None,
-                           prompt_logprobs: dict[str, list] | None = None) -> list[EngineCoreOutput]:
+                           prompt_logprobs: dict[str, list] | None = None,
+                           spec: dict[str, tuple[list[int], list | None]] | None = None) -> list[EngineCoreOutput]:
+        """``spec``: request id → (tokens, their logprob entries or None) of a verify step (speculative
+        decoding: the accepted drafts and the target's next token)."""
         outputs: list[EngineCoreOutput] = self.take_errored() if self._errored else []
         logprobs = logprobs or {}
         prompt_logprobs = prompt_logprobs or {}
@@ -35,7 +40,20 @@ class OutputUpdateMixin:
             if req.is_finished:
                 continue
             new_tokens: list[int] = []
-            if s.do_sample and req.request_id in sampled:
+            lps: list | None = None
+            if s.spec_token_ids:
+                tokens, spec_lps = spec[req.request_id] if spec and req.request_id in spec else ([], None)
+                if tokens:
+                    self._apply_spec_result(req, len(s.spec_token_ids), tokens)
+                for token in tokens:
+                    req.append_output_token(token)
+                    new_tokens.append(token)
+                    self._check_stop(req, token)
+                    if req.is_finished:
+                        break
+                if spec_lps is not None:
+                    lps = spec_lps[:len(new_tokens)]
+            elif s.do_sample and req.request_id in sampled:
                 token = sampled[req.request_id]
                 req.append_output_token(token)
                 new_tokens.append(token)
@@ -45,10 +63,12 @@ class OutputUpdateMixin:
             plp = self._new_prompt_logprobs(req, prompt_logprobs.get(req.request_id))
             if not new_tokens and plp is None:
                 continue
-            lp = logprobs.get(req.request_id)
+            if lps is None:
+                lp = logprobs.get(req.request_id)
+                lps = [lp] if lp is not None else None
             outputs.append(EngineCoreOutput(
                 req.request_id, new_tokens, req.status.finish_reason, req.stop_reason,
-                [lp] if lp is not None else None, plp, req.num_cached_tokens))
+                lps, plp, req.num_cached_tokens))
             if req.is_finished:
                 if caching:  # (blocks completed by tokens that were in flight when it was scheduled)
                     self.kv.cache_full_blocks(req)

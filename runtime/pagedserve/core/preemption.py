@@ -65,6 +65,7 @@ class PreemptionMixin:
             out.scheduled = [s for s in out.scheduled if id(s) not in drop]
             refund = sum(e.num_tokens for e in entries)
         seqs = self._seqs(victim)
+        victim.spec_token_ids = []  # drafts for a step that will not run
         if mode is None:
             mode = self._preemption_mode(victim, seqs)
         elif mode == "swap" and not self.kv.can_swap_out(seqs):
@@ -76,7 +77,7 @@ class PreemptionMixin:
         else:
             for s in seqs:
                 self.kv.free(s)
-                s.num_computed_tokens = 0
+                s.num_computed_tokens = s.num_draft_computed_tokens = 0
             if victim.beam is not None:  # restart the search (deterministic: same result)
                 victim.beam.reset()
                 victim.beam.beams = [self._new_beam_seq(victim)]

@@ -22,13 +22,14 @@ import bisect
 import itertools
 import logging
 
-from pagedserve.config import CacheConfig, SchedulerConfig
+from pagedserve.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from pagedserve.core.beam_groups import BeamGroupsMixin
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.output_update import OutputUpdateMixin
 from pagedserve.core.preemption import PreemptionMixin
 from pagedserve.core.request_queue import make_queue, priority_key
 from pagedserve.core.scheduler_output import EngineCoreOutput, ScheduledRequest, SchedulerOutput
+from pagedserve.core.spec_decode import SpecDecodeMixin
 from pagedserve.core.stats import SchedulerStats
 from pagedserve.request import Request, RequestStatus, child_request_id
 from pagedserve.sampling_params import SamplingParams
@@ -38,9 +39,15 @@ logger = logging.getLogger(__name__)
 _WAIT = object()  # a fresh n > 1 child whose first sibling has not prefilled the prompt yet
 
 
-class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
+def start_samples(req: Request, n: int) -> bool:
+    """Computing ``n`` more known tokens of ``req`` reaches its end (the step samples)."""
+    return req.num_computed_tokens + n == req.num_tokens + req.num_output_placeholders
+
+
+class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeMixin):
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
-                 num_cpu_blocks: int = 0, max_loras: int | None = None) -> None:
+                 num_cpu_blocks: int = 0, max_loras: int | None = None,
+                 speculative_config: SpeculativeConfig | None = None) -> None:
         self.config = scheduler_config
         # LoRA: the running requests use at most this many distinct adapters (the GPU slots)
         self.max_loras = max_loras
@@ -60,6 +67,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         self.num_host_sync_requests = 0  # requests whose params need host tokens every step (async pauses)
         # the most tokens one sequence can hold: the model limit, or the whole cache if smaller
         self.capacity = min(scheduler_config.max_model_len, num_blocks * cache_config.block_size)
+        self._init_spec(speculative_config)  # speculative decoding (core/spec_decode.py)
 
     # -- admission ----------------------------------------------------------------------------
     def check_fits(self, num_prompt_tokens: int, params: SamplingParams | None = None,
@@ -93,6 +101,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         self.requests[request.request_id] = request
         if request.sampling_params.needs_host_tokens:
             self.num_host_sync_requests += 1
+        self._spec_admit(request)
         group = request.child_of
         if request.sampling_params.use_beam_search:
             if group is not None and group[1] > 0:  # gets the i-th best hypothesis when the leader finishes
@@ -139,6 +148,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         num_seqs = len(running) + sum(r.beam.width - 1 for r in running if r.beam is not None)
         cap = self.config.long_prefill_token_threshold
         preempted = False
+        speculate = self._spec_active()
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
@@ -153,7 +163,10 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
                 if n <= 0:
                     i += 1
                     continue
-                ids = kv.allocate_slots(req, n)
+                drafts = self._draft_tokens(req, budget) if speculate and n == 1 else []
+                n += len(drafts)
+                ahead = self._lookahead(req) if start_samples(req, n - len(drafts)) else 0
+                ids = kv.allocate_slots(req, n + ahead)
                 while ids is None:
                     victim = running[-1]
                     self._preempt(victim, out, planned)
@@ -161,7 +174,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
                     preempted = True
                     if victim is req:
                         break
-                    ids = kv.allocate_slots(req, n)
+                    ids = kv.allocate_slots(req, n + ahead)
                 if ids is None:
                     break
                 start = req.num_computed_tokens
@@ -170,7 +183,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
                     if new:
                         self._step_cached[id(req)] = new
                 entry = ScheduledRequest(req, n, start, list(ids),
-                                         start + n == req.num_tokens + req.num_output_placeholders)
+                                         start + n - len(drafts) == req.num_tokens + req.num_output_placeholders,
+                                         drafts)
                 planned[id(req)] = [entry]
                 scheduled.append(entry)
                 budget -= n
@@ -341,7 +355,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
             keep = req.num_prompt_tokens - 1
             self.kv.fork(fork_src, req, keep)
             req.num_computed_tokens = keep
-            if self.kv.allocate_slots(req, 1) is None:
+            if self.kv.allocate_slots(req, 1 + self._lookahead(req)) is None:
                 self.kv.free(req)
                 req.num_computed_tokens = 0
                 return None
@@ -354,7 +368,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
         n_hit = len(hit) * self.kv.block_size
         cap = self.config.long_prefill_token_threshold
         n = min(seq.num_tokens - n_hit, budget, cap) if cap > 0 else min(seq.num_tokens - n_hit, budget)
-        if n <= 0 or self.kv.allocate_slots(seq, n, hit) is None:
+        ahead = self._lookahead(seq) if n_hit + n == seq.num_tokens else 0
+        if n <= 0 or self.kv.allocate_slots(seq, n + ahead, hit) is None:
             return None
         seq.num_computed_tokens = n_hit
         if self.kv.enable_caching:
@@ -419,7 +434,10 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin):
             num_blocks_swapped_out_total=kv.num_swapped_out, num_blocks_swapped_in_total=kv.num_swapped_in,
             num_cow_copies_total=kv.num_copies, prefix_cache_evictions_total=kv.pool.num_evictions,
             running_lora_adapters=_count_loras(self.running) if self.max_loras else {},
-            waiting_lora_adapters=_count_loras(self.waiting) if self.max_loras else {})
+            waiting_lora_adapters=_count_loras(self.waiting) if self.max_loras else {},
+            spec_num_drafts_total=self.spec_num_drafts, spec_num_draft_tokens_total=self.spec_num_draft_tokens,
+            spec_num_accepted_tokens_total=self.spec_num_accepted_tokens,
+            spec_num_accepted_tokens_per_pos_total=list(self.spec_accepted_per_pos))
 
 
 def _count_loras(reqs) -> dict[str, int]:

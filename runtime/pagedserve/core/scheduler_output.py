@@ -13,10 +13,15 @@ class ScheduledRequest:
     start: int  # position of the first of them (= num_computed_tokens before this step)
     block_ids: list[int]
     do_sample: bool  # this step reaches the end of the known tokens: sample the next one
+    # speculative decoding: draft tokens verified this step; they are the last len(spec_token_ids) of the
+    # num_tokens computed (after the request's last known token), and the step samples 1 + k tokens
+    spec_token_ids: list[int] = field(default_factory=list)
 
     @property
     def token_ids(self) -> list[int]:
-        return self.request.all_token_ids[self.start:self.start + self.num_tokens]
+        n_known = self.num_tokens - len(self.spec_token_ids)
+        known = self.request.all_token_ids[self.start:self.start + n_known]
+        return known + self.spec_token_ids if self.spec_token_ids else known
 
 
 @dataclass

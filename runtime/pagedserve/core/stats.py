@@ -26,3 +26,15 @@ class SchedulerStats:
     # LoRA (vLLM's lora_requests_info): adapter name → requests running / waiting with it
     running_lora_adapters: dict[str, int] = field(default_factory=dict)
     waiting_lora_adapters: dict[str, int] = field(default_factory=dict)
+    # speculative decoding (vLLM's spec_decode_* counters), cumulative: verify steps with drafts, draft
+    # tokens, accepted draft tokens, and accepted drafts per draft position
+    spec_num_drafts_total: int = 0
+    spec_num_draft_tokens_total: int = 0
+    spec_num_accepted_tokens_total: int = 0
+    spec_num_accepted_tokens_per_pos_total: list[int] = field(default_factory=list)
+
+    @property
+    def spec_acceptance_rate(self) -> float | None:
+        """Accepted / drafted tokens since the start (None before any draft)."""
+        d = self.spec_num_draft_tokens_total
+        return self.spec_num_accepted_tokens_total / d if d else None

@@ -15,7 +15,7 @@ import torch
 
 from pagedserve.arch_config import ArchConfig
 from pagedserve.config import (KV_CACHE_DTYPES, CacheConfig, EngineConfig, LoRAConfig, ModelConfig, ParallelConfig,
-                               SchedulerConfig)
+                               SchedulerConfig, SpeculativeConfig)
 from pagedserve.utils import default_device, parse_dtype
 
 
@@ -61,6 +61,8 @@ class EngineArgs:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    # vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": k, ...} (docs/speculative_decoding.md)
+    speculative_config: dict[str, Any] | None = None
 
     def create_engine_config(self) -> EngineConfig:
         from pagedserve.models.resolve import resolve_model_dir, resolve_tokenizer_dir
@@ -122,9 +124,43 @@ class EngineArgs:
         async_sched = on_gpu if self.async_scheduling is None else self.async_scheduling
         lora = (LoRAConfig(self.max_loras, self.max_lora_rank, self.max_cpu_loras or self.max_loras)
                 if self.enable_lora else None)
+        spec = SpeculativeConfig.from_dict(self.speculative_config)
+        if spec is not None:
+            if self.async_scheduling:
+                raise ValueError("async_scheduling=True with speculative_config: speculative decoding needs each "
+                                 "step's accepted tokens on the host before the next step is scheduled; drop one")
+            async_sched = False  # the proposer reads the accepted tokens (docs/speculative_decoding.md)
+            if spec.method == "draft_model":
+                spec.draft_model_config = self._draft_model_config(spec, model_config, device)
         return EngineConfig(model_config, cache_config, sched, parallel, device,
                             enforce_eager=self.enforce_eager, attention_backend=self.attention_backend,
-                            async_scheduling=async_sched, lora_config=lora)
+                            async_scheduling=async_sched, lora_config=lora, speculative_config=spec)
+
+    def _draft_model_config(self, spec: SpeculativeConfig, target: ModelConfig, device: str) -> ModelConfig:
+        """The draft model of ``method: draft_model``: resolved like --model, same tokenizer (vocabulary)
+        and KV layout as the target, so that its layers' KV lives in the same pool and block tables."""
+        from pagedserve.models.registry import check_architecture
+        from pagedserve.models.resolve import resolve_model_dir
+
+        if self.tensor_parallel_size > 1:
+            raise ValueError("speculative_config.method='draft_model' runs with tensor_parallel_size=1 only")
+        draft_dir = resolve_model_dir(spec.model, download_dir=self.download_dir, load_format=self.load_format)
+        hf_cfg = _read_json(os.path.join(draft_dir, "config.json"), required=True)
+        hf_cfg.update(spec.hf_overrides or {})
+        arch = ArchConfig.from_hf(hf_cfg)
+        check_architecture(arch.architecture)
+        t = target.arch
+        if arch.vocab_size != t.vocab_size:
+            raise ValueError(f"speculative_config.model: the draft's vocabulary ({arch.vocab_size}) differs from the "
+                             f"target's ({t.vocab_size}); the draft must use the same tokenizer")
+        if (arch.num_kv_heads, arch.head_dim) != (t.num_kv_heads, t.head_dim):
+            raise ValueError(f"speculative_config.model: the draft's KV layout ({arch.num_kv_heads} KV heads x "
+                             f"{arch.head_dim}) differs from the target's ({t.num_kv_heads} x {t.head_dim}); "
+                             "drafts with another KV layout are not supported yet")
+        arch.eos_token_ids = list(t.eos_token_ids)
+        return ModelConfig(model=draft_dir, served_model_name=target.served_model_name + "-draft", arch=arch,
+                           dtype=target.dtype, max_model_len=target.max_model_len, load_format=self.load_format,
+                           seed=self.seed)
 
     def _verify(self) -> None:
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
@@ -168,6 +204,7 @@ class EngineArgs:
         if self.max_cpu_loras is not None and (not isinstance(self.max_cpu_loras, int)
                                                or self.max_cpu_loras < self.max_loras):
             raise ValueError(f"max_cpu_loras ({self.max_cpu_loras!r}) must be an integer >= max_loras ({self.max_loras})")
+        SpeculativeConfig.from_dict(self.speculative_config)  # a clear error naming the bad key
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
 

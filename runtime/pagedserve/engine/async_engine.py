@@ -100,6 +100,7 @@ class AsyncEngine:
         self._log_stats = log_stats
         self._log_t = time.monotonic()
         self._log_prompt = self._log_gen = 0
+        self._log_spec = (0, 0, 0)  # spec decode draft / accepted tokens and drafts at the last log line
 
     @classmethod
     async def from_engine_args(cls, args: EngineArgs, log_level: str = "INFO", **kw: Any) -> "AsyncEngine":
@@ -357,7 +358,15 @@ class AsyncEngine:
         if dt < STATS_LOG_INTERVAL_S:
             return
         st = self.last_stats
-        logger.info("%s: prompt %.1f tok/s, generation %.1f tok/s, running %d, waiting %d, KV cache %.1f%%",
+        spec = ""
+        drafted = st.spec_num_draft_tokens_total - self._log_spec[0]
+        if drafted > 0:  # speculative decoding: the acceptance rate over this interval
+            accepted = st.spec_num_accepted_tokens_total - self._log_spec[1]
+            drafts = st.spec_num_drafts_total - self._log_spec[2]
+            spec = (f", spec decode acceptance {100.0 * accepted / drafted:.1f}% "
+                    f"(mean accepted length {1 + accepted / max(1, drafts):.2f})")
+        self._log_spec = (st.spec_num_draft_tokens_total, st.spec_num_accepted_tokens_total, st.spec_num_drafts_total)
+        logger.info("%s: prompt %.1f tok/s, generation %.1f tok/s, running %d, waiting %d, KV cache %.1f%%%s",
                     self.served_model_name, self._log_prompt / dt, self._log_gen / dt, st.num_running,
-                    st.num_waiting, 100.0 * st.kv_cache_usage)
+                    st.num_waiting, 100.0 * st.kv_cache_usage, spec)
         self._log_t, self._log_prompt, self._log_gen = now, 0, 0

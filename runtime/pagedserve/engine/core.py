@@ -45,7 +45,8 @@ class EngineCore:
             raise
         lora = config.lora_config
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, num_cpu_blocks,
-                                   max_loras=lora.max_loras if lora is not None else None)
+                                   max_loras=lora.max_loras if lora is not None else None,
+                                   speculative_config=config.speculative_config)
         self.async_scheduling = config.async_scheduling
         self.loras: dict[int, LoRARequest] = {}  # adapters added (the workers cache them, LRU)
         self.inflight: tuple[SchedulerOutput, StepHandle] | None = None  # the step on the device
@@ -127,7 +128,7 @@ class EngineCore:
                 return outputs + self.scheduler.take_errored()
             out = self.executor.execute_model(sched)
             self._trace(sched, t0, time.perf_counter())
-            return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
+            return outputs + self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs, out.spec)
         t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         handle = None
@@ -155,7 +156,7 @@ class EngineCore:
         tw = time.perf_counter()
         out = self.executor.collect(handle)
         self.wait_seconds += time.perf_counter() - tw
-        return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs)
+        return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs, out.spec)
 
     def _needs_sync(self) -> bool:
         """Requests whose next step depends on this step's tokens on the host: beam search (candidates

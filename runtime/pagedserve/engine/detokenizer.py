@@ -26,10 +26,12 @@ class IncrementalDetokenizer:
         self.hold = max((len(s) for s in self.stop), default=1) - 1 if self.stop and not self.include_stop else 0
         self.text = ""
         self.sent = 0  # characters already returned by delta()
+        self.stop_index = -1  # index, in the last update's tokens, of the token that completed a stop string
 
     def update(self, token_ids: list[int], check_stop: bool = True) -> str | None:
-        """Append tokens; return the stop string if one completed (the text is cut before it)."""
-        for tok in token_ids:
+        """Append tokens; return the stop string if one completed (the text is cut before it; the
+        tokens after the one that completed it, ``stop_index``, are not decoded)."""
+        for i, tok in enumerate(token_ids):
             piece = self.stream.step(self.backend, tok)
             if not piece:
                 continue
@@ -38,6 +40,7 @@ class IncrementalDetokenizer:
             if check_stop and self.stop:
                 hit = self._find_stop(prev_len, len(piece))
                 if hit is not None:
+                    self.stop_index = i
                     return hit
         return None
 

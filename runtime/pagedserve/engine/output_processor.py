@@ -128,6 +128,13 @@ class OutputProcessor:
             hit = child.detok.update(text_ids, check_stop=len(child.token_ids) > sp.min_tokens)
             if hit is not None:
                 child.finish_reason, child.stop_reason = "stop", hit
+                extra = len(o.new_token_ids) - child.detok.stop_index - 1  # tokens after the stop string's last
+                if extra > 0:  # (several tokens in one step: speculative decoding)
+                    if o.new_logprobs and child.logprobs is not None:
+                        for tok, d in zip(child.token_ids[-extra:], child.logprobs[-extra:]):
+                            child.cumulative_logprob = (child.cumulative_logprob or 0.0) - d[tok].logprob
+                        del child.logprobs[-extra:]
+                    del child.token_ids[-extra:]
                 return
         if o.finish_reason is not None:
             child.finish_reason, child.stop_reason = o.finish_reason, o.stop_reason

@@ -62,6 +62,19 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="LoRA adapters kept in CPU memory (default: --max-loras)")
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule step N+1 while step N runs on the device (default: on with CUDA)")
+    g.add_argument("--speculative-config", type=_json_object, default=None,
+                   help='speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 3, '
+                        '"prompt_lookup_max": 4}\' (docs/speculative_decoding.md)')
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--speculative-config is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--speculative-config must be a JSON object")
+    return value
 
 
 def _json_object(text: str) -> dict:

@@ -173,6 +173,24 @@ class Sampler:
 
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
             return SamplerOutput(sample_fused(logits, m.temperature, seed))
+        raw_logprobs, greedy, probs = self.target_probs(logits, m)
+        if probs is None:
+            sampled = greedy
+        else:
+            random = (probs / exponential_noise(probs, m.generators)).argmax(dim=-1)
+            sampled = torch.where(m.temperature > 0, random, greedy)
+        out = SamplerOutput(sampled)
+        if raw_logprobs is not None:
+            out.logprob_token_ids, out.logprobs, out.sampled_ranks = token_logprobs(
+                raw_logprobs, sampled, m.max_num_logprobs or 0)
+        return out
+
+    @staticmethod
+    def target_probs(logits: torch.Tensor, m: SamplingMetadata
+                     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """The distribution each row samples from: (raw logprobs when asked for, the greedy token,
+        probabilities after temperature / top-k / top-p / min-p, or None when every row is greedy).
+        Speculative decoding's rejection sampler verifies drafts against exactly these."""
         logits = logits.float()
         raw_logprobs = logits.log_softmax(dim=-1) if m.max_num_logprobs is not None else None
         logits = apply_logits_controls(logits, m)
@@ -181,28 +199,25 @@ class Sampler:
         logits = apply_penalties(logits, m)
         greedy = logits.argmax(dim=-1)
         if m.all_greedy:
-            sampled = greedy
-        else:
-            temp = torch.where(m.temperature > 0, m.temperature, torch.ones_like(m.temperature))
-            logits = logits / temp.unsqueeze(1)
-            if m.top_k is not None:
-                logits = apply_top_k(logits, m.top_k)
-            if m.top_p is not None:
-                logits = apply_top_p(logits, m.top_p)
-            if m.min_p is not None:
-                logits = apply_min_p(logits, m.min_p)
-            probs = logits.softmax(dim=-1)
-            random = (probs / exponential_noise(probs, m.generators)).argmax(dim=-1)
-            sampled = torch.where(m.temperature > 0, random, greedy)
-        out = SamplerOutput(sampled)
-        if raw_logprobs is not None:
-            k = m.max_num_logprobs or 0
-            token_lp = raw_logprobs.gather(1, sampled.unsqueeze(1))
-            out.sampled_ranks = (raw_logprobs > token_lp).sum(dim=-1) + 1
-            if k > 0:
-                top_lp, top_ids = raw_logprobs.topk(k, dim=-1)
-                out.logprob_token_ids = torch.cat([sampled.unsqueeze(1), top_ids], dim=1)
-                out.logprobs = torch.cat([token_lp, top_lp], dim=1)
-            else:
-                out.logprob_token_ids, out.logprobs = sampled.unsqueeze(1), token_lp
-        return out
+            return raw_logprobs, greedy, None
+        temp = torch.where(m.temperature > 0, m.temperature, torch.ones_like(m.temperature))
+        logits = logits / temp.unsqueeze(1)
+        if m.top_k is not None:
+            logits = apply_top_k(logits, m.top_k)
+        if m.top_p is not None:
+            logits = apply_top_p(logits, m.top_p)
+        if m.min_p is not None:
+            logits = apply_min_p(logits, m.min_p)
+        return raw_logprobs, greedy, logits.softmax(dim=-1)
+
+
+def token_logprobs(raw_logprobs: torch.Tensor, tokens: torch.Tensor, k: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """([R, 1 + k] token ids, their logprobs — the given token first, then the top k — and the
+    given token's rank [R])."""
+    token_lp = raw_logprobs.gather(1, tokens.unsqueeze(1))
+    ranks = (raw_logprobs > token_lp).sum(dim=-1) + 1
+    if k > 0:
+        top_lp, top_ids = raw_logprobs.topk(k, dim=-1)
+        return torch.cat([tokens.unsqueeze(1), top_ids], dim=1), torch.cat([token_lp, top_lp], dim=1), ranks
+    return tokens.unsqueeze(1), token_lp, ranks

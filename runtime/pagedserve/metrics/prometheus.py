@@ -85,6 +85,12 @@ def _fam() -> dict[str, Any]:
                 "swap_in": c("kv_blocks_swapped_in", "KV blocks copied back from CPU to GPU memory."),
                 "cow": c("kv_block_cow_copies", "Copy-on-write copies of shared KV blocks (n > 1, beam search)."),
                 "pc_evictions": c("prefix_cache_evictions", "Cached prefix blocks reused for other content."),
+                # speculative decoding (vLLM's spec_decode_* names)
+                "spec_drafts": c("spec_decode_num_drafts", "Number of spec decoding drafts."),
+                "spec_draft_tokens": c("spec_decode_num_draft_tokens", "Number of draft tokens."),
+                "spec_accepted": c("spec_decode_num_accepted_tokens", "Number of accepted tokens."),
+                "spec_accepted_pos": c("spec_decode_num_accepted_tokens_per_pos",
+                                       "Accepted tokens per draft position.", ["position"]),
                 # latency histograms
                 "ttft": h("time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                           TTFT_BUCKETS),
@@ -167,11 +173,17 @@ class EngineMetrics:
             ("num_blocks_swapped_in_total", f["swap_in"].labels(*lab)),
             ("num_cow_copies_total", f["cow"].labels(*lab)),
             ("prefix_cache_evictions_total", f["pc_evictions"].labels(*lab)),
+            ("spec_num_drafts_total", f["spec_drafts"].labels(*lab)),
+            ("spec_num_draft_tokens_total", f["spec_draft_tokens"].labels(*lab)),
+            ("spec_num_accepted_tokens_total", f["spec_accepted"].labels(*lab)),
         ]
         self._last_cumulative = {name: 0 for name, _ in self._cumulative}
         self.max_lora = max_lora  # None: LoRA off, no lora_requests_info series
         self._lora_info = f["lora_info"]
         self._lora_labels: tuple[str, ...] | None = None
+        self._spec_pos = f["spec_accepted_pos"]
+        self._spec_pos_children: list = []  # per draft position, created when first reported
+        self._last_spec_pos: list[int] = []
 
     def set_cache_info(self, **info: Any) -> None:
         self._cache_info_labels.labels(*self._lab, *(str(info.get(k, "")) for k in (
@@ -193,6 +205,14 @@ class EngineMetrics:
             if value > last[attr]:
                 counter.inc(value - last[attr])
             last[attr] = value
+        per_pos = getattr(stats, "spec_num_accepted_tokens_per_pos_total", None) or []
+        while len(self._spec_pos_children) < len(per_pos):
+            self._spec_pos_children.append(self._spec_pos.labels(*self._lab, str(len(self._spec_pos_children))))
+            self._last_spec_pos.append(0)
+        for j, value in enumerate(per_pos):
+            if value > self._last_spec_pos[j]:
+                self._spec_pos_children[j].inc(value - self._last_spec_pos[j])
+            self._last_spec_pos[j] = value
 
     def _record_lora(self, stats: Any) -> None:
         """One series whose labels name the adapters with waiting / running requests (comma-separated,

@@ -34,6 +34,9 @@ class HostInput:
     # None when no request of the step has one
     lora_ids: np.ndarray | None = None
     lora_requests: dict[int, LoRARequest] | None = None
+    # speculative decoding: (scheduled idx, first logits row, k) of each verify entry; its k + 1 rows
+    # score the k draft tokens and the bonus position (layers/rejection_sampler.py)
+    spec_rows: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -91,6 +94,8 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int,
                     src_rows = np.full(total, -1, dtype=np.int64)
                 input_ids[row] = 0
                 src_rows[row] = prev_rows[s.request.request_id]
+        elif s.spec_token_ids:
+            input_ids[qsl[row]:qsl[row + 1]] = s.token_ids
         else:
             input_ids[qsl[row]:qsl[row + 1]] = ids[s.start:s.start + s.num_tokens]
     for row, i in enumerate(order):
@@ -102,6 +107,7 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int,
     logits_idx: list[int] = []
     sample_rows: list[tuple[int, int]] = []
     prompt_rows: list[tuple[int, int, int, int]] = []
+    spec_rows: list[tuple[int, int, int]] = []
     for row, i in enumerate(order):
         s = scheduled[i]
         if s.request.sampling_params.prompt_logprobs is not None and wants_prompt_logprobs(s):
@@ -110,13 +116,17 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int,
             count = last - s.start
             prompt_rows.append((i, len(logits_idx), count, s.start + 1))
             logits_idx.extend(range(int(qsl[row]), int(qsl[row]) + count))
-        if s.do_sample:
+        if s.spec_token_ids:
+            k = len(s.spec_token_ids)
+            spec_rows.append((i, len(logits_idx), k))
+            logits_idx.extend(range(int(qsl[row + 1]) - k - 1, int(qsl[row + 1])))
+        elif s.do_sample:
             sample_rows.append((i, len(logits_idx)))
             logits_idx.append(int(qsl[row + 1]) - 1)
     lora_ids, lora_reqs = _lora_layout([scheduled[i].request.lora_request for i in order], lens)
     return HostInput(input_ids, positions, slot_mapping, qsl, seq_lens, block_tables,
                      np.array(logits_idx, dtype=np.int64), num_decodes, order, sample_rows, prompt_rows, src_rows,
-                     lora_ids, lora_reqs)
+                     lora_ids, lora_reqs, spec_rows)
 
 
 def _lora_layout(loras: list[LoRARequest | None], lens: np.ndarray

@@ -12,7 +12,8 @@ from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.distributed.parallel_state import tp_broadcast
 from pagedserve.forward_context import ForwardContext, set_forward_context
-from pagedserve.layers.sampler import Sampler
+from pagedserve.layers.rejection_sampler import RejectionOutput, rejection_sample
+from pagedserve.layers.sampler import Sampler, token_logprobs
 from pagedserve.models.loader import build_model
 from pagedserve.worker.input_batch import HostInput, prepare_inputs, to_device
 from pagedserve.worker.sampling_metadata import build_sampling_metadata
@@ -30,6 +31,8 @@ class ModelRunnerOutput:
     # request id → (prompt index of the first scored token, [(token ids, logprobs, rank), ...])
     prompt_logprobs: dict[str, tuple[int, list[tuple[list[int], list[float], int]]]] = field(
         default_factory=dict)
+    # speculative decoding: request id → (emitted tokens: accepted drafts + 1, their logprob entries or None)
+    spec: dict[str, tuple[list[int], list | None]] = field(default_factory=dict)
 
 
 #: model runners created on a GPU in this process (tensor parallelism checks it: executor/tp_process.py)
@@ -65,6 +68,13 @@ class ModelRunner:
 
             install_fused_kernels(self.model)
         self.sampler = Sampler()
+        spec = config.speculative_config
+        self.draft = None  # DraftModelProposer (speculative_config method draft_model)
+        if spec is not None and spec.method == "draft_model":
+            from pagedserve.worker.draft_proposer import DraftModelProposer
+
+            assert spec.draft_model_config is not None
+            self.draft = DraftModelProposer(self, spec.draft_model_config, spec.num_speculative_tokens)
         self.kv_cache: torch.Tensor | None = None
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeCUDAGraphs once captured
@@ -80,7 +90,11 @@ class ModelRunner:
         tp = self.config.parallel_config.tensor_parallel_size
         kv_heads = max(1, arch.num_kv_heads // tp)
         elem = self.kv_dtype.itemsize
-        return 2 * arch.num_layers * self.block_size * kv_heads * arch.head_dim * elem
+        return 2 * self._kv_layers() * self.block_size * kv_heads * arch.head_dim * elem
+
+    def _kv_layers(self) -> int:
+        """Layers with KV in the cache: the target's, then a draft model's (one pool, same blocks)."""
+        return self.mc.arch.num_layers + (self.draft.num_layers if self.draft is not None else 0)
 
     def determine_num_blocks(self) -> int:
         cc = self.config.cache_config
@@ -103,9 +117,12 @@ class ModelRunner:
     def initialize_kv_cache(self, num_blocks: int) -> None:
         arch = self.mc.arch
         tp = self.config.parallel_config.tensor_parallel_size
-        shape = (arch.num_layers, 2, num_blocks, self.block_size, max(1, arch.num_kv_heads // tp), arch.head_dim)
+        shape = (self._kv_layers(), 2, num_blocks, self.block_size, max(1, arch.num_kv_heads // tp), arch.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(arch.num_layers)]
+        if self.draft is not None:
+            self.draft.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1])
+                                    for i in range(arch.num_layers, self._kv_layers())]
         logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB, %s)", num_blocks, self.block_size,
                     num_blocks * self.block_size, self.kv_cache.numel() * self.kv_cache.element_size() / GiB,
                     str(self.kv_dtype).removeprefix("torch."))
@@ -196,6 +213,7 @@ class ModelRunner:
         if block_ops:  # copy-on-write block copies and swaps first (worker/block_ops.py)
             self.block_ops.apply(block_ops)
         handle = StepHandle()
+        handle.sched = sched if self.draft is not None else None
         if h is None:
             return handle
         prev_sampled = prev.sampled if prev is not None else None
@@ -213,6 +231,7 @@ class ModelRunner:
         # sampling inputs go to the device before the forward pass is queued: no sync in between
         reqs = [sched.scheduled[i].request for i, _ in h.sample_rows]
         meta = build_sampling_metadata(reqs, self.mc.arch.vocab_size, self.device) if reqs else None
+        verify = self._verify_inputs(h, sched) if h.spec_rows else None
         logits = self._logits(h, prev_sampled)  # model dtype: the samplers and prompt logprobs cast
         if meta is not None:
             rows = [r for _, r in h.sample_rows]
@@ -222,6 +241,8 @@ class ModelRunner:
             if self.share_sampled:
                 tp_broadcast(so.sampled)
             handle.host_sampled = _to_host(so.sampled)
+        if verify is not None:
+            self._verify(logits, verify, handle)
         for i, first, count, first_index in h.prompt_lp_rows:
             s = sched.scheduled[i]
             req = s.request
@@ -248,10 +269,56 @@ class ModelRunner:
                 k = req.sampling_params.logprobs
                 if k is not None:
                     out.logprobs[req.request_id] = (ids[row][:k + 1], lps[row][:k + 1], ranks[row])
+        if handle.spec_out is not None:
+            self._collect_spec(handle, out)
+        if handle.sched is not None:  # a draft model proposes the next step's drafts (worker/draft_proposer.py)
+            self.draft.propose(handle.sched, out)
         for req, first_index, (ids_t, vals_t, ranks_t) in handle.prompt_lp:
             out.prompt_logprobs[req.request_id] = (first_index, list(zip(ids_t.tolist(), vals_t.tolist(),
                                                                          ranks_t.tolist())))
         return out
+
+    # -- speculative decoding: verify steps ----------------------------------------------------
+    def _verify_inputs(self, h: HostInput, sched: SchedulerOutput) -> tuple:
+        """Sampling metadata for every verify row (each request's params repeated k + 1 times), the
+        draft token per row (-1 on bonus rows), and the requests; built before the forward pass."""
+        reqs, rep, drafts, rows, ks = [], [], [], [], []
+        for i, first, k in h.spec_rows:
+            s = sched.scheduled[i]
+            reqs.append(s.request)
+            rep.extend([s.request] * (k + 1))
+            drafts.extend(s.spec_token_ids)
+            drafts.append(-1)
+            rows.extend(range(first, first + k + 1))
+            ks.append(k)
+        meta = build_sampling_metadata(rep, self.mc.arch.vocab_size, self.device)
+        draft = torch.tensor(drafts, dtype=torch.int64)
+        draft = draft.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else draft
+        return reqs, ks, rows, meta, draft
+
+    def _verify(self, logits: torch.Tensor, verify: tuple, handle: "StepHandle") -> None:
+        reqs, ks, rows, meta, draft = verify
+        raw_lp, greedy, probs = self.sampler.target_probs(logits[rows], meta)
+        res = rejection_sample(probs, greedy, meta.temperature, draft, ks, meta.generators)
+        handle.spec_reqs, handle.spec_ks, handle.spec_out = reqs, ks, res
+        handle.spec_host = (_to_host(res.tokens), _to_host(res.num_tokens))
+        if raw_lp is not None:
+            handle.spec_lp = token_logprobs(raw_lp, res.row_tokens, meta.max_num_logprobs or 0)
+
+    @staticmethod
+    def _collect_spec(handle: "StepHandle", out: ModelRunnerOutput) -> None:
+        tokens, nums = (t.tolist() for t in handle.spec_host)
+        lp = [t.tolist() for t in handle.spec_lp] if handle.spec_lp is not None else None
+        first = 0
+        for b, (req, k) in enumerate(zip(handle.spec_reqs, handle.spec_ks)):
+            n = nums[b]
+            entries = None
+            top = req.sampling_params.logprobs
+            if lp is not None and top is not None:
+                ids, vals, ranks = lp
+                entries = [(ids[r][:top + 1], vals[r][:top + 1], ranks[r]) for r in range(first, first + n)]
+            out.spec[req.request_id] = (tokens[b][:n], entries)
+            first += k + 1
 
 
 @dataclass
@@ -265,6 +332,14 @@ class StepHandle:
     row_of: dict[str, int] = field(default_factory=dict)
     prompt_lp: list = field(default_factory=list)
     event: "torch.cuda.Event | None" = None
+    # speculative decoding: the verify step's requests, their k, the rejection sampler's output (device
+    # and host copies) and the emitted tokens' logprobs
+    spec_reqs: list = field(default_factory=list)
+    spec_ks: list = field(default_factory=list)
+    spec_out: "RejectionOutput | None" = None
+    spec_host: tuple = ()
+    spec_lp: tuple | None = None
+    sched: "SchedulerOutput | None" = None  # the step (kept when a draft model proposes after it)
 
 
 def _less_fragmentation() -> None:
