@@ -172,6 +172,24 @@ def _scenarios() -> list[Scenario]:
                                                   "--batch-sizes", "1", "8", "--output-len", "128",
                                                   "--output-json", "{work}/latency.json"), 240),
                               Step("throughput", throughput("--model", cfg, *DUMMY, "--num-prompts", "256"), 240))))
+    new_kernel_tests = ("tests/kernels/test_wna16.py", "tests/kernels/test_wna16_engine.py",
+                        "tests/kernels/test_int8_gemm.py", "tests/kernels/test_w8a8_linear.py",
+                        "tests/kernels/test_fused_moe.py", "tests/kernels/test_sliding_window_attention.py",
+                        "tests/kernels/test_lora.py", "tests/kernels/test_spec_verify_attention.py",
+                        "tests/kernels/test_spec_decode_cuda.py")
+    s += [
+        Scenario("round3-kernel-tests", "the kernels added in round 3 (weight-only int4/int8, INT8 W8A8, fused MoE, "
+                 "sliding windows, LoRA, speculative verification) compiled and checked on the GPU",
+                 (Step("pytest", _py("-m", "pytest", "-q", "-p", "no:cacheprovider", *new_kernel_tests,
+                                     "--junitxml", "{work}/junit.xml"), 240),)),
+        Scenario("wna16-tpot", "batch-1 TPOT of the Llama-3.1-8B shape in bf16, GPTQ-4bit, AWQ-4bit, compressed-tensors "
+                 "W4A16 and GPTQ-8bit (dummy weights, CUDA graphs) against each one's weight-read floor",
+                 (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--formats", "bf16", "gptq4", "awq4", "ct-w4a16",
+                                   "gptq8", "--out", "{work}/wna16.json"), 220),)),
+        Scenario("wna16-tpot-70b", "batch-1 TPOT of the Llama-3.1-70B shape in GPTQ-4bit on one GPU against its floor",
+                 (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--shape", "70b", "--formats", "gptq4",
+                                   "--out", "{work}/wna16_70b.json"), 150),)),
+    ]
     tp_env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
     s += [
         Scenario("tp2", "2 GPUs: TP=1 vs TP=2 float32 equality (5 architectures) and the Llama-3.1-8B shape at "
@@ -208,6 +226,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
           "profiles, fp8 weights + fp8 KV serving", ("serve-step-trace", "step-profiles", "serve-fp8-kv8")),
     Group("moe", "Mixture-of-Experts shapes on one H200: kernel tests, Mixtral-8x7B and Qwen3-30B-A3B "
           "(dummy bf16 weights)", ("kernel-tests", "moe-kernels", "moe-mixtral", "moe-qwen3-moe")),
+    Group("round3", "one lease for round 3's new paths: their kernels on the GPU, W4A16 TPOT at 8B and 70B",
+          ("round3-kernel-tests", "wna16-tpot", "wna16-tpot-70b"), budget_s=560),
     Group("tp", "2 GPUs: equality, bf16 and fp8 TP=2, the later-engine sequence",
           ("tp2", "tp2-fp8", "tp2-later-engine")),
 )}
