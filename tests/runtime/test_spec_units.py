@@ -186,7 +186,8 @@ def _scheduler(k: int = 3, budget: int = 64, disable_by_batch_size: int | None =
     spec = SpeculativeConfig(num_speculative_tokens=k, prompt_lookup_min=1, prompt_lookup_max=2,
                              disable_by_batch_size=disable_by_batch_size)
     return Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=64),
-                     CacheConfig(block_size=4, enable_prefix_caching=True), num_blocks, 0, spec)
+                     CacheConfig(block_size=4, enable_prefix_caching=True), num_blocks, 0,
+                     speculative_config=spec)
 
 
 def _prefill_and_sample(s, first_tokens: dict[str, int]) -> None:

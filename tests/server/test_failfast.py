@@ -14,8 +14,8 @@ from tests.server.server_proc import free_port
 
 CASES = [
     # every refused feature is named in one message
-    (["--pipeline-parallel-size", "2", "--quantization", "awq", "--max-waiting-requests", "0", "--kv-cache-dtype", "int4"],
-     ["pipeline-parallel-size 2", "quantization awq", "max-waiting-requests must be >= 1", "kv-cache-dtype int4"]),
+    (["--pipeline-parallel-size", "2", "--quantization", "bogus", "--max-waiting-requests", "0", "--kv-cache-dtype", "int4"],
+     ["pipeline-parallel-size 2", "quantization bogus", "max-waiting-requests must be >= 1", "kv-cache-dtype int4"]),
     (["--block-size", "7"], "block_size"),
     (["--max-model-len", "100000"], "max_model_len"),
     (["--model", "/nonexistent/model"], "/nonexistent/model"),

@@ -15,7 +15,7 @@ def test_fp8_server_answers(tmp_path_factory):
                                                   "--max-num-seqs", "4"])
     try:
         log = srv.log_text()
-        assert "fp8: 120 linear layers quantized" in log  # 30 layers x qkv, o, gate_up, down
+        assert "fp8 (online" in log and ": 120 linear layers quantized" in log  # 30 layers x qkv, o, gate_up, down
         assert "float8_e4m3fn)" in log  # the KV cache line names its dtype
         client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
         r = client.chat.completions.create(

@@ -192,12 +192,12 @@ class RowParallelLinear(LinearBase):
 
 
 def process_weights_after_loading(model: nn.Module) -> int:
-    """Let every linear layer's method repack its loaded weights; returns how many layers."""
+    """Let every linear layer's method repack its loaded weights; returns how many are quantized."""
     n = 0
     for m in model.modules():
         if isinstance(m, LinearBase):
             m.quant_method.process_weights_after_loading(m)
-            n += 1
+            n += m.quant_method.is_quantized(m)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return n

@@ -44,10 +44,11 @@ def build_model(mc: ModelConfig, device: str, use_tqdm: bool = True) -> nn.Modul
         init_dummy_weights(model, mc.seed)
     else:
         load_safetensors(model, mc.model, use_tqdm=use_tqdm)
-    process_weights_after_loading(model)
+    n_quant = process_weights_after_loading(model)
     model.eval()
     logger.info("model %s loaded in %.2f s (%s%s, %.1fM params)", mc.arch.architecture,
-                time.perf_counter() - t0, mc.dtype, f", {quant.describe()}" if quant else "",
+                time.perf_counter() - t0, mc.dtype,
+                f", {quant.describe()}: {n_quant} linear layers quantized" if quant else "",
                 sum(p.numel() for p in model.parameters()) / 1e6)
     return model
 

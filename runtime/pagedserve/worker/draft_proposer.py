@@ -38,6 +38,7 @@ class _DraftSeq:
         self.all_token_ids = token_ids
         self.num_prompt_tokens = len(token_ids)
         self.sampling_params = _PLAIN
+        self.lora_request = None  # the draft model runs without adapters
 
 
 class DraftModelProposer:

@@ -54,9 +54,16 @@ class LinearMethod:
     def accepts_fp8_act(self, layer: nn.Module) -> bool:
         return False
 
+    def is_quantized(self, layer: nn.Module) -> bool:
+        """The layer holds quantized weights (counted in the start-up log)."""
+        return True
+
 
 class UnquantizedLinearMethod(LinearMethod):
     """A plain ``[out, in]`` weight in the model dtype."""
+
+    def is_quantized(self, layer: nn.Module) -> bool:
+        return layer.weight.element_size() == 1
 
     def create_weights(self, layer: nn.Module, input_size: int, output_size: int,
                        output_sizes: list[int], params_dtype: torch.dtype) -> None:
