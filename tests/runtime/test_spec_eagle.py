@@ -113,8 +113,14 @@ def test_greedy_equal_under_batching_chunked_prefill_prefix_caching_and_preempti
     params = [SamplingParams(temperature=0.0, max_tokens=18 + 3 * i, ignore_eos=True) for i in range(6)]
     params[2] = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, repetition_penalty=1.3)  # no drafts
     plain, spec = _engine(dirs["target"], None, **kw), _engine(dirs["target"], _spec(dirs, method), **kw)
+    runner = spec.core.runner
+    if method == "eagle":  # the GPU's piecewise path (run eagerly here): EAGLE-1 reads its final hidden states
+        from pagedserve.worker.piecewise_graphs import PiecewiseCUDAGraphs
+
+        runner.piecewise = PiecewiseCUDAGraphs(runner, 16, use_graphs=False)
     want, got = _run(plain, prompts, params), _run(spec, prompts, params)
     assert got == want
+    assert runner.last_path == ("piecewise" if method == "eagle" else "eager")
     st = _stats(spec)
     assert st.spec_num_drafts_total > 0 and st.spec_num_draft_tokens_total > st.spec_num_drafts_total
     assert st.num_preemptions_total > 0 and st.prefix_cache_hits_total > 0
@@ -122,7 +128,6 @@ def test_greedy_equal_under_batching_chunked_prefill_prefix_caching_and_preempti
     if mode == "swap":
         assert st.num_preemptions_swap_total > 0
     assert _pool_empty(spec)
-    runner = spec.core.runner
     assert runner.kv_cache.shape[0] == 4 + 1  # one pool: the target's layers and the head's
 
 

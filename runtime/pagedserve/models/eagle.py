@@ -32,7 +32,7 @@ from pagedserve.layers.norm import RMSNorm
 from pagedserve.layers.rotary import RotaryEmbedding
 from pagedserve.layers.vocab import ParallelLMHead
 from pagedserve.models.llama import LlamaDecoderLayer
-from pagedserve.models.loader import _tensors, safetensors_files
+from pagedserve.models.loader import _tensors, init_dummy_weights, safetensors_files
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ class Eagle3Head(nn.Module):
 
 def build_eagle_head(method: str, mc: ModelConfig, hf_cfg: dict[str, Any], device: str) -> nn.Module:
     """Build the head of ``method`` (eagle / eagle3) in the target's dtype and load its checkpoint."""
-    files = safetensors_files(mc.model)
+    dummy = mc.load_format == "dummy"  # random weights (benchmarks): config.json alone is enough
+    files = [] if dummy else safetensors_files(mc.model)
     names = {n for path in files for n, _ in _tensors(path)}
     prev = torch.get_default_dtype()
     torch.set_default_dtype(mc.dtype)
@@ -176,7 +177,12 @@ def build_eagle_head(method: str, mc: ModelConfig, hf_cfg: dict[str, Any], devic
                                else EagleHead(mc.arch, max_pos, fc_bias=any(_local(n) == "fc.bias" for n in names)))
     finally:
         torch.set_default_dtype(prev)
-    _load(head, files, method)
+    if dummy:
+        init_dummy_weights(head, mc.seed + 1)
+        if isinstance(head, Eagle3Head):  # the draft vocabulary: the first ids of the target's
+            head.d2t.data.zero_()
+    else:
+        _load(head, files, method)
     head.eval()
     logger.info("%s head loaded from %s (%.1fM params)", method, mc.model,
                 sum(p.numel() for p in head.parameters()) / 1e6)

@@ -141,12 +141,14 @@ class ModelRunner:
             return 0.0
         from pagedserve.worker.cuda_graphs import DecodeCUDAGraphs
 
-        self.graphs = DecodeCUDAGraphs(self, self.config.scheduler_config.max_num_seqs)
-        self.graphs.capture()
-        seconds = self.graphs.capture_seconds
+        seconds = 0.0
+        if self.keep_hidden is None:  # EAGLE needs every step's hidden states: the decode graphs give logits only
+            self.graphs = DecodeCUDAGraphs(self, self.config.scheduler_config.max_num_seqs)
+            self.graphs.capture()
+            seconds = self.graphs.capture_seconds
         from pagedserve.worker.piecewise_graphs import PiecewiseCUDAGraphs, supports_piecewise
 
-        if supports_piecewise(self.model):
+        if supports_piecewise(self.model) and self.keep_hidden != "aux":  # EAGLE-3's layer inputs: eager
             self.piecewise = PiecewiseCUDAGraphs(self, self.config.scheduler_config.max_num_batched_tokens)
             self.piecewise.capture()
             seconds += self.piecewise.capture_seconds
