@@ -195,3 +195,19 @@ def test_method_and_layout_mismatches_are_clear_errors(dirs):
                    ).create_engine_config()
     with pytest.raises(ValueError, match="fc.weight.* has shape"):  # an EAGLE-1 checkpoint loaded as EAGLE-3
         _engine(dirs["target"], {"method": "eagle3", "model": dirs["eagle"], "num_speculative_tokens": 2})
+
+
+def test_cli_flag_builds_an_eagle3_config(dirs):
+    import argparse
+    import json
+
+    from pagedserve.entrypoints.engine_flags import add_engine_flags, engine_args_from
+
+    p = argparse.ArgumentParser()
+    add_engine_flags(p)
+    ns = p.parse_args(["--model", dirs["target"], "--device", "cpu", "--speculative-config",
+                       json.dumps({"method": "eagle3", "model": dirs["eagle3"], "num_speculative_tokens": 2})])
+    cfg = engine_args_from(ns).create_engine_config()
+    spec = cfg.speculative_config
+    assert spec.method == "eagle3" and spec.num_speculative_tokens == 2 and not cfg.async_scheduling
+    assert spec.draft_model_config.arch.num_layers == 1 and spec.draft_hf_config["draft_vocab_size"] == 1000
