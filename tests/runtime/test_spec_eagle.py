@@ -29,7 +29,7 @@ def dirs(tmp_path_factory, smollm2_dir) -> dict[str, str]:
 
 def _engine(model: str, spec: dict | None, **kw) -> LLMEngine:
     args = EngineArgs(model=model, device="cpu", dtype="float32", speculative_config=spec,
-                      **{"max_model_len": 256, **kw})
+                      **{"max_model_len": 256, "num_gpu_blocks_override": 256, **kw})
     return LLMEngine.from_engine_args(args, use_tqdm=False)
 
 
@@ -211,3 +211,26 @@ def test_cli_flag_builds_an_eagle3_config(dirs):
     spec = cfg.speculative_config
     assert spec.method == "eagle3" and spec.num_speculative_tokens == 2 and not cfg.async_scheduling
     assert spec.draft_model_config.arch.num_layers == 1 and spec.draft_hf_config["draft_vocab_size"] == 1000
+
+
+@pytest.fixture(scope="module")
+def leak_engine_eagle3(dirs) -> LLMEngine:
+    from tests.runtime.test_spec_decode import NUM_BLOCKS
+
+    return _engine(dirs["target"], _spec(dirs, "eagle3"), block_size=4, num_gpu_blocks_override=NUM_BLOCKS,
+                   max_num_batched_tokens=16, max_num_seqs=4, max_model_len=128)
+
+
+def test_random_add_abort_step_never_leaks_with_an_eagle3_head(leak_engine_eagle3):
+    """The random add / abort / step property of test_spec_decode.py (a few examples): block reference
+    counts hold after every step and the pool is empty at the end, with the head's lookahead slots."""
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.runtime.test_spec_decode import _random_ops, ops
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(ops=ops)
+    def run(ops):
+        _random_ops(leak_engine_eagle3, ops)
+
+    run()
