@@ -26,6 +26,7 @@ from pagedserve.sampling_params import SamplingParams
 from pagedserve.worker.input_batch import prepare_inputs, to_device
 
 if TYPE_CHECKING:
+    from pagedserve.worker.input_batch import HostInput
     from pagedserve.worker.model_runner import ModelRunner, ModelRunnerOutput, StepHandle
 
 _PLAIN = SamplingParams()
@@ -109,44 +110,42 @@ class EagleProposer:
             reqs.append(req)
         if not entries:
             return
-        toks, hid = self._forward(entries, rows)
-        props = [(e, reqs[j], toks[j], hid[j]) for j, e in enumerate(entries) if e.do_sample]
+        props = [(e, reqs[j]) for j, e in enumerate(entries) if e.do_sample]
+        h0 = prepare_inputs(entries, bs)
+        ids, hid = self._forward(h0, torch.cat([rows[i] for i in h0.order]))
         if not props:
             return
-        drafts = [[t] for _, _, t, _ in props]
-        hs = torch.stack([x for _, _, _, x in props])
-        for step in range(1, self.k):
-            step_entries = [ScheduledRequest(_HeadSeq(e.request.request_id, e.start + e.num_tokens + step - 1,  # type: ignore[arg-type]
-                                                      [d[-1]]), 1, e.start + e.num_tokens + step - 1,
-                                             e.block_ids, True) for (e, _, _, _), d in zip(props, drafts)]
-            toks, hid = self._forward(step_entries, list(hs.unsqueeze(1)))
-            for d, t in zip(drafts, toks):
-                d.append(t)
-            hs = torch.stack(hid)
-        for (_, req, _, _), d in zip(props, drafts):
+        steps = [ids]
+        for step in range(1, self.k):  # one token each; the ids stay on the device (one sync at the end)
+            pos = [e.start + e.num_tokens + step - 1 for e, _ in props]
+            h = prepare_inputs([ScheduledRequest(_HeadSeq(e.request.request_id, p, [0]), 1, p,  # type: ignore[arg-type]
+                                                 e.block_ids, True) for (e, _), p in zip(props, pos)], bs)
+            ids, hid = self._forward(h, hid, steps[-1])
+            steps.append(ids)
+        for (_, req), d in zip(props, torch.stack(steps, dim=1).tolist()):
             req.spec_token_ids = d
 
-    def _forward(self, entries: list[ScheduledRequest], rows: list[torch.Tensor]
-                 ) -> tuple[list[int], list[torch.Tensor]]:
-        """One head forward; per entry (in entry order) the greedy token and the hidden state fed to the
-        next draft step, at its last row (entries that do not sample: 0 and None)."""
+    def _forward(self, h: "HostInput", hidden: torch.Tensor, input_ids: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One head forward over ``h`` (``hidden``: its rows' hidden inputs in batch order; ``input_ids``:
+        the token ids on the device, else ``h``'s). The greedy token ids and the hidden states fed to the
+        next draft step, at the sampled rows, in entry order."""
         runner = self.runner
-        h = prepare_inputs(entries, runner.block_size)
         inp = to_device(h, runner.device)
-        hidden = torch.cat([rows[i] for i in h.order]) if len(rows) > 1 else rows[0]
+        if input_ids is not None:
+            inp.input_ids = input_ids
         if self.method == "eagle3" and hidden.shape[-1] != self.head.cfg.hidden_size:
             hidden = self.head.combine_hidden_states(hidden)
         embeds = self.target.model.embed_tokens(inp.input_ids)
         with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, runner.backend)):
             out, nxt = self.head(embeds, hidden, inp.positions)
-        last = out[inp.logits_indices]
+        rows = [r for _, r in sorted(h.sample_rows)]
+        if not rows:  # a catch-up only (prefill chunks): no draft this step
+            return inp.input_ids[:0], nxt[:0]
+        idx = inp.logits_indices[rows] if rows != list(range(len(rows))) else inp.logits_indices
+        last = out[idx]
         if self.method == "eagle3":
             ids = self.head.draft_to_target(self.head.lm_head.compute_logits(last).argmax(dim=-1))
         else:
             ids = self.target.compute_logits(last).argmax(dim=-1)
-        ids_host, nxt_rows = ids.tolist(), nxt[inp.logits_indices]
-        toks: list[int] = [0] * len(entries)
-        hid: list = [None] * len(entries)
-        for i, r in h.sample_rows:
-            toks[i], hid[i] = ids_host[r], nxt_rows[r]
-        return toks, hid
+        return ids, nxt[idx]
