@@ -186,6 +186,21 @@ def _scenarios() -> list[Scenario]:
                  "W4A16 and GPTQ-8bit (dummy weights, CUDA graphs) against each one's weight-read floor",
                  (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--formats", "bf16", "gptq4", "awq4", "ct-w4a16",
                                    "gptq8", "--out", "{work}/wna16.json"), 220),)),
+        Scenario("eagle", "EAGLE / EAGLE-3 heads: the GPU tests (greedy equal with CUDA graphs, acceptance by "
+                 "construction), then the Llama-3.1-8B shape (dummy bf16; a random head: acceptance ~0, so the "
+                 "TPOT difference is the overhead of the head and the 1 + k verify) at batch 1, 4, 16: no "
+                 "speculation, eagle k=3, eagle3 k=3",
+                 (Step("pytest", _py("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_spec_eagle_cuda.py",
+                                     "--junitxml", "{work}/junit.xml"), 180),
+                  *(Step(f"latency-{name}", _py("-m", "pagedserve.benchmarks.latency", "--model", "{model}", *DUMMY,
+                                                "--batch-sizes", "1", "4", "16", "--output-len", "128", *spec,
+                                                "--output-json", f"{{work}}/latency_{name}.json"), 150)
+                    for name, spec in (
+                        ("plain", ()),
+                        ("eagle", ("--speculative-config", '{{"method": "eagle", "model": '
+                                   '"bench/configs/eagle-llama3.1-8b", "num_speculative_tokens": 3}}')),
+                        ("eagle3", ("--speculative-config", '{{"method": "eagle3", "model": '
+                                    '"bench/configs/eagle3-llama3.1-8b", "num_speculative_tokens": 3}}')))))),
         Scenario("wna16-tpot-70b", "batch-1 TPOT of the Llama-3.1-70B shape in GPTQ-4bit on one GPU against its floor",
                  (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--shape", "70b", "--formats", "gptq4",
                                    "--out", "{work}/wna16_70b.json"), 150),)),

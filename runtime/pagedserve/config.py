@@ -75,9 +75,11 @@ class ParallelConfig:
     pipeline_parallel_size: int = 1
 
 
-#: speculative_config "method" values (vLLM's names); those not built yet are refused with a clear error
+#: speculative_config "method" values (vLLM's names)
 SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3")
-SPEC_METHODS_SUPPORTED = ("ngram", "draft_model")
+#: methods whose drafts come from a model in the worker (a draft model or an EAGLE head over the target's
+#: hidden states): they write draft KV past the request's tokens, so steps allocate lookahead slots
+SPEC_WORKER_METHODS = ("draft_model", "eagle", "eagle3")
 _SPEC_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
               "disable_by_batch_size", "hf_overrides")
 
@@ -93,7 +95,9 @@ class SpeculativeConfig:
     model: str | None = None  # draft_model / eagle: the draft's path ("default": the embedded model)
     disable_by_batch_size: int | None = None  # no drafts while more requests than this are running + waiting
     hf_overrides: dict[str, Any] | None = None  # draft_model: config.json overrides (e.g. num_hidden_layers)
-    draft_model_config: "ModelConfig | None" = None  # draft_model: resolved by EngineArgs
+    draft_model_config: "ModelConfig | None" = None  # draft_model / eagle / eagle3: resolved by EngineArgs
+    # eagle / eagle3: the head's config.json (draft_vocab_size, eagle_config, norm_before_residual, ...)
+    draft_hf_config: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "SpeculativeConfig | None":
@@ -116,9 +120,6 @@ class SpeculativeConfig:
             method = "ngram" if model in ("ngram", "[ngram]") else "draft_model"
         if method not in SPEC_METHODS:
             raise ValueError(f"speculative_config.method must be one of {', '.join(SPEC_METHODS)}, got {method!r}")
-        if method not in SPEC_METHODS_SUPPORTED:
-            raise ValueError(f"speculative_config.method={method!r} is not supported yet (supported: "
-                             f"{', '.join(SPEC_METHODS_SUPPORTED)}); see docs/speculative_decoding.md")
         k = d.get("num_speculative_tokens")
         if k is None:
             raise ValueError("speculative_config.num_speculative_tokens is required (an integer >= 1)")
@@ -144,6 +145,9 @@ class SpeculativeConfig:
         if method == "draft_model" and model is None:
             raise ValueError("speculative_config.model is required for method 'draft_model' (a path, a Hub id or "
                              "'default')")
+        if method in ("eagle", "eagle3") and model is None:
+            raise ValueError(f"speculative_config.model is required for method {method!r} (the EAGLE head's "
+                             "directory or Hub id)")
         overrides = d.get("hf_overrides")
         if overrides is not None and (not isinstance(overrides, dict) or method != "draft_model"):
             raise ValueError("speculative_config.hf_overrides must be a dict, and applies to method 'draft_model'")

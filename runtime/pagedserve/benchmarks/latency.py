@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     measure(engine, prompt, 8, 1, lora)  # warm-up
     spec = core.config.speculative_config
     if spec is not None:
-        result["speculative_config"] = dict(vars(spec))
+        result["speculative_config"] = {k: v for k, v in vars(spec).items()  # the user's keys (JSON)
+                                        if k not in ("draft_model_config", "draft_hf_config")}
     for b in args.batch_sizes:
         before = spec_counts()
         runs = [measure(engine, prompt, args.output_len, b, lora) for _ in range(args.iters)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from pagedserve.config import SpeculativeConfig
+from pagedserve.config import SPEC_WORKER_METHODS, SpeculativeConfig
 from pagedserve.core.ngram_proposer import NgramProposer
 from pagedserve.request import Request
 
@@ -44,9 +44,9 @@ class SpecDecodeMixin:
         self.proposer = (NgramProposer(spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max)
                          if spec is not None and spec.method == "ngram" else None)
         k = spec.num_speculative_tokens if spec is not None else 0
-        # a draft model runs in the worker right after a step samples, writing its KV up to k - 1
-        # positions past the request's tokens: those steps allocate k slots of lookahead
-        self.spec_lookahead = k if spec is not None and spec.method == "draft_model" else 0
+        # a draft model / EAGLE head runs in the worker right after a step samples, writing its KV up to
+        # k - 1 positions past the request's tokens: those steps allocate k slots of lookahead
+        self.spec_lookahead = k if spec is not None and spec.method in SPEC_WORKER_METHODS else 0
         self.spec_num_drafts = self.spec_num_draft_tokens = self.spec_num_accepted_tokens = 0  # cumulative
         self.spec_accepted_per_pos = [0] * k
         self._spec_reasons_logged: set[str] = set()

@@ -132,6 +132,8 @@ class EngineArgs:
             async_sched = False  # the proposer reads the accepted tokens (docs/speculative_decoding.md)
             if spec.method == "draft_model":
                 spec.draft_model_config = self._draft_model_config(spec, model_config, device)
+            elif spec.method in ("eagle", "eagle3"):
+                spec.draft_model_config = self._eagle_config(spec, model_config)
         return EngineConfig(model_config, cache_config, sched, parallel, device,
                             enforce_eager=self.enforce_eager, attention_backend=self.attention_backend,
                             async_scheduling=async_sched, lora_config=lora, speculative_config=spec)
@@ -159,6 +161,22 @@ class EngineArgs:
                              "drafts with another KV layout are not supported yet")
         arch.eos_token_ids = list(t.eos_token_ids)
         return ModelConfig(model=draft_dir, served_model_name=target.served_model_name + "-draft", arch=arch,
+                           dtype=target.dtype, max_model_len=target.max_model_len, load_format=self.load_format,
+                           seed=self.seed)
+
+    def _eagle_config(self, spec: SpeculativeConfig, target: ModelConfig) -> ModelConfig:
+        """The EAGLE / EAGLE-3 head of ``method: eagle`` / ``eagle3``: a one-layer Llama head over the
+        target's hidden states (models/eagle.py); its width, vocabulary and KV layout must be the target's."""
+        from pagedserve.models.eagle import check_eagle_head
+        from pagedserve.models.resolve import resolve_model_dir
+
+        if self.tensor_parallel_size > 1:
+            raise ValueError(f"speculative_config.method={spec.method!r} runs with tensor_parallel_size=1 only")
+        head_dir = resolve_model_dir(spec.model, download_dir=self.download_dir, load_format=self.load_format)
+        hf_cfg = _read_json(os.path.join(head_dir, "config.json"), required=True)
+        arch = check_eagle_head(spec.method, hf_cfg, target.arch)
+        spec.draft_hf_config = hf_cfg
+        return ModelConfig(model=head_dir, served_model_name=target.served_model_name + "-eagle", arch=arch,
                            dtype=target.dtype, max_model_len=target.max_model_len, load_format=self.load_format,
                            seed=self.seed)
 

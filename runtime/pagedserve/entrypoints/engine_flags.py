@@ -64,7 +64,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="schedule step N+1 while step N runs on the device (default: on with CUDA)")
     g.add_argument("--speculative-config", type=_json_object, default=None,
                    help='speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 3, '
-                        '"prompt_lookup_max": 4}\' (docs/speculative_decoding.md)')
+                        '"prompt_lookup_max": 4}\'; methods ngram, draft_model, eagle, eagle3 (with "model": the '
+                        'draft / EAGLE head) (docs/speculative_decoding.md)')
 
 
 def _json_object(text: str) -> dict:

@@ -116,12 +116,30 @@ class LlamaModel(nn.Module):
             LlamaDecoderLayer(cfg, i, self.rotary, prefix=f"model.layers.{i}", make_mlp=make_mlp)
             for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # EAGLE-3 (worker/eagle_proposer.py): the inputs of these layers are kept, concatenated in this
+        # order, on ``aux_hidden_states`` after each forward; empty (the plain path) otherwise
+        self.aux_hidden_state_layers: tuple[int, ...] = ()
+        self.aux_hidden_states: torch.Tensor | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self.aux_hidden_state_layers:
+            return self._forward_aux(input_ids, positions)
         x = self.embed_tokens(input_ids)
         residual = None
         for layer in self.layers:
             x, residual = layer(positions, x, residual)
+        x, _ = self.norm(x, residual)
+        return x
+
+    def _forward_aux(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        residual = None
+        kept: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            if i in self.aux_hidden_state_layers:
+                kept[i] = x.clone() if residual is None else x + residual  # the residual stream entering layer i
+            x, residual = layer(positions, x, residual)
+        self.aux_hidden_states = torch.cat([kept[i] for i in self.aux_hidden_state_layers], dim=-1)
         x, _ = self.norm(x, residual)
         return x
 

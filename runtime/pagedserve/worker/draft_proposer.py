@@ -50,7 +50,7 @@ class DraftModelProposer:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []  # set with the KV cache
 
     @torch.inference_mode()
-    def propose(self, sched: SchedulerOutput, out: "ModelRunnerOutput") -> None:
+    def propose(self, sched: SchedulerOutput, out: "ModelRunnerOutput", handle: object = None) -> None:
         bs = self.runner.block_size
         reqs, ctxs, tables, starts = [], [], [], []
         for s in sched.scheduled:

@@ -69,12 +69,20 @@ class ModelRunner:
             install_fused_kernels(self.model)
         self.sampler = Sampler()
         spec = config.speculative_config
-        self.draft = None  # DraftModelProposer (speculative_config method draft_model)
+        # EAGLE: the step's hidden states the head reads ("last": the final ones, "aux": EAGLE-3's fused
+        # layers); None on every other path (nothing kept, CUDA graphs as usual)
+        self.keep_hidden: str | None = None
+        self.kept_hidden: torch.Tensor | None = None
+        self.draft = None  # DraftModelProposer (draft_model) or EagleProposer (eagle / eagle3)
         if spec is not None and spec.method == "draft_model":
             from pagedserve.worker.draft_proposer import DraftModelProposer
 
             assert spec.draft_model_config is not None
             self.draft = DraftModelProposer(self, spec.draft_model_config, spec.num_speculative_tokens)
+        elif spec is not None and spec.method in ("eagle", "eagle3"):
+            from pagedserve.worker.eagle_proposer import EagleProposer
+
+            self.draft = EagleProposer(self, spec)
         self.kv_cache: torch.Tensor | None = None
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeCUDAGraphs once captured
@@ -133,12 +141,14 @@ class ModelRunner:
             return 0.0
         from pagedserve.worker.cuda_graphs import DecodeCUDAGraphs
 
-        self.graphs = DecodeCUDAGraphs(self, self.config.scheduler_config.max_num_seqs)
-        self.graphs.capture()
-        seconds = self.graphs.capture_seconds
+        seconds = 0.0
+        if self.keep_hidden is None:  # EAGLE needs every step's hidden states: the decode graphs give logits only
+            self.graphs = DecodeCUDAGraphs(self, self.config.scheduler_config.max_num_seqs)
+            self.graphs.capture()
+            seconds = self.graphs.capture_seconds
         from pagedserve.worker.piecewise_graphs import PiecewiseCUDAGraphs, supports_piecewise
 
-        if supports_piecewise(self.model):
+        if supports_piecewise(self.model) and self.keep_hidden != "aux":  # EAGLE-3's layer inputs: eager
             self.piecewise = PiecewiseCUDAGraphs(self, self.config.scheduler_config.max_num_batched_tokens)
             self.piecewise.capture()
             seconds += self.piecewise.capture_seconds
@@ -177,15 +187,20 @@ class ModelRunner:
     def _hidden(self, h: HostInput, prev_sampled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of every token (piecewise graphs or eager) and the rows to turn into logits."""
         inp = to_device(h, self.device, prev_sampled)
-        if self.piecewise is not None and self.piecewise.can_run(h):
+        if self.piecewise is not None and self.keep_hidden != "aux" and self.piecewise.can_run(h):
             self.last_path = "piecewise"
-            return self.piecewise.run(h, inp.input_ids, inp.positions, inp.attn_metadata), inp.logits_indices
-        self.last_path = "eager"
-        with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
-            return self.model(inp.input_ids, inp.positions), inp.logits_indices
+            hidden = self.piecewise.run(h, inp.input_ids, inp.positions, inp.attn_metadata)
+        else:
+            self.last_path = "eager"
+            with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
+                hidden = self.model(inp.input_ids, inp.positions)
+        if self.keep_hidden is not None:  # an EAGLE head reads them after the step (worker/eagle_proposer.py)
+            self.kept_hidden = (self.model.model.aux_hidden_states if self.keep_hidden == "aux"
+                                else hidden[:h.num_tokens])
+        return hidden, inp.logits_indices
 
     def _logits(self, h: HostInput, prev_sampled: torch.Tensor | None) -> torch.Tensor:
-        if self.graphs is not None and self.graphs.can_run(h):
+        if self.graphs is not None and self.keep_hidden is None and self.graphs.can_run(h):
             self.last_path = "decode-graph"
             return self.graphs.run(h, prev_sampled)  # decode CUDA graph: forward and LM head
         hidden, rows = self._hidden(h, prev_sampled)
@@ -216,11 +231,14 @@ class ModelRunner:
         handle.sched = sched if self.draft is not None else None
         if h is None:
             return handle
+        if self.keep_hidden is not None:
+            handle.host_input = h
         prev_sampled = prev.sampled if prev is not None else None
         if self.lora_manager is not None:
             self.lora_manager.prepare(h)  # the step's adapters in slots, its token → slot layout
         if len(h.logits_indices) == 0:
             self._hidden(h, prev_sampled)  # a prefill chunk that samples nothing: fill the cache only
+            handle.hidden, self.kept_hidden = self.kept_hidden, None
             return handle
         if sched is None:  # another TP rank: forward and LM head (their collectives), no sampling
             self._logits(h, prev_sampled)
@@ -233,6 +251,7 @@ class ModelRunner:
         meta = build_sampling_metadata(reqs, self.mc.arch.vocab_size, self.device) if reqs else None
         verify = self._verify_inputs(h, sched) if h.spec_rows else None
         logits = self._logits(h, prev_sampled)  # model dtype: the samplers and prompt logprobs cast
+        handle.hidden, self.kept_hidden = self.kept_hidden, None
         if meta is not None:
             rows = [r for _, r in h.sample_rows]
             so = self.sampler(logits if rows == list(range(len(logits))) else logits[rows], meta)
@@ -272,7 +291,7 @@ class ModelRunner:
         if handle.spec_out is not None:
             self._collect_spec(handle, out)
         if handle.sched is not None:  # a draft model proposes the next step's drafts (worker/draft_proposer.py)
-            self.draft.propose(handle.sched, out)
+            self.draft.propose(handle.sched, out, handle)
         for req, first_index, (ids_t, vals_t, ranks_t) in handle.prompt_lp:
             out.prompt_logprobs[req.request_id] = (first_index, list(zip(ids_t.tolist(), vals_t.tolist(),
                                                                          ranks_t.tolist())))
@@ -340,6 +359,8 @@ class StepHandle:
     spec_host: tuple = ()
     spec_lp: tuple | None = None
     sched: "SchedulerOutput | None" = None  # the step (kept when a draft model proposes after it)
+    host_input: "HostInput | None" = None  # EAGLE: the step's layout and hidden states (its head reads them)
+    hidden: torch.Tensor | None = None
 
 
 def _less_fragmentation() -> None:
