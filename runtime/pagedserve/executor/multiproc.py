@@ -1,5 +1,6 @@
-"""Tensor parallelism: one process per rank. Rank 0 (the driver) lives in this (the engine-core)
-process, keeps the scheduler and samples; ranks 1..N-1 are spawned here (``worker_proc.py``).
+"""Tensor and pipeline parallelism: one process per rank, ``tp x pp`` ranks (pipeline stages:
+docs/pipeline_parallel.md; the driver is tensor rank 0 of the last stage). Rank 0 (the driver)
+lives in this (the engine-core) process, keeps the scheduler and samples; ranks 1..N-1 are spawned here (``worker_proc.py``).
 
 Per step the driver builds the step's host inputs once (``prepare_inputs``), sends them pickled
 to every worker over a pipe, and queues its own forward pass; every rank runs the same path
@@ -187,7 +188,9 @@ class MultiprocExecutor(Executor):
         from pagedserve.executor.worker_proc import RankWorker, worker_main
 
         self.config = config
-        self.tp_size = tp = config.parallel_config.tensor_parallel_size
+        self.tp_size = config.parallel_config.tensor_parallel_size
+        self.pp_size = config.parallel_config.pipeline_parallel_size
+        world = self.tp_size * self.pp_size  # global ranks (parallel_state.rank_layout)
         check_later_tp_engine(config.device)
         claim_process(self)
         disable_multicast_env()
@@ -197,16 +200,16 @@ class MultiprocExecutor(Executor):
         self._g = g = _Group(backend_for(config.device))
         self._finalizer = weakref.finalize(self, g.close)
         try:
-            store = dist.TCPStore(HOST, 0, tp, is_master=True, wait_for_workers=False,
+            store = dist.TCPStore(HOST, 0, world, is_master=True, wait_for_workers=False,
                                   timeout=_timedelta(STARTUP_TIMEOUT_S))
             ctx = mp.get_context("spawn")
             log_level = logging.getLogger().getEffectiveLevel()
             with spawn_children():
-                for rank in range(1, tp):
+                for rank in range(1, world):
                     cmd_r, cmd_w = ctx.Pipe(duplex=False)
                     resp_r, resp_w = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=worker_main, name=f"pagedserve-tp{rank}", daemon=True,
-                                       args=(config, rank, tp, HOST, store.port, cmd_r, resp_w,
+                                       args=(config, rank, world, HOST, store.port, cmd_r, resp_w,
                                              dict(NO_MULTICAST_ENV), log_level))
                     proc.start()
                     cmd_r.close()
@@ -215,14 +218,14 @@ class MultiprocExecutor(Executor):
             self._expect("hello")
             g.start_monitor()
             with self._call():
-                init_distributed(config.device, 0, tp, HOST, store.port, store=store,
+                init_distributed(config.device, 0, world, HOST, store.port, store=store,
                                  timeout_s=STARTUP_TIMEOUT_S)
                 g.dist_up = True
-                self.worker = RankWorker(config, 0, tp, use_tqdm=use_tqdm)
+                self.worker = RankWorker(config, 0, world, use_tqdm=use_tqdm)
                 self.runner = g.rank0 = self.worker.runner
             self._expect("ready")
-            logger.info("tensor parallelism: %d ranks (%s), workers %s", tp, g.backend,
-                        [w.proc.pid for w in g.workers])
+            logger.info("tensor parallelism %d x pipeline stages %d: %d ranks (%s), workers %s", self.tp_size,
+                        self.pp_size, world, g.backend, [w.proc.pid for w in g.workers])
         except BaseException:
             self.shutdown()
             raise

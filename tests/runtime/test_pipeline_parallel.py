@@ -1,0 +1,111 @@
+"""Pipeline parallelism on CPU (gloo): PP=2 and PP=2 x TP=2 give the greedy outputs (and
+logprobs) of one process token for token in float32, with chunked prefill; each stage holds only
+its layers' weights and KV cache; a killed stage worker is a clear error, not a hang; bad
+combinations are refused before any process starts. The same code runs over NCCL on GPUs."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from pagedserve import EngineArgs, SamplingParams
+from tests.runtime.model_factory import ARCHS
+from tests.runtime.test_tensor_parallel import KV, PROMPTS, _assert_same, _generate, _llm, _params
+
+KW = dict(max_num_batched_tokens=24, **KV)  # chunked prefill: the 55-token prompt spans steps
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_pp2_equals_single_process(tiny_models, arch):
+    ref = _generate(_llm(tiny_models[arch], 1, **KW), _params())
+    llm = _llm(tiny_models[arch], 1, pipeline_parallel_size=2, **KW)
+    core = llm.llm_engine.core
+    try:
+        _assert_same(ref, _generate(llm, _params()))
+        info = core.executor.collective_rpc("info")
+        # the driver (global rank 0) is the last stage; the worker the first
+        assert [(i["pp_rank"], i["tp_rank"]) for i in info] == [(1, 0), (0, 0)]
+        (s1, e1), (s0, e0) = info[0]["layers"], info[1]["layers"]
+        assert s0 == 0 and e0 == s1 and e1 > s1
+        assert info[0]["kv_cache_shape"][0] == e1 - s1 and info[1]["kv_cache_shape"][0] == e0 - s0
+        assert info[1]["num_steps"] > 0
+        pool = core.scheduler.kv.pool
+        assert pool.num_free_blocks == pool.num_blocks
+    finally:
+        core.shutdown()
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "phi3_longrope", "mistral_sw"])
+def test_pp2_families_equal_single_process(family_models, arch):
+    """Gemma 2 (3 layers: stages of 2 + 1; the tied embedding copied to the last stage), Phi-3
+    (fused checkpoint tensors), Mistral's sliding window (per-layer windows on each stage)."""
+    params = [SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=2)] * 3
+    prompts = PROMPTS[2:5]
+    ref = _generate(_llm(family_models[arch], 1, **KW), params, prompts)
+    llm = _llm(family_models[arch], 1, pipeline_parallel_size=2, **KW)
+    try:
+        _assert_same(ref, _generate(llm, params, prompts))
+    finally:
+        llm.llm_engine.core.shutdown()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_pp2_tp2_equals_single_process(tiny_models, arch):
+    """Four ranks: two stages of two tensor ranks (each stage's all-reduces in its own group)."""
+    ref = _generate(_llm(tiny_models[arch], 1, **KW), _params())
+    llm = _llm(tiny_models[arch], 2, pipeline_parallel_size=2, **KW)
+    core = llm.llm_engine.core
+    try:
+        _assert_same(ref, _generate(llm, _params()))
+        info = core.executor.collective_rpc("info")
+        assert [(i["pp_rank"], i["tp_rank"]) for i in info] == [(1, 0), (1, 1), (0, 0), (0, 1)]
+        assert info[0]["weight_bytes"] == info[1]["weight_bytes"]  # the last stage's two shards
+    finally:
+        core.shutdown()
+
+
+def test_stage_weights_are_disjoint(tiny_models):
+    """Each stage holds only its layers (the first the embedding, the last the norm and LM head):
+    the stages' parameters add up to the whole model's."""
+    single = _llm(tiny_models["llama3_scaled"], 1, **KV)
+    whole = single.llm_engine.core.executor.collective_rpc("info")[0]["weight_bytes"]
+    llm = _llm(tiny_models["llama3_scaled"], 1, pipeline_parallel_size=2, **KV)
+    try:
+        info = llm.llm_engine.core.executor.collective_rpc("info")
+        assert info[0]["weight_bytes"] + info[1]["weight_bytes"] == whole
+        assert 0 < info[1]["weight_bytes"] < whole
+    finally:
+        llm.llm_engine.core.shutdown()
+
+
+def test_killed_stage_worker_is_a_clear_error(tiny_models):
+    llm = _llm(tiny_models["qwen2"], 1, pipeline_parallel_size=2, **KV)
+    core = llm.llm_engine.core
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    try:
+        _generate(llm, [params] * 2, PROMPTS[:2])
+        os.kill(core.executor.worker_pids[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"worker rank 1 \(pid \d+\) was killed by signal 9"):
+            _generate(llm, [params] * 2, PROMPTS[:2])
+        assert time.monotonic() - t0 < 30
+    finally:
+        t0 = time.monotonic()
+        core.shutdown()
+        assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(pipeline_parallel_size=9), "pipeline_parallel_size 9 is larger than the model's num_hidden_layers"),
+    (dict(pipeline_parallel_size=0), "pipeline_parallel_size must be >= 1"),
+    (dict(pipeline_parallel_size=2, enable_lora=True), "pipeline_parallel_size 2 with enable_lora"),
+    (dict(pipeline_parallel_size=2, async_scheduling=True), "with async_scheduling"),
+    (dict(pipeline_parallel_size=2, speculative_config={"method": "ngram", "num_speculative_tokens": 2}), "with speculative_config"),
+    (dict(distributed_executor_backend="ray"), "'ray' is not built yet"),
+    (dict(distributed_executor_backend="slurm"), "distributed_executor_backend must be mp or ray"),
+])
+def test_bad_pipeline_configs_are_refused(tiny_models, kw, match):
+    with pytest.raises(ValueError, match=match):
+        EngineArgs(model=tiny_models["llama"], device="cpu", **kw).create_engine_config()
