@@ -11,6 +11,7 @@ import time
 import pytest
 
 from pagedserve import EngineArgs, SamplingParams
+from pagedserve.sampling_params import BeamSearchParams
 from tests.runtime.model_factory import ARCHS
 from tests.runtime.test_tensor_parallel import KV, PROMPTS, _assert_same, _generate, _llm, _params
 
@@ -109,3 +110,32 @@ def test_killed_stage_worker_is_a_clear_error(tiny_models):
 def test_bad_pipeline_configs_are_refused(tiny_models, kw, match):
     with pytest.raises(ValueError, match=match):
         EngineArgs(model=tiny_models["llama"], device="cpu", **kw).create_engine_config()
+
+
+def test_pp2_keeps_two_batches_in_flight(tiny_models):
+    """Many requests, small batches (8 tokens a step): while one batch is in the pipeline the
+    scheduler sends the next one, of other requests, in; outputs stay those of one process."""
+    prompts = [[3 + (i * 11 + j) % 150 for j in range(4 + i % 5)] for i in range(9)]
+    params = [SamplingParams(temperature=0, max_tokens=5 + i % 4, ignore_eos=True) for i in range(9)]
+    kw = dict(max_num_batched_tokens=8, **KV)
+    ref_llm = _llm(tiny_models["llama"], 1, **kw)
+    ref = _generate(ref_llm, params, prompts)
+    llm = _llm(tiny_models["llama"], 1, pipeline_parallel_size=2, **kw)
+    core = llm.llm_engine.core
+    try:
+        _assert_same(ref, _generate(llm, params, prompts))
+        assert core.max_batches_in_flight == 2
+        assert not core.pp_inflight and not core.has_unfinished_requests()
+        # a request with a penalty needs its tokens on the host every step: the pipeline drains
+        # and the core steps one batch at a time while it runs, then pipelines again
+        mixed = params[:4] + [SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, repetition_penalty=1.3)]
+        ref2 = _generate(ref_llm, mixed, prompts[:5])
+        _assert_same(ref2, _generate(llm, mixed, prompts[:5]))
+        bp = BeamSearchParams(beam_width=2, max_tokens=4, ignore_eos=True)
+        beam_prompts = [{"prompt_token_ids": p} for p in prompts[:2]]
+        assert ([[b.tokens for b in o.sequences] for o in llm.beam_search(beam_prompts, bp)]
+                == [[b.tokens for b in o.sequences] for o in ref_llm.beam_search(beam_prompts, bp)])
+        pool = core.scheduler.kv.pool
+        assert pool.num_free_blocks == pool.num_blocks
+    finally:
+        core.shutdown()

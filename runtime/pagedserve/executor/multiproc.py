@@ -297,10 +297,14 @@ class MultiprocExecutor(Executor):
             if not sched.is_empty:
                 h = prepare_inputs(sched.scheduled, self.runner.block_size, prev.row_of if prev is not None else None)
             self._send(("step", h, sched.block_ops))
+            if self.pp_size > 1:  # the earlier stages start now; this (last) stage runs in collect
+                return _PendingStage(h, sched.block_ops, sched)
             return self.runner.launch_inputs(h, sched.block_ops, prev, sched)
 
     def collect(self, handle):
         with self._call():
+            if isinstance(handle, _PendingStage):  # pipeline: receive, run the last stage, sample
+                handle = self.runner.launch_inputs(handle.h, handle.block_ops, None, handle.sched)
             if handle.event is not None:
                 handle.event.synchronize()
                 if self._g.dead is not None:  # released by the abort: the step did not happen
@@ -320,6 +324,16 @@ class MultiprocExecutor(Executor):
         """Stop the workers and leave the process group (idempotent; also runs when collected)."""
         self._finalizer()
         release_process(self)
+
+
+@dataclass
+class _PendingStage:
+    """A batch sent into the pipeline whose last stage (this process) has not run yet: the engine
+    core schedules further batches meanwhile, and ``collect`` runs it (batches stay in order)."""
+
+    h: Any
+    block_ops: list
+    sched: Any
 
 
 def _exit_code(proc: Any, timeout: float) -> int | None:
