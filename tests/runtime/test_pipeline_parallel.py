@@ -139,3 +139,25 @@ def test_pp2_keeps_two_batches_in_flight(tiny_models):
         assert pool.num_free_blocks == pool.num_blocks
     finally:
         core.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_pp2_preemption_equals_single_process(tiny_models, mode):
+    """A cache too small for the batch, small steps (two batches in flight): requests are preempted
+    (each stage swaps its own layers' blocks, in step order with the batches) and come back with the
+    outputs of one process."""
+    kw = dict(num_gpu_blocks_override=12, block_size=8, max_num_batched_tokens=16, preemption_mode=mode,
+              swap_space=0.01)
+    params = [SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)] * len(PROMPTS)
+    ref_llm = _llm(tiny_models["llama"], 1, **kw)
+    ref = _generate(ref_llm, params)
+    assert ref_llm.llm_engine.core.scheduler.num_preemptions > 0
+    llm = _llm(tiny_models["llama"], 1, pipeline_parallel_size=2, **kw)
+    core = llm.llm_engine.core
+    try:
+        _assert_same(ref, _generate(llm, params))
+        assert core.scheduler.num_preemptions > 0 and core.max_batches_in_flight == 2
+        pool = core.scheduler.kv.pool
+        assert pool.num_free_blocks == pool.num_blocks
+    finally:
+        core.shutdown()
