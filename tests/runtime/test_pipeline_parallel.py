@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 from pagedserve import EngineArgs, SamplingParams
 from pagedserve.sampling_params import BeamSearchParams
@@ -161,3 +162,35 @@ def test_pp2_preemption_equals_single_process(tiny_models, mode):
         assert pool.num_free_blocks == pool.num_blocks
     finally:
         core.shutdown()
+
+
+def test_pp2_moe_equals_single_process(tmp_path, smollm2_dir):
+    """A Mixture-of-Experts model (Qwen2-MoE: routed and shared experts): each stage holds only its
+    layers' experts."""
+    from tests.runtime.moe_factory import make_tiny_moe
+
+    d = make_tiny_moe(str(tmp_path / "qwen2_moe"), "qwen2_moe", smollm2_dir, seed=3)
+    params = [SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)] * 3
+    ref = _generate(_llm(d, 1, **KW), params, PROMPTS[1:4])
+    llm = _llm(d, 1, pipeline_parallel_size=2, **KW)
+    try:
+        _assert_same(ref, _generate(llm, params, PROMPTS[1:4]))
+    finally:
+        llm.llm_engine.core.shutdown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_pp2_gpu_equals_one_gpu(tiny_models):
+    """Over NCCL on two GPUs (float32, eager on both sides): the same greedy tokens as one GPU."""
+    from pagedserve import LLM
+
+    def run(pp: int) -> list:
+        llm = LLM(tiny_models["llama3_scaled"], device="cuda", dtype="float32", skip_tokenizer_init=True,
+                  use_tqdm=False, enforce_eager=True, pipeline_parallel_size=pp, max_num_batched_tokens=24, **KV)
+        try:
+            return [r[:-1] for r in _generate(llm, [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)]
+                                              * len(PROMPTS))]
+        finally:
+            llm.llm_engine.core.shutdown()
+
+    assert run(2) == run(1)
