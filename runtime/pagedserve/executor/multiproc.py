@@ -1,6 +1,7 @@
 """Tensor and pipeline parallelism: one process per rank, ``tp x pp`` ranks (pipeline stages:
 docs/pipeline_parallel.md; the driver is tensor rank 0 of the last stage). Rank 0 (the driver)
-lives in this (the engine-core) process, keeps the scheduler and samples; ranks 1..N-1 are spawned here (``worker_proc.py``).
+lives in this (the engine-core) process, keeps the scheduler and samples; ranks 1..N-1 are
+spawned here (``worker_proc.py``).
 
 Per step the driver builds the step's host inputs once (``prepare_inputs``), sends them pickled
 to every worker over a pipe, and queues its own forward pass; every rank runs the same path
