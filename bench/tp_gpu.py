@@ -156,7 +156,8 @@ def big_model(model: str, tp: int, bw_gbs: float, args, pp: int = 1) -> dict:
     # per GPU of a stage; a token passes every stage in turn, so the floor is the whole model / tp
     weight_bytes = sum(i["weight_bytes"] for i in core.executor.collective_rpc("info")) // (tp * pp)
     floor_ms = weight_bytes * pp / (bw_gbs * 1e9) * 1e3
-    out: dict = {"tp": tp, "pp": pp, "ready_s": round(ready, 1), "graph_capture_s": round(core.graph_capture_seconds, 1),
+    out: dict = {"tp": tp, "pp": pp, "ready_s": round(ready, 1),
+                 "graph_capture_s": round(core.graph_capture_seconds, 1),
                  "weight_bytes_per_rank": weight_bytes, "weight_read_floor_ms": floor_ms,
                  "num_gpu_blocks": core.config.cache_config.num_gpu_blocks}
     log(f"(b) TP={tp}: ready in {ready:.0f} s, {weight_bytes / 1e9:.2f} GB of weights per GPU, "

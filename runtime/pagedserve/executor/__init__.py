@@ -1,5 +1,6 @@
 """Executors: how the engine core's steps reach the model — one process (``uniproc``) or one
-process per rank, tensor-parallel ranks times pipeline stages (``multiproc``), behind the same API (``base.Executor``)."""
+process per rank, tensor-parallel ranks times pipeline stages (``multiproc``), behind the same
+API (``base.Executor``)."""
 from __future__ import annotations
 
 from pagedserve.config import EngineConfig
