@@ -90,7 +90,8 @@ def test_killed_stage_worker_is_a_clear_error(tiny_models):
         _generate(llm, [params] * 2, PROMPTS[:2])
         os.kill(core.executor.worker_pids[0], signal.SIGKILL)
         t0 = time.monotonic()
-        with pytest.raises(RuntimeError, match=r"worker rank 1 \(pid \d+\) was killed by signal 9"):
+        with pytest.raises(RuntimeError, match=r"parallel worker rank 1 \(pipeline stage 0, tensor rank 0\) "
+                                               r"\(pid \d+\) was killed by signal 9"):
             _generate(llm, [params] * 2, PROMPTS[:2])
         assert time.monotonic() - t0 < 30
     finally:

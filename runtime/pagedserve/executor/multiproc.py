@@ -63,6 +63,8 @@ class _Group:
     """Everything the monitor thread and the finalizer need (no reference to the executor)."""
 
     backend: str
+    tp: int = 1
+    pp: int = 1
     workers: list[_Worker] = field(default_factory=list)
     dead: _Worker | None = None
     failed: str | None = None  # an error escaped a call: the ranks may be out of lockstep
@@ -91,9 +93,16 @@ class _Group:
                 pass
         code = _exit_code(w.proc, 10)  # it exits right after its last words (slow on a loaded host)
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        msg = (f"tensor-parallel worker rank {w.rank} (pid {w.proc.pid}) {how}; the engine cannot continue "
+        msg = (f"{self.describe(w.rank)} (pid {w.proc.pid}) {how}; the engine cannot continue "
                "(restart it)")
         return msg + (f". Its error: {w.error.strip()}" if w.error else "")
+
+    def describe(self, rank: int) -> str:
+        """``tensor-parallel worker rank R``; with pipeline stages also its stage and tensor rank."""
+        if self.pp == 1:
+            return f"tensor-parallel worker rank {rank}"
+        stage, tp_rank = self.pp - 1 - rank // self.tp, rank % self.tp  # parallel_state.rank_layout
+        return f"parallel worker rank {rank} (pipeline stage {stage}, tensor rank {tp_rank})"
 
     def find_dead(self, timeout: float = 0.0) -> _Worker | None:
         if self.dead is None:
@@ -198,7 +207,7 @@ class MultiprocExecutor(Executor):
         if config.device.startswith("cuda"):
             config.device = "cuda:0"
             torch.cuda.set_device(0)
-        self._g = g = _Group(backend_for(config.device))
+        self._g = g = _Group(backend_for(config.device), self.tp_size, self.pp_size)
         self._finalizer = weakref.finalize(self, g.close)
         try:
             store = dist.TCPStore(HOST, 0, world, is_master=True, wait_for_workers=False,
