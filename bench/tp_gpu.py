@@ -16,6 +16,10 @@ JSON (written after every section) + a printed table.
   PYTHONPATH=runtime python bench/tp_gpu.py --tp 2 --out bench/out/tp2.json                  # 2 GPUs, < 8 min
   PYTHONPATH=runtime python bench/tp_gpu.py --tp 4 --model bench/configs/llama-3.1-70b \\
       --out bench/out/tp4_70b.json                                                            # 4 GPUs
+  PYTHONPATH=runtime python bench/tp_gpu.py --tp 1 --pp 2 --out bench/out/pp2.json            # 2 GPUs, PP=2
+
+``--pp N``: the parallel engines run N pipeline stages of ``--tp`` ranks each (docs/pipeline_parallel.md);
+the reference stays one GPU. The (c) all-reduce section is skipped then.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+PP = 1  # --pp: pipeline stages of the parallel engines
 DEVICE = "cuda"  # --device cpu: a smoke test of this script on CPU (gloo), with a small --model
 
 
@@ -83,12 +88,16 @@ def equality(tp: int, archs: list[str]) -> list[dict]:
             for name, kw in settings:
                 t0 = time.time()
                 res = {}
-                for size in (1, tp):
-                    llm = LLM(d, dtype="float32", device=DEVICE, tensor_parallel_size=size, skip_tokenizer_init=True,
-                              use_tqdm=False, max_model_len=2048, kv_cache_memory=1 << 30, max_num_seqs=16, **kw)
-                    res[size] = greedy(llm, prompts, 48, n2=True)
+                if PP > 1:
+                    kw.pop("async_scheduling", None)  # pipeline stages schedule synchronously
+                for key, (size, pp) in enumerate(((1, 1), (tp, PP))):
+                    llm = LLM(d, dtype="float32", device=DEVICE, tensor_parallel_size=size, pipeline_parallel_size=pp,
+                              skip_tokenizer_init=True, use_tqdm=False, max_model_len=2048, kv_cache_memory=1 << 30,
+                              max_num_seqs=16, **kw)
+                    res[key] = greedy(llm, prompts, 48, n2=True)
                     graphs = llm.llm_engine.core.runner.graphs is not None
                     free_engine(llm)
+                res = {1: res[0], tp: res[1]}
                 same = res[1] == res[tp]
                 first_diff = None
                 if not same:
@@ -105,12 +114,17 @@ def equality(tp: int, archs: list[str]) -> list[dict]:
 
 
 # -- (b) -------------------------------------------------------------------------------------------------
-def big_model_in_child(size: int, bw_gbs: float) -> dict:
+def label(size: int, pp: int) -> str:
+    return f"tp{size}" + (f"pp{pp}" if pp > 1 else "")
+
+
+def big_model_in_child(size: int, bw_gbs: float, pp: int = 1) -> dict:
     """``big_model`` in a fresh process (this script with ``--big-size``), its output passed through."""
     argv = [a for a in sys.argv[1:]]
     env = dict(os.environ, TP_GPU_BW=str(bw_gbs))
     env.pop("PAGEDSERVE_ALLOW_LATER_TP_ENGINE", None)  # the child's engine is the first of its process
-    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--big-size", str(size)], env=env,
+    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--big-size", str(size),
+                          "--big-pp", str(pp)], env=env,
                          stdout=subprocess.PIPE, text=True)
     result = None
     assert p.stdout is not None
@@ -125,7 +139,7 @@ def big_model_in_child(size: int, bw_gbs: float) -> dict:
     return result
 
 
-def big_model(model: str, tp: int, bw_gbs: float, args) -> dict:
+def big_model(model: str, tp: int, bw_gbs: float, args, pp: int = 1) -> dict:
     from pagedserve import LLM, SamplingParams
     from pagedserve.benchmarks.datasets import lognormal_requests
     from pagedserve.benchmarks.latency import measure
@@ -135,13 +149,15 @@ def big_model(model: str, tp: int, bw_gbs: float, args) -> dict:
     if args.quantization:
         kw["quantization"] = args.quantization
     llm = LLM(model, load_format="dummy", dtype="bfloat16" if DEVICE == "cuda" else "float32", device=DEVICE,
-              tensor_parallel_size=tp,
+              tensor_parallel_size=tp, pipeline_parallel_size=pp,
               skip_tokenizer_init=True, use_tqdm=False, **kw)
     core = llm.llm_engine.core
     ready = time.time() - t0
-    weight_bytes = sum(p.numel() * p.element_size() for p in core.runner.model.parameters())  # per rank
-    floor_ms = weight_bytes / (bw_gbs * 1e9) * 1e3
-    out: dict = {"tp": tp, "ready_s": round(ready, 1), "graph_capture_s": round(core.graph_capture_seconds, 1),
+    # per GPU of a stage; a token passes every stage in turn, so the floor is the whole model / tp
+    weight_bytes = sum(i["weight_bytes"] for i in core.executor.collective_rpc("info")) // (tp * pp)
+    floor_ms = weight_bytes * pp / (bw_gbs * 1e9) * 1e3
+    out: dict = {"tp": tp, "pp": pp, "ready_s": round(ready, 1),
+                 "graph_capture_s": round(core.graph_capture_seconds, 1),
                  "weight_bytes_per_rank": weight_bytes, "weight_read_floor_ms": floor_ms,
                  "num_gpu_blocks": core.config.cache_config.num_gpu_blocks}
     log(f"(b) TP={tp}: ready in {ready:.0f} s, {weight_bytes / 1e9:.2f} GB of weights per GPU, "
@@ -187,7 +203,7 @@ def big_model(model: str, tp: int, bw_gbs: float, args) -> dict:
     log(f"(b) TP={tp}: {len(reqs)} lognormal prompts: {out['output_tok_s']:.0f} output tok/s, "
         f"{out['total_tok_s']:.0f} total tok/s ({elapsed:.1f} s, {out['num_preemptions']} preemptions)")
     # (c) all-reduce latency on this group, at the sizes of a step
-    if tp > 1:
+    if tp > 1 and pp == 1:
         hidden = core.config.model_config.arch.hidden_size
         numels = [hidden * b for b in (1, 8, 64, 256, 2048)]
         res = core.executor.collective_rpc("bench_all_reduce", numels, 50)
@@ -231,8 +247,9 @@ def death_check(tp: int) -> dict:
 
     with tempfile.TemporaryDirectory() as root:
         d = make_tiny(root, "llama", 0)
-        llm = LLM(d, dtype="float32", device=DEVICE, tensor_parallel_size=tp, skip_tokenizer_init=True,
-                  use_tqdm=False, max_model_len=2048, kv_cache_memory=1 << 30, max_num_seqs=16)
+        llm = LLM(d, dtype="float32", device=DEVICE, tensor_parallel_size=tp, pipeline_parallel_size=PP,
+                  skip_tokenizer_init=True, use_tqdm=False, max_model_len=2048, kv_cache_memory=1 << 30,
+                  max_num_seqs=16)
         greedy(llm, [[5, 6, 7]], 4)
         ex = llm.llm_engine.core.executor
         pid = ex.worker_pids[-1]
@@ -270,15 +287,18 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-tp1", action="store_true", help="skip the TP=1 reference in the big-model section")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: smoke-test this script (gloo)")
+    ap.add_argument("--pp", type=int, default=1, help="pipeline stages of the parallel engines (ranks: tp x pp)")
     ap.add_argument("--big-size", type=int, default=None, help=argparse.SUPPRESS)  # one big-model run, then exit
+    ap.add_argument("--big-pp", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--in-process", action="store_true",
                     help="big-model engines in this process after the others (reproduces the later-engine stall; "
                          "needs PAGEDSERVE_ALLOW_LATER_TP_ENGINE=1)")
     args = ap.parse_args()
-    global DEVICE
+    global DEVICE, PP
+    PP = args.pp
     if args.big_size is not None:  # a child process: its engine is the first of its process
         DEVICE = args.device
-        res = big_model(args.model, args.big_size, float(os.environ["TP_GPU_BW"]), args)
+        res = big_model(args.model, args.big_size, float(os.environ["TP_GPU_BW"]), args, args.big_pp)
         print("BIGRESULT " + json.dumps(res), flush=True)
         return 0
     # the small equality / killed-worker engines share this process (they pass there; a big TP engine
@@ -292,14 +312,14 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    n_gpus = torch.cuda.device_count() if DEVICE == "cuda" else args.tp
-    if n_gpus < args.tp:
-        print(f"needs {args.tp} GPUs, {n_gpus} visible", file=sys.stderr)
+    n_gpus = torch.cuda.device_count() if DEVICE == "cuda" else args.tp * args.pp
+    if n_gpus < args.tp * args.pp:
+        print(f"needs {args.tp * args.pp} GPUs, {n_gpus} visible", file=sys.stderr)
         return 2
     from pagedserve.benchmarks.latency import copy_bandwidth_gbs
 
     cuda = DEVICE == "cuda"
-    result: dict = {"tp": args.tp, "model": args.model,
+    result: dict = {"tp": args.tp, "pp": args.pp, "model": args.model,
                     "gpus": [torch.cuda.get_device_name(i) for i in range(n_gpus)] if cuda else ["cpu"] * n_gpus,
                     "torch": torch.__version__, "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
                     "env": {k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
@@ -326,21 +346,24 @@ def main() -> int:
             ok = False
         save()
     if "big" not in args.skip:
-        sizes = ([1] if not args.no_tp1 and (not cuda or fits_one_gpu(args.model)) else []) + [args.tp]
+        runs = ([(1, 1)] if not args.no_tp1 and (not cuda or fits_one_gpu(args.model)) else []) + [(args.tp, args.pp)]
         result["big"] = {}
-        for size in sizes:
+        for size, pp in runs:
+            key = label(size, pp)
             try:
                 child = cuda and not args.in_process
-                result["big"][f"tp{size}"] = big_model_in_child(size, bw) if child else big_model(args.model, size, bw, args)
+                result["big"][key] = (big_model_in_child(size, bw, pp) if child
+                                      else big_model(args.model, size, bw, args, pp))
             except Exception:
-                result["big"][f"tp{size}_error"] = traceback.format_exc()
-                log(result["big"][f"tp{size}_error"])
+                result["big"][f"{key}_error"] = traceback.format_exc()
+                log(result["big"][f"{key}_error"])
                 ok = False
             save()
         big = result["big"]
-        if "tp1" in big and f"tp{args.tp}" in big:
-            result["big"]["greedy_agreement"] = agreement(big["tp1"]["greedy"], big[f"tp{args.tp}"]["greedy"])
-            log(f"(b) greedy agreement TP=1 vs TP={args.tp} (bf16, dummy weights): "
+        par = label(args.tp, args.pp)
+        if "tp1" in big and par in big and par != "tp1":
+            result["big"]["greedy_agreement"] = agreement(big["tp1"]["greedy"], big[par]["greedy"])
+            log(f"(b) greedy agreement TP=1 vs {par} (bf16, dummy weights): "
                 f"{result['big']['greedy_agreement']:.1%} of positions")
         save()
     if "death" not in args.skip:
@@ -374,7 +397,8 @@ def print_table(result: dict) -> None:
                   f"{v['tpot_ms']:8.3f} {v['tpot_over_floor']:8.2f} {v['ttft_ms']:8.1f} {v['output_tok_s']:10.0f} "
                   f"{v['total_tok_s']:10.0f} {v.get('batch1_all_reduce_ms', 0):9.2f}")
     if "greedy_agreement" in big:
-        print(f"  greedy agreement TP=1 vs TP={result['tp']} (bf16 dummy): {big['greedy_agreement']:.1%}")
+        print(f"  greedy agreement TP=1 vs {label(result['tp'], result.get('pp', 1))} (bf16 dummy): "
+              f"{big['greedy_agreement']:.1%}")
     if "death" in result:
         d = result["death"]
         print(f"  killed worker: {'clear error' if d['raised'] else 'NO ERROR'} after {d['raised_after_s']} s, "

@@ -14,8 +14,12 @@ from tests.server.server_proc import free_port
 
 CASES = [
     # every refused feature is named in one message
-    (["--pipeline-parallel-size", "2", "--quantization", "bogus", "--max-waiting-requests", "0", "--kv-cache-dtype", "int4"],
-     ["pipeline-parallel-size 2", "quantization bogus", "max-waiting-requests must be >= 1", "kv-cache-dtype int4"]),
+    (["--distributed-executor-backend", "ray", "--quantization", "bogus", "--max-waiting-requests", "0",
+      "--kv-cache-dtype", "int4"],
+     ["distributed-executor-backend ray", "'ray' is not built yet", "quantization bogus",
+      "max-waiting-requests must be >= 1", "kv-cache-dtype int4"]),
+    # the default model (SmolLM2-135M) has 30 layers: every pipeline stage needs one
+    (["--pipeline-parallel-size", "31"], "pipeline_parallel_size 31 is larger than the model's num_hidden_layers 30"),
     (["--block-size", "7"], "block_size"),
     (["--max-model-len", "100000"], "max_model_len"),
     (["--model", "/nonexistent/model"], "/nonexistent/model"),
@@ -26,7 +30,7 @@ VLLM_FLAGS = ["--model", "--served-model-name", "--host", "--port", "--max-model
               "--max-num-seqs", "--max-num-batched-tokens", "--block-size", "--swap-space",
               "--enable-prefix-caching", "--tensor-parallel-size", "--pipeline-parallel-size", "--dtype",
               "--quantization", "--trust-remote-code", "--enforce-eager", "--seed", "--api-key", "--load-format",
-              "--max-waiting-requests", "--kv-cache-dtype"]
+              "--max-waiting-requests", "--kv-cache-dtype", "--distributed-executor-backend"]
 
 
 def _run_all(cases: list[list[str]], timeout: float = 180) -> list[tuple[int, str, float]]:

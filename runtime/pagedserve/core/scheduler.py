@@ -65,6 +65,9 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
         self.prefix_cache_queries = self.prefix_cache_hits = 0  # tokens
         self._errored: list[Request] = []  # requests ended by the core itself, reported by take_errored
         self.num_host_sync_requests = 0  # requests whose params need host tokens every step (async pauses)
+        # pipeline parallelism with several batches in flight: a request whose sampled token is still
+        # in the pipeline is not scheduled again until it is back (the first stage needs its id)
+        self.skip_in_flight = False
         # the most tokens one sequence can hold: the model limit, or the whole cache if smaller
         self.capacity = min(scheduler_config.max_model_len, num_blocks * cache_config.block_size)
         self._init_spec(speculative_config)  # speculative decoding (core/spec_decode.py)
@@ -153,6 +156,9 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
         while i < len(running) and budget > 0:
             req = running[i]
             if req.beam is None:  # the common case, inlined: one sequence
+                if req.num_output_placeholders and self.skip_in_flight:
+                    i += 1
+                    continue
                 n = req.num_tokens + req.num_output_placeholders - req.num_computed_tokens
                 if req.num_output_placeholders and self._done_in_flight(req):
                     n = 0  # its in-flight token is its last: nothing more to compute

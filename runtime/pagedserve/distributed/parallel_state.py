@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 _TP_RANK = 0
 _TP_SIZE = 1
+_PP_RANK = 0
+_PP_SIZE = 1
+_TP_GROUP: Any = None  # the process group of this rank's tensor-parallel peers (None: the default group)
 
 # NVLink multicast (NVLS) stays off on the device machines: set in every process of a TP group
 # (the driver before its NCCL communicator exists, the workers before they import torch's NCCL).
@@ -50,6 +53,77 @@ def get_tp_rank() -> int:
 
 def get_tp_size() -> int:
     return _TP_SIZE
+
+
+# -- pipeline parallelism -----------------------------------------------------------------------
+# Global ranks: ``world = tp * pp``; rank ``g`` is tensor rank ``g % tp`` of pipeline stage
+# ``pp - 1 - g // tp``. The driver (global rank 0, in the engine-core process) is therefore tensor
+# rank 0 of the LAST stage: the stage that computes the logits samples where the scheduler lives.
+@contextmanager
+def pp_context(rank: int, size: int) -> Iterator[None]:
+    """Pipeline stage and number of stages seen by the models built inside the block."""
+    global _PP_RANK, _PP_SIZE
+    prev = (_PP_RANK, _PP_SIZE)
+    _PP_RANK, _PP_SIZE = rank, size
+    try:
+        yield
+    finally:
+        _PP_RANK, _PP_SIZE = prev
+
+
+def get_pp_rank() -> int:
+    return _PP_RANK
+
+
+def get_pp_size() -> int:
+    return _PP_SIZE
+
+
+def rank_layout(global_rank: int, tp: int, pp: int) -> tuple[int, int]:
+    """(tensor rank, pipeline stage) of a global rank."""
+    return global_rank % tp, pp - 1 - global_rank // tp
+
+
+def global_rank_of(tp_rank: int, pp_rank: int, tp: int, pp: int) -> int:
+    return (pp - 1 - pp_rank) * tp + tp_rank
+
+
+def stage_layers(num_layers: int, pp_rank: int, pp_size: int) -> tuple[int, int]:
+    """[start, end) of the decoder layers of stage ``pp_rank``: an even split, the earlier stages
+    taking one more layer when it does not divide (the last stage also runs the LM head)."""
+    base, extra = divmod(num_layers, pp_size)
+    start = pp_rank * base + min(pp_rank, extra)
+    return start, start + base + (1 if pp_rank < extra else 0)
+
+
+def init_model_parallel_groups(tp: int, pp: int) -> None:
+    """With pipeline stages, each stage's tensor ranks get their own group for the layers'
+    collectives (every rank creates every group, in the same order, as torch.distributed wants)."""
+    global _TP_GROUP
+    _TP_GROUP = None
+    if pp == 1:
+        return
+    me = dist.get_rank()
+    for stage in range(pp):
+        ranks = [global_rank_of(t, stage, tp, pp) for t in range(tp)]
+        group = dist.new_group(ranks)
+        if me in ranks:
+            _TP_GROUP = group
+
+
+def pp_send(tensors: list[torch.Tensor], dst: int) -> None:
+    """Send the stage's activations to global rank ``dst`` (the same tensor rank of the next stage)."""
+    for t in tensors:
+        dist.send(t.contiguous(), dst)
+
+
+def pp_recv(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device, src: int) -> list[torch.Tensor]:
+    out = []
+    for shape in shapes:
+        t = torch.empty(shape, dtype=dtype, device=device)
+        dist.recv(t, src)
+        out.append(t)
+    return out
 
 
 def disable_multicast_env() -> None:
@@ -109,6 +183,8 @@ def destroy_distributed() -> None:
     were captured in CUDA graphs (pytorch/pytorch#115388; seen on 2 x H200, torch 2.11, NCCL 2.28), so
     callers run it in a daemon thread with a bounded wait (executor/multiproc.py), and worker
     processes skip it and exit (the OS releases their communicators)."""
+    global _TP_GROUP
+    _TP_GROUP = None
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -137,6 +213,8 @@ _HUNG: list[threading.Thread] = []
 def abort_distributed() -> None:
     """Tear the group down without waiting for the peers (one of them died): pending NCCL
     collectives fail instead of spinning forever."""
+    global _TP_GROUP
+    _TP_GROUP = None
     if not dist.is_initialized():
         return
     abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
@@ -151,15 +229,15 @@ def abort_distributed() -> None:
 
 # -- collectives (called by sharded layers only, i.e. when their tp_size > 1) --------------------
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
-    dist.all_reduce(x)
+    dist.all_reduce(x, group=_TP_GROUP)
     return x
 
 
 def tp_all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     """[..., n] on each rank → [..., size * n], rank-major along the last dimension."""
-    size = dist.get_world_size()
+    size = dist.get_world_size(_TP_GROUP)
     out = torch.empty((size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    _all_gather_single(out, x.contiguous())  # rank-major along dim 0
+    _all_gather_single(out, x.contiguous(), group=_TP_GROUP)  # rank-major along dim 0
     return out.view(size, *x.shape).movedim(0, -2).reshape(*x.shape[:-1], size * x.shape[-1])
 
 
@@ -167,7 +245,8 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 
 
 def tp_broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
-    dist.broadcast(x, src)
+    """From global rank ``src`` (the driver) to its tensor-parallel peers."""
+    dist.broadcast(x, src, group=_TP_GROUP)
     return x
 
 
@@ -178,6 +257,15 @@ def tp_min_int(n: int, device: torch.device | str) -> int:
 
 
 # -- validation -----------------------------------------------------------------------------------
+def check_pipeline_parallel(arch: Any, pp: int) -> None:
+    """Every stage needs at least one decoder layer."""
+    if pp < 1:
+        raise ValueError(f"pipeline_parallel_size must be >= 1, got {pp}")
+    if pp > arch.num_layers:
+        raise ValueError(f"pipeline_parallel_size {pp} is larger than the model's num_hidden_layers "
+                         f"{arch.num_layers}: every pipeline stage needs at least one layer")
+
+
 def check_tensor_parallel(arch: Any, tp: int) -> None:
     """Clear errors before any process starts: what must divide by the number of ranks."""
     if tp == 1:

@@ -44,6 +44,7 @@ class EngineArgs:
     max_waiting_requests: int | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # "mp" (the default); "ray" is not built
     seed: int = 0
     device: str | None = None
     load_format: str = "auto"
@@ -81,6 +82,8 @@ class EngineArgs:
         check_architecture(arch.architecture)
         if self.tensor_parallel_size > 1:
             _check_tensor_parallel(self.tensor_parallel_size, arch, device)
+        if self.pipeline_parallel_size > 1:
+            self._check_pipeline_parallel(arch, device)
         gen_cfg = _read_json(os.path.join(model_dir, "generation_config.json"), required=False)
         for eos in _as_list(gen_cfg.get("eos_token_id")):
             if eos not in arch.eos_token_ids:
@@ -122,6 +125,8 @@ class EngineArgs:
             auto_swap_min_tokens=self.auto_swap_min_tokens)
         parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size)
         async_sched = on_gpu if self.async_scheduling is None else self.async_scheduling
+        if self.pipeline_parallel_size > 1:
+            async_sched = False  # the first stage builds its input ids from the host (docs/pipeline_parallel.md)
         lora = (LoRAConfig(self.max_loras, self.max_lora_rank, self.max_cpu_loras or self.max_loras)
                 if self.enable_lora else None)
         spec = SpeculativeConfig.from_dict(self.speculative_config)
@@ -137,6 +142,27 @@ class EngineArgs:
         return EngineConfig(model_config, cache_config, sched, parallel, device,
                             enforce_eager=self.enforce_eager, attention_backend=self.attention_backend,
                             async_scheduling=async_sched, lora_config=lora, speculative_config=spec)
+
+    def _check_pipeline_parallel(self, arch: ArchConfig, device: str) -> None:
+        """Clear errors before any process starts (docs/pipeline_parallel.md)."""
+        from pagedserve.distributed.parallel_state import check_pipeline_parallel
+
+        pp, tp = self.pipeline_parallel_size, self.tensor_parallel_size
+        check_pipeline_parallel(arch, pp)
+        for flag, on in (("enable_lora", self.enable_lora), ("speculative_config", bool(self.speculative_config)),
+                         ("async_scheduling", bool(self.async_scheduling))):
+            if on:
+                raise ValueError(f"pipeline_parallel_size {pp} with {flag} is not supported yet; drop one")
+        if device.startswith("cuda"):
+            if device not in ("cuda", "cuda:0"):
+                raise ValueError(f"device={device!r} with pipeline_parallel_size {pp}: rank r runs on cuda:r; pick "
+                                 "the GPUs with CUDA_VISIBLE_DEVICES and use device='cuda'")
+            visible = torch.cuda.device_count()
+            if tp * pp > visible:
+                raise ValueError(f"tensor_parallel_size x pipeline_parallel_size ({tp} x {pp}) is larger than the "
+                                 f"number of visible GPUs ({visible})")
+        elif device != "cpu":
+            raise ValueError(f"pipeline parallelism runs on CUDA GPUs (NCCL) or on the CPU (gloo), not on {device!r}")
 
     def _draft_model_config(self, spec: SpeculativeConfig, target: ModelConfig, device: str) -> ModelConfig:
         """The draft model of ``method: draft_model``: resolved like --model, same tokenizer (vocabulary)
@@ -210,8 +236,9 @@ class EngineArgs:
         canonical_name(self.quantization)  # a clear error for an unknown or unsupported method
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
-        if self.pipeline_parallel_size != 1:
-            raise ValueError("pipeline_parallel_size > 1 is not supported; use tensor_parallel_size")
+        if self.pipeline_parallel_size < 1:
+            raise ValueError(f"pipeline_parallel_size must be >= 1, got {self.pipeline_parallel_size}")
+        check_executor_backend(self.distributed_executor_backend)
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         for flag, v in (("max_loras", self.max_loras), ("max_lora_rank", self.max_lora_rank)):
@@ -225,6 +252,16 @@ class EngineArgs:
         SpeculativeConfig.from_dict(self.speculative_config)  # a clear error naming the bad key
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
+
+
+def check_executor_backend(backend: str | None) -> None:
+    """``--distributed-executor-backend``: ``mp`` (processes on this node) is the one built."""
+    if backend in (None, "mp"):
+        return
+    if backend == "ray":
+        raise ValueError("distributed_executor_backend 'ray' is not built yet (multi-node serving on Ray); use 'mp' "
+                         "(tensor and pipeline parallelism on one node)")
+    raise ValueError(f"distributed_executor_backend must be mp or ray, got {backend!r}")
 
 
 def _check_tensor_parallel(tp: int, arch: ArchConfig, device: str) -> None:

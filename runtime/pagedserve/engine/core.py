@@ -6,6 +6,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from collections import deque
+
 from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import EngineCoreOutput, SchedulerOutput
@@ -50,6 +52,12 @@ class EngineCore:
         self.async_scheduling = config.async_scheduling
         self.loras: dict[int, LoRARequest] = {}  # adapters added (the workers cache them, LRU)
         self.inflight: tuple[SchedulerOutput, StepHandle] | None = None  # the step on the device
+        # pipeline parallelism: up to pipeline_parallel_size batches in the pipeline at once, oldest
+        # first (docs/pipeline_parallel.md); the scheduler skips requests whose token is still in one
+        self.pp_size = config.parallel_config.pipeline_parallel_size
+        self.pp_inflight: deque[tuple[SchedulerOutput, StepHandle]] = deque()
+        self.scheduler.skip_in_flight = self.pp_size > 1
+        self.max_batches_in_flight = 0  # the most batches seen in the pipeline at once (tests, benchmarks)
         # per-step trace for benchmarks: (start, launched, done, tokens, requests, runner path)
         self.trace: list[tuple] | None = None
         self.wait_seconds = 0.0  # host time spent waiting for the device
@@ -117,7 +125,12 @@ class EngineCore:
     def step(self) -> list[EngineCoreOutput]:
         """One step. With async scheduling, step N+1 is scheduled and queued on the device before
         the results of step N are read back, so the host's work overlaps the device's; outputs then
-        trail the device by one step."""
+        trail the device by one step. With pipeline stages, batches of other requests enter the
+        pipeline while earlier ones are still in it (``_step_pipelined``)."""
+        if self.pp_size > 1 and not self._needs_sync():
+            return self._step_pipelined()
+        if self.pp_inflight:  # leaving the pipelined mode (beam search, penalties): drain it first
+            return self._finish_pp_oldest()
         if not self.async_scheduling or self._needs_sync():
             outputs = self._finish_inflight()
             t0 = time.perf_counter()
@@ -140,6 +153,29 @@ class EngineCore:
             self.inflight = (sched, handle)
         self._trace(sched, t0, t1)
         return outputs
+
+    def _step_pipelined(self) -> list[EngineCoreOutput]:
+        """Schedule a batch (requests not in the pipeline) and send it in; read back the oldest batch
+        once the pipeline is full or nothing new could be scheduled."""
+        t0 = time.perf_counter()
+        sched = self.scheduler.schedule()
+        launched = not sched.is_empty or bool(sched.block_ops)
+        if launched:
+            self.pp_inflight.append((sched, self.executor.launch(sched)))
+            self.max_batches_in_flight = max(self.max_batches_in_flight, len(self.pp_inflight))
+            self._trace(sched, t0, time.perf_counter())
+        if self.pp_inflight and (len(self.pp_inflight) >= self.pp_size or not launched):
+            return self._finish_pp_oldest()
+        if not launched and self.structured_output is not None:
+            self.structured_output.wait_any(0.01)  # only grammars compiling: do not spin
+        return self.scheduler.take_errored()
+
+    def _finish_pp_oldest(self) -> list[EngineCoreOutput]:
+        sched, handle = self.pp_inflight.popleft()
+        tw = time.perf_counter()
+        out = self.executor.collect(handle)
+        self.wait_seconds += time.perf_counter() - tw
+        return self.scheduler.update_from_output(sched, out.sampled, out.logprobs, out.prompt_logprobs, out.spec)
 
     def _trace(self, sched: SchedulerOutput, start: float, launched: float) -> None:
         """One trace row (when tracing): ``done`` is when the previous step's results were read
@@ -164,7 +200,7 @@ class EngineCore:
         return self.scheduler.num_host_sync_requests > 0
 
     def has_unfinished_requests(self) -> bool:
-        return self.inflight is not None or self.scheduler.has_unfinished_requests()
+        return self.inflight is not None or bool(self.pp_inflight) or self.scheduler.has_unfinished_requests()
 
     def write_trace(self, path: str) -> None:
         """Write the per-step trace as JSON rows ``[start, launched, done (ms from the first step),
@@ -189,6 +225,7 @@ class EngineCore:
         """Stop the tensor-parallel worker processes (if any) and release the device memory; the core
         cannot step afterwards."""
         self.inflight = None
+        self.pp_inflight.clear()
         if self.structured_output is not None:
             self.structured_output.shutdown()
         self.runner = None  # type: ignore[assignment]

@@ -37,7 +37,10 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--auto-swap-min-tokens", type=int, default=None,
                    help="--preemption-mode auto swaps when recompute would redo at least this many tokens (default 64)")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
-    g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+    g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
+                   help="pipeline stages, one process per stage and tensor rank (docs/pipeline_parallel.md)")
+    g.add_argument("--distributed-executor-backend", default=None,
+                   help="mp (processes on this node, the default); ray is not built yet")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])

@@ -1,5 +1,6 @@
 """Executors: how the engine core's steps reach the model — one process (``uniproc``) or one
-process per tensor-parallel rank (``multiproc``), behind the same API (``base.Executor``)."""
+process per rank, tensor-parallel ranks times pipeline stages (``multiproc``), behind the same
+API (``base.Executor``)."""
 from __future__ import annotations
 
 from pagedserve.config import EngineConfig
@@ -7,7 +8,8 @@ from pagedserve.executor.base import Executor
 
 
 def make_executor(config: EngineConfig, use_tqdm: bool = True) -> Executor:
-    if config.parallel_config.tensor_parallel_size == 1:
+    pc = config.parallel_config
+    if pc.tensor_parallel_size * pc.pipeline_parallel_size == 1:
         from pagedserve.executor.uniproc import UniProcExecutor
 
         return UniProcExecutor(config, use_tqdm=use_tqdm)

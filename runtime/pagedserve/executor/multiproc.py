@@ -1,5 +1,7 @@
-"""Tensor parallelism: one process per rank. Rank 0 (the driver) lives in this (the engine-core)
-process, keeps the scheduler and samples; ranks 1..N-1 are spawned here (``worker_proc.py``).
+"""Tensor and pipeline parallelism: one process per rank, ``tp x pp`` ranks (pipeline stages:
+docs/pipeline_parallel.md; the driver is tensor rank 0 of the last stage). Rank 0 (the driver)
+lives in this (the engine-core) process, keeps the scheduler and samples; ranks 1..N-1 are
+spawned here (``worker_proc.py``).
 
 Per step the driver builds the step's host inputs once (``prepare_inputs``), sends them pickled
 to every worker over a pipe, and queues its own forward pass; every rank runs the same path
@@ -61,6 +63,8 @@ class _Group:
     """Everything the monitor thread and the finalizer need (no reference to the executor)."""
 
     backend: str
+    tp: int = 1
+    pp: int = 1
     workers: list[_Worker] = field(default_factory=list)
     dead: _Worker | None = None
     failed: str | None = None  # an error escaped a call: the ranks may be out of lockstep
@@ -89,9 +93,16 @@ class _Group:
                 pass
         code = _exit_code(w.proc, 10)  # it exits right after its last words (slow on a loaded host)
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        msg = (f"tensor-parallel worker rank {w.rank} (pid {w.proc.pid}) {how}; the engine cannot continue "
+        msg = (f"{self.describe(w.rank)} (pid {w.proc.pid}) {how}; the engine cannot continue "
                "(restart it)")
         return msg + (f". Its error: {w.error.strip()}" if w.error else "")
+
+    def describe(self, rank: int) -> str:
+        """``tensor-parallel worker rank R``; with pipeline stages also its stage and tensor rank."""
+        if self.pp == 1:
+            return f"tensor-parallel worker rank {rank}"
+        stage, tp_rank = self.pp - 1 - rank // self.tp, rank % self.tp  # parallel_state.rank_layout
+        return f"parallel worker rank {rank} (pipeline stage {stage}, tensor rank {tp_rank})"
 
     def find_dead(self, timeout: float = 0.0) -> _Worker | None:
         if self.dead is None:
@@ -187,26 +198,28 @@ class MultiprocExecutor(Executor):
         from pagedserve.executor.worker_proc import RankWorker, worker_main
 
         self.config = config
-        self.tp_size = tp = config.parallel_config.tensor_parallel_size
+        self.tp_size = config.parallel_config.tensor_parallel_size
+        self.pp_size = config.parallel_config.pipeline_parallel_size
+        world = self.tp_size * self.pp_size  # global ranks (parallel_state.rank_layout)
         check_later_tp_engine(config.device)
         claim_process(self)
         disable_multicast_env()
         if config.device.startswith("cuda"):
             config.device = "cuda:0"
             torch.cuda.set_device(0)
-        self._g = g = _Group(backend_for(config.device))
+        self._g = g = _Group(backend_for(config.device), self.tp_size, self.pp_size)
         self._finalizer = weakref.finalize(self, g.close)
         try:
-            store = dist.TCPStore(HOST, 0, tp, is_master=True, wait_for_workers=False,
+            store = dist.TCPStore(HOST, 0, world, is_master=True, wait_for_workers=False,
                                   timeout=_timedelta(STARTUP_TIMEOUT_S))
             ctx = mp.get_context("spawn")
             log_level = logging.getLogger().getEffectiveLevel()
             with spawn_children():
-                for rank in range(1, tp):
+                for rank in range(1, world):
                     cmd_r, cmd_w = ctx.Pipe(duplex=False)
                     resp_r, resp_w = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=worker_main, name=f"pagedserve-tp{rank}", daemon=True,
-                                       args=(config, rank, tp, HOST, store.port, cmd_r, resp_w,
+                                       args=(config, rank, world, HOST, store.port, cmd_r, resp_w,
                                              dict(NO_MULTICAST_ENV), log_level))
                     proc.start()
                     cmd_r.close()
@@ -215,14 +228,14 @@ class MultiprocExecutor(Executor):
             self._expect("hello")
             g.start_monitor()
             with self._call():
-                init_distributed(config.device, 0, tp, HOST, store.port, store=store,
+                init_distributed(config.device, 0, world, HOST, store.port, store=store,
                                  timeout_s=STARTUP_TIMEOUT_S)
                 g.dist_up = True
-                self.worker = RankWorker(config, 0, tp, use_tqdm=use_tqdm)
+                self.worker = RankWorker(config, 0, world, use_tqdm=use_tqdm)
                 self.runner = g.rank0 = self.worker.runner
             self._expect("ready")
-            logger.info("tensor parallelism: %d ranks (%s), workers %s", tp, g.backend,
-                        [w.proc.pid for w in g.workers])
+            logger.info("tensor parallelism %d x pipeline stages %d: %d ranks (%s), workers %s", self.tp_size,
+                        self.pp_size, world, g.backend, [w.proc.pid for w in g.workers])
         except BaseException:
             self.shutdown()
             raise
@@ -294,10 +307,14 @@ class MultiprocExecutor(Executor):
             if not sched.is_empty:
                 h = prepare_inputs(sched.scheduled, self.runner.block_size, prev.row_of if prev is not None else None)
             self._send(("step", h, sched.block_ops))
+            if self.pp_size > 1:  # the earlier stages start now; this (last) stage runs in collect
+                return _PendingStage(h, sched.block_ops, sched)
             return self.runner.launch_inputs(h, sched.block_ops, prev, sched)
 
     def collect(self, handle):
         with self._call():
+            if isinstance(handle, _PendingStage):  # pipeline: receive, run the last stage, sample
+                handle = self.runner.launch_inputs(handle.h, handle.block_ops, None, handle.sched)
             if handle.event is not None:
                 handle.event.synchronize()
                 if self._g.dead is not None:  # released by the abort: the step did not happen
@@ -317,6 +334,16 @@ class MultiprocExecutor(Executor):
         """Stop the workers and leave the process group (idempotent; also runs when collected)."""
         self._finalizer()
         release_process(self)
+
+
+@dataclass
+class _PendingStage:
+    """A batch sent into the pipeline whose last stage (this process) has not run yet: the engine
+    core schedules further batches meanwhile, and ``collect`` runs it (batches stay in order)."""
+
+    h: Any
+    block_ops: list
+    sched: Any
 
 
 def _exit_code(proc: Any, timeout: float) -> int | None:

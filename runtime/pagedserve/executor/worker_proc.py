@@ -29,11 +29,17 @@ logger = logging.getLogger(__name__)
 
 class RankWorker:
     def __init__(self, config: EngineConfig, rank: int, size: int, use_tqdm: bool = True) -> None:
-        from pagedserve.distributed.parallel_state import tp_context
+        from pagedserve.distributed.parallel_state import (init_model_parallel_groups, pp_context, rank_layout,
+                                                            tp_context)
         from pagedserve.worker.model_runner import ModelRunner
 
         self.rank, self.size = rank, size
-        with tp_context(rank, size):  # the layers read rank and size while they are built
+        tp, pp = config.parallel_config.tensor_parallel_size, config.parallel_config.pipeline_parallel_size
+        self.tp_rank, self.pp_rank = rank_layout(rank, tp, pp)  # global rank → (tensor rank, stage)
+        if size > 1:
+            init_model_parallel_groups(tp, pp)  # each stage's tensor ranks: their own group
+        # the layers read rank and size while they are built; the model its pipeline stage
+        with tp_context(self.tp_rank, tp), pp_context(self.pp_rank, pp):
             self.runner = ModelRunner(config, use_tqdm=use_tqdm)
         self.prev = None  # this rank's handle of the last step (its copy of the sampled ids)
         self.num_steps = 0
@@ -80,7 +86,8 @@ class RankWorker:
         import torch
 
         r = self.runner
-        return {"rank": self.rank, "pid": os.getpid(), "device": str(r.device), "num_steps": self.num_steps,
+        return {"rank": self.rank, "tp_rank": self.tp_rank, "pp_rank": self.pp_rank, "layers": list(r.layer_range),
+                "pid": os.getpid(), "device": str(r.device), "num_steps": self.num_steps,
                 "weight_bytes": sum(p.numel() * p.element_size() for p in r.model.parameters()),
                 "kv_cache_shape": list(r.kv_cache.shape) if r.kv_cache is not None else None,
                 "memory_allocated": torch.cuda.memory_allocated() if r.device.type == "cuda" else None}

@@ -19,6 +19,7 @@ from pagedserve.layers.linear import MergedColumnParallelLinear, QKVParallelLine
 from pagedserve.layers.norm import GemmaRMSNorm
 from pagedserve.layers.rotary import RotaryEmbedding
 from pagedserve.layers.vocab import ParallelLMHead, VocabParallelEmbedding
+from pagedserve.models.pipeline import PPMissingLayer, StageInfo, make_layers, run_stage
 
 
 def gemma_layer_types(cfg: ArchConfig) -> list[str]:
@@ -128,7 +129,8 @@ class GemmaDecoderLayer(nn.Module):
 class GemmaModel(nn.Module):
     def __init__(self, cfg: ArchConfig, max_position: int, qk_norm: bool, local_rope: bool) -> None:
         super().__init__()
-        self.embed_tokens = ScaledEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.stage = stage = StageInfo(cfg.num_layers)
+        self.embed_tokens = ScaledEmbedding(cfg.vocab_size, cfg.hidden_size) if stage.is_first else PPMissingLayer()
         types = gemma_layer_types(cfg)
         if cfg.rotary_dim != cfg.head_dim:
             raise ValueError(f"partial_rotary_factor {cfg.partial_rotary_factor} is not supported for Gemma")
@@ -143,17 +145,21 @@ class GemmaModel(nn.Module):
             self.rotary_local = RotaryEmbedding(cfg.head_dim, max_position, l_theta, l_scaling,
                                                 cfg.max_position_embeddings)
         window = cfg.sliding_window
-        self.layers = nn.ModuleList(
-            GemmaDecoderLayer(cfg, i, self.rotary_local if t == "sliding_attention" else self.rotary,
-                              window if t == "sliding_attention" else None, qk_norm)
-            for i, t in enumerate(types))
-        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = make_layers(cfg.num_layers, stage, lambda i: GemmaDecoderLayer(
+            cfg, i, self.rotary_local if types[i] == "sliding_attention" else self.rotary,
+            window if types[i] == "sliding_attention" else None, qk_norm))
+        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if stage.is_last else PPMissingLayer()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
-        residual = None
-        for layer in self.layers:
-            x, residual = layer(positions, x, residual)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                intermediate: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Hidden states (last stage) or ``(hidden, residual)`` for the next stage (models/pipeline.py)."""
+        if self.stage.is_first:
+            x, residual = self.embed_tokens(input_ids), None
+        else:
+            x, residual = intermediate
+        x, residual = run_stage(self.layers, self.stage, positions, x, residual)
+        if not self.stage.is_last:
+            return x, residual
         x, _ = self.norm(x, residual)
         return x
 
@@ -170,13 +176,15 @@ class Gemma2ForCausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = GemmaModel(cfg, max_position, self.qk_norm, self.local_rope)
-        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
-        if cfg.tie_word_embeddings:
+        self.stage = self.model.stage
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size) if self.stage.is_last else PPMissingLayer()
+        if cfg.tie_word_embeddings and self.stage.is_first and self.stage.is_last:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.final_softcap = cfg.hf_config.get("final_logit_softcapping") or None
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                intermediate: tuple[torch.Tensor, torch.Tensor] | None = None):
+        return self.model(input_ids, positions, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head.compute_logits(hidden)

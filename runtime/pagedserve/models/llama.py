@@ -19,6 +19,10 @@ from pagedserve.layers.norm import RMSNorm
 from pagedserve.layers.rotary import RotaryEmbedding
 from pagedserve.layers.vocab import ParallelLMHead, VocabParallelEmbedding
 from pagedserve.arch_config import ArchConfig
+from pagedserve.models.pipeline import PPMissingLayer, StageInfo, make_layers, run_stage
+
+#: a non-first pipeline stage's input / a non-last stage's output: (hidden, residual)
+Intermediate = tuple[torch.Tensor, torch.Tensor]
 
 
 class LlamaAttention(nn.Module):
@@ -106,28 +110,33 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, cfg: ArchConfig, max_position: int, make_mlp: MakeMLP | None = None) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.stage = stage = StageInfo(cfg.num_layers)
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size) if stage.is_first
+                             else PPMissingLayer())
         if cfg.rotary_dim != cfg.head_dim and not cfg.architecture.startswith("Phi3"):
             raise ValueError(f"partial_rotary_factor {cfg.partial_rotary_factor} is not supported for "
                              f"{cfg.architecture} (only Phi3ForCausalLM rotates part of each head)")
         self.rotary = RotaryEmbedding(cfg.head_dim, max_position, cfg.rope_theta, cfg.rope_scaling,
                                       cfg.max_position_embeddings, rotary_dim=cfg.rotary_dim)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, i, self.rotary, prefix=f"model.layers.{i}", make_mlp=make_mlp)
-            for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = make_layers(cfg.num_layers, stage, lambda i: LlamaDecoderLayer(
+            cfg, i, self.rotary, prefix=f"model.layers.{i}", make_mlp=make_mlp))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if stage.is_last else PPMissingLayer()
         # EAGLE-3 (worker/eagle_proposer.py): the inputs of these layers are kept, concatenated in this
         # order, on ``aux_hidden_states`` after each forward; empty (the plain path) otherwise
         self.aux_hidden_state_layers: tuple[int, ...] = ()
         self.aux_hidden_states: torch.Tensor | None = None
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        if self.aux_hidden_state_layers:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate: Intermediate | None = None
+                ) -> torch.Tensor | Intermediate:
+        if self.aux_hidden_state_layers:  # (speculative decoding is refused with PP > 1)
             return self._forward_aux(input_ids, positions)
-        x = self.embed_tokens(input_ids)
-        residual = None
-        for layer in self.layers:
-            x, residual = layer(positions, x, residual)
+        if self.stage.is_first:
+            x, residual = self.embed_tokens(input_ids), None
+        else:
+            x, residual = intermediate
+        x, residual = run_stage(self.layers, self.stage, positions, x, residual)
+        if not self.stage.is_last:
+            return x, residual
         x, _ = self.norm(x, residual)
         return x
 
@@ -156,16 +165,18 @@ class LlamaForCausalLM(nn.Module):
         self.cfg = cfg
         self.tp_size = get_tp_size()
         self.model = LlamaModel(cfg, max_position, make_mlp=self.make_mlp)
-        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
-        if cfg.tie_word_embeddings:
+        self.stage = self.model.stage
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size) if self.stage.is_last else PPMissingLayer()
+        if cfg.tie_word_embeddings and self.stage.is_first and self.stage.is_last:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def make_mlp(self, cfg: ArchConfig, layer_idx: int, prefix: str) -> nn.Module:
         """Layer ``layer_idx``'s MLP (subclasses: a Mixture-of-Experts block)."""
         return default_mlp(cfg, layer_idx, prefix)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate: Intermediate | None = None
+                ) -> torch.Tensor | Intermediate:
+        return self.model(input_ids, positions, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)

@@ -24,6 +24,7 @@ from pagedserve.config import ModelConfig
 from pagedserve.layers.linear import process_weights_after_loading
 from pagedserve.layers.quantization import make_quant_config, set_quant_config
 from pagedserve.layers.quantization.layer_names import ATTENTION_SCALE_SUFFIXES
+from pagedserve.models.pipeline import skip_weight
 from pagedserve.models.registry import check_architecture
 
 logger = logging.getLogger(__name__)
@@ -109,12 +110,17 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
     loaded: set[str] = set()
     skipped: list[str] = []
     num_layers = getattr(getattr(model, "cfg", None), "num_layers", None)
+    stage = getattr(model, "stage", None)  # a pipeline stage loads only its own tensors (models/pipeline.py)
     files = safetensors_files(model_dir)
     bar = tqdm(files, desc="Loading weights", unit="file", disable=not use_tqdm or len(files) < 2)
     for path in bar:
         for name, source in _tensors(path):
             if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
                 continue
+            if stage is not None and skip_weight(name, stage):
+                if not (tied and stage.is_last and name == "model.embed_tokens.weight"):
+                    continue
+                name = "lm_head.weight"  # the last stage's own copy of the tied embedding
             mapped = remap(name) if remap is not None else None
             target, shard = mapped if mapped is not None else _target(name, packed)
             param = params.get(target)
@@ -174,6 +180,7 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
 
     A sharded parameter draws the values of the whole (unsharded) parameter and keeps its slice
     through its weight loader, so a tensor-parallel model holds exactly the weights of TP=1."""
+    tied = getattr(getattr(model, "cfg", None), "tie_word_embeddings", False)
     owners = {f"{mod_name}.{pn}" if mod_name else pn: mod
               for mod_name, mod in model.named_modules() for pn, _ in mod.named_parameters(recurse=False)}
     for name, p in model.named_parameters():
@@ -183,7 +190,9 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
         if getattr(p, "dummy_value", None) is not None:  # a quantization scale (layers/quantization)
             p.data.fill_(p.dummy_value)
             continue
-        gen = torch.Generator(device=p.device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        # a pipeline stage's own copy of a tied embedding draws the embedding's values
+        seed_name = "model.embed_tokens.weight" if name == "lm_head.weight" and tied else name
+        gen = torch.Generator(device=p.device).manual_seed(seed * 1_000_003 + zlib.crc32(seed_name.encode()))
         fill = getattr(p, "dummy_init", None) or _random_fill
         owner = owners.get(name)
         loader = getattr(p, "weight_loader", None)

@@ -26,8 +26,17 @@ def profile_run(runner: "ModelRunner") -> None:
     n = sc.max_num_batched_tokens
     ids = torch.zeros(n, dtype=torch.long, device=runner.device)
     pos = torch.arange(n, device=runner.device) % runner.mc.max_model_len
+    stage = getattr(runner.model, "stage", None)
     with set_forward_context(ForwardContext(None, [], runner.backend)):
-        hidden = runner.model(ids, pos)
+        if stage is None or stage.size == 1:
+            hidden = runner.model(ids, pos)
+        else:  # a pipeline stage: stand-in activations from the previous stage, no logits unless last
+            h = runner.mc.arch.hidden_size
+            inter = None if stage.is_first else (torch.zeros(n, h, dtype=runner.mc.dtype, device=runner.device),
+                                                 torch.zeros(n, h, dtype=runner.mc.dtype, device=runner.device))
+            hidden = runner.model(ids, pos, inter)
+            if not stage.is_last:
+                return
     rows = min(sc.max_num_seqs, n)
     logits = runner.model.compute_logits(hidden[:rows]).float()
     del hidden

@@ -10,7 +10,8 @@ import torch
 from pagedserve.attention.selector import get_attention_backend
 from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
-from pagedserve.distributed.parallel_state import tp_broadcast
+from pagedserve.distributed.parallel_state import (get_pp_rank, get_pp_size, get_tp_rank, global_rank_of, pp_recv,
+                                                    pp_send, tp_broadcast)
 from pagedserve.forward_context import ForwardContext, set_forward_context
 from pagedserve.layers.rejection_sampler import RejectionOutput, rejection_sample
 from pagedserve.layers.sampler import Sampler, token_logprobs
@@ -53,6 +54,15 @@ class ModelRunner:
         # calibrated scales); the kernels widen them to the model dtype on load
         self.kv_dtype = config.cache_config.torch_dtype(self.mc.dtype)
         self.model = build_model(self.mc, config.device, use_tqdm=use_tqdm)
+        # pipeline parallelism (docs/pipeline_parallel.md): this rank's stage, its layers and the
+        # global ranks of the same tensor rank on the previous and next stages
+        self.pp_size, self.pp_rank = get_pp_size(), get_pp_rank()
+        stage = getattr(self.model, "stage", None)
+        self.layer_range = (stage.start, stage.end) if stage is not None else (0, self.mc.arch.num_layers)
+        tp = config.parallel_config.tensor_parallel_size
+        self.pp_prev = global_rank_of(get_tp_rank(), self.pp_rank - 1, tp, self.pp_size) if self.pp_rank > 0 else None
+        self.pp_next = (global_rank_of(get_tp_rank(), self.pp_rank + 1, tp, self.pp_size)
+                        if self.pp_rank < self.pp_size - 1 else None)
         self.lora_manager = None  # worker/lora_manager.py: adapter slots, when LoRA is on
         if config.lora_config is not None:
             from pagedserve.worker.lora_manager import LoRAManager
@@ -101,8 +111,10 @@ class ModelRunner:
         return 2 * self._kv_layers() * self.block_size * kv_heads * arch.head_dim * elem
 
     def _kv_layers(self) -> int:
-        """Layers with KV in the cache: the target's, then a draft model's (one pool, same blocks)."""
-        return self.mc.arch.num_layers + (self.draft.num_layers if self.draft is not None else 0)
+        """Layers with KV in the cache: the target's (this pipeline stage's), then a draft model's
+        (one pool, same blocks)."""
+        start, end = self.layer_range
+        return end - start + (self.draft.num_layers if self.draft is not None else 0)
 
     def determine_num_blocks(self) -> int:
         cc = self.config.cache_config
@@ -127,7 +139,9 @@ class ModelRunner:
         tp = self.config.parallel_config.tensor_parallel_size
         shape = (self._kv_layers(), 2, num_blocks, self.block_size, max(1, arch.num_kv_heads // tp), arch.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
-        self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(arch.num_layers)]
+        start, end = self.layer_range  # indexed by the model's layer index; None: another stage's layer
+        self.kv_caches = [None] * start + [(self.kv_cache[i, 0], self.kv_cache[i, 1])  # type: ignore[list-item]
+                                           for i in range(end - start)] + [None] * (arch.num_layers - end)
         if self.draft is not None:
             self.draft.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1])
                                     for i in range(arch.num_layers, self._kv_layers())]
@@ -137,8 +151,8 @@ class ModelRunner:
 
     def capture_cuda_graphs(self) -> float:
         """Capture decode graphs (CUDA, unless enforce_eager); returns the capture time in seconds."""
-        if self.device.type != "cuda" or self.config.enforce_eager:
-            return 0.0
+        if self.device.type != "cuda" or self.config.enforce_eager or self.pp_size > 1:
+            return 0.0  # pipeline stages run eagerly (docs/pipeline_parallel.md)
         from pagedserve.worker.cuda_graphs import DecodeCUDAGraphs
 
         seconds = 0.0
@@ -192,12 +206,28 @@ class ModelRunner:
             hidden = self.piecewise.run(h, inp.input_ids, inp.positions, inp.attn_metadata)
         else:
             self.last_path = "eager"
+            if self.pp_size > 1:  # (speculative decoding is refused with PP: no hidden states kept)
+                return self._stage_forward(inp), inp.logits_indices
             with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
                 hidden = self.model(inp.input_ids, inp.positions)
         if self.keep_hidden is not None:  # an EAGLE head reads them after the step (worker/eagle_proposer.py)
             self.kept_hidden = (self.model.model.aux_hidden_states if self.keep_hidden == "aux"
                                 else hidden[:h.num_tokens])
         return hidden, inp.logits_indices
+
+    def _stage_forward(self, inp) -> torch.Tensor | None:  # noqa: ANN001
+        """One pipeline stage: (hidden, residual) from the previous stage unless first, this stage's
+        layers, then send them on (None) unless last (the final hidden states)."""
+        inter = None
+        if self.pp_prev is not None:
+            shape = (len(inp.input_ids), self.mc.arch.hidden_size)
+            inter = tuple(pp_recv([shape, shape], self.mc.dtype, self.device, self.pp_prev))
+        with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
+            out = self.model(inp.input_ids, inp.positions, inter)
+        if self.pp_next is None:
+            return out
+        pp_send(list(out), self.pp_next)
+        return None
 
     def _logits(self, h: HostInput, prev_sampled: torch.Tensor | None) -> torch.Tensor:
         if self.graphs is not None and self.keep_hidden is None and self.graphs.can_run(h):
@@ -239,6 +269,9 @@ class ModelRunner:
         if len(h.logits_indices) == 0:
             self._hidden(h, prev_sampled)  # a prefill chunk that samples nothing: fill the cache only
             handle.hidden, self.kept_hidden = self.kept_hidden, None
+            return handle
+        if sched is None and self.pp_next is not None:  # an earlier pipeline stage: its layers only
+            self._hidden(h, prev_sampled)
             return handle
         if sched is None:  # another TP rank: forward and LM head (their collectives), no sampling
             self._logits(h, prev_sampled)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pagedserve.config import KV_CACHE_DTYPES
 from pagedserve.layers.quantization import canonical_name
+from pagedserve.engine.arg_utils import check_executor_backend
 from pagedserve.entrypoints.engine_flags import add_engine_flags, engine_args_from
 
 logger = logging.getLogger("pagedserve.server")
@@ -108,9 +109,11 @@ def unsupported_features(ea: Any) -> list[str]:
     """Flags whose features the engine does not have yet: refuse them instead of ignoring them.
     (Delete a line here when the engine gains the feature.)"""
     out = []
-    if ea.pipeline_parallel_size != 1:
-        out.append(f"--pipeline-parallel-size {ea.pipeline_parallel_size}: pipeline parallelism is not built yet; "
-                   "use 1")
+    if ea.distributed_executor_backend not in (None, "mp"):
+        try:
+            check_executor_backend(ea.distributed_executor_backend)
+        except ValueError as e:
+            out.append(f"--distributed-executor-backend {ea.distributed_executor_backend}: {e}")
     try:
         canonical_name(ea.quantization)
     except ValueError as e:
