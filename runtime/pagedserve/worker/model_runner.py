@@ -15,6 +15,7 @@ from pagedserve.forward_context import ForwardContext, set_forward_context
 from pagedserve.layers.rejection_sampler import RejectionOutput, rejection_sample
 from pagedserve.layers.sampler import Sampler, token_logprobs
 from pagedserve.models.loader import build_model
+from pagedserve.worker.encoder_cache import EncoderCache, splice_embeddings
 from pagedserve.worker.input_batch import HostInput, prepare_inputs, to_device
 from pagedserve.worker.sampling_metadata import build_sampling_metadata
 
@@ -68,6 +69,8 @@ class ModelRunner:
 
             install_fused_kernels(self.model)
         self.sampler = Sampler()
+        # vision-language models: encoder outputs by image hash (at least a step's worth of image tokens)
+        self.encoder_cache = EncoderCache(max(config.scheduler_config.max_num_batched_tokens, 8192))
         spec = config.speculative_config
         self.draft = None  # DraftModelProposer (speculative_config method draft_model)
         if spec is not None and spec.method == "draft_model":
@@ -177,6 +180,11 @@ class ModelRunner:
     def _hidden(self, h: HostInput, prev_sampled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of every token (piecewise graphs or eager) and the rows to turn into logits."""
         inp = to_device(h, self.device, prev_sampled)
+        if h.mm_spans:  # image features spliced into the embeddings: eager
+            self.last_path = "eager"
+            embeds = splice_embeddings(self.model, inp.input_ids, h.mm_spans, self.encoder_cache)
+            with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
+                return self.model(inp.input_ids, inp.positions, inputs_embeds=embeds), inp.logits_indices
         if self.piecewise is not None and self.piecewise.can_run(h):
             self.last_path = "piecewise"
             return self.piecewise.run(h, inp.input_ids, inp.positions, inp.attn_metadata), inp.logits_indices
@@ -185,7 +193,7 @@ class ModelRunner:
             return self.model(inp.input_ids, inp.positions), inp.logits_indices
 
     def _logits(self, h: HostInput, prev_sampled: torch.Tensor | None) -> torch.Tensor:
-        if self.graphs is not None and self.graphs.can_run(h):
+        if self.graphs is not None and not h.mm_spans and self.graphs.can_run(h):
             self.last_path = "decode-graph"
             return self.graphs.run(h, prev_sampled)  # decode CUDA graph: forward and LM head
         hidden, rows = self._hidden(h, prev_sampled)
