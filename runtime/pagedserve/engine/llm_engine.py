@@ -36,6 +36,11 @@ class InputProcessor:
 
     def process_prompt(self, prompt: PromptType) -> tuple[str | None, list[int], list[MultiModalFeature]]:
         """(text, token ids, images) of a prompt; a dict prompt may carry ``multi_modal_data``."""
+        if isinstance(prompt, dict) and prompt.get("mm_features"):  # preprocessed by the server (chat images)
+            feats = prompt["mm_features"]
+            if self.mm is None or not all(isinstance(f, MultiModalFeature) for f in feats):
+                raise ValueError("mm_features: a list of MultiModalFeature for a vision-language model")
+            return prompt.get("prompt"), self._check_ids(prompt["prompt_token_ids"]), list(feats)
         if isinstance(prompt, dict) and prompt.get("multi_modal_data") is not None:
             if self.mm is None:
                 raise ValueError(f"multi_modal_data: {self.config.model_config.served_model_name} is a text-only "
