@@ -57,7 +57,7 @@ LAYERS: list[list[tuple[str, tuple[str, ...]]]] = [
     # below everything: configuration, helpers and torch.distributed state that any layer may read
     [("common", ("pagedserve.config", "pagedserve.arch_config", "pagedserve.utils", "pagedserve.spawn",
                  "pagedserve.tokenizer", "pagedserve.distributed.*",
-                 "pagedserve.lora.*"))],
+                 "pagedserve.lora.*", "pagedserve.multimodal.*"))],
 ]
 
 

@@ -35,12 +35,16 @@ class ArchConfig:
     #: the whole config.json, for the fields only one model family reads (models/<family>.py)
     hf_config: dict[str, Any] = field(default_factory=dict, repr=False)
     moe: "MoEConfig | None" = None  # Mixture-of-Experts layers (None: a dense model)
+    #: a vision-language model's language model architecture (LLaVA: LlamaForCausalLM); None otherwise
+    text_architecture: str | None = None
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "ArchConfig":
         archs = cfg.get("architectures") or []
         if not archs:
             raise ValueError("config.json: missing 'architectures'")
+        if isinstance(cfg.get("vision_config"), dict) and isinstance(cfg.get("text_config"), dict):
+            return cls._vision_language(cfg, archs[0])
         num_heads = _req(cfg, "num_attention_heads")
         hidden = _req(cfg, "hidden_size")
         rope_theta, scaling = rope_config(cfg, "full_attention")
@@ -78,6 +82,37 @@ class ArchConfig:
             moe=MoEConfig.from_hf(cfg),
         )
 
+    @classmethod
+    def _vision_language(cls, cfg: dict[str, Any], arch: str) -> "ArchConfig":
+        """A vision-language model (LLaVA): the language model's facts come from ``text_config``; the
+        whole config (vision tower, projector, image token) stays in ``hf_config``."""
+        text = dict(cfg["text_config"])
+        model_type = text.get("model_type", "llama")
+        if model_type not in _TEXT_ARCHS:
+            raise ValueError(f"config.json: text_config.model_type {model_type!r} is not supported for {arch} "
+                             f"(supported: {', '.join(sorted(_TEXT_ARCHS))})")
+        text["architectures"] = [_TEXT_ARCHS[model_type]]
+        for key in ("eos_token_id", "bos_token_id", "tie_word_embeddings"):
+            if text.get(key) is None and cfg.get(key) is not None:
+                text[key] = cfg[key]
+        out = cls.from_hf(text)
+        out.text_architecture = out.architecture
+        out.architecture = arch
+        out.hf_config = dict(cfg)
+        return out
+
+    @property
+    def is_multimodal(self) -> bool:
+        """A vision-language model: prompts may carry images (``multi_modal_data``)."""
+        return isinstance(self.hf_config.get("vision_config"), dict)
+
+    @property
+    def image_token_id(self) -> int | None:
+        """The placeholder token id that image features replace (LLaVA's ``image_token_index``)."""
+        c = self.hf_config
+        tid = c.get("image_token_id", c.get("image_token_index"))
+        return int(tid) if tid is not None else None
+
     @property
     def rotary_dim(self) -> int:
         """The head dims RoPE rotates (the first ones; HF's ``int(head_dim * partial_rotary_factor)``)."""
@@ -99,6 +134,10 @@ class ArchConfig:
     def kv_bytes_per_token(self, dtype_size: int) -> int:
         """Bytes of KV cache one token needs across all layers."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_size
+
+
+#: text_config.model_type of a vision-language model → the decoder architecture that runs it
+_TEXT_ARCHS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
 def rope_config(cfg: dict[str, Any], layer_type: str = "full_attention") -> tuple[float, dict[str, Any] | None]:

@@ -35,6 +35,8 @@ class ModelConfig:
     quantization: str | None = None  # the method (layers/quantization): --quantization or the checkpoint's
     quant_config: dict[str, Any] | None = None  # config.json's quantization_config, when the checkpoint has one
     tokenizer: str | None = None  # the tokenizer directory (--tokenizer, resolved); None: the model's
+    #: --limit-mm-per-prompt: most items of each modality in one prompt (vision-language models)
+    limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 4})
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from pagedserve.lora.request import LoRARequest
+from pagedserve.multimodal.inputs import MultiModalFeature
 from pagedserve.sampling_params import SamplingParams
 
 
@@ -41,7 +42,8 @@ class Request:
     def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                  eos_token_ids: list[int] | None = None, arrival_time: float | None = None,
                  priority: int = 0, max_tokens: int | None = None, cache_salt: str | None = None,
-                 lora_request: LoRARequest | None = None) -> None:
+                 lora_request: LoRARequest | None = None,
+                 mm_features: "list[MultiModalFeature] | None" = None) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
@@ -67,6 +69,8 @@ class Request:
         self.cache_salt = cache_salt if cache_salt is not None else sampling_params.cache_salt
         self.lora_request = lora_request  # the adapter it runs with (None: the base model)
         self.block_hashes: list[bytes] = []  # chained hashes of the full blocks (prefix caching)
+        # images of the prompt (multimodal/inputs.py), by placeholder offset; their hashes key the blocks
+        self.mm_features: list[MultiModalFeature] = sorted(mm_features or [], key=lambda f: f.offset)
         # (parent request id, index, n, "sample" | "beam") for the children of an n > 1 / beam request
         self.child_of: tuple[str, int, int, str] | None = getattr(sampling_params, "child_of", None)
         self.beam: Any = None  # BeamSearchState on the request that runs a beam group

@@ -4,7 +4,9 @@
 names the whole prefix up to and including it: two requests share cached block ``i`` only if their
 first ``(i + 1) * block_size`` tokens (and extra keys) are equal. The extra key of the first block
 is the request's ``cache_salt`` (tenants with different salts never share blocks) and its LoRA
-adapter (KV computed under one adapter is never reused under another, nor by the base model). The root is
+adapter (KV computed under one adapter is never reused under another, nor by the base model). A block
+holding image placeholder tokens also takes the content hashes of those images (the placeholders are
+the same token ids for every image: same text with another image must not hit). The root is
 random per process unless ``PYTHONHASHSEED`` is set (then it is derived from it, reproducibly).
 Only full blocks are hashed; the partial last block of a sequence never is.
 """
@@ -43,5 +45,10 @@ def update_block_hashes(req: "Request", block_size: int) -> list[bytes]:
             salt = (salt or b"") + b"\x00" + req.lora_request.cache_key()
         for i in range(len(hashes), n_full):
             parent = hashes[i - 1] if i else ROOT_HASH
-            hashes.append(hash_block(parent, tokens[i * block_size:(i + 1) * block_size], salt if i == 0 else None))
+            extra = salt if i == 0 else None
+            if req.mm_features:
+                lo, hi = i * block_size, (i + 1) * block_size
+                mm = b"".join(b"\x00mm" + f.mm_hash.encode() for f in req.mm_features if f.overlaps(lo, hi))
+                extra = (extra or b"") + mm if mm else extra
+            hashes.append(hash_block(parent, tokens[i * block_size:(i + 1) * block_size], extra))
     return hashes

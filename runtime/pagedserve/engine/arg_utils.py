@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pagedserve.arch_config import ArchConfig
+from pagedserve.multimodal.inputs import parse_limit_mm_per_prompt
 from pagedserve.config import (KV_CACHE_DTYPES, CacheConfig, EngineConfig, LoRAConfig, ModelConfig, ParallelConfig,
                                SchedulerConfig, SpeculativeConfig)
 from pagedserve.utils import default_device, parse_dtype
@@ -64,6 +65,8 @@ class EngineArgs:
     max_cpu_loras: int | None = None
     # vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": k, ...} (docs/speculative_decoding.md)
     speculative_config: dict[str, Any] | None = None
+    # vLLM's limit_mm_per_prompt: {"image": N} (or its JSON text); default 4 images per prompt
+    limit_mm_per_prompt: dict[str, int] | str | None = None
 
     def create_engine_config(self) -> EngineConfig:
         from pagedserve.models.resolve import resolve_model_dir, resolve_tokenizer_dir
@@ -105,7 +108,9 @@ class EngineArgs:
             load_format=self.load_format, seed=self.seed, generation_config=gen_cfg,
             trust_remote_code=self.trust_remote_code,
             quantization=quant, quant_config=hf_cfg.get("quantization_config") if quant else None,
-            tokenizer=tokenizer_dir)
+            tokenizer=tokenizer_dir, limit_mm_per_prompt=parse_limit_mm_per_prompt(self.limit_mm_per_prompt))
+        if arch.is_multimodal:
+            _check_multimodal(self, arch)
         if quant is not None:
             make_quant_config(quant, model_config.quant_config).check_device(device)
         if self.kv_cache_dtype != "auto":
@@ -277,6 +282,18 @@ def _check_tensor_parallel(tp: int, arch: ArchConfig, device: str) -> None:
             raise ValueError(f"tensor_parallel_size {tp} is larger than the number of visible GPUs ({visible})")
     elif device != "cpu":
         raise ValueError(f"tensor parallelism runs on CUDA GPUs (NCCL) or on the CPU (gloo), not on {device!r}")
+
+
+def _check_multimodal(args: "EngineArgs", arch: ArchConfig) -> None:
+    """Vision-language models run on one GPU without LoRA or a draft model (the image features are
+    spliced into the embeddings on the driver only)."""
+    if args.tensor_parallel_size > 1:
+        raise ValueError(f"tensor_parallel_size: {arch.architecture} (a vision-language model) runs with "
+                         "tensor_parallel_size=1 only")
+    if args.enable_lora:
+        raise ValueError(f"enable_lora: LoRA is not supported for {arch.architecture}")
+    if args.speculative_config and args.speculative_config.get("method") == "draft_model":
+        raise ValueError(f"speculative_config: a draft model is not supported for {arch.architecture}")
 
 
 def _read_json(path: str, required: bool) -> dict[str, Any]:

@@ -186,7 +186,7 @@ class AsyncEngine:
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
         lora_request = self.processor.check_lora(lora_request)
-        text, ids = self.processor.tokenize(prompt)
+        text, ids, mm = self.processor.process_prompt(prompt)
         self.check_prompt_len(len(ids))
         max_tokens = self.processor.max_tokens(params, len(ids))
         children = self.processor.child_params(request_id, params)
@@ -198,7 +198,7 @@ class AsyncEngine:
         eos = self.processor.eos_ids
         for cid, cp in children.items():
             self._tracks[cid] = _Track(stream, arrival, len(ids), max_tokens)
-            self.client.add_request((cid, ids, cp, eos, arrival, priority, max_tokens, lora_request))
+            self.client.add_request((cid, ids, cp, eos, arrival, priority, max_tokens, lora_request, mm))
         m = self.metrics
         if m is not None:
             m.params_n.observe(params.n)

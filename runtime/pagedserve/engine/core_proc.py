@@ -86,10 +86,11 @@ class EngineCoreProc:
     def _add(self, adds: list[tuple]) -> None:
         rejected = []
         Request = self._Request
-        for rid, ids, params, eos, arrival, priority, max_tokens, lora in adds:
+        for rid, ids, params, eos, arrival, priority, max_tokens, lora, mm in adds:
             try:
                 self.core.add_request(Request(rid, ids, params, eos_token_ids=eos, arrival_time=arrival,
-                                              priority=priority, max_tokens=max_tokens, lora_request=lora))
+                                              priority=priority, max_tokens=max_tokens, lora_request=lora,
+                                              mm_features=mm))
             except ValueError as e:
                 rejected.append((rid, str(e)))
         if rejected:

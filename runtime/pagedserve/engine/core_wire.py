@@ -2,12 +2,12 @@
 
 Two socket pairs connect the processes (frontend → core: requests; core → frontend: outputs).
 Every message is one length-prefixed pickle of plain data (token ids, ``SamplingParams``, tuples,
-``SchedulerStats``); nothing holds a tensor.
+``SchedulerStats``); nothing holds a tensor (an image's pixels travel as a numpy array).
 
 frontend → core::
     ("batch", [add, ...], [abort_id, ...])   add = (request_id, prompt_token_ids, SamplingParams,
                                               eos_token_ids, arrival_time, priority, max_tokens,
-                                              LoRARequest | None)
+                                              LoRARequest | None, [MultiModalFeature])
     ("call", call_id, method, args)           a method of EngineCore (utility / tests)
     ("shutdown",)
 core → frontend::

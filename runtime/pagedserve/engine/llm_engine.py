@@ -9,7 +9,9 @@ from pagedserve.config import EngineConfig
 from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.engine.core import EngineCore
 from pagedserve.engine.output_processor import OutputProcessor, child_request_id
+from pagedserve.engine.mm_processor import MultiModalProcessor
 from pagedserve.lora.request import LoRARequest
+from pagedserve.multimodal.inputs import MultiModalFeature
 from pagedserve.request import Request
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
@@ -27,6 +29,28 @@ class InputProcessor:
         self.eos_ids = list(config.model_config.arch.eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in self.eos_ids:
             self.eos_ids.append(tokenizer.eos_token_id)
+        self.mm: MultiModalProcessor | None = None  # images → placeholders + features (vision-language models)
+        arch = config.model_config.arch
+        if arch.is_multimodal:
+            self.mm = MultiModalProcessor(config.model_config.model, arch, config.model_config.limit_mm_per_prompt)
+
+    def process_prompt(self, prompt: PromptType) -> tuple[str | None, list[int], list[MultiModalFeature]]:
+        """(text, token ids, images) of a prompt; a dict prompt may carry ``multi_modal_data``."""
+        if isinstance(prompt, dict) and prompt.get("mm_features"):  # preprocessed by the server (chat images)
+            feats = prompt["mm_features"]
+            if self.mm is None or not all(isinstance(f, MultiModalFeature) for f in feats):
+                raise ValueError("mm_features: a list of MultiModalFeature for a vision-language model")
+            return prompt.get("prompt"), self._check_ids(prompt["prompt_token_ids"]), list(feats)
+        if isinstance(prompt, dict) and prompt.get("multi_modal_data") is not None:
+            if self.mm is None:
+                raise ValueError(f"multi_modal_data: {self.config.model_config.served_model_name} is a text-only "
+                                 f"model ({self.config.model_config.arch.architecture}); it takes no images")
+            text = prompt.get("prompt")
+            ids, feats = self.mm.process(text, prompt["multi_modal_data"],
+                                         add_special_tokens=prompt.get("add_special_tokens", True))
+            return text, ids, feats
+        text, ids = self.tokenize(prompt)
+        return text, ids, []
 
     def tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
@@ -117,7 +141,7 @@ class LLMEngine:
         lora_request = self.processor.check_lora(lora_request)
         if request_id in self.output_processor.states:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        text, ids = self.processor.tokenize(prompt)
+        text, ids, mm = self.processor.process_prompt(prompt)
         max_tokens = self.processor.max_tokens(params, len(ids))
         self.core.scheduler.check_fits(len(ids), params, max_tokens)
         children = self.processor.child_params(request_id, params)
@@ -127,7 +151,7 @@ class LLMEngine:
             for cid, cp in children.items():
                 self.core.add_request(Request(cid, ids, cp, eos_token_ids=self.processor.eos_ids,
                                               arrival_time=arrival, priority=priority, max_tokens=max_tokens,
-                                              lora_request=lora_request))
+                                              lora_request=lora_request, mm_features=mm))
         except Exception:
             self.abort_request(request_id)
             raise

@@ -7,7 +7,11 @@ from typing import Any
 VALID_ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
-def validate_messages(messages: Any) -> list[dict[str, Any]]:
+def validate_messages(messages: Any, allow_images: bool = False) -> list[dict[str, Any]]:
+    """Roles and content checked. Text parts are joined into one string; with ``allow_images`` (a
+    vision-language model) a message with ``image_url`` parts keeps a list of ``{"type": "text"}`` and
+    ``{"type": "image", "url": ..., "where": "messages[i].content[j]"}`` parts, the form HF chat
+    templates of such models iterate over."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list")
     out = []
@@ -18,20 +22,49 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         if role not in VALID_ROLES:
             raise ValueError(f"messages[{i}].role must be one of {', '.join(VALID_ROLES)}, got {role!r}")
         content = m.get("content")
-        if isinstance(content, list):  # OpenAI content parts: only text parts are supported
-            texts = []
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError(f"messages[{i}].content[{j}] must be a text part "
-                                     "({'type': 'text', 'text': ...}); other content types are not supported")
-                texts.append(part["text"])
-            content = "".join(texts)
+        if isinstance(content, list):
+            content = _content_parts(i, content, allow_images)
         if content is None and role == "assistant":
             content = ""
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be a string or a list of text parts")
+        if not isinstance(content, (str, list)):
+            raise ValueError(f"messages[{i}].content must be a string or a list of content parts")
         out.append({**m, "role": role, "content": content})
     return out
+
+
+def _content_parts(i: int, content: list, allow_images: bool) -> str | list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        where = f"messages[{i}].content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            if not allow_images:
+                raise ValueError(f"{where}: image_url content parts need a vision-language model; this model "
+                                 "is text-only")
+            iu = part.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else iu
+            if not isinstance(url, str) or not url:
+                raise ValueError(f"{where}.image_url.url must be a non-empty string")
+            parts.append({"type": "image", "url": url, "where": where})
+        else:
+            raise ValueError(f"{where} must be a text part ({{'type': 'text', 'text': ...}})"
+                             + (" or an image_url part" if allow_images else "")
+                             + f"; got type {kind!r}")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def content_text(content: str | list[dict[str, Any]]) -> str:
+    """A message's text (the text parts of a multimodal message joined)."""
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def image_parts(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The image parts of validated messages, in order."""
+    return [p for m in msgs if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image"]
 
 
 def template_messages(msgs: list[dict]) -> list[dict]:

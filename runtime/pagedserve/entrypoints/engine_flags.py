@@ -69,6 +69,9 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help='speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 3, '
                         '"prompt_lookup_max": 4}\'; methods ngram, draft_model, eagle, eagle3 (with "model": the '
                         'draft / EAGLE head) (docs/speculative_decoding.md)')
+    g.add_argument("--limit-mm-per-prompt", default=None,
+                   help='most images per prompt of a vision-language model as JSON, e.g. \'{"image": 2}\' '
+                        '(default 4; docs/multimodal.md)')
 
 
 def _json_object(text: str) -> dict:

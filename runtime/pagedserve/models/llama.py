@@ -126,12 +126,12 @@ class LlamaModel(nn.Module):
         self.aux_hidden_state_layers: tuple[int, ...] = ()
         self.aux_hidden_states: torch.Tensor | None = None
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate: Intermediate | None = None
-                ) -> torch.Tensor | Intermediate:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate: Intermediate | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor | Intermediate:
         if self.aux_hidden_state_layers:  # (speculative decoding is refused with PP > 1)
             return self._forward_aux(input_ids, positions)
         if self.stage.is_first:
-            x, residual = self.embed_tokens(input_ids), None
+            x, residual = (self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds), None
         else:
             x, residual = intermediate
         x, residual = run_stage(self.layers, self.stage, positions, x, residual)
@@ -174,9 +174,9 @@ class LlamaForCausalLM(nn.Module):
         """Layer ``layer_idx``'s MLP (subclasses: a Mixture-of-Experts block)."""
         return default_mlp(cfg, layer_idx, prefix)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate: Intermediate | None = None
-                ) -> torch.Tensor | Intermediate:
-        return self.model(input_ids, positions, intermediate)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate: Intermediate | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor | Intermediate:
+        return self.model(input_ids, positions, intermediate, inputs_embeds)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)

@@ -85,7 +85,8 @@ def _tensors(path: str):
             yield name, f.get_slice(name)
 
 
-def _target(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, object]:
+def fused_target(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, object]:
+    """(our parameter name, shard id or None) of a checkpoint tensor, for the model's fused layers."""
     for frag, (fused, shard) in packed.items():
         if f".{frag}." in name:
             return name.replace(f".{frag}.", f".{fused}."), shard
@@ -115,14 +116,16 @@ def load_safetensors(model: nn.Module, model_dir: str, use_tqdm: bool = True) ->
     bar = tqdm(files, desc="Loading weights", unit="file", disable=not use_tqdm or len(files) < 2)
     for path in bar:
         for name, source in _tensors(path):
-            if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
+            if "rotary_emb.inv_freq" in name or (tied and name.endswith("lm_head.weight")):
                 continue
             if stage is not None and skip_weight(name, stage):
                 if not (tied and stage.is_last and name == "model.embed_tokens.weight"):
                     continue
                 name = "lm_head.weight"  # the last stage's own copy of the tied embedding
             mapped = remap(name) if remap is not None else None
-            target, shard = mapped if mapped is not None else _target(name, packed)
+            target, shard = mapped if mapped is not None else fused_target(name, packed)
+            if target is None:
+                continue  # a tensor the model does not use (vision layers past the selected feature layer)
             param = params.get(target)
             if param is None and name.endswith(ATTENTION_SCALE_SUFFIXES):
                 skipped.append(name)

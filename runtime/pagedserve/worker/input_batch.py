@@ -11,6 +11,7 @@ import torch
 from pagedserve.attention.metadata import AttentionMetadata
 from pagedserve.core.scheduler_output import ScheduledRequest
 from pagedserve.lora.request import LoRARequest
+from pagedserve.multimodal.inputs import MultiModalFeature
 
 
 @dataclass
@@ -37,6 +38,9 @@ class HostInput:
     # speculative decoding: (scheduled idx, first logits row, k) of each verify entry; its k + 1 rows
     # score the k draft tokens and the bonus position (layers/rejection_sampler.py)
     spec_rows: list[tuple[int, int, int]] = field(default_factory=list)
+    # multimodal: (first batch row, image, first feature row, end feature row) of each image piece in
+    # the step's chunks; the runner splices those encoder rows into the embeddings (worker/encoder_cache.py)
+    mm_spans: list[tuple[int, MultiModalFeature, int, int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -126,7 +130,21 @@ def prepare_inputs(scheduled: list[ScheduledRequest], block_size: int,
     lora_ids, lora_reqs = _lora_layout([scheduled[i].request.lora_request for i in order], lens)
     return HostInput(input_ids, positions, slot_mapping, qsl, seq_lens, block_tables,
                      np.array(logits_idx, dtype=np.int64), num_decodes, order, sample_rows, prompt_rows, src_rows,
-                     lora_ids, lora_reqs, spec_rows)
+                     lora_ids, lora_reqs, spec_rows, _mm_spans(scheduled, order, qsl))
+
+
+def _mm_spans(scheduled: list[ScheduledRequest], order: list[int], qsl: np.ndarray
+              ) -> list[tuple[int, MultiModalFeature, int, int]]:
+    """The image placeholders each chunk covers: a chunk may start or end inside an image."""
+    spans = []
+    for row, i in enumerate(order):
+        s = scheduled[i]
+        end = s.start + s.num_tokens
+        for f in s.request.mm_features:
+            if f.overlaps(s.start, end):
+                lo, hi = max(f.offset, s.start), min(f.end, end)
+                spans.append((int(qsl[row]) + lo - s.start, f, lo - f.offset, hi - f.offset))
+    return spans
 
 
 def _lora_layout(loras: list[LoRARequest | None], lens: np.ndarray

@@ -48,6 +48,21 @@ def profile_run(runner: "ModelRunner") -> None:
                             max_num_logprobs=20)
     runner.sampler(logits, meta)
     del logits
+    if hasattr(runner.model, "embed_images"):
+        _profile_vision(runner)
+
+
+def _profile_vision(runner: "ModelRunner") -> None:
+    """A vision-language model: the vision tower on the images that one step's token budget can
+    reach (every image it covers is encoded in that step), plus their cache entries."""
+    m = runner.model
+    emb = m.vision_tower.embeddings
+    side = int(round((emb.num_positions - 1) ** 0.5)) * emb.patch_embedding.kernel_size[0]
+    per_image = max(1, emb.num_positions - 1)
+    n = min(runner.config.model_config.limit_mm_per_prompt.get("image", 1) * runner.config.scheduler_config.max_num_seqs,
+            runner.config.scheduler_config.max_num_batched_tokens // per_image + 2)
+    px = torch.zeros(max(n, 1), emb.patch_embedding.in_channels, side, side, device=runner.device)
+    m.embed_images(px)
 
 
 def mlp_activation_width(arch, tp: int) -> int:

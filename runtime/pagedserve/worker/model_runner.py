@@ -16,6 +16,7 @@ from pagedserve.forward_context import ForwardContext, set_forward_context
 from pagedserve.layers.rejection_sampler import RejectionOutput, rejection_sample
 from pagedserve.layers.sampler import Sampler, token_logprobs
 from pagedserve.models.loader import build_model
+from pagedserve.worker.encoder_cache import EncoderCache, splice_embeddings
 from pagedserve.worker.input_batch import HostInput, prepare_inputs, to_device
 from pagedserve.worker.sampling_metadata import build_sampling_metadata
 
@@ -78,6 +79,8 @@ class ModelRunner:
 
             install_fused_kernels(self.model)
         self.sampler = Sampler()
+        # vision-language models: encoder outputs by image hash (at least a step's worth of image tokens)
+        self.encoder_cache = EncoderCache(max(config.scheduler_config.max_num_batched_tokens, 8192))
         spec = config.speculative_config
         # EAGLE: the step's hidden states the head reads ("last": the final ones, "aux": EAGLE-3's fused
         # layers); None on every other path (nothing kept, CUDA graphs as usual)
@@ -201,6 +204,11 @@ class ModelRunner:
     def _hidden(self, h: HostInput, prev_sampled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of every token (piecewise graphs or eager) and the rows to turn into logits."""
         inp = to_device(h, self.device, prev_sampled)
+        if h.mm_spans:  # image features spliced into the embeddings: eager
+            self.last_path = "eager"
+            embeds = splice_embeddings(self.model, inp.input_ids, h.mm_spans, self.encoder_cache)
+            with set_forward_context(ForwardContext(inp.attn_metadata, self.kv_caches, self.backend)):
+                return self.model(inp.input_ids, inp.positions, inputs_embeds=embeds), inp.logits_indices
         if self.piecewise is not None and self.keep_hidden != "aux" and self.piecewise.can_run(h):
             self.last_path = "piecewise"
             hidden = self.piecewise.run(h, inp.input_ids, inp.positions, inp.attn_metadata)
@@ -230,7 +238,7 @@ class ModelRunner:
         return None
 
     def _logits(self, h: HostInput, prev_sampled: torch.Tensor | None) -> torch.Tensor:
-        if self.graphs is not None and self.keep_hidden is None and self.graphs.can_run(h):
+        if self.graphs is not None and self.keep_hidden is None and not h.mm_spans and self.graphs.can_run(h):
             self.last_path = "decode-graph"
             return self.graphs.run(h, prev_sampled)  # decode CUDA graph: forward and LM head
         hidden, rows = self._hidden(h, prev_sampled)

@@ -70,6 +70,12 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--trust-request-chat-template", action="store_true",
                    help="allow requests to send their own chat_template")
     s.add_argument("--max-logprobs", type=int, default=20, help="largest logprobs / top_logprobs accepted")
+    s.add_argument("--allowed-media-domains", nargs="+", default=None, metavar="HOST",
+                   help="hosts whose http(s) image_url parts the server may fetch ('*': any); default none: "
+                        "only data: URLs (docs/multimodal.md)")
+    s.add_argument("--max-image-bytes", type=int, default=None, help="largest image accepted (default 20 MiB)")
+    s.add_argument("--media-fetch-timeout", type=float, default=None,
+                   help="seconds to fetch an http(s) image (default 10)")
     s.add_argument("--generation-config", default="auto", choices=["auto", "vllm"],
                    help="'auto': sampling defaults from the model's generation_config.json; 'vllm': none")
     s.add_argument("--shutdown-timeout", type=float, default=30.0,
@@ -307,7 +313,7 @@ async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any
                          max_logprobs=args.max_logprobs, generation_config=args.generation_config,
                          max_sequences_per_request=args.max_sequences_per_request,
                          enable_auto_tool_choice=args.enable_auto_tool_choice,
-                         tool_call_parser=args.tool_call_parser)
+                         tool_call_parser=args.tool_call_parser, media=media_options(args))
     served = ServedModels(models, opts)
     from pagedserve.entrypoints.openai.serving_lora import load_static_adapters, parse_lora_modules
 
@@ -317,3 +323,14 @@ async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any
         await asyncio.gather(*(e.shutdown(5) for e in engines), return_exceptions=True)
         raise
     return served
+
+
+def media_options(args: argparse.Namespace) -> "MediaOptions":
+    """--allowed-media-domains / --max-image-bytes / --media-fetch-timeout (entrypoints/media.py)."""
+    from pagedserve.entrypoints.media import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, MediaOptions
+
+    size = getattr(args, "max_image_bytes", None) or DEFAULT_MAX_IMAGE_BYTES
+    timeout = getattr(args, "media_fetch_timeout", None) or DEFAULT_FETCH_TIMEOUT
+    if size < 1 or timeout <= 0:
+        raise ValueError("--max-image-bytes and --media-fetch-timeout must be positive")
+    return MediaOptions(list(getattr(args, "allowed_media_domains", None) or []), size, timeout)

@@ -1,13 +1,16 @@
 """``POST /v1/chat/completions``: messages through the model's chat template, streaming or not."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 from aiohttp import web
 
-from pagedserve.entrypoints.chat_utils import validate_messages
+from pagedserve.entrypoints.chat_utils import content_text, image_parts, validate_messages
+from pagedserve.entrypoints.media import MediaOptions, load_image
+from pagedserve.multimodal.inputs import MultiModalFeature
 from pagedserve.entrypoints.openai.errors import bad_request
 from pagedserve.entrypoints.openai.protocol import CHAT_FIELDS, CHAT_REQUIRED, require_supported
 from pagedserve.entrypoints.openai.serving_common import (DONE, ENGINE_ERRORS, ChunkTemplate, ServedModel, ServedModels,
@@ -28,20 +31,21 @@ _RESERVED_KWARGS = {"conversation", "messages", "tools", "documents", "chat_temp
                     "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"}
 
 
-def render_messages(model: ServedModel, body: dict, opts: ServerOptions) -> tuple[list[int], list[dict]]:
-    """Messages → prompt token ids (roles and content validated)."""
+async def render_messages(model: ServedModel, body: dict, opts: ServerOptions
+                          ) -> tuple[list[int], list[dict], list[MultiModalFeature]]:
+    """Messages → prompt token ids (roles and content validated), and the images of ``image_url``
+    parts (a vision-language model: their placeholders expanded by the model's processor)."""
+    mm = model.engine.processor.mm
     try:
-        msgs = validate_messages(body["messages"])
+        msgs = validate_messages(body["messages"], allow_images=mm is not None)
     except ValueError as e:
-        msg = str(e)
-        param = msg.split(" ", 1)[0] if msg.startswith("messages") else "messages"
-        raise bad_request(msg, param=param) from None
+        raise _messages_error(e) from None
     template = body.get("chat_template")
     if template is not None and not opts.trust_request_chat_template:
         raise bad_request("chat_template in a request needs the server flag --trust-request-chat-template",
                           param="chat_template")
     tok = model.engine.tokenizer
-    template = template or model.chat_template
+    template = template or model.chat_template or (mm.chat_template if mm is not None else None)
     if template is None and not getattr(tok, "chat_template", None):
         raise bad_request("this model has no chat template; use /v1/completions or start the server with "
                           "--chat-template", param="messages")
@@ -55,7 +59,7 @@ def render_messages(model: ServedModel, body: dict, opts: ServerOptions) -> tupl
         raise bad_request("continue_final_message needs the last message to be an assistant message",
                           param="continue_final_message")
     limit = model.engine.max_model_len * model.max_token_chars
-    if sum(len(m["content"]) for m in msgs) > limit:
+    if sum(len(content_text(m["content"])) for m in msgs) > limit:
         raise bad_request(f"messages are far longer than this model's maximum context length "
                           f"({model.engine.max_model_len} tokens)", param="messages", code="context_length_exceeded")
     extra = {k: v for k, v in (body.get("chat_template_kwargs") or {}).items() if k not in _RESERVED_KWARGS}
@@ -71,7 +75,31 @@ def render_messages(model: ServedModel, body: dict, opts: ServerOptions) -> tupl
     if not isinstance(text, str):
         raise bad_request("the chat template did not render to text", param="messages")
     add_special = bool(body.get("add_special_tokens"))
-    return encode_text(model, text, add_special, "messages"), msgs
+    parts = image_parts(msgs)
+    if not parts:
+        return encode_text(model, text, add_special, "messages"), msgs, []
+    try:  # images: decoded (or fetched) and preprocessed off the event loop
+        ids, feats = await asyncio.to_thread(_process_images, mm, text, parts, add_special, opts.media)
+    except ValueError as e:
+        raise _messages_error(e) from None
+    return ids, msgs, feats
+
+
+def _process_images(mm, text: str, parts: list[dict], add_special: bool, media: MediaOptions
+                    ) -> tuple[list[int], list[MultiModalFeature]]:
+    images = [load_image(p["url"], media, f"{p['where']}.image_url.url") for p in parts]
+    try:
+        mm.images({"image": images})  # the per-prompt limit, named for the messages
+    except ValueError as e:
+        raise ValueError(f"messages: {len(images)} image_url parts exceed the limit of {mm.limits.get('image', 0)} "
+                         f"per prompt (--limit-mm-per-prompt)") from e
+    return mm.process(text, {"image": images}, add_special_tokens=add_special)
+
+
+def _messages_error(e: ValueError):
+    msg = str(e)
+    param = msg.split(" ", 1)[0].rstrip(":") if msg.startswith("messages") else "messages"
+    return bad_request(msg, param=param)
 
 
 async def create_chat_completion(request: web.Request, body: dict, served: ServedModels) -> web.StreamResponse:
@@ -93,16 +121,19 @@ async def create_chat_completion(request: web.Request, body: dict, served: Serve
     if plan.parser is not None and plan.parser.keeps_special_tokens:
         params = params.clone(skip_special_tokens=False)
     priority = check_priority(model, body)
-    ids, msgs = render_messages(model, body, opts)
+    ids, msgs, mm = await render_messages(model, body, opts)
+    if mm and params.truncate_prompt_tokens is not None:
+        raise bad_request("truncate_prompt_tokens cannot cut a prompt with images", param="truncate_prompt_tokens")
     ids = truncate_prompt(ids, params)
     check_context(model, len(ids), params, max_field, "messages")
     check_num_sequences(1, params, opts)
     request_id, engine_id = make_request_id("chatcmpl", request)
-    echo = msgs[-1]["content"] if body.get("echo") and msgs[-1]["role"] == "assistant" else ""
+    echo = content_text(msgs[-1]["content"]) if body.get("echo") and msgs[-1]["role"] == "assistant" else ""
     user_n, user_lp = body.get("n") or 1, params.logprobs if body.get("logprobs") else None
     streams = []
     try:
-        streams.append(admit(model, engine_id, {"prompt_token_ids": ids}, params, priority, time.time()))
+        prompt = {"prompt_token_ids": ids, "mm_features": mm} if mm else {"prompt_token_ids": ids}
+        streams.append(admit(model, engine_id, prompt, params, priority, time.time()))
         if stream:
             return await _stream(request, body, model, streams[0], params, request_id, len(ids), echo, plan)
         try:

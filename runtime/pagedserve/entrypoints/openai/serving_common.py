@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from pagedserve.entrypoints.media import MediaOptions
 from pagedserve.engine.async_engine import (AsyncEngine, EngineDeadError, QueueFullError, RequestAbortedError,
                                             RequestRejectedError, RequestStream)
 
@@ -53,6 +54,7 @@ class ServerOptions:
     max_sequences_per_request: int = 1024  # prompts x n (x best_of) of one request
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
+    media: MediaOptions = field(default_factory=MediaOptions)  # image_url loading (entrypoints/media.py)
 
 
 class ServedModels:

@@ -20,7 +20,7 @@ async def tokenize(request: web.Request, body: dict, served: ServedModels) -> we
         add = body.get("add_special_tokens")
         ids = encode_text(model, body["prompt"], True if add is None else add, "prompt")
     else:
-        ids, _ = render_messages(model, body, served.options)
+        ids, _, _ = await render_messages(model, body, served.options)
     out = {"count": len(ids), "max_model_len": model.engine.max_model_len, "tokens": ids}
     if body.get("return_token_strs"):
         out["token_strs"] = model.engine.tokenizer.convert_ids_to_tokens(ids)
