@@ -39,6 +39,7 @@ class _DraftSeq:
         self.num_prompt_tokens = len(token_ids)
         self.sampling_params = _PLAIN
         self.lora_request = None  # the draft model runs without adapters
+        self.mm_features: tuple = ()  # nor images: it drafts from the text tokens
 
 
 class DraftModelProposer:

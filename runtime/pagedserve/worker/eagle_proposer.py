@@ -55,6 +55,7 @@ class _HeadSeq:
         self.num_prompt_tokens = start + len(tokens)
         self.sampling_params = _PLAIN
         self.lora_request = None
+        self.mm_features: tuple = ()
 
 
 class EagleProposer:
