@@ -101,3 +101,13 @@ def test_errors(tiny_llava, tiny_text_model):
     text = LLM(tiny_text_model, dtype="float32", device="cpu", max_model_len=128, use_tqdm=False)
     with pytest.raises(ValueError, match=r"multi_modal_data: .* is a text-only model"):
         text.generate({"prompt": ONE, "multi_modal_data": {"image": image(1)}}, _greedy(), use_tqdm=False)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"pipeline_parallel_size": 2}, r"pipeline_parallel_size: LlavaForConditionalGeneration .*=1 only"),
+    ({"tensor_parallel_size": 2}, r"tensor_parallel_size: LlavaForConditionalGeneration .*=1 only"),
+    ({"enable_lora": True}, r"enable_lora: LoRA is not supported for LlavaForConditionalGeneration"),
+], ids=["pp", "tp", "lora"])
+def test_unsupported_combinations_are_refused_by_name(tiny_llava, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _llm(tiny_llava, **kw)

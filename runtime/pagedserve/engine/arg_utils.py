@@ -290,6 +290,9 @@ def _check_multimodal(args: "EngineArgs", arch: ArchConfig) -> None:
     if args.tensor_parallel_size > 1:
         raise ValueError(f"tensor_parallel_size: {arch.architecture} (a vision-language model) runs with "
                          "tensor_parallel_size=1 only")
+    if args.pipeline_parallel_size > 1:
+        raise ValueError(f"pipeline_parallel_size: {arch.architecture} (a vision-language model) runs with "
+                         "pipeline_parallel_size=1 only")
     if args.enable_lora:
         raise ValueError(f"enable_lora: LoRA is not supported for {arch.architecture}")
     if args.speculative_config and args.speculative_config.get("method") == "draft_model":
