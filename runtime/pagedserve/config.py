@@ -75,6 +75,7 @@ class SchedulerConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    distributed_executor_backend: str = "mp"  # "mp": processes on this node; "ray": actors across nodes
 
 
 #: speculative_config "method" values (vLLM's names)

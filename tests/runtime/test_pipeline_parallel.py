@@ -107,7 +107,6 @@ def test_killed_stage_worker_is_a_clear_error(tiny_models):
     (dict(pipeline_parallel_size=2, async_scheduling=True), "with async_scheduling"),
     (dict(pipeline_parallel_size=2, speculative_config={"method": "ngram", "num_speculative_tokens": 2}),
      "with speculative_config"),
-    (dict(distributed_executor_backend="ray"), "'ray' is not built yet"),
     (dict(distributed_executor_backend="slurm"), "distributed_executor_backend must be mp or ray"),
 ])
 def test_bad_pipeline_configs_are_refused(tiny_models, kw, match):

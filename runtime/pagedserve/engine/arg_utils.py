@@ -45,7 +45,7 @@ class EngineArgs:
     max_waiting_requests: int | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    distributed_executor_backend: str | None = None  # "mp" (the default); "ray" is not built
+    distributed_executor_backend: str | None = None  # "mp" (the default: one node) or "ray" (multi-node)
     seed: int = 0
     device: str | None = None
     load_format: str = "auto"
@@ -128,7 +128,8 @@ class EngineArgs:
             policy=self.scheduling_policy, max_waiting_requests=self.max_waiting_requests,
             preemption_mode=self.preemption_mode, priority_aging_interval=self.priority_aging_interval,
             auto_swap_min_tokens=self.auto_swap_min_tokens)
-        parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size)
+        parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
+                                  self.distributed_executor_backend or "mp")
         async_sched = on_gpu if self.async_scheduling is None else self.async_scheduling
         if self.pipeline_parallel_size > 1:
             async_sched = False  # the first stage builds its input ids from the host (docs/pipeline_parallel.md)
@@ -260,13 +261,26 @@ class EngineArgs:
 
 
 def check_executor_backend(backend: str | None) -> None:
-    """``--distributed-executor-backend``: ``mp`` (processes on this node) is the one built."""
+    """``--distributed-executor-backend``: ``mp`` (processes on this node) or ``ray`` (ranks as Ray
+    actors across the nodes of a Ray cluster; needs the optional ``ray`` package)."""
     if backend in (None, "mp"):
         return
     if backend == "ray":
-        raise ValueError("distributed_executor_backend 'ray' is not built yet (multi-node serving on Ray); use 'mp' "
-                         "(tensor and pipeline parallelism on one node)")
+        if not _ray_installed():
+            raise ValueError("distributed_executor_backend 'ray' (--distributed-executor-backend ray) needs the 'ray' "
+                             "package, which is not installed: pip install ray (or use 'mp' on one node)")
+        return
     raise ValueError(f"distributed_executor_backend must be mp or ray, got {backend!r}")
+
+
+def _ray_installed() -> bool:
+    """Whether ``import ray`` can work, without importing it (it is slow and optional)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except ValueError:  # in sys.modules without a spec (None: a blocked import)
+        return False
 
 
 def _check_tensor_parallel(tp: int, arch: ArchConfig, device: str) -> None:

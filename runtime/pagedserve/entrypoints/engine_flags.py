@@ -40,7 +40,9 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
                    help="pipeline stages, one process per stage and tensor rank (docs/pipeline_parallel.md)")
     g.add_argument("--distributed-executor-backend", default=None,
-                   help="mp (processes on this node, the default); ray is not built yet")
+                   help="mp (processes on this node, the default) or ray (ranks as Ray actors across the nodes "
+                        "of a Ray cluster: `ray start --head` here, `ray start --address=HEAD:6379` on the others; "
+                        "docs/pipeline_parallel.md)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])

@@ -1,5 +1,6 @@
 """Executors: how the engine core's steps reach the model — one process (``uniproc``) or one
-process per rank, tensor-parallel ranks times pipeline stages (``multiproc``), behind the same
+process per rank, tensor-parallel ranks times pipeline stages (``multiproc``), or one Ray actor
+per rank across nodes (``ray_executor``, ``--distributed-executor-backend ray``), behind the same
 API (``base.Executor``)."""
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def make_executor(config: EngineConfig, use_tqdm: bool = True) -> Executor:
         from pagedserve.executor.uniproc import UniProcExecutor
 
         return UniProcExecutor(config, use_tqdm=use_tqdm)
+    if pc.distributed_executor_backend == "ray":
+        from pagedserve.executor.ray_executor import RayExecutor
+
+        return RayExecutor(config, use_tqdm=use_tqdm)
     from pagedserve.executor.multiproc import MultiprocExecutor
 
     return MultiprocExecutor(config, use_tqdm=use_tqdm)

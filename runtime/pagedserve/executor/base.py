@@ -13,6 +13,15 @@ if TYPE_CHECKING:
     from pagedserve.worker.model_runner import ModelRunner, ModelRunnerOutput, StepHandle
 
 
+def describe_rank(rank: int, tp: int, pp: int) -> str:
+    """``tensor-parallel worker rank R``; with pipeline stages also its stage and tensor rank (error
+    messages of the executors that run ranks elsewhere)."""
+    if pp == 1:
+        return f"tensor-parallel worker rank {rank}"
+    stage, tp_rank = pp - 1 - rank // tp, rank % tp  # parallel_state.rank_layout
+    return f"parallel worker rank {rank} (pipeline stage {stage}, tensor rank {tp_rank})"
+
+
 class Executor:
     runner: "ModelRunner"  # the driver rank's runner (rank 0, in this process)
     tp_size: int = 1

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 from pagedserve.config import EngineConfig
 from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for, run_bounded,
                                                     destroy_distributed, disable_multicast_env, init_distributed)
-from pagedserve.executor.base import Executor
+from pagedserve.executor.base import Executor, describe_rank
 from pagedserve.executor.tp_process import check_later_tp_engine, claim_process, release_process
 from pagedserve.spawn import spawn_children
 
@@ -98,11 +98,7 @@ class _Group:
         return msg + (f". Its error: {w.error.strip()}" if w.error else "")
 
     def describe(self, rank: int) -> str:
-        """``tensor-parallel worker rank R``; with pipeline stages also its stage and tensor rank."""
-        if self.pp == 1:
-            return f"tensor-parallel worker rank {rank}"
-        stage, tp_rank = self.pp - 1 - rank // self.tp, rank % self.tp  # parallel_state.rank_layout
-        return f"parallel worker rank {rank} (pipeline stage {stage}, tensor rank {tp_rank})"
+        return describe_rank(rank, self.tp, self.pp)
 
     def find_dead(self, timeout: float = 0.0) -> _Worker | None:
         if self.dead is None:

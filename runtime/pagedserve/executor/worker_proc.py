@@ -1,5 +1,7 @@
 """One tensor-parallel rank: :class:`RankWorker` (its model runner and the start-up steps every
-rank runs in lockstep) and :func:`worker_main`, the loop of ranks 1..N-1, each in its own process.
+rank runs in lockstep), :func:`start_rank` (what ranks 1..N-1 run first, also in the Ray
+executor's actors: ``executor/ray_worker.py``) and :func:`worker_main`, the loop of ranks 1..N-1
+of the mp executor, each in its own process.
 
 Messages from the driver (rank 0, in the engine-core process), one pickled message each over a
 pipe per worker::
@@ -160,6 +162,26 @@ class RankWorker:
         self.num_steps += 1
 
 
+def start_rank(config: EngineConfig, rank: int, size: int, host: str, port: int, device: str,
+               num_threads: int | None = None) -> RankWorker:
+    """What every rank but the driver runs before taking steps, whoever started it (a process of
+    the mp executor, an actor of the Ray executor): bind the device, join the process group over the
+    driver's TCP store at ``host:port``, build the rank's model."""
+    import torch
+
+    from pagedserve.distributed.parallel_state import init_distributed
+    from pagedserve.utils import thread_lock_for_tqdm
+
+    thread_lock_for_tqdm()
+    config.device = device
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    elif num_threads is not None:
+        torch.set_num_threads(num_threads)
+    init_distributed(config.device, rank, size, host, port)
+    return RankWorker(config, rank, size, use_tqdm=False)
+
+
 def _exit_with_parent() -> None:
     """Exit as soon as the driver's process is gone (also when this rank is stuck in a collective)."""
     import multiprocessing
@@ -191,21 +213,12 @@ def worker_main(config: EngineConfig, rank: int, size: int, host: str, port: int
         faulthandler.dump_traceback_later(dump_s, repeat=True)
     code = 0
     try:
-        import torch
-
-        from pagedserve.distributed.parallel_state import destroy_distributed, init_distributed, uses_nccl
+        from pagedserve.distributed.parallel_state import destroy_distributed, uses_nccl
 
         resp.send(("hello", os.getpid()))
-        from pagedserve.utils import thread_lock_for_tqdm
-
-        thread_lock_for_tqdm()
-        if config.device.startswith("cuda"):
-            torch.cuda.set_device(rank)
-            config.device = f"cuda:{rank}"
-        else:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
-        init_distributed(config.device, rank, size, host, port)
-        worker = RankWorker(config, rank, size, use_tqdm=False)
+        cuda = config.device.startswith("cuda")
+        worker = start_rank(config, rank, size, host, port, f"cuda:{rank}" if cuda else "cpu",
+                            None if cuda else max(1, (os.cpu_count() or 1) // size))
         resp.send(("ready",))
         while True:
             try:

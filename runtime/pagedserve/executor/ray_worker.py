@@ -1,0 +1,53 @@
+"""One rank of the Ray executor, in a Ray actor: the mp executor's worker code
+(``worker_proc.start_rank`` and ``RankWorker``) reached through actor methods instead of pipe
+messages. An actor runs its methods one at a time in the order the driver sent them, as the mp
+worker's loop reads its pipe."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pagedserve.config import EngineConfig
+
+
+class RayRankWorker:
+    def __init__(self, env: dict[str, str]) -> None:
+        os.environ.update(env)  # NVLink multicast off (NCCL_NVLS_ENABLE=0, ...) before NCCL loads
+        self.worker: Any = None
+        self.rank = -1
+
+    def where(self) -> dict[str, Any]:
+        """Its process, node and devices (the driver orders the ranks by node)."""
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+    def start(self, config: EngineConfig, rank: int, size: int, host: str, port: int,
+              log_level: int = logging.WARNING) -> int:
+        """Join the process group and build the rank's model (``worker_proc.start_rank``); on GPUs
+        Ray has made the actor's GPU the only visible one."""
+        from pagedserve.executor.worker_proc import start_rank
+
+        logging.basicConfig(level=log_level,
+                            format=f"%(asctime)s %(levelname)s %(name)s [ray rank {rank}]: %(message)s")
+        self.rank = rank
+        device = "cuda:0" if config.device.startswith("cuda") else "cpu"
+        self.worker = start_rank(config, rank, size, host, port, device)
+        return os.getpid()
+
+    def execute_step(self, h: Any, block_ops: list) -> None:
+        self.worker.execute_step(h, block_ops)
+
+    def rpc(self, method: str, args: tuple) -> Any:
+        return getattr(self.worker, method)(*args)
+
+    def stop(self) -> None:
+        """Leave the process group (gloo; NCCL's teardown can hang: the actor is killed instead)."""
+        from pagedserve.distributed.parallel_state import destroy_distributed, uses_nccl
+
+        if self.worker is not None and not uses_nccl():
+            destroy_distributed()
+        self.worker = None
