@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 import time
 import weakref
@@ -279,8 +280,11 @@ class RayExecutor(Executor):
             g.busy -= 1
 
     def _send_step(self, h: Any, block_ops: list) -> None:
+        """Pickled once for every actor, as the mp executor does (and unpickled into writable
+        arrays: Ray's zero-copy numpy arguments would be read-only)."""
+        data = pickle.dumps((h, block_ops), protocol=pickle.HIGHEST_PROTOCOL)
         for a in self._g.actors:
-            self._g.track(a.rank, a.handle.execute_step.remote(h, block_ops))
+            self._g.track(a.rank, a.handle.execute_step.remote(data))
 
     # -- the executor API (the mp executor's, over actor calls) -------------------------------------
     def collective_rpc(self, method: str, *args: Any) -> list[Any]:

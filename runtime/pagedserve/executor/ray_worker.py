@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from typing import Any
 
 from pagedserve.config import EngineConfig
@@ -38,8 +39,9 @@ class RayRankWorker:
         self.worker = start_rank(config, rank, size, host, port, device)
         return os.getpid()
 
-    def execute_step(self, h: Any, block_ops: list) -> None:
-        self.worker.execute_step(h, block_ops)
+    def execute_step(self, data: bytes) -> None:
+        """A step: the pickled ``(HostInput | None, block_ops)`` the mp workers get over their pipe."""
+        self.worker.execute_step(*pickle.loads(data))
 
     def rpc(self, method: str, args: tuple) -> Any:
         return getattr(self.worker, method)(*args)
