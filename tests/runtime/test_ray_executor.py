@@ -1,5 +1,5 @@
 """``--distributed-executor-backend ray`` on CPU (gloo), over a real local two-node Ray cluster
-(``ray.cluster_utils.Cluster``: a head node with 1 CPU, a second node with 3): the driver's bundle
+(``tests/ray_cluster.py``: a head node with 1 CPU, a second node with 3): the driver's bundle
 is on the head node and every other rank is an actor on the second node, so tensor all-reduces and
 pipeline sends cross nodes. PP=2, TP=2 and PP=2 x TP=2 give the greedy tokens (and logprobs) of one
 process; shutdown leaves no actor, process or reserved resource; a killed actor fails the next
@@ -14,6 +14,7 @@ import time
 import pytest
 
 from pagedserve import EngineArgs, SamplingParams
+from tests.ray_cluster import assert_cluster_clean
 from tests.runtime.test_tensor_parallel import KV, PROMPTS, _assert_same, _generate, _llm, _params
 
 try:
@@ -22,64 +23,15 @@ except ImportError:  # the Ray tests skip; the missing-package error is still ch
     ray = None
 
 KW = dict(max_num_batched_tokens=24, distributed_executor_backend="ray", **KV)
-HEAD_CPUS, NODE_CPUS = 1, 3
-SMALL = dict(include_dashboard=False, object_store_memory=80 << 20)
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """Two Ray nodes on this machine; the engine finds them through RAY_ADDRESS (``address="auto"``)."""
     pytest.importorskip("ray")
-    import pagedserve
-    from ray.cluster_utils import Cluster
+    from tests.ray_cluster import local_ray_cluster
 
-    pkg_root = os.path.dirname(os.path.dirname(pagedserve.__file__))
-    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_ADDRESS")}
-    # the actors import this checkout's pagedserve (the nodes' processes inherit this environment)
-    os.environ["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in (old["PYTHONPATH"] or "").split(os.pathsep) if p])
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=HEAD_CPUS, **SMALL))
-    cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=80 << 20)
-    cluster.wait_for_nodes()
-    os.environ["RAY_ADDRESS"] = cluster.address
-    try:
+    with local_ray_cluster() as cluster:
         yield cluster
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _gone(pid: int, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _assert_cluster_clean(cluster, pids: list[int]) -> None:
-    """No actor process left, every CPU of the cluster free again (placement group removed)."""
-    assert not ray.is_initialized()  # the engine connected, so the engine disconnected
-    assert all(_gone(p) for p in pids), pids
-    ray.init(address=cluster.address, logging_level="WARNING")
-    try:
-        deadline = time.monotonic() + 20
-        while ray.available_resources().get("CPU", 0) < HEAD_CPUS + NODE_CPUS and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ray.available_resources().get("CPU", 0) == HEAD_CPUS + NODE_CPUS
-        from ray.util import placement_group_table
-
-        assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.parametrize("tp, pp", [(2, 1), (2, 2)])
@@ -101,7 +53,7 @@ def test_ray_equals_single_process(tiny_models, ray_cluster, tp, pp):
         pids = ex.worker_pids
     finally:
         core.shutdown()
-    _assert_cluster_clean(ray_cluster, pids)
+    assert_cluster_clean(ray_cluster, pids)
 
 
 def test_ray_pp2_killed_actor_is_a_clear_error(tiny_models, ray_cluster):
@@ -123,7 +75,7 @@ def test_ray_pp2_killed_actor_is_a_clear_error(tiny_models, ray_cluster):
         t0 = time.monotonic()
         core.shutdown()
         assert time.monotonic() - t0 < 30
-    _assert_cluster_clean(ray_cluster, [pid])
+    assert_cluster_clean(ray_cluster, [pid])
 
 
 def test_ray_missing_is_a_clear_error(tiny_models, monkeypatch):
