@@ -37,6 +37,10 @@ class ModelConfig:
     tokenizer: str | None = None  # the tokenizer directory (--tokenizer, resolved); None: the model's
     #: --limit-mm-per-prompt: most items of each modality in one prompt (vision-language models)
     limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 4})
+    #: how ``model`` was resolved (models/resolve.resolve_model_dir's arguments: --model, --revision,
+    #: --download-dir, --load-format): a rank on another node resolves it again when the directory
+    #: is not there (executor/ray_worker.py)
+    source: dict[str, Any] | None = None
 
 
 @dataclass

@@ -87,3 +87,20 @@ def test_ray_missing_is_a_clear_error(tiny_models, monkeypatch):
 
     with pytest.raises(ImportError, match="--distributed-executor-backend ray .* needs the 'ray' package"):
         import_ray()
+
+
+def test_a_rank_on_another_node_resolves_the_model_again(tiny_models, tmp_path):
+    """The driver's model directory (a Hub download, a converted GGUF) need not exist on another
+    node: the actor resolves --model again from the config's ``source``."""
+    import shutil
+
+    from pagedserve.executor.ray_worker import localize_model
+
+    src = shutil.copytree(tiny_models["llama"], tmp_path / "model")
+    config = EngineArgs(model=str(src), device="cpu", tensor_parallel_size=2).create_engine_config()
+    assert config.model_config.model == str(src) and config.model_config.source["model"] == str(src)
+    config.model_config.model = str(tmp_path / "driver-cache" / "snapshot")  # not on this node
+    localize_model(config)
+    assert config.model_config.model == str(src)
+    localize_model(config)  # present: unchanged
+    assert config.model_config.model == str(src)

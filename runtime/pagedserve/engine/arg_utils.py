@@ -108,7 +108,9 @@ class EngineArgs:
             load_format=self.load_format, seed=self.seed, generation_config=gen_cfg,
             trust_remote_code=self.trust_remote_code,
             quantization=quant, quant_config=hf_cfg.get("quantization_config") if quant else None,
-            tokenizer=tokenizer_dir, limit_mm_per_prompt=parse_limit_mm_per_prompt(self.limit_mm_per_prompt))
+            tokenizer=tokenizer_dir, limit_mm_per_prompt=parse_limit_mm_per_prompt(self.limit_mm_per_prompt),
+            source=dict(model=self.model, revision=self.revision, download_dir=self.download_dir,
+                        load_format=self.load_format))
         if arch.is_multimodal:
             _check_multimodal(self, arch)
         if quant is not None:

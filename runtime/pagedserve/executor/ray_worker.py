@@ -12,6 +12,23 @@ from typing import Any
 from pagedserve.config import EngineConfig
 
 
+def localize_model(config: EngineConfig) -> None:
+    """The driver's model directory may not exist on this node (a Hub download or a converted GGUF
+    in the driver's cache): resolve ``--model`` again here (the same cache layout, so usually the
+    same path; a download on this node when its cache lacks it)."""
+    mc = config.model_config
+    if os.path.isdir(mc.model) or not mc.source:
+        return
+    from pagedserve.models.resolve import resolve_model_dir
+
+    model = mc.model
+    mc.model = resolve_model_dir(mc.source["model"], revision=mc.source.get("revision"),
+                                 download_dir=mc.source.get("download_dir"),
+                                 load_format=mc.source.get("load_format", "auto"))
+    logging.getLogger(__name__).info("model directory %s is not on this node: resolved %r to %s", model,
+                                     mc.source["model"], mc.model)
+
+
 class RayRankWorker:
     def __init__(self, env: dict[str, str]) -> None:
         os.environ.update(env)  # NVLink multicast off (NCCL_NVLS_ENABLE=0, ...) before NCCL loads
@@ -35,6 +52,7 @@ class RayRankWorker:
         logging.basicConfig(level=log_level,
                             format=f"%(asctime)s %(levelname)s %(name)s [ray rank {rank}]: %(message)s")
         self.rank = rank
+        localize_model(config)
         device = "cuda:0" if config.device.startswith("cuda") else "cpu"
         self.worker = start_rank(config, rank, size, host, port, device)
         return os.getpid()
