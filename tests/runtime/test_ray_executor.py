@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from pagedserve import EngineArgs, SamplingParams
 from tests.ray_cluster import assert_cluster_clean
@@ -32,6 +33,30 @@ def ray_cluster():
 
     with local_ray_cluster() as cluster:
         yield cluster
+
+
+@pytest.mark.skipif(ray is None, reason="needs ray")
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)])
+def test_ray_gpu_equals_one_gpu(tiny_models, tp, pp, monkeypatch):
+    """Over NCCL on two GPUs of one node, Ray started locally by the engine (float32, eager on both
+    sides): the greedy tokens of one GPU; shutdown stops the local Ray."""
+    from pagedserve import LLM
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # (first in this file: before the CPU cluster starts)
+
+    def run(tp: int, pp: int, **kw) -> list:
+        llm = LLM(tiny_models["llama3_scaled"], device="cuda", dtype="float32", skip_tokenizer_init=True,
+                  use_tqdm=False, enforce_eager=True, tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                  max_num_batched_tokens=24, **KV, **kw)
+        try:
+            return [r[:-1] for r in _generate(llm, [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)]
+                                              * len(PROMPTS))]
+        finally:
+            llm.llm_engine.core.shutdown()
+
+    assert run(tp, pp, distributed_executor_backend="ray") == run(1, 1)
+    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize("tp, pp", [(2, 1), (2, 2)])
@@ -104,3 +129,4 @@ def test_a_rank_on_another_node_resolves_the_model_again(tiny_models, tmp_path):
     assert config.model_config.model == str(src)
     localize_model(config)  # present: unchanged
     assert config.model_config.model == str(src)
+

@@ -14,9 +14,9 @@ from tests.server.server_proc import free_port
 
 CASES = [
     # every refused feature is named in one message
-    (["--distributed-executor-backend", "ray", "--quantization", "bogus", "--max-waiting-requests", "0",
+    (["--distributed-executor-backend", "slurm", "--quantization", "bogus", "--max-waiting-requests", "0",
       "--kv-cache-dtype", "int4"],
-     ["distributed-executor-backend ray", "'ray' is not built yet", "quantization bogus",
+     ["distributed-executor-backend slurm", "must be mp or ray", "quantization bogus",
       "max-waiting-requests must be >= 1", "kv-cache-dtype int4"]),
     # the default model (SmolLM2-135M) has 30 layers: every pipeline stage needs one
     (["--pipeline-parallel-size", "31"], "pipeline_parallel_size 31 is larger than the model's num_hidden_layers 30"),

@@ -11,7 +11,8 @@ CPU) over a TCP store on the driver's node IP and a free port. Steps and RPCs ar
 activations and collectives go over torch.distributed exactly as with the mp executor.
 
 Failures: every call's ObjectRef is kept until it completes; a monitor thread waits on them, and a
-ref that fails (the actor died, its node died, or its method raised) marks the rank dead: every
+ref that fails (the actor died, its node died, or its method raised: that actor is then killed, so
+that its peers' collectives fail instead of waiting for it) marks the rank dead: every
 later call raises a RuntimeError naming the rank, its Ray actor, pid and node; with NCCL the process
 group is aborted, and a driver still stuck in a collective after a grace period exits with the
 message (never a silent hang). Shutdown kills the actors, removes the placement group and
@@ -141,6 +142,7 @@ class _RayGroup:
         if self.closed:
             return
         logger.error("%s", self.failure_message())
+        self._kill_rank(self.dead)  # a rank whose method raised is still alive: its peers must see it go
         if self.backend == "nccl" and self.dist_up:  # collectives in flight fail instead of waiting
             run_bounded(abort_distributed, 5, "process group abort")
             self.dist_up = False
@@ -154,6 +156,15 @@ class _RayGroup:
             logger.critical("%s; the driver is stuck in a collective: exiting", msg)
             os.write(2, f"pagedserve: {msg}; the driver is stuck in a collective: exiting\n".encode())
             os._exit(70)
+
+    def _kill_rank(self, rank: int | None) -> None:
+        ray = ray_cluster.import_ray()
+        for a in self.actors:
+            if a.rank == rank:
+                try:
+                    ray.kill(a.handle, no_restart=True)
+                except Exception:  # noqa: BLE001 — already gone
+                    pass
 
     # -- shutdown -----------------------------------------------------------------------------------
     def close(self) -> None:
