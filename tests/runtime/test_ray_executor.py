@@ -59,7 +59,7 @@ def test_ray_gpu_equals_one_gpu(tiny_models, tp, pp, monkeypatch):
     assert not ray.is_initialized()
 
 
-@pytest.mark.parametrize("tp, pp", [(2, 1), (2, 2)])
+@pytest.mark.parametrize("tp, pp", [(1, 2), (2, 1), (2, 2)])
 def test_ray_equals_single_process(tiny_models, ray_cluster, tp, pp):
     model = tiny_models["llama"]
     ref = _generate(_llm(model, 1, max_num_batched_tokens=24, **KV), _params())
