@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from pagedserve import __version__
+from pagedserve import __version__, startup
 from pagedserve.entrypoints.openai.errors import APIError
 from pagedserve.entrypoints.openai.openapi import openapi_document
 from pagedserve.entrypoints.openai.serving_chat import create_chat_completion
@@ -58,6 +58,7 @@ class ServerState:
 
 STATE = web.AppKey("state", ServerState)
 TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
+READY_LINE_DELAY_S = 2.0  # the start-up line waits this long for a first /health, then logs without it
 
 
 class NotReadyError(APIError):
@@ -209,6 +210,10 @@ async def health(request: web.Request) -> web.Response:
         reason = eng.dead_reason
         if reason is not None:
             raise NotReadyError("failed", f"engine for {eng.served_model_name!r} is down: {reason}", "engine_dead")
+    timeline = startup.current()
+    if not timeline.logged:
+        timeline.mark("first_health_200")
+        timeline.log_once()
     return web.Response(status=200)
 
 
@@ -293,17 +298,33 @@ def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
     return fut
 
 
-async def _start(args: argparse.Namespace, prepared: Any, state: ServerState) -> ServedModels:
-    """Resolve the models (download, conversion, tokenizer) off the event loop, then start the engines."""
+async def _start(args: argparse.Namespace, prepared: Any, state: ServerState, processes: list[Any]) -> ServedModels:
+    """Resolve the models (download, conversion, tokenizer) off the event loop while the engine-core
+    processes (``processes``, started ahead) import the engine, then start the engines."""
     from pagedserve.entrypoints.openai.cli_serve import resolve_plans, start_engines
 
     state.phase_message = "resolving the model(s): converting or reading the weights, loading the tokenizer"
-    plans = await _in_daemon_thread(resolve_plans, args, prepared)
+    try:
+        plans = await _in_daemon_thread(resolve_plans, args, prepared, processes)
+    except BaseException:
+        await asyncio.gather(*(asyncio.to_thread(cp.close) for cp in processes), return_exceptions=True)
+        raise
     state.phase_message = f"starting {len(plans)} engine core(s): loading the weights, allocating the KV cache"
-    return await start_engines(plans, args)
+    engines = asyncio.create_task(start_engines(plans, args, processes))
+    try:
+        await asyncio.sleep(0)  # the engine cores are configured: they build their models meanwhile
+        from pagedserve.engine.core_proc import tune_gc
+
+        tune_gc()  # the full collection over the start-up heap, while this process only waits
+        startup.mark("gc_freeze")
+    except BaseException:
+        engines.cancel()
+        await asyncio.gather(engines, return_exceptions=True)
+        raise
+    return await engines  # cancelling _start cancels this wait, and so start_engines
 
 
-async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -> int:
+async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket, processes: list[Any]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = {"count": 0}
@@ -331,7 +352,8 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -
     await site.start()
     host, port = sock.getsockname()[:2]
     logger.info("listening on http://%s:%d; loading %d model(s)", host, port, len(prepared))
-    start = asyncio.create_task(_start(args, prepared, state))
+    startup.mark("http_listen")
+    start = asyncio.create_task(_start(args, prepared, state, processes))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not start.done():
@@ -346,10 +368,10 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -
     except BaseException:
         await runner.cleanup()
         raise
-    from pagedserve.engine.core_proc import tune_gc
-
-    tune_gc()
     state.served = served
+    startup.mark("ready")
+    # the start-up line: at the first /health 200 (with that phase), or soon after if nobody asks
+    loop.call_later(READY_LINE_DELAY_S, startup.current().log_once)
     logger.info("serving %s on http://%s:%d (OpenAI API at /v1)", ", ".join(n for m in served.models for n in m.names),
                 host, port)
     profile_path = os.environ.get("PAGEDSERVE_FRONTEND_PROFILE")  # cProfile of the HTTP process while serving
@@ -389,8 +411,12 @@ def run_server(args: argparse.Namespace) -> int:
     """Validate, bind, resolve the models and start the engines, serve until SIGTERM/SIGINT."""
     from pagedserve.entrypoints.openai.cli_serve import prepare_models
 
+    startup.begin("serve").mark("imports")  # the interpreter and the server's imports
     prepared = prepare_models(args)  # fails fast (unsupported flags, a missing path) before the port is bound
+    startup.mark("validate")
     sock = bind_socket(args.host, args.port)
+    startup.mark("bind")
+    processes = _start_core_processes(args, len(prepared))
     try:
         import uvloop  # optional: a faster event loop
 
@@ -399,7 +425,18 @@ def run_server(args: argparse.Namespace) -> int:
         loop_factory = None
     logger.info("event loop: %s", "uvloop" if loop_factory is not None else "asyncio")
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(args, prepared, sock))
+        return runner.run(_serve(args, prepared, sock, processes))
+
+
+def _start_core_processes(args: argparse.Namespace, n: int) -> list[Any]:
+    """One engine-core process per model, started now: each imports the engine (torch, the model code,
+    CUDA) while this process resolves the models and loads their tokenizers."""
+    from pagedserve.engine.core_client import CoreProcess
+
+    level = logging.getLevelName(logging.getLogger().level)
+    out = [CoreProcess(level if isinstance(level, str) else "INFO", args.engine_core_factory) for _ in range(n)]
+    startup.mark("core_spawn")
+    return out
 
 
 def report_fatal(message: str, prog: str = "pagedserve serve") -> None:

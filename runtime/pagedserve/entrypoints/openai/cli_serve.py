@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from pagedserve import startup
 from pagedserve.config import KV_CACHE_DTYPES
 from pagedserve.layers.quantization import canonical_name
 from pagedserve.engine.arg_utils import check_executor_backend
@@ -243,8 +244,12 @@ def plan_models(args: argparse.Namespace) -> list[ModelPlan]:
     return resolve_plans(args, prepare_models(args))
 
 
-def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]]) -> list[ModelPlan]:
-    """Resolve each prepared model (Hub download, GGUF conversion, config, tokenizer): slow."""
+def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]],
+                  processes: list[Any] | None = None) -> list[ModelPlan]:
+    """Resolve each prepared model (Hub download, GGUF conversion, config, tokenizer): slow.
+    ``processes``: engine-core processes started ahead; the first model's gets its config as soon as
+    it is known, so its engine builds the model while the tokenizer loads here (the others get
+    theirs in ``start_engines``: on a GPU, one engine at a time)."""
     from pagedserve.tokenizer import load_tokenizer
 
     template = _read_template(args.chat_template)
@@ -252,12 +257,16 @@ def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]
     seen: set[str] = set()
     for ea, names in prepared:
         config = ea.create_engine_config()
+        startup.mark("config")
         names = names or [config.model_config.served_model_name]
         for n in names:
             if n in seen:
                 raise ValueError(f"served model name {n!r} is used by two models; pass --served-model-name")
             seen.add(n)
+        if processes and not plans:
+            processes[0].configure(config)
         tok = load_tokenizer(config.model_config.tokenizer or config.model_config.model, ea.trust_remote_code)
+        startup.mark("tokenizer")
         plans.append(ModelPlan(names, ea, config, tok, template))
     return plans
 
@@ -284,18 +293,20 @@ def _max_token_chars(tokenizer: Any) -> int:
         return 256
 
 
-async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any:
+async def start_engines(plans: list[ModelPlan], args: argparse.Namespace, processes: list[Any] | None = None) -> Any:
     """Start one engine-core process per model (one after the other on a GPU, so memory profiling
-    sees the earlier ones; concurrently on CPU). Returns ServedModels."""
+    sees the earlier ones; concurrently on CPU). ``processes``: the ``CoreProcess`` of each plan,
+    started ahead (they imported the engine meanwhile). Returns ServedModels."""
     from pagedserve.engine.async_engine import AsyncEngine
     from pagedserve.entrypoints.openai.serving_common import (ServedModel, ServedModels, ServerOptions,
                                                               generation_defaults)
     from pagedserve.metrics import register_gpu_collector
 
     level = logging.getLevelName(logging.getLogger().level)
+    processes = processes or [None] * len(plans)
     engines = [AsyncEngine(p.config, tokenizer=p.tokenizer, log_level=level if isinstance(level, str) else "INFO",
                            engine_index=0, log_stats=not args.disable_log_stats,
-                           core_factory=args.engine_core_factory) for p in plans]
+                           core_factory=args.engine_core_factory, core_process=cp) for p, cp in zip(plans, processes)]
     try:
         if all(p.config.device == "cpu" for p in plans):
             await asyncio.gather(*(e.start(args.engine_startup_timeout) for e in engines))
@@ -305,6 +316,7 @@ async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any
     except BaseException:
         await asyncio.gather(*(e.shutdown(5) for e in engines), return_exceptions=True)
         raise
+    startup.mark("engines")
     if any(p.config.device.startswith("cuda") for p in plans):
         register_gpu_collector()
     models = [ServedModel(p.names, e, generation_defaults(e), p.chat_template,
