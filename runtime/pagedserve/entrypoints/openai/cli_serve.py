@@ -110,6 +110,7 @@ class ModelPlan:
     config: Any  # EngineConfig (validated)
     tokenizer: Any
     chat_template: str | None
+    max_token_chars: int = 0  # 2x the longest token's text (0: not computed yet)
 
 
 def unsupported_features(ea: Any) -> list[str]:
@@ -266,8 +267,9 @@ def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]
         if processes and not plans:
             processes[0].configure(config)
         tok = load_tokenizer(config.model_config.tokenizer or config.model_config.model, ea.trust_remote_code)
+        # here, off the critical path: the engine core builds its model meanwhile (a 128k vocabulary)
+        plans.append(ModelPlan(names, ea, config, tok, template, 2 * _max_token_chars(tok)))
         startup.mark("tokenizer")
-        plans.append(ModelPlan(names, ea, config, tok, template))
     return plans
 
 
@@ -320,7 +322,8 @@ async def start_engines(plans: list[ModelPlan], args: argparse.Namespace, proces
     if any(p.config.device.startswith("cuda") for p in plans):
         register_gpu_collector()
     models = [ServedModel(p.names, e, generation_defaults(e), p.chat_template,
-                          max_token_chars=2 * _max_token_chars(p.tokenizer)) for p, e in zip(plans, engines)]
+                          max_token_chars=p.max_token_chars or 2 * _max_token_chars(p.tokenizer))
+              for p, e in zip(plans, engines)]
     opts = ServerOptions(trust_request_chat_template=args.trust_request_chat_template,
                          max_logprobs=args.max_logprobs, generation_config=args.generation_config,
                          max_sequences_per_request=args.max_sequences_per_request,
