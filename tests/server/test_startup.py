@@ -90,3 +90,28 @@ def test_server_reports_phases_and_ready_promptly(tmp_path):
     # the engine-core process started before the frontend read the config and the tokenizer
     assert core["start_s"] <= ends["core_spawn"] + 0.5 and core["start_s"] < ends["tokenizer"], d
     assert core["end_s"] <= d["total_s"] + 0.05, d
+
+
+def test_failed_resolve_ends_the_started_core(tmp_path):
+    """The engine core starts before the model is resolved: a model that fails then (no tokenizer, found
+    after its config went to the core) ends the server with the clear error, and the core with it."""
+    model = tmp_path / "no-tokenizer"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "vocab_size": 1024, "eos_token_id": 2}))
+    srv = ServerProc(["--model", str(model), "--load-format", "dummy", "--device", "cpu",
+                      "--kv-cache-memory", str(16 << 20)], str(tmp_path / "server.log"))
+    seen: set[int] = set()
+    deadline = time.monotonic() + 240
+    while srv.proc.poll() is None and time.monotonic() < deadline:
+        seen.update(srv.children())
+        time.sleep(0.02)
+    srv._children_seen = seen
+    log = srv.log_text()
+    left = srv.leftover_children(wait=10.0)  # before stop(), which kills any
+    code = srv.stop()
+    assert code == 2, log[-3000:]
+    assert "no tokenizer files" in log.splitlines()[-1]
+    assert seen and not left, (seen, left)
