@@ -24,6 +24,7 @@ class CoreProcess:
 
         from pagedserve.spawn import spawn_children
 
+        self.log_level, self.core_factory = log_level, core_factory  # sent with the config: may change
         ctx = mp.get_context("spawn")
         self.fe_in, core_in = socket.socketpair()  # frontend → core
         self.fe_out, core_out = socket.socketpair()  # core → frontend
@@ -38,14 +39,16 @@ class CoreProcess:
     def configure(self, config: Any) -> None:
         """Send the config now (blocking; any thread): the core builds the model while this process
         goes on (loading the tokenizer)."""
-        self.fe_in.sendall(frame(("config", config)))
+        self.fe_in.sendall(frame(("config", config, self.core_factory, self.log_level)))
         self.configured = True
 
-    def close(self) -> None:
-        """Never configured (the server failed or stopped first): closing the sockets ends the process."""
+    def close(self, wait: bool = True) -> None:
+        """Never configured (the server failed or stopped first): closing the sockets ends the process
+        once its imports are done; ``wait=False`` (nothing was sent): terminate it now."""
         for s in (self.fe_in, self.fe_out):
             s.close()
-        self.proc.join(5)
+        if wait:
+            self.proc.join(5)
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5)
@@ -90,7 +93,7 @@ class EngineCoreClient:
         self._in_reader, self._writer = await asyncio.open_connection(sock=cp.fe_in)
         self._reader, self._out_writer = await asyncio.open_connection(sock=cp.fe_out, limit=1 << 24)
         if not cp.configured:
-            self._send(("config", self.config))
+            self._send(("config", self.config, self.core_factory, self.log_level))
         try:
             msg = await asyncio.wait_for(self._read(), timeout)
         except asyncio.TimeoutError:

@@ -233,8 +233,9 @@ def _preload_gpu_paths() -> None:
 def run_engine_core(in_sock: socket.socket, out_sock: socket.socket, log_level: str = "INFO",
                     core_factory: str | None = None) -> None:
     """Entry point of the engine-core process (multiprocessing 'spawn'). The process is started
-    before the frontend has resolved the model: it imports the engine (torch, the model code) while
-    the frontend reads the config and the tokenizer, then waits for ``("config", EngineConfig)``."""
+    before the frontend has resolved the model (``python -m ...api_server``: before it has even read
+    its flags): it imports the engine (torch, the model code) meanwhile, then waits for
+    ``("config", EngineConfig, core_factory, log_level)``."""
     from pagedserve import startup
 
     timeline = startup.begin("core")
@@ -247,15 +248,17 @@ def run_engine_core(in_sock: socket.socket, out_sock: socket.socket, log_level: 
     writer.start()
     try:
         factory = _load_factory(core_factory)
-        if core_factory is None:
-            _preload_gpu_paths()
+        _preload_gpu_paths()
         timeline.mark("imports")
         msg = _read_frame(in_sock)
         if msg is None:  # the frontend went away before sending the config (it failed to start)
             writer.close(1.0)
             os._exit(0)
-        assert msg[0] == "config", msg[0]
-        config = msg[1]
+        kind, config, factory_name, level = msg
+        assert kind == "config", kind
+        logging.getLogger().setLevel(level)  # the process may have started before the flags were read
+        if factory_name != core_factory:
+            factory = _load_factory(factory_name)
         timeline.mark("wait_config")
         core = factory(config, use_tqdm=False)
     except BaseException as e:

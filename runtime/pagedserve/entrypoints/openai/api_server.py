@@ -22,19 +22,20 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from pagedserve import __version__, startup
 from pagedserve.entrypoints.openai.errors import APIError
 from pagedserve.entrypoints.openai.openapi import openapi_document
-from pagedserve.entrypoints.openai.serving_chat import create_chat_completion
-from pagedserve.entrypoints.openai.serving_common import ServedModels, json_response
-from pagedserve.entrypoints.openai.serving_completion import create_completion
-from pagedserve.entrypoints.openai.serving_lora import (adapter_card, load_lora_adapter, runtime_updating_allowed,
-                                                        unload_lora_adapter)
-from pagedserve.entrypoints.openai.serving_tokens import detokenize, tokenize
+
+if TYPE_CHECKING:
+    from pagedserve.engine.core_client import CoreProcess
+    from pagedserve.entrypoints.openai.serving_common import ServedModels
+
+# The handlers' modules (and through them torch and the engine) are imported by ``build_app``, not
+# here: ``main`` starts the engine-core process before them, so its imports overlap this process's.
 from pagedserve.entrypoints.openai.validation import parse_json_body
 
 logger = logging.getLogger("pagedserve.server")
@@ -241,9 +242,26 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(request.app["openapi"])
 
 
+def json_response(obj: dict) -> web.Response:
+    from pagedserve.entrypoints.openai.serving_common import json_response as respond
+
+    return respond(obj)
+
+
+def adapter_card(a: Any) -> dict:
+    from pagedserve.entrypoints.openai.serving_lora import adapter_card as card
+
+    return card(a)
+
+
 def build_app(served: ServedModels | None, api_key: str | None = None, max_body_bytes: int = 64 << 20,
               body_timeout: float = 60.0, metrics_prefix: str = "pagedserve",
               allow_runtime_lora_updating: bool = False) -> web.Application:
+    from pagedserve.entrypoints.openai.serving_chat import create_chat_completion
+    from pagedserve.entrypoints.openai.serving_completion import create_completion
+    from pagedserve.entrypoints.openai.serving_lora import load_lora_adapter, unload_lora_adapter
+    from pagedserve.entrypoints.openai.serving_tokens import detokenize, tokenize
+
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body_bytes)
     app[STATE] = ServerState(served, api_key.encode("utf-8") if api_key else None, body_timeout=body_timeout,
                              metrics_prefix=metrics_prefix)
@@ -337,6 +355,8 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket, p
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
+    from pagedserve.entrypoints.openai.serving_lora import runtime_updating_allowed
+
     # listen at once: while the models download and load, /health and the API answer 503 with the phase
     app = build_app(None, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)),
                     body_timeout=getattr(args, "request_body_timeout", 60.0),
@@ -407,16 +427,22 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket, p
     return 0
 
 
-def run_server(args: argparse.Namespace) -> int:
-    """Validate, bind, resolve the models and start the engines, serve until SIGTERM/SIGINT."""
+def run_server(args: argparse.Namespace, early: CoreProcess | None = None) -> int:
+    """Validate, bind, resolve the models and start the engines, serve until SIGTERM/SIGINT.
+    ``early``: an engine-core process started before the flags were read (``main``)."""
     from pagedserve.entrypoints.openai.cli_serve import prepare_models
 
     startup.begin("serve").mark("imports")  # the interpreter and the server's imports
-    prepared = prepare_models(args)  # fails fast (unsupported flags, a missing path) before the port is bound
-    startup.mark("validate")
-    sock = bind_socket(args.host, args.port)
+    try:
+        prepared = prepare_models(args)  # fails fast (unsupported flags, a missing path) before the port is bound
+        startup.mark("validate")
+        sock = bind_socket(args.host, args.port)
+    except BaseException:
+        if early is not None:
+            early.close(wait=False)
+        raise
     startup.mark("bind")
-    processes = _start_core_processes(args, len(prepared))
+    processes = _start_core_processes(args, len(prepared), early)
     try:
         import uvloop  # optional: a faster event loop
 
@@ -428,13 +454,19 @@ def run_server(args: argparse.Namespace) -> int:
         return runner.run(_serve(args, prepared, sock, processes))
 
 
-def _start_core_processes(args: argparse.Namespace, n: int) -> list[Any]:
-    """One engine-core process per model, started now: each imports the engine (torch, the model code,
-    CUDA) while this process resolves the models and loads their tokenizers."""
+def _start_core_processes(args: argparse.Namespace, n: int, early: CoreProcess | None = None) -> list[Any]:
+    """One engine-core process per model (the first one may be ``early``), started now: each imports
+    the engine (torch, the model code, CUDA) while this process resolves the models and loads their
+    tokenizers."""
     from pagedserve.engine.core_client import CoreProcess
 
     level = logging.getLevelName(logging.getLogger().level)
-    out = [CoreProcess(level if isinstance(level, str) else "INFO", args.engine_core_factory) for _ in range(n)]
+    level = level if isinstance(level, str) else "INFO"
+    out = []
+    if early is not None:
+        early.log_level, early.core_factory = level, args.engine_core_factory
+        out.append(early)
+    out += [CoreProcess(level, args.engine_core_factory) for _ in range(n - len(out))]
     startup.mark("core_spawn")
     return out
 
@@ -456,10 +488,10 @@ def report_fatal(message: str, prog: str = "pagedserve serve") -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def serve_main(args: argparse.Namespace) -> int:
+def serve_main(args: argparse.Namespace, early: CoreProcess | None = None) -> int:
     """run_server with every start error reported by :func:`report_fatal` (exit 2: bad input, 1: other)."""
     try:
-        return run_server(args)
+        return run_server(args, early)
     except (ValueError, FileNotFoundError) as e:
         report_fatal(str(e))
         return 2
@@ -473,12 +505,21 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pagedserve.entrypoints.openai.cli_serve import make_parser
+    from pagedserve.engine.core_client import CoreProcess
 
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    # the engine-core process first: it imports torch and the engine while this process imports the
+    # flags' modules (torch too) and reads the model's config and tokenizer (docs/startup.md)
+    early = CoreProcess()
+    try:
+        from pagedserve.entrypoints.openai.cli_serve import make_parser
+
+        parser = make_parser()
+        args = parser.parse_args(argv)
+    except BaseException:  # --help, a bad flag
+        early.close(wait=False)
+        raise
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve_main(args)
+    return serve_main(args, early)
 
 
 if __name__ == "__main__":
