@@ -248,28 +248,31 @@ def plan_models(args: argparse.Namespace) -> list[ModelPlan]:
 def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]],
                   processes: list[Any] | None = None) -> list[ModelPlan]:
     """Resolve each prepared model (Hub download, GGUF conversion, config, tokenizer): slow.
-    ``processes``: engine-core processes started ahead; the first model's gets its config as soon as
-    it is known, so its engine builds the model while the tokenizer loads here (the others get
-    theirs in ``start_engines``: on a GPU, one engine at a time)."""
+    ``processes``: engine-core processes started ahead; once every model's config is known and valid,
+    the first model's core gets its config, so its engine builds the model while the tokenizers load
+    here (the others get theirs in ``start_engines``: on a GPU, one engine at a time)."""
     from pagedserve.tokenizer import load_tokenizer
 
     template = _read_template(args.chat_template)
-    plans: list[ModelPlan] = []
+    configs = []
     seen: set[str] = set()
     for ea, names in prepared:
         config = ea.create_engine_config()
-        startup.mark("config")
         names = names or [config.model_config.served_model_name]
         for n in names:
             if n in seen:
                 raise ValueError(f"served model name {n!r} is used by two models; pass --served-model-name")
             seen.add(n)
-        if processes and not plans:
-            processes[0].configure(config)
+        configs.append((ea, names, config))
+    startup.mark("config")
+    if processes:
+        processes[0].configure(configs[0][2])
+    plans: list[ModelPlan] = []
+    for ea, names, config in configs:
         tok = load_tokenizer(config.model_config.tokenizer or config.model_config.model, ea.trust_remote_code)
         # here, off the critical path: the engine core builds its model meanwhile (a 128k vocabulary)
         plans.append(ModelPlan(names, ea, config, tok, template, 2 * _max_token_chars(tok)))
-        startup.mark("tokenizer")
+    startup.mark("tokenizer")
     return plans
 
 
