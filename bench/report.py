@@ -75,7 +75,7 @@ def _startup(d: dict) -> str:
 
     best = {k: min(d.get(k + "_runs") or [{}], key=lambda r: r.get("ready_s", 1e9)) for k in ("llm", "server")}
     return (f"start to ready: LLM() **{_f(d.get('llm_ready_s'), '.2f')} s**, server **{_f(d.get('server_ready_s'), '.2f')}"
-            f" s** (+{_f(d.get('server_minus_llm_s'), '.2f')} s)<br>LLM(): {phases(best['llm'])}<br>"
+            f" s** ({_f(d.get('server_minus_llm_s'), '+.2f')} s)<br>LLM(): {phases(best['llm'])}<br>"
             f"server: {phases(best['server'])}")
 
 

@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
               "server_ready_s": best_server, "server_minus_llm_s": round(best_server - best_llm, 3),
               "llm_runs": llm, "server_runs": server}
     print(f"start to ready (best of {args.repeat}): LLM() {best_llm:.2f} s, server {best_server:.2f} s "
-          f"(+{best_server - best_llm:.2f} s)", flush=True)
+          f"({best_server - best_llm:+.2f} s)", flush=True)
     if args.output_json:
         with open(args.output_json, "w") as fh:
             json.dump(result, fh, indent=1)
