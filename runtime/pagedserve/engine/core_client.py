@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 class CoreProcess:
     """An engine-core process started ahead of its config: it imports the engine while the frontend
-    resolves the model and loads the tokenizer, then waits for ``("config", EngineConfig)``."""
+    imports its own modules, resolves the model and loads the tokenizer, then waits for
+    ``("config", EngineConfig, core_factory, log_level)`` (``configure``, or ``EngineCoreClient.start``)."""
 
     def __init__(self, log_level: str = "INFO", core_factory: str | None = None) -> None:
         import multiprocessing as mp
