@@ -64,6 +64,21 @@ def _profiles(d: dict) -> str:
     return ", ".join(f"{label} {_f(d[k], '.2f')} ms" for k, label in keys if k in d) + " (GPU time)"
 
 
+def _startup(d: dict) -> str:
+    def phases(run: dict) -> str:
+        tl = run.get("timeline", {})
+        own = ", ".join(f"{n} {_f(t, '.2f')}" for n, t in tl.get("phases", []))
+        kids = "; ".join(f"{c.get('label')} from {_f(c.get('start_s'), '.2f')} s: "
+                         + ", ".join(f"{n} {_f(t, '.2f')}" for n, t in c.get("phases", []))
+                         for c in tl.get("children", []))
+        return own + (f" ({kids})" if kids else "")
+
+    best = {k: min(d.get(k + "_runs") or [{}], key=lambda r: r.get("ready_s", 1e9)) for k in ("llm", "server")}
+    return (f"start to ready: LLM() **{_f(d.get('llm_ready_s'), '.2f')} s**, server **{_f(d.get('server_ready_s'), '.2f')}"
+            f" s** ({_f(d.get('server_minus_llm_s'), '+.2f')} s)<br>LLM(): {phases(best['llm'])}<br>"
+            f"server: {phases(best['server'])}")
+
+
 def _junit(d: dict) -> str:
     return f"{d.get('passed')} passed, {d.get('failures')} failed, {d.get('errors')} errors, {d.get('skipped')} skipped"
 
@@ -91,6 +106,8 @@ def figures(results: dict) -> list[str]:
                 out.append(_sweep(d))
             elif name == "profiles.json":
                 out.append(_profiles(d))
+            elif name == "startup.json":
+                out.append(_startup(d))
             elif name.endswith(".xml"):
                 out.append(_junit(d))
             else:

@@ -102,6 +102,12 @@ def _scenarios() -> list[Scenario]:
                                                 "--repeat", "2"), 90),)),
         Scenario("offline-1000", "offline throughput, 1,000 lognormal requests",
                  (Step("throughput", throughput("--model", "{model}", *DUMMY, "--num-prompts", "1000"), 120),)),
+        Scenario("startup", "start to ready, each in a fresh process: LLM() (tokenizer included) and the server "
+                 "(to its first /health 200, polled every 20 ms), alternating, best of 2 after one uncounted LLM() "
+                 "run, with each one's phase breakdown (engine-core process included; needs --prepare)",
+                 (Step("startup", _py("-m", "pagedserve.benchmarks.startup", "--model", "{model_tok}",
+                                      "--engine-args", " ".join(DUMMY), "--repeat", "2", "--warmup", "1",
+                                      "--output-json", "{work}/startup.json"), 300),)),
         Scenario("offline-256-hf", "256 lognormal requests: HF transformers static batching (B=128) and "
                  "pagedserve in the same process (~6 min)",
                  (Step("throughput", throughput("--model", "{model}", *DUMMY, "--num-prompts", "256", "--repeat", "2",

@@ -55,7 +55,7 @@ LAYERS: list[list[tuple[str, tuple[str, ...]]]] = [
     [("attention", ("pagedserve.attention.*", "pagedserve.forward_context"))],
     [("kernels", ("pagedserve.kernels.*",))],
     # below everything: configuration, helpers and torch.distributed state that any layer may read
-    [("common", ("pagedserve.config", "pagedserve.arch_config", "pagedserve.utils", "pagedserve.spawn",
+    [("common", ("pagedserve.config", "pagedserve.arch_config", "pagedserve.utils", "pagedserve.spawn", "pagedserve.startup",
                  "pagedserve.tokenizer", "pagedserve.distributed.*",
                  "pagedserve.lora.*", "pagedserve.multimodal.*"))],
 ]

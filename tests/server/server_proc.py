@@ -55,7 +55,7 @@ class ServerProc:
                     return self
             except OSError:
                 pass
-            time.sleep(0.25)
+            time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"server not ready in {timeout} s:\n{self.log_text()[-4000:]}")
 

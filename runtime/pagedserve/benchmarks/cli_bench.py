@@ -1,4 +1,4 @@
-"""``pagedserve bench {serve,throughput,latency,spec-verify}``.
+"""``pagedserve bench {serve,throughput,latency,spec-verify,startup}``.
 
 Each bench kind lives in its own module with ``add_parser(subparsers)`` (setting ``func``); this
 file only lists them. Modules are imported lazily (``pagedserve --help`` stays fast) and a kind
@@ -14,6 +14,7 @@ BENCH_KINDS = {
     "throughput": "pagedserve.benchmarks.throughput",
     "latency": "pagedserve.benchmarks.latency",
     "spec-verify": "pagedserve.benchmarks.spec_verify",
+    "startup": "pagedserve.benchmarks.startup",
 }
 
 

@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+from pagedserve import startup
 from pagedserve.config import EngineConfig
 from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.core.scheduler_output import EngineCoreOutput
 from pagedserve.core.stats import SchedulerStats
-from pagedserve.engine.core_client import EngineCoreClient
+from pagedserve.engine.core_client import CoreProcess, EngineCoreClient
 from pagedserve.engine.core_wire import EngineDeadError
 from pagedserve.engine.llm_engine import InputProcessor, PromptType
 from pagedserve.engine.output_processor import OutputProcessor
@@ -71,7 +72,7 @@ class _Track:
 class AsyncEngine:
     def __init__(self, config: EngineConfig, tokenizer: Any = None, log_level: str = "INFO",
                  engine_index: int = 0, enable_metrics: bool = True, log_stats: bool = True,
-                 core_factory: str | None = None) -> None:
+                 core_factory: str | None = None, core_process: CoreProcess | None = None) -> None:
         from pagedserve.tokenizer import load_tokenizer
 
         mc = config.model_config
@@ -90,7 +91,7 @@ class AsyncEngine:
             self.metrics = EngineMetrics(self.served_model_name, self.max_model_len, engine_index,
                                          max_lora=config.lora_config.max_loras if config.lora_config else None)
         self.client = EngineCoreClient(config, self._on_step, self._on_stats, self._on_rejected, self._on_dead,
-                                       log_level=log_level, core_factory=core_factory)
+                                       log_level=log_level, core_factory=core_factory, process=core_process)
         self.num_gpu_blocks = 0
         self.block_size = config.cache_config.block_size
         self.last_stats = SchedulerStats()
@@ -114,6 +115,8 @@ class AsyncEngine:
 
     async def start(self, timeout: float = 1800.0) -> None:
         info = await self.client.start(timeout)
+        if "startup" in info:  # the engine-core process's phases, for the server's start-up line
+            startup.current().add_child(f"core[{self.served_model_name}]", info["startup"])
         self.num_gpu_blocks = int(info["num_gpu_blocks"])
         self.block_size = int(info["block_size"])
         if self.metrics is not None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from collections import deque
 
+from pagedserve import startup
 from pagedserve.config import GiB, EngineConfig
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import EngineCoreOutput, SchedulerOutput
@@ -30,10 +31,14 @@ class EngineCore:
         # one process per tensor-parallel rank, or the runner in this process (executor/)
         self.executor = make_executor(config, use_tqdm=use_tqdm)
         self.runner = self.executor.runner  # the driver rank's model runner (rank 0, this process)
+        startup.mark("runner")
         try:
             num_blocks = self.executor.determine_num_blocks()  # the minimum over ranks
+            startup.mark("kv_profile")
             self.executor.initialize_kv_cache(num_blocks)
+            startup.mark("kv_alloc")
             self.graph_capture_seconds = self.executor.capture_cuda_graphs()
+            startup.mark("cuda_graphs")
             config.cache_config.num_gpu_blocks = num_blocks
             num_cpu_blocks = self._num_cpu_blocks()
             config.cache_config.num_cpu_blocks = num_cpu_blocks
@@ -42,6 +47,7 @@ class EngineCore:
                 from pagedserve.worker.warmup import warmup
 
                 warmup(self.runner, self.executor.execute_model)
+            startup.mark("warmup")
         except BaseException:
             self.executor.shutdown()
             raise

@@ -15,6 +15,46 @@ from pagedserve.engine.core_wire import HDR, EngineDeadError, frame
 logger = logging.getLogger(__name__)
 
 
+class CoreProcess:
+    """An engine-core process started ahead of its config: it imports the engine while the frontend
+    imports its own modules, resolves the model and loads the tokenizer, then waits for
+    ``("config", EngineConfig, core_factory, log_level)`` (``configure``, or ``EngineCoreClient.start``)."""
+
+    def __init__(self, log_level: str = "INFO", core_factory: str | None = None) -> None:
+        import multiprocessing as mp
+
+        from pagedserve.spawn import spawn_children
+
+        self.log_level, self.core_factory = log_level, core_factory  # sent with the config: may change
+        ctx = mp.get_context("spawn")
+        self.fe_in, core_in = socket.socketpair()  # frontend → core
+        self.fe_out, core_out = socket.socketpair()  # core → frontend
+        self.proc = ctx.Process(target=run_engine_core, name="pagedserve-engine-core",
+                                args=(core_in, core_out, log_level, core_factory), daemon=True)
+        with spawn_children():  # the child need not re-import the server's __main__ (aiohttp, handlers)
+            self.proc.start()
+        core_in.close()  # only the child holds its ends: its death reads as EOF here
+        core_out.close()
+        self.configured = False
+
+    def configure(self, config: Any) -> None:
+        """Send the config now (blocking; any thread): the core builds the model while this process
+        goes on (loading the tokenizer)."""
+        self.fe_in.sendall(frame(("config", config, self.core_factory, self.log_level)))
+        self.configured = True
+
+    def close(self, wait: bool = True) -> None:
+        """Never configured (the server failed or stopped first): closing the sockets ends the process
+        once its imports are done; ``wait=False`` (nothing was sent): terminate it now."""
+        for s in (self.fe_in, self.fe_out):
+            s.close()
+        if wait:
+            self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+
+
 class EngineCoreClient:
     """Starts the core process and exchanges messages with it on the frontend's event loop.
 
@@ -23,11 +63,13 @@ class EngineCoreClient:
 
     def __init__(self, config: Any, on_step: Callable[..., None], on_stats: Callable[[Any], None],
                  on_rejected: Callable[[list], None], on_dead: Callable[[str], None],
-                 log_level: str = "INFO", core_factory: str | None = None) -> None:
+                 log_level: str = "INFO", core_factory: str | None = None,
+                 process: CoreProcess | None = None) -> None:
         self.config = config
         self.core_factory = core_factory
         self.on_step, self.on_stats, self.on_rejected, self.on_dead = on_step, on_stats, on_rejected, on_dead
         self.log_level = log_level
+        self._process = process  # started earlier (the server starts it before resolving the model)
         self.proc: Any = None
         self.info: dict[str, Any] = {}
         self.dead: str | None = None
@@ -44,21 +86,15 @@ class EngineCoreClient:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, timeout: float = 1800.0) -> dict[str, Any]:
-        import multiprocessing as mp
-
         self._loop = asyncio.get_running_loop()
-        ctx = mp.get_context("spawn")
-        fe_in, core_in = socket.socketpair()  # frontend → core
-        fe_out, core_out = socket.socketpair()  # core → frontend
-        self.proc = ctx.Process(target=run_engine_core, name="pagedserve-engine-core",
-                                args=(self.config, core_in, core_out, self.log_level, self.core_factory),
-                                daemon=True)
-        self.proc.start()
-        core_in.close()  # only the child holds its ends: its death reads as EOF here
-        core_out.close()
+        cp = self._process or CoreProcess(self.log_level, self.core_factory)
+        self._process = None
+        self.proc = cp.proc
         # keep all four stream objects: a collected StreamWriter closes its transport
-        self._in_reader, self._writer = await asyncio.open_connection(sock=fe_in)
-        self._reader, self._out_writer = await asyncio.open_connection(sock=fe_out, limit=1 << 24)
+        self._in_reader, self._writer = await asyncio.open_connection(sock=cp.fe_in)
+        self._reader, self._out_writer = await asyncio.open_connection(sock=cp.fe_out, limit=1 << 24)
+        if not cp.configured:
+            self._send(("config", self.config, self.core_factory, self.log_level))
         try:
             msg = await asyncio.wait_for(self._read(), timeout)
         except asyncio.TimeoutError:
@@ -81,6 +117,9 @@ class EngineCoreClient:
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         if self.proc is None:
+            if self._process is not None:  # started ahead, never configured
+                await asyncio.to_thread(self._process.close)
+                self._process = None
             return
         self._closing = True
         if self.dead is None and self._writer is not None and not self._writer.is_closing():

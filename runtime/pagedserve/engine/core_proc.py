@@ -186,9 +186,59 @@ def _load_factory(path: str | None) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
-def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket, log_level: str = "INFO",
+def _read_frame(sock: socket.socket) -> Any:
+    """One frame, blocking (the config, before the loop starts); None at EOF."""
+    import pickle
+
+    from pagedserve.engine.core_wire import HDR
+
+    def exactly(n: int) -> bytes | None:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    hdr = exactly(HDR.size)
+    if hdr is None:
+        return None
+    payload = exactly(HDR.unpack(hdr)[0])
+    return None if payload is None else pickle.loads(payload)
+
+
+def _preload_gpu_paths() -> None:
+    """While the config is on its way: on a CUDA machine, import the GPU-only modules (Triton, the
+    kernels, CUDA graphs, warm-up) and initialise CUDA, which the engine would otherwise do after."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    try:
+        import pagedserve.attention.triton_backend  # noqa: F401
+        import pagedserve.worker.cuda_graphs  # noqa: F401
+        import pagedserve.worker.fusion  # noqa: F401
+        import pagedserve.worker.memory  # noqa: F401
+        import pagedserve.worker.piecewise_graphs  # noqa: F401
+        import pagedserve.worker.warmup  # noqa: F401
+    except ImportError:  # no Triton: the engine reports it when it needs it
+        pass
+    try:
+        torch.cuda.init()
+    except Exception:  # noqa: BLE001 — the engine reports a broken device itself, if it uses one
+        pass
+
+
+def run_engine_core(in_sock: socket.socket, out_sock: socket.socket, log_level: str = "INFO",
                     core_factory: str | None = None) -> None:
-    """Entry point of the engine-core process (multiprocessing 'spawn')."""
+    """Entry point of the engine-core process (multiprocessing 'spawn'). The process is started
+    before the frontend has resolved the model (``python -m ...api_server``: before it has even read
+    its flags): it imports the engine (torch, the model code) meanwhile, then waits for
+    ``("config", EngineConfig, core_factory, log_level)``."""
+    from pagedserve import startup
+
+    timeline = startup.begin("core")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend decides when the core stops
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s [core]: %(message)s")
     from pagedserve.utils import thread_lock_for_tqdm
@@ -197,13 +247,27 @@ def run_engine_core(config: Any, in_sock: socket.socket, out_sock: socket.socket
     writer = FrameWriter(out_sock)
     writer.start()
     try:
-        core = _load_factory(core_factory)(config, use_tqdm=False)
+        factory = _load_factory(core_factory)
+        _preload_gpu_paths()
+        timeline.mark("imports")
+        msg = _read_frame(in_sock)
+        if msg is None:  # the frontend went away before sending the config (it failed to start)
+            writer.close(1.0)
+            os._exit(0)
+        kind, config, factory_name, level = msg
+        assert kind == "config", kind
+        logging.getLogger().setLevel(level)  # the process may have started before the flags were read
+        if factory_name != core_factory:
+            factory = _load_factory(factory_name)
+        timeline.mark("wait_config")
+        core = factory(config, use_tqdm=False)
     except BaseException as e:
         logger.exception("engine core failed to start")
         writer.send(("startup_error", f"{type(e).__name__}: {e}"))
         writer.close()
         os._exit(1)
-    writer.send(("ready", _core_info(core)))
+    timeline.mark("ready")
+    writer.send(("ready", {**_core_info(core), "startup": timeline.export()}))
     trace_path = os.environ.get("PAGEDSERVE_STEP_TRACE") if hasattr(core, "write_trace") else None
     if trace_path:  # the per-step trace, written at exit
         core.trace = []

@@ -5,6 +5,8 @@ Every message is one length-prefixed pickle of plain data (token ids, ``Sampling
 ``SchedulerStats``); nothing holds a tensor (an image's pixels travel as a numpy array).
 
 frontend → core::
+    ("config", EngineConfig, core_factory, log_level)
+                                              first: the process starts before the model is resolved
     ("batch", [add, ...], [abort_id, ...])   add = (request_id, prompt_token_ids, SamplingParams,
                                               eos_token_ids, arrival_time, priority, max_tokens,
                                               LoRARequest | None, [MultiModalFeature])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pagedserve import startup
 from pagedserve.config import EngineConfig
 from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.engine.core import EngineCore
@@ -126,13 +127,16 @@ class LLMEngine:
         self.config = config
         self.tokenizer = None if skip_tokenizer_init else load_tokenizer(config.model_config.tokenizer or config.model_config.model)
         self.processor = InputProcessor(config, self.tokenizer)
+        startup.mark("tokenizer")
         self.core = EngineCore(config, use_tqdm=use_tqdm)
         self.output_processor = OutputProcessor(self.tokenizer)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, use_tqdm: bool = True, skip_tokenizer_init: bool = False
                          ) -> "LLMEngine":
-        return cls(args.create_engine_config(), use_tqdm=use_tqdm, skip_tokenizer_init=skip_tokenizer_init)
+        config = args.create_engine_config()
+        startup.mark("config")
+        return cls(config, use_tqdm=use_tqdm, skip_tokenizer_init=skip_tokenizer_init)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
                     arrival_time: float | None = None, priority: int = 0, cache_salt: str | None = None,

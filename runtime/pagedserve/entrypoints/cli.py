@@ -32,9 +32,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand(argv: list[str]) -> str | None:
+    """The first word that is not an option (``--log-level`` takes a value)."""
+    it = iter(argv)
+    for a in it:
+        if a == "--log-level":
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    early = None
+    if _subcommand(sys.argv[1:] if argv is None else argv) == "serve":
+        from pagedserve.engine.core_client import CoreProcess
+
+        early = CoreProcess()  # imports the engine while this process imports the flags' modules
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except BaseException:
+        if early is not None:
+            early.close(wait=False)
+        raise
+    args.early_core = early  # ``serve`` adopts it (docs/startup.md)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

@@ -17,4 +17,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pagedserve.entrypoints.openai.api_server import serve_main
 
-    return serve_main(args)
+    return serve_main(args, getattr(args, "early_core", None))

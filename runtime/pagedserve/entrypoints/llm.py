@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from pagedserve import startup
 from pagedserve.engine.arg_utils import EngineArgs
 from pagedserve.core.beam_search import BeamSearchOutput, BeamSearchSequence
 from pagedserve.engine.llm_engine import LLMEngine, PromptType
@@ -16,11 +17,18 @@ from pagedserve.sampling_params import BeamSearchParams, SamplingParams
 _GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
+def _ready() -> None:
+    """The engine is ready: log the start-up phases once (``pagedserve.startup``)."""
+    startup.mark("ready")
+    startup.current().log_once()
+
+
 class LLM:
     def __init__(self, model: str | None = None, *, dtype: str = "auto", max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.9, block_size: int = 16, max_num_seqs: int | None = None,
                  max_num_batched_tokens: int | None = None, seed: int = 0, device: str | None = None,
                  skip_tokenizer_init: bool = False, use_tqdm: bool = True, **kwargs: Any) -> None:
+        startup.begin("LLM").mark("imports")  # the interpreter and imports, up to this call
         args = EngineArgs(model=model, dtype=dtype, max_model_len=max_model_len,
                           gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
                           max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
@@ -28,12 +36,15 @@ class LLM:
         self.llm_engine = LLMEngine.from_engine_args(args, use_tqdm=use_tqdm,
                                                      skip_tokenizer_init=skip_tokenizer_init)
         self._counter = itertools.count()
+        _ready()
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, use_tqdm: bool = True, skip_tokenizer_init: bool = False) -> "LLM":
+        startup.begin("LLM").mark("imports")
         llm = cls.__new__(cls)
         llm.llm_engine = LLMEngine.from_engine_args(args, use_tqdm=use_tqdm, skip_tokenizer_init=skip_tokenizer_init)
         llm._counter = itertools.count()
+        _ready()
         return llm
 
     def shutdown(self) -> None:

@@ -26,6 +26,7 @@ from pagedserve.layers.quantization import make_quant_config, set_quant_config
 from pagedserve.layers.quantization.layer_names import ATTENTION_SCALE_SUFFIXES
 from pagedserve.models.pipeline import skip_weight
 from pagedserve.models.registry import check_architecture
+from pagedserve import startup
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +42,13 @@ def build_model(mc: ModelConfig, device: str, use_tqdm: bool = True) -> nn.Modul
             model = cls(mc.arch, max_position=max(mc.max_model_len, mc.arch.max_position_embeddings))
     finally:
         torch.set_default_dtype(prev)
+    startup.mark("model_build")
     if mc.load_format == "dummy":
         init_dummy_weights(model, mc.seed)
     else:
         load_safetensors(model, mc.model, use_tqdm=use_tqdm)
     n_quant = process_weights_after_loading(model)
+    startup.mark("weights")
     model.eval()
     logger.info("model %s loaded in %.2f s (%s%s, %.1fM params)", mc.arch.architecture,
                 time.perf_counter() - t0, mc.dtype,

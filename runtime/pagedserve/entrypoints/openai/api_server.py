@@ -22,19 +22,20 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from pagedserve import __version__
+from pagedserve import __version__, startup
 from pagedserve.entrypoints.openai.errors import APIError
 from pagedserve.entrypoints.openai.openapi import openapi_document
-from pagedserve.entrypoints.openai.serving_chat import create_chat_completion
-from pagedserve.entrypoints.openai.serving_common import ServedModels, json_response
-from pagedserve.entrypoints.openai.serving_completion import create_completion
-from pagedserve.entrypoints.openai.serving_lora import (adapter_card, load_lora_adapter, runtime_updating_allowed,
-                                                        unload_lora_adapter)
-from pagedserve.entrypoints.openai.serving_tokens import detokenize, tokenize
+
+if TYPE_CHECKING:
+    from pagedserve.engine.core_client import CoreProcess
+    from pagedserve.entrypoints.openai.serving_common import ServedModels
+
+# The handlers' modules (and through them torch and the engine) are imported by ``build_app``, not
+# here: ``main`` starts the engine-core process before them, so its imports overlap this process's.
 from pagedserve.entrypoints.openai.validation import parse_json_body
 
 logger = logging.getLogger("pagedserve.server")
@@ -58,6 +59,7 @@ class ServerState:
 
 STATE = web.AppKey("state", ServerState)
 TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
+READY_LINE_DELAY_S = 2.0  # the start-up line waits this long for a first /health, then logs without it
 
 
 class NotReadyError(APIError):
@@ -209,6 +211,10 @@ async def health(request: web.Request) -> web.Response:
         reason = eng.dead_reason
         if reason is not None:
             raise NotReadyError("failed", f"engine for {eng.served_model_name!r} is down: {reason}", "engine_dead")
+    timeline = startup.current()
+    if not timeline.logged:
+        timeline.mark("first_health_200")
+        timeline.log_once()
     return web.Response(status=200)
 
 
@@ -236,9 +242,26 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(request.app["openapi"])
 
 
+def json_response(obj: dict) -> web.Response:
+    from pagedserve.entrypoints.openai.serving_common import json_response as respond
+
+    return respond(obj)
+
+
+def adapter_card(a: Any) -> dict:
+    from pagedserve.entrypoints.openai.serving_lora import adapter_card as card
+
+    return card(a)
+
+
 def build_app(served: ServedModels | None, api_key: str | None = None, max_body_bytes: int = 64 << 20,
               body_timeout: float = 60.0, metrics_prefix: str = "pagedserve",
               allow_runtime_lora_updating: bool = False) -> web.Application:
+    from pagedserve.entrypoints.openai.serving_chat import create_chat_completion
+    from pagedserve.entrypoints.openai.serving_completion import create_completion
+    from pagedserve.entrypoints.openai.serving_lora import load_lora_adapter, unload_lora_adapter
+    from pagedserve.entrypoints.openai.serving_tokens import detokenize, tokenize
+
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body_bytes)
     app[STATE] = ServerState(served, api_key.encode("utf-8") if api_key else None, body_timeout=body_timeout,
                              metrics_prefix=metrics_prefix)
@@ -293,17 +316,33 @@ def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
     return fut
 
 
-async def _start(args: argparse.Namespace, prepared: Any, state: ServerState) -> ServedModels:
-    """Resolve the models (download, conversion, tokenizer) off the event loop, then start the engines."""
+async def _start(args: argparse.Namespace, prepared: Any, state: ServerState, processes: list[Any]) -> ServedModels:
+    """Resolve the models (download, conversion, tokenizer) off the event loop while the engine-core
+    processes (``processes``, started ahead) import the engine, then start the engines."""
     from pagedserve.entrypoints.openai.cli_serve import resolve_plans, start_engines
 
     state.phase_message = "resolving the model(s): converting or reading the weights, loading the tokenizer"
-    plans = await _in_daemon_thread(resolve_plans, args, prepared)
+    try:
+        plans = await _in_daemon_thread(resolve_plans, args, prepared, processes)
+    except BaseException:
+        await asyncio.gather(*(asyncio.to_thread(cp.close) for cp in processes), return_exceptions=True)
+        raise
     state.phase_message = f"starting {len(plans)} engine core(s): loading the weights, allocating the KV cache"
-    return await start_engines(plans, args)
+    engines = asyncio.create_task(start_engines(plans, args, processes))
+    try:
+        await asyncio.sleep(0)  # the engine cores are configured: they build their models meanwhile
+        from pagedserve.engine.core_proc import tune_gc
+
+        tune_gc()  # the full collection over the start-up heap, while this process only waits
+        startup.mark("gc_freeze")
+    except BaseException:
+        engines.cancel()
+        await asyncio.gather(engines, return_exceptions=True)
+        raise
+    return await engines  # cancelling _start cancels this wait, and so start_engines
 
 
-async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -> int:
+async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket, processes: list[Any]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = {"count": 0}
@@ -315,6 +354,8 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+
+    from pagedserve.entrypoints.openai.serving_lora import runtime_updating_allowed
 
     # listen at once: while the models download and load, /health and the API answer 503 with the phase
     app = build_app(None, args.api_key, max_body_bytes=int(args.max_request_body_mb * (1 << 20)),
@@ -331,7 +372,8 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -
     await site.start()
     host, port = sock.getsockname()[:2]
     logger.info("listening on http://%s:%d; loading %d model(s)", host, port, len(prepared))
-    start = asyncio.create_task(_start(args, prepared, state))
+    startup.mark("http_listen")
+    start = asyncio.create_task(_start(args, prepared, state, processes))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not start.done():
@@ -346,10 +388,10 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -
     except BaseException:
         await runner.cleanup()
         raise
-    from pagedserve.engine.core_proc import tune_gc
-
-    tune_gc()
     state.served = served
+    startup.mark("ready")
+    # the start-up line: at the first /health 200 (with that phase), or soon after if nobody asks
+    loop.call_later(READY_LINE_DELAY_S, startup.current().log_once)
     logger.info("serving %s on http://%s:%d (OpenAI API at /v1)", ", ".join(n for m in served.models for n in m.names),
                 host, port)
     profile_path = os.environ.get("PAGEDSERVE_FRONTEND_PROFILE")  # cProfile of the HTTP process while serving
@@ -385,12 +427,22 @@ async def _serve(args: argparse.Namespace, prepared: Any, sock: socket.socket) -
     return 0
 
 
-def run_server(args: argparse.Namespace) -> int:
-    """Validate, bind, resolve the models and start the engines, serve until SIGTERM/SIGINT."""
+def run_server(args: argparse.Namespace, early: CoreProcess | None = None) -> int:
+    """Validate, bind, resolve the models and start the engines, serve until SIGTERM/SIGINT.
+    ``early``: an engine-core process started before the flags were read (``main``)."""
     from pagedserve.entrypoints.openai.cli_serve import prepare_models
 
-    prepared = prepare_models(args)  # fails fast (unsupported flags, a missing path) before the port is bound
-    sock = bind_socket(args.host, args.port)
+    startup.begin("serve").mark("imports")  # the interpreter and the server's imports
+    try:
+        prepared = prepare_models(args)  # fails fast (unsupported flags, a missing path) before the port is bound
+        startup.mark("validate")
+        sock = bind_socket(args.host, args.port)
+    except BaseException:
+        if early is not None:
+            early.close(wait=False)
+        raise
+    startup.mark("bind")
+    processes = _start_core_processes(args, len(prepared), early)
     try:
         import uvloop  # optional: a faster event loop
 
@@ -399,7 +451,24 @@ def run_server(args: argparse.Namespace) -> int:
         loop_factory = None
     logger.info("event loop: %s", "uvloop" if loop_factory is not None else "asyncio")
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(args, prepared, sock))
+        return runner.run(_serve(args, prepared, sock, processes))
+
+
+def _start_core_processes(args: argparse.Namespace, n: int, early: CoreProcess | None = None) -> list[Any]:
+    """One engine-core process per model (the first one may be ``early``), started now: each imports
+    the engine (torch, the model code, CUDA) while this process resolves the models and loads their
+    tokenizers."""
+    from pagedserve.engine.core_client import CoreProcess
+
+    level = logging.getLevelName(logging.getLogger().level)
+    level = level if isinstance(level, str) else "INFO"
+    out = []
+    if early is not None:
+        early.log_level, early.core_factory = level, args.engine_core_factory
+        out.append(early)
+    out += [CoreProcess(level, args.engine_core_factory) for _ in range(n - len(out))]
+    startup.mark("core_spawn")
+    return out
 
 
 def report_fatal(message: str, prog: str = "pagedserve serve") -> None:
@@ -419,10 +488,10 @@ def report_fatal(message: str, prog: str = "pagedserve serve") -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def serve_main(args: argparse.Namespace) -> int:
+def serve_main(args: argparse.Namespace, early: CoreProcess | None = None) -> int:
     """run_server with every start error reported by :func:`report_fatal` (exit 2: bad input, 1: other)."""
     try:
-        return run_server(args)
+        return run_server(args, early)
     except (ValueError, FileNotFoundError) as e:
         report_fatal(str(e))
         return 2
@@ -436,12 +505,21 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pagedserve.entrypoints.openai.cli_serve import make_parser
+    from pagedserve.engine.core_client import CoreProcess
 
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    # the engine-core process first: it imports torch and the engine while this process imports the
+    # flags' modules (torch too) and reads the model's config and tokenizer (docs/startup.md)
+    early = CoreProcess()
+    try:
+        from pagedserve.entrypoints.openai.cli_serve import make_parser
+
+        parser = make_parser()
+        args = parser.parse_args(argv)
+    except BaseException:  # --help, a bad flag
+        early.close(wait=False)
+        raise
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve_main(args)
+    return serve_main(args, early)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from pagedserve import startup
 from pagedserve.config import KV_CACHE_DTYPES
 from pagedserve.layers.quantization import canonical_name
 from pagedserve.engine.arg_utils import check_executor_backend
@@ -109,6 +110,7 @@ class ModelPlan:
     config: Any  # EngineConfig (validated)
     tokenizer: Any
     chat_template: str | None
+    max_token_chars: int = 0  # 2x the longest token's text (0: not computed yet)
 
 
 def unsupported_features(ea: Any) -> list[str]:
@@ -243,12 +245,16 @@ def plan_models(args: argparse.Namespace) -> list[ModelPlan]:
     return resolve_plans(args, prepare_models(args))
 
 
-def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]]) -> list[ModelPlan]:
-    """Resolve each prepared model (Hub download, GGUF conversion, config, tokenizer): slow."""
+def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]],
+                  processes: list[Any] | None = None) -> list[ModelPlan]:
+    """Resolve each prepared model (Hub download, GGUF conversion, config, tokenizer): slow.
+    ``processes``: engine-core processes started ahead; once every model's config is known and valid,
+    the first model's core gets its config, so its engine builds the model while the tokenizers load
+    here (the others get theirs in ``start_engines``: on a GPU, one engine at a time)."""
     from pagedserve.tokenizer import load_tokenizer
 
     template = _read_template(args.chat_template)
-    plans: list[ModelPlan] = []
+    configs = []
     seen: set[str] = set()
     for ea, names in prepared:
         config = ea.create_engine_config()
@@ -257,8 +263,16 @@ def resolve_plans(args: argparse.Namespace, prepared: list[tuple[Any, list[str]]
             if n in seen:
                 raise ValueError(f"served model name {n!r} is used by two models; pass --served-model-name")
             seen.add(n)
+        configs.append((ea, names, config))
+    startup.mark("config")
+    if processes:
+        processes[0].configure(configs[0][2])
+    plans: list[ModelPlan] = []
+    for ea, names, config in configs:
         tok = load_tokenizer(config.model_config.tokenizer or config.model_config.model, ea.trust_remote_code)
-        plans.append(ModelPlan(names, ea, config, tok, template))
+        # here, off the critical path: the engine core builds its model meanwhile (a 128k vocabulary)
+        plans.append(ModelPlan(names, ea, config, tok, template, 2 * _max_token_chars(tok)))
+    startup.mark("tokenizer")
     return plans
 
 
@@ -284,18 +298,20 @@ def _max_token_chars(tokenizer: Any) -> int:
         return 256
 
 
-async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any:
+async def start_engines(plans: list[ModelPlan], args: argparse.Namespace, processes: list[Any] | None = None) -> Any:
     """Start one engine-core process per model (one after the other on a GPU, so memory profiling
-    sees the earlier ones; concurrently on CPU). Returns ServedModels."""
+    sees the earlier ones; concurrently on CPU). ``processes``: the ``CoreProcess`` of each plan,
+    started ahead (they imported the engine meanwhile). Returns ServedModels."""
     from pagedserve.engine.async_engine import AsyncEngine
     from pagedserve.entrypoints.openai.serving_common import (ServedModel, ServedModels, ServerOptions,
                                                               generation_defaults)
     from pagedserve.metrics import register_gpu_collector
 
     level = logging.getLevelName(logging.getLogger().level)
+    processes = processes or [None] * len(plans)
     engines = [AsyncEngine(p.config, tokenizer=p.tokenizer, log_level=level if isinstance(level, str) else "INFO",
                            engine_index=0, log_stats=not args.disable_log_stats,
-                           core_factory=args.engine_core_factory) for p in plans]
+                           core_factory=args.engine_core_factory, core_process=cp) for p, cp in zip(plans, processes)]
     try:
         if all(p.config.device == "cpu" for p in plans):
             await asyncio.gather(*(e.start(args.engine_startup_timeout) for e in engines))
@@ -305,10 +321,12 @@ async def start_engines(plans: list[ModelPlan], args: argparse.Namespace) -> Any
     except BaseException:
         await asyncio.gather(*(e.shutdown(5) for e in engines), return_exceptions=True)
         raise
+    startup.mark("engines")
     if any(p.config.device.startswith("cuda") for p in plans):
         register_gpu_collector()
     models = [ServedModel(p.names, e, generation_defaults(e), p.chat_template,
-                          max_token_chars=2 * _max_token_chars(p.tokenizer)) for p, e in zip(plans, engines)]
+                          max_token_chars=p.max_token_chars or 2 * _max_token_chars(p.tokenizer))
+              for p, e in zip(plans, engines)]
     opts = ServerOptions(trust_request_chat_template=args.trust_request_chat_template,
                          max_logprobs=args.max_logprobs, generation_config=args.generation_config,
                          max_sequences_per_request=args.max_sequences_per_request,
