@@ -14,7 +14,9 @@ IMAGE_TOKENS = (["<fake_token_around_image>", "<image>", "<end_of_utterance>", "
                 + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)])
 
 
-def make_tiny_idefics3(out_dir: str, tokenizer_dir: str, seed: int = 0, splitting: bool = True) -> str:
+def make_tiny_idefics3(out_dir: str, tokenizer_dir: str, seed: int = 0, splitting: bool = True,
+                       tile: int = TILE, patch: int = PATCH, scale: int = SCALE) -> str:
+    """``tile`` / ``patch`` / ``scale``: SmolVLM's shape is 512 / 16 / 4 (64 tokens per tile)."""
     from transformers import (AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration,
                               Idefics3Processor, LlamaConfig)
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
@@ -22,12 +24,12 @@ def make_tiny_idefics3(out_dir: str, tokenizer_dir: str, seed: int = 0, splittin
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS})
     vision = dict(model_type="idefics3_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=TILE, patch_size=PATCH)
+                  num_attention_heads=2, image_size=tile, patch_size=patch)
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                        tie_word_embeddings=False, initializer_range=0.15, eos_token_id=None, bos_token_id=None,
                        pad_token_id=None)
-    cfg = Idefics3Config(vision_config=vision, text_config=text.to_dict(), scale_factor=SCALE,
+    cfg = Idefics3Config(vision_config=vision, text_config=text.to_dict(), scale_factor=scale,
                          image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(cfg)
@@ -36,9 +38,9 @@ def make_tiny_idefics3(out_dir: str, tokenizer_dir: str, seed: int = 0, splittin
             if "vision_model" in name and (name.endswith(".bias") or "norm" in name):
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(out_dir)
-    ip = Idefics3ImageProcessorPil(size={"longest_edge": 2 * TILE}, max_image_size={"longest_edge": TILE},
+    ip = Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile},
                                    do_image_splitting=splitting)
-    Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=IMAGE_SEQ_LEN,
+    Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(tile // patch) ** 2 // scale ** 2,
                       chat_template=CHAT_TEMPLATE).save_pretrained(out_dir)
     return out_dir
 

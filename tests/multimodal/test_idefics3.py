@@ -135,3 +135,28 @@ def test_errors(tiny_idefics3):
         llm.generate({"prompt": TWO, "multi_modal_data": {"image": [_img(1), _img(2)]}}, _greedy(), use_tqdm=False)
     with pytest.raises(ValueError, match=r"prompt: it has 0 '<image>' placeholder\(s\) for 1 image"):
         llm.generate({"prompt": "no placeholder", "multi_modal_data": {"image": _img(1)}}, _greedy(), use_tqdm=False)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_idefics3", "tiny_llava"])
+def test_vision_memory_profile_inputs(request, fixture):
+    """The GPU memory profile's vision pass (worker/memory.py) through each model's dummy inputs."""
+    from pagedserve.worker.memory import _profile_vision
+
+    runner = _llm(request.getfixturevalue(fixture)).llm_engine.core.runner
+    model = runner.model
+    _profile_vision(runner)
+    emb = model.embed_images(**model.dummy_image_inputs(2, runner.device))
+    assert emb.shape == (2, model.tokens_per_image, runner.mc.arch.hidden_size)
+
+
+def test_scale_factor_4_without_splitting(tmp_path):
+    """SmolVLM's pixel-shuffle factor 4 (an 8x8 patch grid → 4 tokens) and a processor that does not
+    split images (the global view only)."""
+    from tests.multimodal.idefics3_factory import make_tiny_idefics3
+    from tests.runtime.model_factory import tokenizer_source
+
+    d = make_tiny_idefics3(str(tmp_path / "s4"), tokenizer_source(), seed=3, splitting=False, tile=32, patch=4,
+                           scale=4)
+    imgs = [_img(1), _img(2)]
+    out = _llm(d).generate({"prompt": TWO, "multi_modal_data": {"image": imgs}}, _greedy(), use_tqdm=False)
+    assert out[0].outputs[0].token_ids == hf_generate(d, TWO, imgs, MAX_NEW)[0]
