@@ -154,3 +154,16 @@ def test_scale_factor_4_without_splitting(tmp_path):
     imgs = [_img(1), _img(2)]
     out = _llm(d).generate({"prompt": TWO, "multi_modal_data": {"image": imgs}}, _greedy(), use_tqdm=False)
     assert out[0].outputs[0].token_ids == hf_generate(d, TWO, imgs, MAX_NEW)[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: the GPU path (Triton attention, CUDA graphs "
+                    "for text-only decode steps, fused norms) with image steps run eagerly")
+def test_greedy_on_cuda_matches_hf(tiny_idefics3):
+    imgs = [_img(2), _img(3)]
+    llm = LLM(tiny_idefics3, dtype="float32", device="cuda", max_model_len=512, use_tqdm=False, block_size=16,
+              max_num_batched_tokens=32, gpu_memory_utilization=0.3)
+    prompts = [{"prompt": TWO, "multi_modal_data": {"image": imgs}},
+               {"prompt": "User: tell me a story about a dog.<end_of_utterance>\nAssistant:"}]
+    outs = llm.generate(prompts, _greedy(), use_tqdm=False)
+    assert outs[0].outputs[0].token_ids == hf_generate(tiny_idefics3, TWO, imgs, MAX_NEW)[0]
+    assert outs[1].outputs[0].token_ids == hf_generate(tiny_idefics3, prompts[1]["prompt"], [], MAX_NEW)[0]
