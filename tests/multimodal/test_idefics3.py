@@ -116,19 +116,30 @@ def test_unsupported_combinations_are_refused_by_name(tiny_idefics3, kw, match):
 
 @pytest.mark.parametrize("edit,match", [
     ({"scale_factor": 3}, r"config.json: scale_factor 3 does not divide"),
-    ({"vision_config": {"model_type": "clip_vision_model"}}, r"config.json: vision_config.model_type 'clip_vision_model'"),
+    ({"vision_config": {"model_type": "clip_vision_model"}},
+     r"config.json: vision_config.model_type .clip_vision_model.*supported: idefics3_vision, siglip_vision_model"),
 ], ids=["scale_factor", "vision_model_type"])
 def test_bad_configs_are_refused_by_name(tiny_idefics3, tmp_path, edit, match):
-    d = str(tmp_path / "bad")
-    shutil.copytree(tiny_idefics3, d)
-    with open(os.path.join(d, "config.json")) as fh:
+    with pytest.raises(ValueError, match=match):
+        _llm(_edited_copy(tiny_idefics3, str(tmp_path / "bad"), edit))
+
+
+def test_smolvlm_siglip_vision_model_type(tiny_idefics3, tmp_path):
+    """SmolVLM's config.json names the tower ``siglip_vision_model``: the same weights, the same tokens."""
+    d = _edited_copy(tiny_idefics3, str(tmp_path / "smolvlm"), {"vision_config": {"model_type": "siglip_vision_model"}})
+    out = _llm(d).generate({"prompt": ONE, "multi_modal_data": {"image": _img(1)}}, _greedy(), use_tqdm=False)
+    assert out[0].outputs[0].token_ids == hf_generate(tiny_idefics3, ONE, [_img(1)], MAX_NEW)[0]
+
+
+def _edited_copy(src: str, dst: str, edit: dict) -> str:
+    shutil.copytree(src, dst)
+    with open(os.path.join(dst, "config.json")) as fh:
         cfg = json.load(fh)
     for k, v in edit.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
-    with open(os.path.join(d, "config.json"), "w") as fh:
+    with open(os.path.join(dst, "config.json"), "w") as fh:
         json.dump(cfg, fh)
-    with pytest.raises(ValueError, match=match):
-        _llm(d)
+    return dst
 
 
 @pytest.mark.parametrize("fixture", ["tiny_idefics3", "tiny_llava"])

@@ -26,6 +26,8 @@ from pagedserve.models.registry import check_architecture
 VISION_DEFAULTS: dict[str, Any] = dict(hidden_size=1152, intermediate_size=3072, num_hidden_layers=12,
                                        num_attention_heads=16, num_channels=3, image_size=224, patch_size=32,
                                        hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+#: SmolVLM checkpoints write ``siglip_vision_model``; transformers reads either as Idefics3VisionConfig
+_VISION_MODEL_TYPES = ("idefics3_vision", "siglip_vision_model")
 
 
 class Idefics3VisionEmbeddings(nn.Module):
@@ -119,15 +121,16 @@ class Idefics3ForConditionalGeneration(nn.Module):
         super().__init__()
         hf = cfg.hf_config
         vc = {**VISION_DEFAULTS, **{k: v for k, v in hf["vision_config"].items() if v is not None}}
-        if vc.get("model_type", "idefics3_vision") != "idefics3_vision":
+        if vc.get("model_type", "idefics3_vision") not in _VISION_MODEL_TYPES:
             raise ValueError(f"config.json: vision_config.model_type {vc.get('model_type')!r} is not supported "
-                             "for Idefics3 (only idefics3_vision)")
+                             f"for Idefics3 (supported: {', '.join(_VISION_MODEL_TYPES)})")
         self.cfg = cfg
         self.scale = int(hf.get("scale_factor", 2))
         side = vc["image_size"] // vc["patch_size"]
         if self.scale < 1 or side % self.scale:
             raise ValueError(f"config.json: scale_factor {self.scale} does not divide the vision tower's "
-                             f"{side}x{side} patch grid (image_size {vc['image_size']} / patch_size {vc['patch_size']})")
+                             f"{side}x{side} patch grid (vision_config image_size {vc['image_size']} / "
+                             f"patch_size {vc['patch_size']})")
         self.image_size, self.channels = vc["image_size"], vc["num_channels"]
         self.tokens_per_image = (side // self.scale) ** 2  # per tile: the processor's image_seq_len
         self.max_items_per_image = 6 * 6 + 1  # tiles of the processor's largest grid plus the global view

@@ -57,9 +57,9 @@ def _profile_vision(runner: "ModelRunner") -> None:
     reach (every image it covers is encoded in that step), plus their cache entries."""
     m = runner.model
     per_image = max(1, m.tokens_per_image)  # per encoder item (an image, or one tile of a tiled image)
-    items = getattr(m, "max_items_per_image", 1)
-    n = min(runner.config.model_config.limit_mm_per_prompt.get("image", 1) * items * runner.config.scheduler_config.max_num_seqs,
-            runner.config.scheduler_config.max_num_batched_tokens // per_image + 2)
+    sc = runner.config.scheduler_config
+    items = runner.config.model_config.limit_mm_per_prompt.get("image", 1) * getattr(m, "max_items_per_image", 1)
+    n = min(items * sc.max_num_seqs, sc.max_num_batched_tokens // per_image + 2)
     m.embed_images(**m.dummy_image_inputs(max(n, 1), runner.device))
 
 
