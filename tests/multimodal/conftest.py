@@ -21,3 +21,11 @@ def tiny_text_model(tmp_path_factory) -> str:
     from tests.runtime.model_factory import make_tiny_model, tokenizer_source
 
     return make_tiny_model(str(tmp_path_factory.mktemp("tiny_text")), "llama", tokenizer_source(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3(tmp_path_factory) -> str:
+    from tests.multimodal.idefics3_factory import make_tiny_idefics3
+    from tests.runtime.model_factory import tokenizer_source
+
+    return make_tiny_idefics3(str(tmp_path_factory.mktemp("tiny_idefics3")), tokenizer_source())

@@ -1,6 +1,11 @@
 """``multi_modal_data`` → prompt token ids with expanded image placeholders and one
-:class:`MultiModalFeature` per image, through the model's own HF processor (its image processor
-resizes / crops / normalizes; its tokenizer side expands each ``<image>`` into the image's tokens)."""
+:class:`MultiModalFeature` per encoder item, through the model's own HF processor (its image processor
+resizes / crops / normalizes; its tokenizer side expands each ``<image>`` into the image's tokens).
+
+An encoder item is an image (LLaVA) or one tile of a tiled image (Idefics3 / SmolVLM: the processor
+returns ``pixel_values`` [1, tiles, 3, H, W] and writes each tile's placeholders as one contiguous run,
+with text tokens such as ``<row_1_col_2>`` between runs). Every item has its own content hash, cache
+entry and placeholder range."""
 from __future__ import annotations
 
 from typing import Any
@@ -70,12 +75,25 @@ class MultiModalProcessor:
             raise ValueError(f"multi_modal_data: the model's processor rejected the input: {type(e).__name__}: {e}"
                              ) from None
         ids = [int(t) for t in np.asarray(out["input_ids"])[0]]
-        pixels = np.asarray(out["pixel_values"], dtype=np.float32)
-        return ids, self._features(ids, pixels)
+        return ids, self._features(ids, self._encoder_inputs(out))
 
-    def _features(self, ids: list[int], pixels: np.ndarray) -> list[MultiModalFeature]:
-        """Cut the placeholder runs into one range per image (every LLaVA image has as many tokens)."""
-        n = pixels.shape[0]
+    def _encoder_inputs(self, out: Any) -> dict[str, np.ndarray]:
+        """The image processor's outputs (``pixel_values`` and e.g. ``pixel_attention_mask``) with one
+        leading item axis: a per-prompt axis (5-d ``pixel_values``, one prompt here) is folded in."""
+        names = getattr(self.hf.image_processor, "model_input_names", None) or ["pixel_values"]
+        pixels = np.asarray(out["pixel_values"], dtype=np.float32)
+        lead = pixels.ndim - 3  # 1: [items, C, H, W]; 2: [prompts, items, C, H, W]
+        arrays = {}
+        for name in names:
+            if name in out and out[name] is not None:
+                a = pixels if name == "pixel_values" else np.asarray(out[name])
+                arrays[name] = a.reshape(-1, *a.shape[lead:])
+        return arrays
+
+    def _features(self, ids: list[int], arrays: dict[str, np.ndarray]) -> list[MultiModalFeature]:
+        """Cut the placeholder runs into one range per encoder item (every item of a model has as many
+        tokens: a LLaVA image, an Idefics3 tile)."""
+        n = arrays["pixel_values"].shape[0]
         pos = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if not n or len(pos) % n:
             raise ValueError(f"multi_modal_data: {len(pos)} image placeholder tokens do not split evenly over "
@@ -86,6 +104,6 @@ class MultiModalProcessor:
             run = pos[k * per:(k + 1) * per]
             if run[-1] - run[0] != per - 1:
                 raise ValueError("multi_modal_data: an image's placeholder tokens are not contiguous")
-            data = {"pixel_values": np.ascontiguousarray(pixels[k])}
+            data = {name: np.ascontiguousarray(a[k]) for name, a in arrays.items()}
             feats.append(MultiModalFeature("image", data, hash_arrays("image", data), run[0], per))
         return feats

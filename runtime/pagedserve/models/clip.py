@@ -47,11 +47,12 @@ class CLIPAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: None (every patch sees every patch) or bool [N, 1, 1, T], the keys to attend to."""
         n, t, d = x.shape
         q, k, v = (proj(x).view(n, t, self.heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v)  # every patch sees every patch
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).reshape(n, t, d))
 
 
@@ -73,12 +74,14 @@ class CLIPEncoderLayer(nn.Module):
         self.self_attn = CLIPAttention(d, c["num_attention_heads"])
         self.mlp = CLIPMLP(d, c["intermediate_size"], c.get("hidden_act", "quick_gelu"))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), mask)
         return x + self.mlp(self.layer_norm2(x))
 
 
-class _Encoder(nn.Module):
+class VisionEncoder(nn.Module):
+    """``layers.N`` of pre-norm encoder layers (CLIP's and SigLIP's share this layout)."""
+
     def __init__(self, c: dict[str, Any], num_layers: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(CLIPEncoderLayer(c) for _ in range(num_layers))
@@ -91,7 +94,7 @@ class CLIPVisionTower(nn.Module):
         super().__init__()
         self.embeddings = CLIPVisionEmbeddings(c)
         self.pre_layrnorm = nn.LayerNorm(c["hidden_size"], eps=c.get("layer_norm_eps", 1e-5))  # HF's spelling
-        self.encoder = _Encoder(c, num_layers_to_run)
+        self.encoder = VisionEncoder(c, num_layers_to_run)
 
     def forward(self, pixel_values: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
         """The hidden states after each of ``layers`` (indices into HF's ``hidden_states``, >= 0)."""

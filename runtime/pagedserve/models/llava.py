@@ -71,6 +71,17 @@ class LlavaForConditionalGeneration(nn.Module):
             hs = [h[:, 1:] for h in hs]
         return self.multi_modal_projector(torch.cat(hs, dim=-1) if len(hs) > 1 else hs[0])
 
+    @property
+    def tokens_per_image(self) -> int:
+        emb = self.vision_tower.embeddings
+        return emb.num_positions - (1 if self.strategy == "default" else 0)
+
+    def dummy_image_inputs(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """``n`` images of the tower's size (memory profiling)."""
+        emb = self.vision_tower.embeddings
+        side = int(round((emb.num_positions - 1) ** 0.5)) * emb.patch_embedding.kernel_size[0]
+        return {"pixel_values": torch.zeros(n, emb.patch_embedding.in_channels, side, side, device=device)}
+
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings; placeholder ids (possibly outside the vocabulary) embed as token 0 and are
         overwritten by image features."""

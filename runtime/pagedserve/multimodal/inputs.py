@@ -14,7 +14,8 @@ import numpy as np
 @dataclass
 class MultiModalFeature:
     modality: str  # "image"
-    data: dict[str, np.ndarray]  # the encoder's inputs for this one item (``pixel_values`` [3, H, W])
+    #: the encoder inputs of this one item: ``pixel_values`` [3, H, W] (Idefics3 adds ``pixel_attention_mask`` [H, W])
+    data: dict[str, np.ndarray]
     mm_hash: str  # sha256 of the preprocessed inputs: the encoder cache key and the prefix-cache key
     offset: int  # prompt index of the first placeholder token
     length: int  # placeholder tokens (= rows of the encoder output)

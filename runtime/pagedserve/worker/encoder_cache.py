@@ -42,8 +42,9 @@ class EncoderCache:
 
 def image_features(model: nn.Module, feats: list[MultiModalFeature], cache: EncoderCache,
                    device: torch.device) -> dict[str, torch.Tensor]:
-    """hash → [tokens, hidden] for every image of ``feats``; the uncached ones are encoded together
-    (one vision-tower call per distinct pixel shape)."""
+    """hash → [tokens, hidden] for every item of ``feats``; the uncached ones are encoded together
+    (one vision-tower call per distinct set of input shapes; every input of ``data``, such as
+    ``pixel_values`` and ``pixel_attention_mask``, is stacked and passed by name)."""
     out: dict[str, torch.Tensor] = {}
     todo: dict[tuple, list[MultiModalFeature]] = {}
     for f in feats:
@@ -55,10 +56,10 @@ def image_features(model: nn.Module, feats: list[MultiModalFeature], cache: Enco
             out[f.mm_hash] = hit
             continue
         out[f.mm_hash] = None  # type: ignore[assignment]
-        todo.setdefault(f.data["pixel_values"].shape, []).append(f)
+        todo.setdefault(tuple((k, v.shape) for k, v in sorted(f.data.items())), []).append(f)
     for group in todo.values():
-        px = torch.from_numpy(np.stack([f.data["pixel_values"] for f in group])).to(device)
-        emb = model.embed_images(px)
+        inputs = {k: torch.from_numpy(np.stack([f.data[k] for f in group])).to(device) for k in group[0].data}
+        emb = model.embed_images(**inputs)
         for f, e in zip(group, emb):
             if e.shape[0] != f.length:
                 raise ValueError(f"image {f.mm_hash[:12]}: the encoder gave {e.shape[0]} features for "

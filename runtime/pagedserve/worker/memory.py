@@ -56,13 +56,11 @@ def _profile_vision(runner: "ModelRunner") -> None:
     """A vision-language model: the vision tower on the images that one step's token budget can
     reach (every image it covers is encoded in that step), plus their cache entries."""
     m = runner.model
-    emb = m.vision_tower.embeddings
-    side = int(round((emb.num_positions - 1) ** 0.5)) * emb.patch_embedding.kernel_size[0]
-    per_image = max(1, emb.num_positions - 1)
-    n = min(runner.config.model_config.limit_mm_per_prompt.get("image", 1) * runner.config.scheduler_config.max_num_seqs,
-            runner.config.scheduler_config.max_num_batched_tokens // per_image + 2)
-    px = torch.zeros(max(n, 1), emb.patch_embedding.in_channels, side, side, device=runner.device)
-    m.embed_images(px)
+    per_image = max(1, m.tokens_per_image)  # per encoder item (an image, or one tile of a tiled image)
+    sc = runner.config.scheduler_config
+    items = runner.config.model_config.limit_mm_per_prompt.get("image", 1) * getattr(m, "max_items_per_image", 1)
+    n = min(items * sc.max_num_seqs, sc.max_num_batched_tokens // per_image + 2)
+    m.embed_images(**m.dummy_image_inputs(max(n, 1), runner.device))
 
 
 def mlp_activation_width(arch, tp: int) -> int:
