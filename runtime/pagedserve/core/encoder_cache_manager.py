@@ -54,7 +54,12 @@ class EncoderCacheManager:
     def begin_step(self) -> None:
         self.budget_left = self.compute_budget
         self.step_new: dict[str, int] = {}  # hash → rows, entries allocated (to be encoded) this step
-        self.step_taken: dict[str, list[str]] = {}  # request id → hashes it referenced this step
+        self.step_taken: dict[str, list[tuple[str, bool]]] = {}  # request id → (hash, hit) referenced this step
+
+    def end_step(self) -> None:
+        """The step is handed out: its references and new entries are final (nothing to roll back)."""
+        self.step_new = {}
+        self.step_taken = {}
 
     def holds(self, req_id: str, mm_hash: str) -> bool:
         return mm_hash in self.held.get(req_id, ())
@@ -65,10 +70,10 @@ class EncoderCacheManager:
         h = f.mm_hash
         if self.holds(req_id, h):
             return True
-        if h in self.sizes:
-            self._ref(req_id, h)
+        if h in self.sizes:  # computed before, or by another request of this step: no work of its own
+            self._ref(req_id, h, True)
             self.queries += 1
-            self.hits += h not in self.step_new
+            self.hits += 1
             return True
         if f.length > self.budget_left or f.length > self.cache_size - self.num_used + self._freeable_rows():
             return False
@@ -82,18 +87,18 @@ class EncoderCacheManager:
         self.budget_left -= f.length
         self.step_new[h] = f.length
         self.num_encoder_tokens += f.length
-        self._ref(req_id, h)
+        self._ref(req_id, h, False)
         self.queries += 1
         return True
 
     def _freeable_rows(self) -> int:
         return sum(self.sizes[h] for h in self.freeable)
 
-    def _ref(self, req_id: str, h: str) -> None:
+    def _ref(self, req_id: str, h: str, hit: bool) -> None:
         self.refs.setdefault(h, set()).add(req_id)
         self.freeable.pop(h, None)
         self.held.setdefault(req_id, set()).add(h)
-        self.step_taken.setdefault(req_id, []).append(h)
+        self.step_taken.setdefault(req_id, []).append((h, hit))
 
     def _unref(self, req_id: str, h: str) -> None:
         held = self.held.get(req_id)
@@ -112,9 +117,10 @@ class EncoderCacheManager:
     def rollback(self, req_id: str) -> None:
         """Undo this step's references of a request that will not run this step after all; an entry
         allocated this step that nobody else references is dropped (the worker never encodes it)."""
-        for h in reversed(self.step_taken.pop(req_id, [])):
+        for h, hit in reversed(self.step_taken.pop(req_id, [])):
             self._unref(req_id, h)
             self.queries -= 1
+            self.hits -= hit
             if h in self.step_new:
                 if h in self.refs:  # another request of this step reads it: it is still encoded
                     continue
@@ -124,8 +130,6 @@ class EncoderCacheManager:
                 self.num_used -= rows
                 self.budget_left += rows
                 self.num_encoder_tokens -= rows
-            else:
-                self.hits -= 1
 
     def release_passed(self, req_id: str, features: list[MultiModalFeature], num_computed: int) -> None:
         """Drop the request's references to images whose placeholders are all computed (the last

@@ -302,6 +302,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             out.num_encoder_tokens = sum(enc.step_new.values())
             if out.scheduled:  # (an empty step is not sent to the worker: its evictions go with the next)
                 out.free_encoder_mm_hashes = enc.take_freed()
+        enc.end_step()
         return out
 
     def _encoder_cut(self, req: Request, start: int, n: int) -> int:
