@@ -151,3 +151,29 @@ def test_llava_steps_within_the_encoder_budget_match_hf(tiny_llava):
     assert all(mirrors) and runner.encoder_cache.num_unplanned == 0
     st = core.get_stats()
     assert (st.mm_cache_queries_total, st.mm_cache_hits_total, st.num_encoder_tokens_total) == (4, 1, 3 * IMG)
+
+
+def test_llava_beam_search_reads_the_images_within_the_budget(tiny_llava):
+    """Beam search with two images (its sequences carry the prompt's images; the encoder budget of one
+    image a step cuts the prompt's prefill) equals HF's beam search."""
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from pagedserve import LLM
+    from tests.multimodal.llava_factory import image
+
+    prompt, imgs = "USER: compare <image> with <image> please. ASSISTANT:", [image(2), image(3)]
+    llm = LLM(tiny_llava, dtype="float32", device="cpu", max_model_len=256, use_tqdm=False, block_size=8,
+              max_num_batched_tokens=128, max_num_encoder_input_tokens=IMG)
+    sp = SamplingParams(n=2, beam_width=2, use_beam_search=True, temperature=0.0, max_tokens=4, ignore_eos=True,
+                        length_penalty=1.0, early_stopping=False)
+    out = llm.generate({"prompt": prompt, "multi_modal_data": {"image": imgs}}, sp, use_tqdm=False)[0]
+    proc = AutoProcessor.from_pretrained(tiny_llava)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava, dtype=torch.float32).eval()
+    inp = proc(text=[prompt], images=imgs, return_tensors="pt")
+    with torch.no_grad():
+        ref = model.generate(**inp, num_beams=2, num_return_sequences=2, max_new_tokens=4, min_new_tokens=4,
+                             do_sample=False, length_penalty=1.0, early_stopping=False, pad_token_id=0)
+    n = inp["input_ids"].shape[1]
+    assert [c.token_ids for c in out.outputs] == [r[n:].tolist() for r in ref]
+    assert llm.llm_engine.core.runner.encoder_cache.max_step_tokens == IMG
