@@ -111,7 +111,8 @@ def test_bad_flag_values(kw, match):
         EngineArgs(model="default", device="cpu", **kw).create_engine_config()
 
 
-def test_llava_steps_within_the_encoder_budget_match_hf(tiny_llava):
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_llava_steps_within_the_encoder_budget_match_hf(tiny_llava, async_scheduling):
     """Four image requests whose prompts all fit one step's 128 tokens, with room to encode one image per
     step (16 rows) and to keep two: chunks are cut before the images that wait, each step's vision-tower
     work stays within the budget, the worker's cache mirrors the scheduler's, and the tokens are HF's."""
@@ -119,8 +120,10 @@ def test_llava_steps_within_the_encoder_budget_match_hf(tiny_llava):
     from tests.multimodal.llava_factory import hf_generate, image
 
     llm = LLM(tiny_llava, dtype="float32", device="cpu", max_model_len=256, use_tqdm=False, block_size=8,
-              max_num_batched_tokens=128, max_num_encoder_input_tokens=IMG, encoder_cache_size=2 * IMG)
+              max_num_batched_tokens=128, max_num_encoder_input_tokens=IMG, encoder_cache_size=2 * IMG,
+              async_scheduling=async_scheduling)
     core = llm.llm_engine.core
+    assert core.async_scheduling == async_scheduling
     runner, enc = core.runner, core.scheduler.encoder
     step_rows: list[int] = []
     mirrors: list[bool] = []
@@ -177,3 +180,17 @@ def test_llava_beam_search_reads_the_images_within_the_budget(tiny_llava):
     n = inp["input_ids"].shape[1]
     assert [c.token_ids for c in out.outputs] == [r[n:].tolist() for r in ref]
     assert llm.llm_engine.core.runner.encoder_cache.max_step_tokens == IMG
+
+
+def test_cli_flags():
+    import argparse
+
+    from pagedserve.entrypoints.engine_flags import add_engine_flags, engine_args_from
+
+    p = argparse.ArgumentParser()
+    add_engine_flags(p)
+    args = engine_args_from(p.parse_args(["--max-num-encoder-input-tokens", "600", "--encoder-cache-size", "1200",
+                                          "--disable-chunked-mm-input"]))
+    assert (args.max_num_encoder_input_tokens, args.encoder_cache_size, args.disable_chunked_mm_input) == (600, 1200, True)
+    args = engine_args_from(p.parse_args([]))
+    assert (args.max_num_encoder_input_tokens, args.encoder_cache_size, args.disable_chunked_mm_input) == (None, None, False)
