@@ -191,6 +191,6 @@ def test_cli_flags():
     add_engine_flags(p)
     args = engine_args_from(p.parse_args(["--max-num-encoder-input-tokens", "600", "--encoder-cache-size", "1200",
                                           "--disable-chunked-mm-input"]))
-    assert (args.max_num_encoder_input_tokens, args.encoder_cache_size, args.disable_chunked_mm_input) == (600, 1200, True)
-    args = engine_args_from(p.parse_args([]))
-    assert (args.max_num_encoder_input_tokens, args.encoder_cache_size, args.disable_chunked_mm_input) == (None, None, False)
+    got = lambda a: (a.max_num_encoder_input_tokens, a.encoder_cache_size, a.disable_chunked_mm_input)  # noqa: E731
+    assert got(args) == (600, 1200, True)
+    assert got(engine_args_from(p.parse_args([]))) == (None, None, False)
