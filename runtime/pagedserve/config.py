@@ -73,6 +73,12 @@ class SchedulerConfig:
     preemption_mode: str = "recompute"
     priority_aging_interval: float = 10.0  # seconds of waiting worth one priority level (0 = no aging)
     auto_swap_min_tokens: int = 64  # preemption_mode=auto: swap when this many tokens would be recomputed
+    # vision-language models (core/encoder_cache_manager.py), in encoder output rows (image tokens):
+    # encoder work per step and the encoder cache's capacity; None: max_num_batched_tokens, raised to
+    # the largest image seen (vLLM's defaults)
+    max_num_encoder_input_tokens: int | None = None
+    encoder_cache_size: int | None = None
+    disable_chunked_mm_input: bool = False  # never split an image's placeholders across steps
 
 
 @dataclass

@@ -124,3 +124,21 @@ def test_http_off_by_default():
 
     with pytest.raises(ValueError, match=r"x\.url: http\(s\) image URLs are off on this server.*--allowed-media"):
         load_image("https://example.com/cat.png", MediaOptions(), "x.url")
+
+
+def test_encoder_cache_metrics(llava_server):
+    """/metrics after image requests: the same image behind other text is looked up again (the prefix
+    cache misses before it) and served from the encoder cache (vLLM's mm_cache_* counters)."""
+    from tests.server.server_proc import metric, wait_for
+
+    names = ("pagedserve:mm_cache_queries_total", "pagedserve:mm_cache_hits_total",
+             "pagedserve:mm_encoder_tokens_total")
+    before = [metric(llava_server, n) for n in names]
+    img = data_url(image(11))
+    for text in ("What is this?", "Describe the colours."):
+        status, resp = post(llava_server, "/v1/chat/completions",
+                            {"messages": _messages(img, text=text), "max_tokens": 2, "temperature": 0})
+        assert status == 200, resp
+    want = [before[0] + 2, before[1] + 1, before[2] + 16]  # 16 image tokens encoded once
+    wait_for(lambda: [metric(llava_server, n) for n in names] == want, timeout=30, what="mm cache counters")
+    assert 0.0 <= metric(llava_server, "pagedserve:encoder_cache_usage_perc") <= 1.0

@@ -26,6 +26,8 @@ EXPECTED = {  # name → type
     "pagedserve:request_prompt_tokens": "histogram", "pagedserve:request_generation_tokens": "histogram",
     "pagedserve:request_max_num_generation_tokens": "histogram",
     "pagedserve:request_params_max_tokens": "histogram",
+    "pagedserve:mm_cache_queries": "counter", "pagedserve:mm_cache_hits": "counter",
+    "pagedserve:mm_encoder_tokens": "counter", "pagedserve:encoder_cache_usage_perc": "gauge",
 }
 
 

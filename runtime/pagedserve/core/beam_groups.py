@@ -27,7 +27,8 @@ class BeamGroupsMixin:
         st = leader.beam
         seq = Request(f"{leader.request_id}#beam{next(st.seq_ids)}", leader.prompt_token_ids, st.seq_params,
                       arrival_time=leader.arrival_time, priority=leader.priority, max_tokens=leader.max_tokens,
-                      cache_salt=leader.cache_salt, lora_request=leader.lora_request)
+                      cache_salt=leader.cache_salt, lora_request=leader.lora_request,
+                      mm_features=leader.mm_features)  # the prompt's images (vision-language models)
         seq.beam_leader = leader
         return seq
 

@@ -58,6 +58,8 @@ class PreemptionMixin:
         """Preempt a running unit; returns the tokens it had been given this step (now free again)."""
         self.running.remove(victim)
         refund = 0
+        if self.encoder.held:  # its images: this step's references undone, the others released
+            self._encoder_release(victim)
         entries = planned.pop(id(victim), None)
         self.kv.uncache_blocks(self._step_cached.pop(id(victim), []))  # their KV will not be computed
         if entries:

@@ -24,6 +24,7 @@ import logging
 
 from pagedserve.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from pagedserve.core.beam_groups import BeamGroupsMixin
+from pagedserve.core.encoder_cache_manager import EncoderCacheManager
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.output_update import OutputUpdateMixin
 from pagedserve.core.preemption import PreemptionMixin
@@ -71,6 +72,10 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
         # the most tokens one sequence can hold: the model limit, or the whole cache if smaller
         self.capacity = min(scheduler_config.max_model_len, num_blocks * cache_config.block_size)
         self._init_spec(speculative_config)  # speculative decoding (core/spec_decode.py)
+        # vision-language models: encoder cache and per-step encoder budget (core/encoder_cache_manager.py)
+        self.encoder = EncoderCacheManager(scheduler_config.max_num_encoder_input_tokens,
+                                           scheduler_config.encoder_cache_size, scheduler_config.max_num_batched_tokens)
+        self._mm_blocked = False  # the last _encoder_cut left nothing to schedule
 
     # -- admission ----------------------------------------------------------------------------
     def check_fits(self, num_prompt_tokens: int, params: SamplingParams | None = None,
@@ -94,8 +99,22 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
                 raise ValueError(f"beam search with beam_width={width} and max_tokens={out} may need {need} KV "
                                  f"blocks, more than the whole cache holds ({self.kv.num_blocks} blocks)")
 
+    def check_mm_item(self, length: int) -> None:
+        """An image of ``length`` placeholder tokens must be encodable in one step, fit the encoder cache
+        and, with disable_chunked_mm_input, fit one step's token budget (ValueError naming the flag)."""
+        self.encoder.check_item(length)
+        if self.config.disable_chunked_mm_input:
+            cap = self.config.long_prefill_token_threshold
+            room = min(self.config.max_num_batched_tokens, cap) if cap > 0 else self.config.max_num_batched_tokens
+            if length > room:
+                raise ValueError(f"multi_modal_data: an image of {length} tokens cannot be scheduled in one step "
+                                 f"(max_num_batched_tokens / long_prefill_token_threshold allow {room}) with "
+                                 "disable_chunked_mm_input (--disable-chunked-mm-input)")
+
     def add_request(self, request: Request) -> None:
         self.check_fits(request.num_prompt_tokens, request.sampling_params, request.max_tokens)
+        for f in request.mm_features:
+            self.check_mm_item(f.length)
         if request.request_id in self.requests:
             raise ValueError(f"request_id {request.request_id!r} is already in use")
         seq_no = next(self._seq_no)
@@ -147,6 +166,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
         budget = self.config.max_num_batched_tokens
         planned: dict[int, list[ScheduledRequest]] = {}  # id(unit) → its entries this step
         self._step_cached = {}  # id(unit) → blocks it registered in the prefix cache this step
+        self.encoder.begin_step()
         running, kv, scheduled = self.running, self.kv, out.scheduled
         num_seqs = len(running) + sum(r.beam.width - 1 for r in running if r.beam is not None)
         cap = self.config.long_prefill_token_threshold
@@ -166,6 +186,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
                     n = cap
                 if n > budget:
                     n = budget
+                if n > 0 and req.mm_features:
+                    n = self._encoder_cut(req, req.num_computed_tokens, n)
                 if n <= 0:
                     i += 1
                     continue
@@ -238,8 +260,11 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
                     continue
                 width = self._width(req)
                 entries = None
+                self._mm_blocked = False
                 if num_seqs + width <= self.config.max_num_seqs:
                     entries = self._admit(req, budget, fork_src)  # type: ignore[arg-type]
+                if entries is None and self._mm_blocked:
+                    break  # its next image needs encoder budget or cache room: it waits for a later step
                 if entries is None:
                     victim = self._priority_victim(req)
                     if victim is None:
@@ -268,7 +293,39 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             s.request.num_computed_tokens += s.num_tokens
             if s.do_sample:  # its token is a placeholder until update_from_output appends it
                 s.request.num_output_placeholders += 1
+            if s.request.mm_features:  # images this request has read to the end: no longer needed by it
+                self.encoder.release_passed(s.request.request_id, s.request.mm_features,
+                                            s.request.num_computed_tokens)
+        enc = self.encoder
+        if enc.step_new or enc.freed:
+            out.encoder_mm_hashes = list(enc.step_new)
+            out.num_encoder_tokens = sum(enc.step_new.values())
+            if out.scheduled:  # (an empty step is not sent to the worker: its evictions go with the next)
+                out.free_encoder_mm_hashes = enc.take_freed()
+        enc.end_step()
         return out
+
+    def _encoder_cut(self, req: Request, start: int, n: int) -> int:
+        """Tokens of ``req`` from ``start`` that may run this step: up to ``n``, cut before the first
+        image whose encoder output is neither cached nor fits the step's encoder budget and the encoder
+        cache (vLLM's rule: an image is encoded whole, in the step that first reaches it); the images
+        it keeps are referenced (rolled back by ``encoder.rollback`` if the request does not run)."""
+        end = start + n
+        rid = req.request_id
+        for f in req.mm_features:
+            if f.offset >= end:
+                break
+            if f.end <= start:
+                continue
+            if self.config.disable_chunked_mm_input and start < f.offset and end < f.end:
+                n = f.offset - start  # not a part of this image: stop before it
+                break
+            if not self.encoder.acquire(rid, f):
+                n = f.offset - start if start < f.offset else 0
+                break
+        if n <= 0:
+            self._mm_blocked = True
+        return n
 
     def _running_loras(self) -> set[int]:
         return {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
@@ -302,6 +359,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             return []  # its in-flight token is its last: nothing more to compute
         if len(seqs) == 1:
             n = min(needs[0], budget, cap) if cap > 0 else min(needs[0], budget)
+            if n > 0 and seqs[0].mm_features:
+                n = self._encoder_cut(seqs[0], seqs[0].num_computed_tokens, n)
             return [(seqs[0], n)] if n > 0 else []
         if sum(needs) <= budget and (cap <= 0 or max(needs) <= cap):
             return [(s, n) for s, n in zip(seqs, needs) if n > 0]
@@ -352,6 +411,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             seqs = self._seqs(req)
             new = dict((id(s), n) for s, n in plan)
             if self.kv.swap_in_blocks_needed(seqs, [new.get(id(s), 0) for s in seqs]) > self.kv.pool.num_free_blocks:
+                self._encoder_rollback(req)
                 return None
             self.kv.swap_in(seqs)
             ok = self._allocate(plan)
@@ -359,11 +419,14 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             return self._emit(req, plan)
         if fork_src is not None:
             keep = req.num_prompt_tokens - 1
+            if req.mm_features and self._encoder_cut(req, keep, 1) <= 0:
+                return None
             self.kv.fork(fork_src, req, keep)
             req.num_computed_tokens = keep
             if self.kv.allocate_slots(req, 1 + self._lookahead(req)) is None:
                 self.kv.free(req)
                 req.num_computed_tokens = 0
+                self._encoder_rollback(req)
                 return None
             req.num_cached_tokens = fork_src.num_cached_tokens
             return self._emit(req, [(req, 1)])
@@ -374,8 +437,11 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
         n_hit = len(hit) * self.kv.block_size
         cap = self.config.long_prefill_token_threshold
         n = min(seq.num_tokens - n_hit, budget, cap) if cap > 0 else min(seq.num_tokens - n_hit, budget)
+        if n > 0 and seq.mm_features:
+            n = self._encoder_cut(seq, n_hit, n)
         ahead = self._lookahead(seq) if n_hit + n == seq.num_tokens else 0
         if n <= 0 or self.kv.allocate_slots(seq, n + ahead, hit) is None:
+            self._encoder_rollback(req)
             return None
         seq.num_computed_tokens = n_hit
         if self.kv.enable_caching:
@@ -393,7 +459,21 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
         elif req in self.waiting:
             self.waiting.remove(req)
 
+    def _encoder_rollback(self, req: Request) -> None:
+        """This step's image references of a unit that does not run this step after all."""
+        for seq in self._seqs(req):
+            self.encoder.rollback(seq.request_id)
+
+    def _encoder_release(self, req: Request) -> None:
+        """A unit finished or preempted: its sequences read no image any more."""
+        self._encoder_rollback(req)
+        for seq in self._seqs(req):
+            self.encoder.release_all(seq.request_id)
+        self.encoder.release_all(req.request_id)
+
     def _free(self, req: Request) -> None:
+        if self.encoder.held:
+            self._encoder_release(req)
         for seq in self._seqs(req):
             self.kv.free(seq)
         self.kv.free(req)
@@ -443,7 +523,9 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             waiting_lora_adapters=_count_loras(self.waiting) if self.max_loras else {},
             spec_num_drafts_total=self.spec_num_drafts, spec_num_draft_tokens_total=self.spec_num_draft_tokens,
             spec_num_accepted_tokens_total=self.spec_num_accepted_tokens,
-            spec_num_accepted_tokens_per_pos_total=list(self.spec_accepted_per_pos))
+            spec_num_accepted_tokens_per_pos_total=list(self.spec_accepted_per_pos),
+            mm_cache_queries_total=self.encoder.queries, mm_cache_hits_total=self.encoder.hits,
+            encoder_cache_usage=self.encoder.usage, num_encoder_tokens_total=self.encoder.num_encoder_tokens)
 
 
 def _count_loras(reqs) -> dict[str, int]:

@@ -34,6 +34,12 @@ class SchedulerOutput:
     # ("swap_out", gpu block, cpu block)        preemption by swap
     # ("swap_in", cpu block, gpu block)         resuming a swapped request
     block_ops: list[tuple[str, int, int]] = field(default_factory=list)
+    # vision-language models (core/encoder_cache_manager.py): the images whose encoder outputs this step
+    # computes (hashes; every other image its chunks read is in the worker's cache), their rows, and the
+    # cache entries to drop before the step (evicted by the scheduler)
+    encoder_mm_hashes: list[str] = field(default_factory=list)
+    num_encoder_tokens: int = 0
+    free_encoder_mm_hashes: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

@@ -32,6 +32,13 @@ class SchedulerStats:
     spec_num_draft_tokens_total: int = 0
     spec_num_accepted_tokens_total: int = 0
     spec_num_accepted_tokens_per_pos_total: list[int] = field(default_factory=list)
+    # vision-language models (vLLM's mm_cache_* counters, in items): (request, image) lookups of the
+    # encoder cache and those served from it; fraction of encoder_cache_size still needed by a request;
+    # image tokens scheduled for encoding, cumulative
+    mm_cache_queries_total: int = 0
+    mm_cache_hits_total: int = 0
+    encoder_cache_usage: float = 0.0
+    num_encoder_tokens_total: int = 0
 
     @property
     def spec_acceptance_rate(self) -> float | None:

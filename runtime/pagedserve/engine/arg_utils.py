@@ -67,6 +67,11 @@ class EngineArgs:
     speculative_config: dict[str, Any] | None = None
     # vLLM's limit_mm_per_prompt: {"image": N} (or its JSON text); default 4 images per prompt
     limit_mm_per_prompt: dict[str, int] | str | None = None
+    # vLLM's SchedulerConfig fields for the encoder (docs/multimodal.md), in image tokens; None:
+    # max_num_batched_tokens, raised to the largest image seen
+    max_num_encoder_input_tokens: int | None = None
+    encoder_cache_size: int | None = None
+    disable_chunked_mm_input: bool = False
 
     def create_engine_config(self) -> EngineConfig:
         from pagedserve.models.resolve import resolve_model_dir, resolve_tokenizer_dir
@@ -129,7 +134,9 @@ class EngineArgs:
             long_prefill_token_threshold=self.long_prefill_token_threshold,
             policy=self.scheduling_policy, max_waiting_requests=self.max_waiting_requests,
             preemption_mode=self.preemption_mode, priority_aging_interval=self.priority_aging_interval,
-            auto_swap_min_tokens=self.auto_swap_min_tokens)
+            auto_swap_min_tokens=self.auto_swap_min_tokens,
+            max_num_encoder_input_tokens=self.max_num_encoder_input_tokens, encoder_cache_size=self.encoder_cache_size,
+            disable_chunked_mm_input=bool(self.disable_chunked_mm_input))
         parallel = ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
                                   self.distributed_executor_backend or "mp")
         async_sched = on_gpu if self.async_scheduling is None else self.async_scheduling
@@ -239,6 +246,7 @@ class EngineArgs:
             raise ValueError(f"priority_aging_interval must be >= 0 seconds, got {self.priority_aging_interval}")
         if self.auto_swap_min_tokens < 0:
             raise ValueError(f"auto_swap_min_tokens must be >= 0, got {self.auto_swap_min_tokens}")
+        _check_encoder_budget(self.max_num_encoder_input_tokens, self.encoder_cache_size)
         from pagedserve.layers.quantization import canonical_name
 
         canonical_name(self.quantization)  # a clear error for an unknown or unsupported method
@@ -298,6 +306,18 @@ def _check_tensor_parallel(tp: int, arch: ArchConfig, device: str) -> None:
             raise ValueError(f"tensor_parallel_size {tp} is larger than the number of visible GPUs ({visible})")
     elif device != "cpu":
         raise ValueError(f"tensor parallelism runs on CUDA GPUs (NCCL) or on the CPU (gloo), not on {device!r}")
+
+
+def _check_encoder_budget(budget: Any, size: Any) -> None:
+    """``max_num_encoder_input_tokens`` / ``encoder_cache_size``: positive integers (or None), and the
+    cache holds at least one step's encoder outputs."""
+    for name, value in (("max_num_encoder_input_tokens", budget), ("encoder_cache_size", size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= 1 (image tokens), "
+                             f"got {value!r}")
+    if budget is not None and size is not None and size < budget:
+        raise ValueError(f"encoder_cache_size (--encoder-cache-size) {size} is smaller than "
+                         f"max_num_encoder_input_tokens {budget}: a step's encoder outputs must fit the cache")
 
 
 def _check_multimodal(args: "EngineArgs", arch: ArchConfig) -> None:

@@ -74,6 +74,13 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit-mm-per-prompt", default=None,
                    help='most images per prompt of a vision-language model as JSON, e.g. \'{"image": 2}\' '
                         '(default 4; docs/multimodal.md)')
+    g.add_argument("--max-num-encoder-input-tokens", type=int, default=None,
+                   help="image tokens the vision encoder may compute per step (default: --max-num-batched-tokens, "
+                        "at least the largest image)")
+    g.add_argument("--encoder-cache-size", type=int, default=None,
+                   help="image tokens of encoder outputs kept for reuse (default: the encoder budget)")
+    g.add_argument("--disable-chunked-mm-input", action="store_true", default=None,
+                   help="never split an image's tokens across prefill chunks")
 
 
 def _json_object(text: str) -> dict:

@@ -91,6 +91,12 @@ def _fam() -> dict[str, Any]:
                 "spec_accepted": c("spec_decode_num_accepted_tokens", "Number of accepted tokens."),
                 "spec_accepted_pos": c("spec_decode_num_accepted_tokens_per_pos",
                                        "Accepted tokens per draft position.", ["position"]),
+                # vision-language models: vLLM's mm_cache_* counters (images, here of the encoder cache)
+                "mm_queries": c("mm_cache_queries", "Multimodal (encoder) cache queries, in images looked up."),
+                "mm_hits": c("mm_cache_hits", "Multimodal (encoder) cache hits, in images served from the cache."),
+                "enc_tokens": c("mm_encoder_tokens", "Image tokens computed by the vision encoder."),
+                "enc_usage": g("encoder_cache_usage_perc",
+                               "Encoder cache usage: fraction of encoder_cache_size still needed by requests."),
                 # latency histograms
                 "ttft": h("time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                           TTFT_BUCKETS),
@@ -176,7 +182,11 @@ class EngineMetrics:
             ("spec_num_drafts_total", f["spec_drafts"].labels(*lab)),
             ("spec_num_draft_tokens_total", f["spec_draft_tokens"].labels(*lab)),
             ("spec_num_accepted_tokens_total", f["spec_accepted"].labels(*lab)),
+            ("mm_cache_queries_total", f["mm_queries"].labels(*lab)),
+            ("mm_cache_hits_total", f["mm_hits"].labels(*lab)),
+            ("num_encoder_tokens_total", f["enc_tokens"].labels(*lab)),
         ]
+        self.encoder_usage = f["enc_usage"].labels(*lab)
         self._last_cumulative = {name: 0 for name, _ in self._cumulative}
         self.max_lora = max_lora  # None: LoRA off, no lora_requests_info series
         self._lora_info = f["lora_info"]
@@ -197,6 +207,7 @@ class EngineMetrics:
         self.swapped.set(getattr(stats, "num_swapped", 0))
         self.kv_usage.set(getattr(stats, "kv_cache_usage", 0.0))
         self.cpu_usage.set(getattr(stats, "cpu_cache_usage", 0.0))
+        self.encoder_usage.set(getattr(stats, "encoder_cache_usage", 0.0))
         if self.max_lora is not None:
             self._record_lora(stats)
         last = self._last_cumulative
@@ -226,7 +237,7 @@ class EngineMetrics:
 
     def clear_gauges(self) -> None:
         """The engine core died: no request runs, waits or holds cache any more."""
-        for g in (self.running, self.waiting, self.swapped, self.kv_usage, self.cpu_usage):
+        for g in (self.running, self.waiting, self.swapped, self.kv_usage, self.cpu_usage, self.encoder_usage):
             g.set(0)
 
     def record_finished(self, reason: str, e2e: float, queue: float, prefill: float, decode: float,

@@ -1,11 +1,14 @@
 """Image features for a step: the vision encoder runs once per image (batched over the step's new
-images) and its outputs stay in an LRU cache keyed by the image's content hash, so the chunks of a
-long prefill, a re-prefill after preemption, and other requests with the same image reuse them.
-Each scheduled chunk gets exactly the rows of its placeholders (``HostInput.mm_spans``), spliced
-into the token embeddings at their batch rows."""
+images) and its outputs stay in a cache keyed by the image's content hash, so the chunks of a long
+prefill, a re-prefill after preemption, and other requests with the same image reuse them. The
+scheduler owns the cache's accounting (``core/encoder_cache_manager.py``): each step names the images
+to encode (within ``max_num_encoder_input_tokens``) and the entries it evicted (within
+``encoder_cache_size``), so this dict holds exactly what the scheduler counts. Each scheduled chunk
+gets exactly the rows of its placeholders (``HostInput.mm_spans``), spliced into the token
+embeddings at their batch rows."""
 from __future__ import annotations
 
-from collections import OrderedDict
+import logging
 
 import numpy as np
 import torch
@@ -13,31 +16,34 @@ from torch import nn
 
 from pagedserve.multimodal.inputs import MultiModalFeature
 
+logger = logging.getLogger(__name__)
+
 
 class EncoderCache:
-    def __init__(self, capacity_tokens: int) -> None:
-        self.capacity = capacity_tokens
-        self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.num_tokens = 0
-        self.hits = 0
+    def __init__(self) -> None:
+        self.entries: dict[str, torch.Tensor] = {}
+        self.planned: set[str] = set()  # this step's images to encode (SchedulerOutput.encoder_mm_hashes)
+        self.hits = 0  # image pieces served from the cache
         self.misses = 0  # images encoded
+        self.num_unplanned = 0  # images encoded that the scheduler did not plan (its accounting is off)
+        self.last_step_tokens = 0  # encoder output rows computed by the last step with images
+        self.max_step_tokens = 0  # the most rows one step has computed
+
+    def begin_step(self, encode: list[str], free: list[str]) -> None:
+        """Drop the entries the scheduler evicted; note the images this step encodes."""
+        for h in free:
+            self.entries.pop(h, None)
+        self.planned = set(encode)
 
     def get(self, key: str) -> torch.Tensor | None:
-        out = self.entries.get(key)
-        if out is not None:
-            self.entries.move_to_end(key)
-        return out
+        return self.entries.get(key)
 
-    def put(self, key: str, value: torch.Tensor, keep: set[str]) -> None:
-        """Insert, then evict least recently used entries beyond the capacity (never those in ``keep``:
-        the current step's)."""
+    def put(self, key: str, value: torch.Tensor) -> None:
+        if key not in self.planned:
+            self.num_unplanned += 1
+            if self.num_unplanned == 1:
+                logger.warning("encoder cache: image %s encoded without the scheduler's plan", key[:12])
         self.entries[key] = value
-        self.num_tokens += value.shape[0]
-        for old in list(self.entries):
-            if self.num_tokens <= self.capacity:
-                break
-            if old not in keep:
-                self.num_tokens -= self.entries.pop(old).shape[0]
 
 
 def image_features(model: nn.Module, feats: list[MultiModalFeature], cache: EncoderCache,
@@ -47,6 +53,7 @@ def image_features(model: nn.Module, feats: list[MultiModalFeature], cache: Enco
     ``pixel_values`` and ``pixel_attention_mask``, is stacked and passed by name)."""
     out: dict[str, torch.Tensor] = {}
     todo: dict[tuple, list[MultiModalFeature]] = {}
+    rows = 0
     for f in feats:
         if f.mm_hash in out:
             continue
@@ -66,7 +73,11 @@ def image_features(model: nn.Module, feats: list[MultiModalFeature], cache: Enco
                                  f"{f.length} placeholder tokens")
             out[f.mm_hash] = e
             cache.misses += 1
-            cache.put(f.mm_hash, e, set(out))
+            rows += f.length
+            cache.put(f.mm_hash, e)
+    if rows:
+        cache.last_step_tokens = rows
+        cache.max_step_tokens = max(cache.max_step_tokens, rows)
     return out
 
 

@@ -79,8 +79,8 @@ class ModelRunner:
 
             install_fused_kernels(self.model)
         self.sampler = Sampler()
-        # vision-language models: encoder outputs by image hash (at least a step's worth of image tokens)
-        self.encoder_cache = EncoderCache(max(config.scheduler_config.max_num_batched_tokens, 8192))
+        # vision-language models: encoder outputs by image hash, kept and evicted as the scheduler says
+        self.encoder_cache = EncoderCache()
         spec = config.speculative_config
         # EAGLE: the step's hidden states the head reads ("last": the final ones, "aux": EAGLE-3's fused
         # layers); None on every other path (nothing kept, CUDA graphs as usual)
@@ -254,6 +254,8 @@ class ModelRunner:
         ``prev`` is the step still in flight (async scheduling): tokens it samples are gathered
         on the device as inputs of this step."""
         h = None
+        if sched.encoder_mm_hashes or sched.free_encoder_mm_hashes or self.encoder_cache.planned:
+            self.encoder_cache.begin_step(sched.encoder_mm_hashes, sched.free_encoder_mm_hashes)
         if not sched.is_empty:
             h = prepare_inputs(sched.scheduled, self.block_size, prev.row_of if prev is not None else None)
         return self.launch_inputs(h, sched.block_ops, prev, sched)
