@@ -129,8 +129,8 @@ def test_llava_steps_within_the_encoder_budget_match_hf(tiny_llava, async_schedu
     mirrors: list[bool] = []
     tower, launch = runner.model.embed_images, runner.launch
 
-    def embed_images(px):
-        out = tower(px)
+    def embed_images(**inputs):
+        out = tower(**inputs)
         step_rows[-1] += sum(e.shape[0] for e in out)
         return out
 
