@@ -207,6 +207,23 @@ def _scenarios() -> list[Scenario]:
                                    '"bench/configs/eagle-llama3.1-8b", "num_speculative_tokens": 3}}')),
                         ("eagle3", ("--speculative-config", '{{"method": "eagle3", "model": '
                                     '"bench/configs/eagle3-llama3.1-8b", "num_speculative_tokens": 3}}')))))),
+        Scenario("lora", "multi-LoRA on the Llama-3.1-8B shape (dummy bf16, random rank-16 adapters on every "
+                 "projection): TTFT / TPOT at batch 1 and 16 without and with an adapter, then 256 lognormal "
+                 "requests without adapters and spread over 8 adapters",
+                 (Step("latency-base", _py("-m", "pagedserve.benchmarks.latency", "--model", "{model}", *DUMMY,
+                                           "--batch-sizes", "1", "16", "--output-len", "128",
+                                           "--output-json", "{work}/latency_base.json"), 90),
+                  Step("latency-lora", _py("-m", "pagedserve.benchmarks.latency", "--model", "{model}", *DUMMY,
+                                           "--enable-lora", "--max-lora-rank", "16", "--lora", "--batch-sizes",
+                                           "1", "16", "--output-len", "128",
+                                           "--output-json", "{work}/latency_lora.json"), 120),
+                  Step("throughput-base", _py("-m", "pagedserve.benchmarks.throughput", "--model", "{model}",
+                                              *DUMMY, "--num-prompts", "256",
+                                              "--output-json", "{work}/throughput_base.json"), 90),
+                  Step("throughput-lora8", _py("-m", "pagedserve.benchmarks.throughput", "--model", "{model}",
+                                               *DUMMY, "--num-prompts", "256", "--enable-lora", "--max-loras", "8",
+                                               "--max-lora-rank", "16", "--num-lora-adapters", "8",
+                                               "--output-json", "{work}/throughput_lora8.json"), 150))),
         Scenario("wna16-tpot-70b", "batch-1 TPOT of the Llama-3.1-70B shape in GPTQ-4bit on one GPU against its floor",
                  (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--shape", "70b", "--formats", "gptq4",
                                    "--out", "{work}/wna16_70b.json"), 150),)),
