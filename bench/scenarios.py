@@ -224,6 +224,12 @@ def _scenarios() -> list[Scenario]:
                                                *DUMMY, "--num-prompts", "256", "--enable-lora", "--max-loras", "8",
                                                "--max-lora-rank", "16", "--num-lora-adapters", "8",
                                                "--output-json", "{work}/throughput_lora8.json"), 150))),
+        Scenario("structured-output", "json_schema structured output (xgrammar bitmask) against plain sampling at "
+                 "batch 64 on the Llama-3.1-8B shape (dummy bf16; xgrammar from bench/carry/py312)",
+                 (Step("cost", _py("bench/structured_output_cost.py", "--model", "{model}", "--load-format", "dummy",
+                                   "--dtype", "bfloat16", "--max-tokens", "64", "--repeats", "3",
+                                   "--out", "{work}/structured_output.json"), 150,
+                       {"PYTHONPATH": "runtime:.:bench/carry/py312"}),)),
         Scenario("wna16-tpot-70b", "batch-1 TPOT of the Llama-3.1-70B shape in GPTQ-4bit on one GPU against its floor",
                  (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--shape", "70b", "--formats", "gptq4",
                                    "--out", "{work}/wna16_70b.json"), 150),)),
