@@ -142,9 +142,11 @@ def scale_mode(group_size: int, block_k: int, bits: int, has_g_idx: bool) -> int
 def fma_gemv_config(M: int, N: int, K: int, group_size: int, device: torch.device | str | None,
                     has_g_idx: bool = False, bits: int = 4) -> tuple[int, int, int, int, int]:
     """(block_n, block_k, split_k, num_warps, num_stages): K tiles of one group where the group allows
-    (256 or 128 features), about 4096 accumulator elements per 128 threads (``BLOCK_M * BLOCK_N * WORDS``;
-    the per-tile partial doubles it), split K until there are about two programs per SM (each split
-    keeps at least two K tiles). A starting point for the GPU search in ``bench/wna16_gpu.py``."""
+    (256 or 128 features), 2048 accumulator elements per 128 threads (``BLOCK_M * BLOCK_N * WORDS``; the
+    per-tile partial, the words and the unrolled bit fields take several times that: 137 registers at
+    M = 1, 128 x 128, sm_90 AOT compile; twice the tile spills), split K until there are about two
+    programs per SM (each split keeps at least two K tiles). A starting point for the GPU search in
+    ``bench/wna16_gpu.py``."""
     pack = 32 // bits
     block_k = 256
     if not has_g_idx and group_size % 256:
@@ -154,7 +156,7 @@ def fma_gemv_config(M: int, N: int, K: int, group_size: int, device: torch.devic
     block_k = min(block_k, max(pack * 2, next_pow2(K)))
     words = block_k // pack
     block_m = next_pow2(max(M, 1))
-    block_n = max(16, min(128, 4096 // (block_m * words)))
+    block_n = max(16, min(128, 2048 // (block_m * words)))
     block_n = min(block_n, max(16, next_pow2(N)))
     programs = cdiv(N, block_n)
     split = 1
