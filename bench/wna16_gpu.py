@@ -14,6 +14,7 @@
   copy bandwidth measured here.
 
     PYTHONPATH=runtime python bench/wna16_gpu.py --kernels --tpot --out $OUT/wna16.json
+    PYTHONPATH=runtime python bench/wna16_gpu.py --fma --out $OUT/wna16_fma.json   # the decode GEMV search only
     PYTHONPATH=runtime python bench/wna16_gpu.py --tpot --shape 70b --formats gptq4 --out $OUT/wna16_70b.json
 """
 from __future__ import annotations
@@ -281,6 +282,7 @@ def tpot(out: dict, shape: str, formats: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernels", action="store_true")
+    ap.add_argument("--fma", action="store_true", help="only the dot-free decode GEMV's search (part of --kernels)")
     ap.add_argument("--tpot", action="store_true")
     ap.add_argument("--shape", choices=("8b", "70b"), default="8b")
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
@@ -290,6 +292,8 @@ def main() -> None:
     print(f"{out['device']}: copy bandwidth {out['copy_bandwidth_GBps']:.0f} GB/s", flush=True)
     if args.kernels:
         kernels(out)
+    elif args.fma:
+        out["fma_gemv_search"] = fma_search(out["copy_bandwidth_GBps"] * 1e9)
     if args.tpot and len(args.formats) > 1:  # one process per format: each engine's memory goes back
         res = {}
         for fmt in args.formats:

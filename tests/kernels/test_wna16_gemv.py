@@ -29,6 +29,7 @@ CASES = [  # (M, N, K, bits, group, zeros, act_order, bias, split_k, block_k) ; 
     (1, 32, 256, 8, 64, True, True, False, 2, 64),       # 2: act-order g_idx, 8 bits
     (3, 24, 128, 4, 128, True, True, True, 1, 64),       # 2: act-order g_idx, 4 bits
     (4, 32, 96, 4, 96, False, False, True, 1, 64),       # per channel, K not a power of two
+    (2, 24, 96, 8, 6, True, False, False, 2, 32),        # 2 without g_idx: groups of 6 split words of 4
 ]
 
 

@@ -15,17 +15,26 @@ The layer ends up bound by instruction issue, not by memory.
 This kernel keeps everything in fp32 on the FMA units:
 
 - a program loads ``[BLOCK_N, WORDS]`` int32 words (``WORDS = BLOCK_K / PACK``, vectorized loads) and,
-  for each bit field ``i`` (``tl.static_range(PACK)``), takes ``f = (w >> i * bits) & mask`` - the
-  features ``word * PACK + i`` - and multiplies it with those activation columns (a strided load of
-  the tiny x tile): no reshape, no interleave;
-- the magic-number trick turns ``f`` into a float without I2F: ``f | 0x4B000000`` read as fp32 is
-  ``2^23 + f`` exactly (the small integer lands in the mantissa of 2^23), so one subtraction of
-  ``2^23 + z`` gives ``q - z`` exactly (zeros are integers), folding in the zero point;
+  for each bit field ``i`` (``tl.static_range(PACK)``) - the features ``word * PACK + i`` - multiplies
+  its value with those activation columns (a strided load of the tiny x tile): no reshape, no
+  interleave;
+- the magic-number trick turns a field into a float without I2F: an fp32 whose exponent says
+  ``2^e`` has mantissa bits worth ``2^(e - 23)`` each, so a field ``q`` sitting at bit ``p < 20``
+  (``p + bits <= 23``) of the mantissa of ``2^(23 - p)`` reads as ``2^(23 - p) + q`` exactly:
+  ``(w & (mask << p)) | ((127 + 23 - p) << 23)`` bitcast to fp32 is one LOP3, and one subtraction of
+  ``2^(23 - p) + z`` gives ``q - z`` exactly (zeros are integers), folding in the zero point. The
+  fields of the low half-word are read in place, those of the high half after one ``w >> 16``: one
+  shift per word instead of one per field (``p = 0`` is the familiar ``q | 0x4B000000 = 2^23 + q``);
 - the accumulator is ``[BLOCK_M, BLOCK_N, WORDS]`` fp32 (every row ``m`` against every weight element,
-  ``BLOCK_M = next_pow2(M) <= 4``), reduced over words with one ``tl.sum`` at the end only;
+  ``BLOCK_M = next_pow2(M) <= 4``), reduced over words with one ``tl.sum`` at the end only. Every
+  operand is built 3-d from the start (words ``[1, BLOCK_N, WORDS]``, x ``[BLOCK_M, 1, WORDS]``): with
+  2-d words broadcast into the 3-d product, Triton gave the two different layouts and converted each
+  unpacked field through shared memory (36 barriers per K tile); 3-d, the sm_90 loop body at M = 1,
+  128 x 128 tile is 128 LOP3 + 128 FADD + 128 FFMA per 16 words a thread, plus one conversion of the
+  per-tile partial for the scale (a byte-permute ``prmt`` variant measured no fewer instructions);
 - scales: when all features of a word share a group (``group_size % PACK == 0``, no ``g_idx``) the
   tile's partial ``sum_i (q_i - z) * x_i`` is multiplied by the scale once per word (one multiply per
-  ``PACK`` products); if the K tile lies in one group (``SCALAR_GROUP``) scale and zero are one
+  ``PACK`` products); if the K tile lies in one group (``SCALE_MODE`` 0) scale and zero are one
   ``[BLOCK_N]`` load per tile, otherwise a per-word gather the L1 serves; act-order ``g_idx`` gathers
   them per element. Symmetric layers subtract the midpoint ``2^(bits-1)`` as a constant;
 - split-K: ``split_k`` programs per column block write fp32 partials ``[split, M, N]``, summed with the
@@ -44,77 +53,80 @@ import triton.language as tl
 from pagedserve.kernels.utils import cdiv, next_pow2, num_sms
 
 FMA_MAX_M = 4  # the largest M this kernel takes (the accumulator grows with M)
-MAGIC = 8388608.0  # 2^23: fp32 with bits 0x4B000000
 
 
 @triton.jit
 def _scale_zero(s_ptr, z_ptr, idx, mask, BITS: tl.constexpr, HAS_ZERO: tl.constexpr):
-    """Scales (fp32) and ``2^23 + zero`` at the element offsets ``idx`` of the ``[G, N]`` tensors."""
+    """Scales and zeros (fp32; the midpoint if symmetric) at the element offsets ``idx`` of ``[G, N]``."""
     s = tl.load(s_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     if HAS_ZERO:
-        mz = tl.load(z_ptr + idx, mask=mask, other=0.0).to(tl.float32) + 8388608.0
+        z = tl.load(z_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     else:
-        mz = 8388608.0 + (1 << (BITS - 1))
-    return s, mz
+        z = (1 << (BITS - 1)) * 1.0
+    return s, z
 
 
 @triton.jit
 def _fma_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT,
                      stride_xm, stride_qn, stride_s, stride_ym, stride_ys,
                      BITS: tl.constexpr, PACK: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr,
-                     HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     HAS_ZERO: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """SCALE_MODE 0: one group per K tile; 1: one group per word; 2: per element (``g_idx``)."""
     WORDS: tl.constexpr = BLOCK_K // PACK
     MASK: tl.constexpr = (1 << BITS) - 1
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    # every tensor is 3-d (m, n, word), so that all share one layout: each thread holds its (n, word)
+    # elements for all rows m, and no layout conversion (shared memory, barriers) sits in the loop
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    offs_m = tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    n3 = offs_n[None, :, None]
+    mask_n3 = n3 < N
+    m3 = tl.arange(0, BLOCK_M)[:, None, None]
+    mask_m3 = m3 < M
     words_k = K // PACK
     k_begin = pid_k * K_SPLIT
     k_end = tl.minimum(k_begin + K_SPLIT, K)
-    qw_rows = qw_ptr + offs_n[:, None].to(tl.int64) * stride_qn
-    x_rows = x_ptr + offs_m[:, None] * stride_xm
+    qw_rows = qw_ptr + n3.to(tl.int64) * stride_qn
+    x_rows = x_ptr + m3 * stride_xm
     acc = tl.zeros((BLOCK_M, BLOCK_N, WORDS), dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        offs_w = k0 // PACK + tl.arange(0, WORDS)
-        mask_w = offs_w < words_k
-        mask_nw = mask_n[:, None] & mask_w[None, :]
-        mask_mw = mask_m[:, None] & mask_w[None, :]
-        words = tl.load(qw_rows + offs_w[None, :], mask=mask_nw, other=0)
+        w3 = k0 // PACK + tl.arange(0, WORDS)[None, None, :]
+        mask_w3 = w3 < words_k
+        mask_nw = mask_n3 & mask_w3
+        words = tl.load(qw_rows + w3, mask=mask_nw, other=0)  # [1, BLOCK_N, WORDS]
         if SCALE_MODE == 0:
-            s, mz = _scale_zero(s_ptr, z_ptr, (k0 // GROUP) * stride_s + offs_n, mask_n, BITS, HAS_ZERO)
-            s = s[:, None]
-            if HAS_ZERO:
-                mz = mz[:, None]
+            s, z = _scale_zero(s_ptr, z_ptr, (k0 // GROUP) * stride_s + n3, mask_n3, BITS, HAS_ZERO)
         elif SCALE_MODE == 1:
-            g = (offs_w * PACK) // GROUP
-            s, mz = _scale_zero(s_ptr, z_ptr, g[None, :].to(tl.int64) * stride_s + offs_n[:, None], mask_nw,
-                                BITS, HAS_ZERO)
-        part = tl.zeros((BLOCK_M, BLOCK_N, WORDS), dtype=tl.float32)
+            s, z = _scale_zero(s_ptr, z_ptr, ((w3 * PACK) // GROUP).to(tl.int64) * stride_s + n3, mask_nw,
+                               BITS, HAS_ZERO)
+        part = acc  # (a placeholder: the first field assigns it; a zero start would cost an add and moves)
         for i in tl.static_range(PACK):
-            feats = offs_w * PACK + i
-            field = (words >> (i * BITS)) & MASK
-            magic = (field | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + field, exactly
-            x = tl.load(x_rows + feats[None, :], mask=mask_mw, other=0.0).to(tl.float32)
+            feats = w3 * PACK + i
+            p = (i % (PACK // 2)) * BITS  # the field's bit in its half-word (a constexpr)
+            half = words >> ((i // (PACK // 2)) * 16)  # the high half-word's shift is shared (CSE)
+            magic = ((half & (MASK << p)) | ((150 - p) << 23)).to(tl.float32, bitcast=True)  # 2^(23-p) + q
+            x = tl.load(x_rows + feats, mask=mask_m3 & mask_w3, other=0.0).to(tl.float32)  # [BLOCK_M, 1, WORDS]
             if SCALE_MODE == 2:
-                g = tl.load(gidx_ptr + feats, mask=mask_w, other=0)
-                se, mze = _scale_zero(s_ptr, z_ptr, g[None, :].to(tl.int64) * stride_s + offs_n[:, None],
-                                      mask_nw, BITS, HAS_ZERO)
-                w = (magic - mze) * se
-                acc += w[None, :, :] * x[:, None, :]
+                if HAS_GIDX:
+                    g = tl.load(gidx_ptr + feats, mask=mask_w3, other=0)
+                else:  # groups that split a word
+                    g = feats // GROUP
+                se, ze = _scale_zero(s_ptr, z_ptr, g.to(tl.int64) * stride_s + n3, mask_nw, BITS, HAS_ZERO)
+                acc += ((magic - (ze + (1 << (23 - p)) * 1.0)) * se) * x
+            elif i == 0:
+                part = (magic - (z + (1 << (23 - p)) * 1.0)) * x
             else:
-                part += (magic - mz)[None, :, :] * x[:, None, :]
+                part += (magic - (z + (1 << (23 - p)) * 1.0)) * x
         if SCALE_MODE != 2:
-            acc += part * s[None, :, :]
+            acc += part * s
     y = tl.sum(acc, axis=2)  # [BLOCK_M, BLOCK_N]
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_n = offs_n < N
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out = y_ptr + pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
-    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -142,11 +154,11 @@ def scale_mode(group_size: int, block_k: int, bits: int, has_g_idx: bool) -> int
 def fma_gemv_config(M: int, N: int, K: int, group_size: int, device: torch.device | str | None,
                     has_g_idx: bool = False, bits: int = 4) -> tuple[int, int, int, int, int]:
     """(block_n, block_k, split_k, num_warps, num_stages): K tiles of one group where the group allows
-    (256 or 128 features), 2048 accumulator elements per 128 threads (``BLOCK_M * BLOCK_N * WORDS``; the
-    per-tile partial, the words and the unrolled bit fields take several times that: 137 registers at
-    M = 1, 128 x 128, sm_90 AOT compile; twice the tile spills), split K until there are about two
-    programs per SM (each split keeps at least two K tiles). A starting point for the GPU search in
-    ``bench/wna16_gpu.py``."""
+    (256 or 128 features), 2048 accumulator elements per 128 threads (``BLOCK_M * BLOCK_N * WORDS``;
+    the per-tile partial, the words and the unrolled bit fields take several times that: 135 registers
+    at M = 1, 128 x 128, sm_90 AOT compile; twice the tile spills), 1024 with ``g_idx`` (scale and zero
+    tiles gathered per field), split K until there are about two programs per SM (each split keeps at
+    least two K tiles). A starting point for the GPU search in ``bench/wna16_gpu.py``."""
     pack = 32 // bits
     block_k = 256
     if not has_g_idx and group_size % 256:
@@ -156,7 +168,7 @@ def fma_gemv_config(M: int, N: int, K: int, group_size: int, device: torch.devic
     block_k = min(block_k, max(pack * 2, next_pow2(K)))
     words = block_k // pack
     block_m = next_pow2(max(M, 1))
-    block_n = max(16, min(128, 2048 // (block_m * words)))
+    block_n = max(16, min(128, (1024 if has_g_idx else 2048) // (block_m * words)))
     block_n = min(block_n, max(16, next_pow2(N)))
     programs = cdiv(N, block_n)
     split = 1
@@ -191,7 +203,7 @@ def wna16_fma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         bias if direct_bias else dummy, out, M, N, K, k_split, x.stride(0), qweight.stride(0), scales.stride(0),
         N, M * N, BITS=bits, PACK=pack, GROUP=group_size,
         SCALE_MODE=scale_mode(group_size, block_k, bits, g_idx is not None), HAS_ZERO=zeros is not None,
-        HAS_BIAS=direct_bias, BLOCK_M=next_pow2(M), BLOCK_N=block_n, BLOCK_K=block_k,
+        HAS_GIDX=g_idx is not None, HAS_BIAS=direct_bias, BLOCK_M=next_pow2(M), BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages)
     if split_k > 1:
         block = min(1024, max(128, next_pow2(M * N)))
