@@ -36,7 +36,10 @@ This kernel keeps everything in fp32 on the FMA units:
   tile's partial ``sum_i (q_i - z) * x_i`` is multiplied by the scale once per word (one multiply per
   ``PACK`` products); if the K tile lies in one group (``SCALE_MODE`` 0) scale and zero are one
   ``[BLOCK_N]`` load per tile, otherwise a per-word gather the L1 serves; act-order ``g_idx`` gathers
-  them per element. Symmetric layers subtract the midpoint ``2^(bits-1)`` as a constant;
+  them per element. Symmetric layers subtract the midpoint ``2^(bits-1)`` as a constant; the zeros of
+  a one-group tile leave the inner loop, ``sum (q - z) x s = s (sum q x - z X)`` with ``X`` the tile's
+  sum of x, a ``[BLOCK_M, BLOCK_N]`` correction per tile (inside the loop, Triton converted every
+  unpacked field between layouts: 32 barriers per tile);
 - split-K: ``split_k`` programs per column block write fp32 partials ``[split, M, N]``, summed with the
   bias and cast to the output dtype by one small kernel (``_splitk_reduce_kernel``); with
   ``split_k == 1`` the GEMV stores the output directly.
@@ -90,6 +93,10 @@ def _fma_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N, 
     qw_rows = qw_ptr + n3.to(tl.int64) * stride_qn
     x_rows = x_ptr + m3 * stride_xm
     acc = tl.zeros((BLOCK_M, BLOCK_N, WORDS), dtype=tl.float32)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    corr = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # sum over tiles of s z X (zeros of one-group tiles)
     for k0 in range(k_begin, k_end, BLOCK_K):
         w3 = k0 // PACK + tl.arange(0, WORDS)[None, None, :]
         mask_w3 = w3 < words_k
@@ -100,6 +107,10 @@ def _fma_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N, 
         elif SCALE_MODE == 1:
             s, z = _scale_zero(s_ptr, z_ptr, ((w3 * PACK) // GROUP).to(tl.int64) * stride_s + n3, mask_nw,
                                BITS, HAS_ZERO)
+        # zeros of a one-group tile leave the inner loop: sum_k (q_k - z) x_k s = s (sum_k q_k x_k - z X) with
+        # X = sum_k x_k over the tile, a [BLOCK_M, BLOCK_N] correction per tile (zeros inside the loop made
+        # Triton convert every unpacked field between layouts)
+        ZERO_LATE: tl.constexpr = HAS_ZERO and SCALE_MODE == 0
         part = acc  # (a placeholder: the first field assigns it; a zero start would cost an add and moves)
         for i in tl.static_range(PACK):
             feats = w3 * PACK + i
@@ -114,19 +125,29 @@ def _fma_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N, 
                     g = feats // GROUP
                 se, ze = _scale_zero(s_ptr, z_ptr, g.to(tl.int64) * stride_s + n3, mask_nw, BITS, HAS_ZERO)
                 acc += ((magic - (ze + (1 << (23 - p)) * 1.0)) * se) * x
-            elif i == 0:
-                part = (magic - (z + (1 << (23 - p)) * 1.0)) * x
             else:
-                part += (magic - (z + (1 << (23 - p)) * 1.0)) * x
+                if ZERO_LATE:
+                    q = magic - (1 << (23 - p)) * 1.0
+                else:
+                    q = magic - (z + (1 << (23 - p)) * 1.0)
+                part = q * x if i == 0 else part + q * x
         if SCALE_MODE != 2:
             acc += part * s
+        if ZERO_LATE:
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                         mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
+            so = (k0 // GROUP) * stride_s + offs_n
+            sz = (tl.load(s_ptr + so, mask=mask_n, other=0.0).to(tl.float32) *
+                  tl.load(z_ptr + so, mask=mask_n, other=0.0).to(tl.float32))
+            corr += tl.sum(xt, axis=1)[:, None] * sz[None, :]
     y = tl.sum(acc, axis=2)  # [BLOCK_M, BLOCK_N]
-    offs_m = tl.arange(0, BLOCK_M)
-    mask_n = offs_n < N
+    if HAS_ZERO and SCALE_MODE == 0:
+        y -= corr
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out = y_ptr + pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
-    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & mask_n[None, :])
+    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
