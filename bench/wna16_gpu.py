@@ -38,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 SHAPES_70B = {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192), "down": (8192, 28672)}
 # the dot-free GEMV's search space (pruned by fma_configs: accumulator registers, K tiles per split)
-FMA_SEARCH = dict(block_n=(32, 64, 128), block_k=(128, 256, 512), split_k=(1, 2, 4, 8), num_warps=(2, 4, 8))
+FMA_SEARCH = dict(block_n=(32, 64, 128), block_k=(128, 256, 512), split_k=(1, 2, 4, 8), num_warps=(2, 4, 8),
+                  prefetch=(False, True))
 SKINNY_SEARCH = dict(block_n=(16, 32, 64), block_k=(128, 256), split_k=(1, 2, 4, 8), num_warps=(4, 8),
                      num_stages=(2, 3, 4), split_dots=(False, True))
 FORMATS = {
@@ -210,8 +211,7 @@ def fma_search(bw: float) -> list[dict]:
                     continue
                 if best is None or t < best[0]:
                     best = (t, cfg)
-            bn, bk, split, nw, ns = fma_gemv_config(m, n, k, 128, x.device, False, 4)
-            default = dict(block_n=bn, block_k=bk, split_k=split, num_warps=nw, num_stages=ns)
+            default = fma_gemv_config(m, n, k, 128, x.device, False, 4)
             d_ms = bench_ms(lambda: wna16_fma_gemv(x, qw, s, None, None, 4, 128, **default))
             sbn, sbk, ssplit, snw, sns = gemv_config(m, n, k, 128, x.device)
             sk_ms = bench_ms(lambda: wna16_gemv(x, qw, s, None, None, 4, 128, block_n=sbn, block_k=sbk,

@@ -204,7 +204,7 @@ def run_all(c: Compiler, quick: bool) -> None:
                 wna16_gemm(T(512, k), pk, T(k // 128, n), None, T(k, dt=i32), bits, 128)
                 for m, bn, bk in ((1, 128, 256), (2, 64, 256), (4, 32, 256)):  # dot-free GEMV tiles of the search
                     wna16_fma_gemv(T(m, k), pk, T(k // 128, n), None, None, bits, 128, block_n=bn, block_k=bk,
-                                   split_k=2, num_warps=4, num_stages=3)
+                                   split_k=2, num_warps=4, num_stages=3, prefetch=m == 1)
                 for m in (1, 16):  # the split-dots variant of the skinny kernel (bench/wna16_gpu.py search)
                     wna16_gemv(T(m, k), pk, T(k // 128, n), None, None, bits, 128, block_k=128, split_dots=True,
                                num_warps=4, num_stages=3)

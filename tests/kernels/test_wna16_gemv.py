@@ -41,13 +41,15 @@ def _args(N, K, bits, group, zeros, act, dtype, seed=0):
 
 @pytest.mark.parametrize("M,N,K,bits,group,zeros,act,bias,split,block_k", CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fma_gemv_matches_reference(M, N, K, bits, group, zeros, act, bias, split, block_k, dtype):
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_fma_gemv_matches_reference(M, N, K, bits, group, zeros, act, bias, split, block_k, dtype, prefetch):
     qw, s, z, gi = _args(N, K, bits, group, zeros, act, dtype)
     x = torch.randn(M, K, device=DEV).to(dtype)
     b = torch.randn(N, device=DEV).to(dtype) if bias else None
     ref = wna16_linear_ref(x.float(), qw, s.float(), z.float() if z is not None else None, gi, None, bits, group,
                            b.float() if bias else None)
-    got = wna16_fma_gemv(x, qw, s, z, gi, bits, group, b, block_n=16, block_k=block_k, split_k=split)
+    got = wna16_fma_gemv(x, qw, s, z, gi, bits, group, b, block_n=16, block_k=block_k, split_k=split,
+                         prefetch=prefetch)
     assert got.dtype == dtype and got.shape == (M, N)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
@@ -58,9 +60,14 @@ def test_scale_modes_and_config():
     assert scale_mode(128, 128, 4, True) == 2 and scale_mode(6, 64, 8, False) == 2  # a word spans two groups
     for m in range(1, FMA_MAX_M + 1):
         for bits in (4, 8):
-            bn, bk, split, nw, ns = fma_gemv_config(m, 4096, 4096, 128, "cpu", False, bits)
+            cfg = fma_gemv_config(m, 4096, 4096, 128, "cpu", False, bits)
+            bn, bk, split = cfg["block_n"], cfg["block_k"], cfg["split_k"]
             assert 128 % bk == 0 and bn >= 16 and split >= 1 and 4096 // (bk * split) >= 2
             assert next_pow2(m) * bn * (bk * bits // 32) <= 2048  # accumulator elements per 128 threads
+            qw, s, _, _ = _args(bn * 2 + 8, 512, bits, 128, False, False, torch.float32)
+            x = torch.randn(m, 512, device=DEV)  # the configuration runs
+            torch.testing.assert_close(wna16_fma_gemv(x, qw, s, None, None, bits, 128, **cfg),
+                                       wna16_linear_ref(x, qw, s, None, None, None, bits, 128), rtol=1e-4, atol=1e-4)
 
 
 def test_strided_rows_and_empty_input():

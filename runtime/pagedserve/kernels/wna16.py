@@ -308,10 +308,8 @@ def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     """The dot-free GEMV (``kernels/wna16_gemv.py``) for M <= ``FMA_MAX_M``, the skinny kernel up to
     64 rows, the tiled one up to ``DENSE_MIN_M``, then dequantize + cuBLAS."""
     if x.shape[0] <= FMA_MAX_M:
-        bn, bk, split, nw, ns = fma_gemv_config(x.shape[0], qweight.shape[0], x.shape[1], group_size, x.device,
-                                                g_idx is not None, bits)
-        return wna16_fma_gemv(x, qweight, scales, zeros, g_idx, bits, group_size, bias, block_n=bn, block_k=bk,
-                              split_k=split, num_warps=nw, num_stages=ns)
+        cfg = fma_gemv_config(x.shape[0], qweight.shape[0], x.shape[1], group_size, x.device, g_idx is not None, bits)
+        return wna16_fma_gemv(x, qweight, scales, zeros, g_idx, bits, group_size, bias, **cfg)
     if x.shape[0] >= DENSE_MIN_M:
         w = wna16_dequantize(qweight, scales, zeros, g_idx, bits, group_size, x.dtype)
         return torch.nn.functional.linear(x, w, bias)

@@ -74,8 +74,9 @@ def _fma_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N, 
                      stride_xm, stride_qn, stride_s, stride_ym, stride_ys,
                      BITS: tl.constexpr, PACK: tl.constexpr, GROUP: tl.constexpr, SCALE_MODE: tl.constexpr,
                      HAS_ZERO: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """SCALE_MODE 0: one group per K tile; 1: one group per word; 2: per element (``g_idx``)."""
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr):
+    """SCALE_MODE 0: one group per K tile; 1: one group per word; 2: per element (``g_idx``).
+    PREFETCH: load tile t + 1's words before tile t's math (more bytes in flight, more registers)."""
     WORDS: tl.constexpr = BLOCK_K // PACK
     MASK: tl.constexpr = (1 << BITS) - 1
     pid_n = tl.program_id(0)
@@ -97,11 +98,18 @@ def _fma_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, b_ptr, y_ptr, M, N, 
     mask_m = offs_m < M
     mask_n = offs_n < N
     corr = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # sum over tiles of s z X (zeros of one-group tiles)
+    if PREFETCH:  # the next tile's words are loaded before this tile's math (register double buffer)
+        w3 = k_begin // PACK + tl.arange(0, WORDS)[None, None, :]
+        nxt = tl.load(qw_rows + w3, mask=mask_n3 & (w3 < k_end // PACK), other=0)
     for k0 in range(k_begin, k_end, BLOCK_K):
         w3 = k0 // PACK + tl.arange(0, WORDS)[None, None, :]
         mask_w3 = w3 < words_k
         mask_nw = mask_n3 & mask_w3
-        words = tl.load(qw_rows + w3, mask=mask_nw, other=0)  # [1, BLOCK_N, WORDS]
+        if PREFETCH:
+            words = nxt
+            nxt = tl.load(qw_rows + w3 + WORDS, mask=mask_n3 & (w3 + WORDS < k_end // PACK), other=0)
+        else:
+            words = tl.load(qw_rows + w3, mask=mask_nw, other=0)  # [1, BLOCK_N, WORDS]
         if SCALE_MODE == 0:
             s, z = _scale_zero(s_ptr, z_ptr, (k0 // GROUP) * stride_s + n3, mask_n3, BITS, HAS_ZERO)
         elif SCALE_MODE == 1:
@@ -173,8 +181,9 @@ def scale_mode(group_size: int, block_k: int, bits: int, has_g_idx: bool) -> int
 
 
 def fma_gemv_config(M: int, N: int, K: int, group_size: int, device: torch.device | str | None,
-                    has_g_idx: bool = False, bits: int = 4) -> tuple[int, int, int, int, int]:
-    """(block_n, block_k, split_k, num_warps, num_stages): K tiles of one group where the group allows
+                    has_g_idx: bool = False, bits: int = 4) -> dict:
+    """The keyword arguments of ``wna16_fma_gemv`` (block_n, block_k, split_k, num_warps, num_stages,
+    prefetch): K tiles of one group where the group allows
     (256 or 128 features), 2048 accumulator elements per 128 threads (``BLOCK_M * BLOCK_N * WORDS``;
     the per-tile partial, the words and the unrolled bit fields take several times that: 135 registers
     at M = 1, 128 x 128, sm_90 AOT compile; twice the tile spills), 1024 with ``g_idx`` (scale and zero
@@ -195,14 +204,15 @@ def fma_gemv_config(M: int, N: int, K: int, group_size: int, device: torch.devic
     split = 1
     while programs * split * 2 <= 2 * num_sms(device) and K // (block_k * split * 2) >= 2:
         split *= 2
-    return block_n, block_k, split, 4, 3
+    return dict(block_n=block_n, block_k=block_k, split_k=split, num_warps=4, num_stages=3, prefetch=False)
 
 
 def wna16_fma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                    g_idx: torch.Tensor | None, bits: int, group_size: int, bias: torch.Tensor | None = None, *,
                    block_n: int = 64, block_k: int = 256, split_k: int = 1, num_warps: int = 4,
-                   num_stages: int = 3) -> torch.Tensor:
-    """x [M <= FMA_MAX_M, K] → y [M, N] in x's dtype (see the module docstring for the operands)."""
+                   num_stages: int = 3, prefetch: bool = False) -> torch.Tensor:
+    """x [M <= FMA_MAX_M, K] → y [M, N] in x's dtype (see the module docstring for the operands).
+    ``prefetch``: load the next K tile's words before this tile's math."""
     M, K = x.shape
     N = qweight.shape[0]
     pack = 32 // bits
@@ -225,6 +235,7 @@ def wna16_fma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         N, M * N, BITS=bits, PACK=pack, GROUP=group_size,
         SCALE_MODE=scale_mode(group_size, block_k, bits, g_idx is not None), HAS_ZERO=zeros is not None,
         HAS_GIDX=g_idx is not None, HAS_BIAS=direct_bias, BLOCK_M=next_pow2(M), BLOCK_N=block_n, BLOCK_K=block_k,
+        PREFETCH=prefetch,
         num_warps=num_warps, num_stages=num_stages)
     if split_k > 1:
         block = min(1024, max(128, next_pow2(M * N)))
