@@ -190,7 +190,7 @@ def precompile(tasks: list[tuple[str, int, dict]]) -> None:
 def fma_search(bw: float) -> list[dict]:
     """The dot-free GEMV (4 bits, group 128, symmetric) at M = 1, 2, 4: its default configuration and
     the best of the search, next to the skinny kernel (its default) and bf16 cuBLAS."""
-    from pagedserve.kernels.wna16 import gemv_config, wna16_gemv
+    from pagedserve.kernels.wna16 import gemv_config, wna16_dequantize, wna16_gemv
     from pagedserve.kernels.wna16_gemv import fma_gemv_config, wna16_fma_gemv
 
     shapes = [("8b", *a) for a in SHAPES_8B.items()] + [("70b", *a) for a in SHAPES_70B.items()]
@@ -201,6 +201,7 @@ def fma_search(bw: float) -> list[dict]:
         qw, s, _ = _layer(n, k, 4)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         wbytes = qw.numel() * 4 + s.numel() * 2
+        wd = wna16_dequantize(qw, s, None, None, 4, 128, torch.float32)  # the check of the chosen tiles
         for m in ms_:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             best = None
@@ -211,6 +212,10 @@ def fma_search(bw: float) -> list[dict]:
                     continue
                 if best is None or t < best[0]:
                     best = (t, cfg)
+            ref = x.float() @ wd.t()
+            for cfg in [best[1]] if best else []:
+                err = (wna16_fma_gemv(x, qw, s, None, None, 4, 128, **cfg).float() - ref).abs().max().item()
+                assert err <= 2e-2 * ref.abs().max().item(), f"{model} {name} M={m} {cfg}: max error {err}"
             default = fma_gemv_config(m, n, k, 128, x.device, False, 4)
             d_ms = bench_ms(lambda: wna16_fma_gemv(x, qw, s, None, None, 4, 128, **default))
             sbn, sbk, ssplit, snw, sns = gemv_config(m, n, k, 128, x.device)
@@ -228,7 +233,7 @@ def fma_search(bw: float) -> list[dict]:
                   f"default {d_ms * 1e3:7.1f} us  skinny {sk_ms * 1e3:7.1f} us ({row['skinny_GBps']:5.0f} GB/s)  "
                   f"bf16 {b_ms * 1e3:7.1f} us  floor {row['floor_ms'] * 1e3:6.1f} us  {row['fma_best_config']}",
                   flush=True)
-        del qw, s, w
+        del qw, s, w, wd
         torch.cuda.empty_cache()
     return rows
 
