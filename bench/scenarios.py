@@ -178,7 +178,8 @@ def _scenarios() -> list[Scenario]:
                                                   "--batch-sizes", "1", "8", "--output-len", "128",
                                                   "--output-json", "{work}/latency.json"), 240),
                               Step("throughput", throughput("--model", cfg, *DUMMY, "--num-prompts", "256"), 240))))
-    new_kernel_tests = ("tests/kernels/test_wna16.py", "tests/kernels/test_wna16_engine.py",
+    new_kernel_tests = ("tests/kernels/test_wna16.py", "tests/kernels/test_wna16_gemv.py",
+                        "tests/kernels/test_wna16_engine.py",
                         "tests/kernels/test_int8_gemm.py", "tests/kernels/test_w8a8_linear.py",
                         "tests/kernels/test_fused_moe.py", "tests/kernels/test_sliding_window_attention.py",
                         "tests/kernels/test_lora.py", "tests/kernels/test_spec_verify_attention.py",
@@ -230,6 +231,10 @@ def _scenarios() -> list[Scenario]:
                                    "--dtype", "bfloat16", "--max-tokens", "64", "--repeats", "3",
                                    "--out", "{work}/structured_output.json"), 150,
                        {"PYTHONPATH": "runtime:.:bench/carry/py312"}),)),
+        Scenario("wna16-gemv", "the dot-free W4A16 decode GEMV (kernels/wna16_gemv.py) at M = 1, 2, 4 on the "
+                 "Llama-3.1-8B and 70B linear shapes: its default and best tiles next to the skinny kernel and bf16 "
+                 "cuBLAS (us, GB/s)",
+                 (Step("fma", _py("bench/wna16_gpu.py", "--fma", "--out", "{work}/wna16_fma.json"), 300),)),
         Scenario("wna16-tpot-70b", "batch-1 TPOT of the Llama-3.1-70B shape in GPTQ-4bit on one GPU against its floor",
                  (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--shape", "70b", "--formats", "gptq4",
                                    "--out", "{work}/wna16_70b.json"), 150),)),

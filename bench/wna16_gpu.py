@@ -2,20 +2,27 @@
 
 - ``--kernels``: the dequantising kernels against bf16 cuBLAS at the Llama-3.1-8B linear shapes
   (M = 1 .. 8192; above 64 rows both the tiled kernel and dequantize + cuBLAS, to set
-  ``kernels.wna16.DENSE_MIN_M``), and a search of the skinny kernel's tiles (and its split-dots variant) at M = 1 and 32 (the best per shape,
-  for ``kernels.wna16.gemv_config``);
+  ``kernels.wna16.DENSE_MIN_M``), a search of the skinny kernel's tiles (and its split-dots variant)
+  at M = 32 (the best per shape, for ``kernels.wna16.gemv_config``), and a search of the dot-free
+  decode GEMV (``kernels/wna16_gemv.py``, GPTQ 4-bit, group 128) at M = 1, 2, 4 on the 8B and 70B
+  linear shapes next to the skinny kernel and bf16 cuBLAS (us and GB/s of weight bytes read, for
+  ``kernels.wna16_gemv.fma_gemv_config``). The search's configurations are compiled first by a pool
+  of worker processes (Triton's disk cache), then timed here;
 - ``--tpot``: batch-1 decode TPOT (CUDA graphs on, dummy weights, bf16 activations) of the
   Llama-3.1-8B shape in each format (``--shape 70b``: the Llama-3.1-70B shape) next to its weight-read
   floor: the bytes of every parameter a decode step reads (all but the embedding table) over the
   copy bandwidth measured here.
 
     PYTHONPATH=runtime python bench/wna16_gpu.py --kernels --tpot --out $OUT/wna16.json
+    PYTHONPATH=runtime python bench/wna16_gpu.py --fma --out $OUT/wna16_fma.json   # the decode GEMV search only
     PYTHONPATH=runtime python bench/wna16_gpu.py --tpot --shape 70b --formats gptq4 --out $OUT/wna16_70b.json
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import itertools
+import multiprocessing
 import json
 import os
 import subprocess
@@ -29,6 +36,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+SHAPES_70B = {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192), "down": (8192, 28672)}
+# the dot-free GEMV's search space (pruned by fma_configs: accumulator registers, K tiles per split)
+FMA_SEARCH = dict(block_n=(32, 64, 128), block_k=(128, 256, 512), split_k=(1, 2, 4, 8), num_warps=(2, 4, 8),
+                  prefetch=(False, True))
+SKINNY_SEARCH = dict(block_n=(16, 32, 64), block_k=(128, 256), split_k=(1, 2, 4, 8), num_warps=(4, 8),
+                     num_stages=(2, 3, 4), split_dots=(False, True))
 FORMATS = {
     "bf16": None,
     "gptq4": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},
@@ -77,19 +90,21 @@ def _layer(n: int, k: int, bits: int, group: int = 128, zeros: bool = False):
 
 def kernels(out: dict) -> None:
     from pagedserve.kernels.wna16 import gemv_config, wna16_dequantize, wna16_gemm, wna16_gemv, wna16_linear
+    from pagedserve.kernels.wna16_gemv import FMA_MAX_M, fma_gemv_config
 
     bw = out["copy_bandwidth_GBps"] * 1e9
     rows = []
     for (name, (n, k)), bits in itertools.product(SHAPES_8B.items(), (4, 8)):
         qw, s, z = _layer(n, k, bits)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        for m in (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 8192):
+        for m in (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 8192):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             q_ms = bench_ms(lambda: wna16_linear(x, qw, s, None, None, bits, 128))
             b_ms = bench_ms(lambda: torch.nn.functional.linear(x, w))
             floor = (qw.numel() * 4 + s.numel() * 2) / bw * 1e3
             row = dict(layer=name, bits=bits, M=m, wna16_ms=q_ms, bf16_ms=b_ms, floor_ms=floor,
-                       config=gemv_config(m, n, k, 128, x.device) if m <= 64 else "")
+                       config=(fma_gemv_config(m, n, k, 128, x.device, False, bits) if m <= FMA_MAX_M else
+                               gemv_config(m, n, k, 128, x.device) if m <= 64 else ""))
             if m > 64:  # the two large-M paths, for DENSE_MIN_M
                 row["gemm_ms"] = bench_ms(lambda: wna16_gemm(x, qw, s, None, None, bits, 128))
                 row["dequant_cublas_ms"] = bench_ms(lambda: torch.nn.functional.linear(
@@ -101,26 +116,126 @@ def kernels(out: dict) -> None:
                   f"read floor {floor * 1e3:7.1f} us{extra}", flush=True)
     out["kernels"] = rows
     search = []
+    skinny_cfgs = [dict(zip(SKINNY_SEARCH, v)) for v in itertools.product(*SKINNY_SEARCH.values())]
+    precompile([("skinny", 32, c) for c in skinny_cfgs])
     for name, (n, k) in SHAPES_8B.items():
         qw, s, _ = _layer(n, k, 4)
-        for m in (1, 32):
+        for m in (32,):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             best = None
-            for bn, bk, split, nw, ns, sd in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4, 8), (2, 3, 4),
-                                                               (False, True)):
+            for cfg in skinny_cfgs:
                 try:
-                    ms = bench_ms(lambda: wna16_gemv(x, qw, s, None, None, 4, 128, block_n=bn, block_k=bk,
-                                                     split_k=split, num_warps=nw, num_stages=ns, split_dots=sd),
-                                  iters=20)
+                    ms = bench_ms(lambda: wna16_gemv(x, qw, s, None, None, 4, 128, **cfg), iters=20)
                 except Exception:  # noqa: BLE001 - out of shared memory etc.
                     continue
                 if best is None or ms < best[0]:
-                    best = (ms, dict(block_n=bn, block_k=bk, split_k=split, num_warps=nw, num_stages=ns,
-                                     split_dots=sd))
+                    best = (ms, cfg)
             floor = (qw.numel() * 4 + s.numel() * 2) / bw * 1e3
             search.append(dict(layer=name, M=m, best_ms=best[0], floor_ms=floor, config=best[1]))
             print(f"search {name} M={m}: {best[0] * 1e3:.1f} us (floor {floor * 1e3:.1f}) {best[1]}", flush=True)
     out["gemv_search"] = search
+    out["fma_gemv_search"] = fma_search(bw)
+
+
+def fma_configs(m: int, k: int) -> list[dict]:
+    """The dot-free GEMV's search space at M rows and K features (4 bits): at most 32 accumulator
+    elements per thread (more spills: sm_90 AOT compile), at least one K tile per split."""
+    from pagedserve.kernels.utils import next_pow2
+
+    out = []
+    for v in itertools.product(*FMA_SEARCH.values()):
+        c = dict(zip(FMA_SEARCH, v))
+        words = c["block_k"] // 8
+        if next_pow2(m) * c["block_n"] * words > 32 * 32 * c["num_warps"] or k < c["block_k"] * c["split_k"]:
+            continue
+        out.append(c)
+    return out
+
+
+def _compile_one(task: tuple[str, int, dict]) -> str | None:
+    """Worker: run one configuration once on small operands (same specialisation: dtypes, M == 1,
+    divisibility by 16, split-K or not), which compiles it into Triton's disk cache."""
+    kind, m, cfg = task
+    try:
+        from pagedserve.kernels.wna16 import wna16_gemv
+        from pagedserve.kernels.wna16_gemv import wna16_fma_gemv
+
+        k = 8192
+        qw = torch.zeros((256, k // 8), dtype=torch.int32, device="cuda")
+        s = torch.ones((k // 128, 256), dtype=torch.float16, device="cuda")
+        x = torch.zeros((m, k), dtype=torch.bfloat16, device="cuda")
+        (wna16_fma_gemv if kind == "fma" else wna16_gemv)(x, qw, s, None, None, 4, 128, **cfg)
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 - the timing pass skips what does not run
+        return f"{kind} M={m} {cfg}: {type(e).__name__}"
+    return None
+
+
+def precompile(tasks: list[tuple[str, int, dict]]) -> None:
+    """Compile the configurations in parallel worker processes (spawned: CUDA is initialised here)."""
+    seen, unique = set(), []
+    for kind, m, cfg in tasks:  # the compiled specialisation does not depend on the shape or the split count
+        key = (kind, m, tuple(sorted((a, b if a != "split_k" else b > 1) for a, b in cfg.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append((kind, m, cfg))
+    t = time.perf_counter()
+    workers = min(len(unique), os.cpu_count() or 1, 16)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        failed = [f for f in ex.map(_compile_one, unique, chunksize=max(1, len(unique) // (4 * workers))) if f]
+    print(f"precompiled {len(unique)} configurations in {time.perf_counter() - t:.0f} s "
+          f"({workers} processes, {len(failed)} failed)", flush=True)
+
+
+def fma_search(bw: float) -> list[dict]:
+    """The dot-free GEMV (4 bits, group 128, symmetric) at M = 1, 2, 4: its default configuration and
+    the best of the search, next to the skinny kernel (its default) and bf16 cuBLAS."""
+    from pagedserve.kernels.wna16 import gemv_config, wna16_dequantize, wna16_gemv
+    from pagedserve.kernels.wna16_gemv import fma_gemv_config, wna16_fma_gemv
+
+    shapes = [("8b", *a) for a in SHAPES_8B.items()] + [("70b", *a) for a in SHAPES_70B.items()]
+    ms_ = (1, 2, 4)
+    precompile([("fma", m, c) for m in ms_ for _, _, (n, k) in shapes for c in fma_configs(m, k)])
+    rows = []
+    for model, name, (n, k) in shapes:
+        qw, s, _ = _layer(n, k, 4)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        wbytes = qw.numel() * 4 + s.numel() * 2
+        wd = wna16_dequantize(qw, s, None, None, 4, 128, torch.float32)  # the check of the chosen tiles
+        for m in ms_:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            best = None
+            for cfg in fma_configs(m, k):
+                try:
+                    t = bench_ms(lambda: wna16_fma_gemv(x, qw, s, None, None, 4, 128, **cfg), iters=20)
+                except Exception:  # noqa: BLE001 - out of resources etc.
+                    continue
+                if best is None or t < best[0]:
+                    best = (t, cfg)
+            ref = x.float() @ wd.t()
+            for cfg in [best[1]] if best else []:
+                err = (wna16_fma_gemv(x, qw, s, None, None, 4, 128, **cfg).float() - ref).abs().max().item()
+                assert err <= 2e-2 * ref.abs().max().item(), f"{model} {name} M={m} {cfg}: max error {err}"
+            default = fma_gemv_config(m, n, k, 128, x.device, False, 4)
+            d_ms = bench_ms(lambda: wna16_fma_gemv(x, qw, s, None, None, 4, 128, **default))
+            sbn, sbk, ssplit, snw, sns = gemv_config(m, n, k, 128, x.device)
+            sk_ms = bench_ms(lambda: wna16_gemv(x, qw, s, None, None, 4, 128, block_n=sbn, block_k=sbk,
+                                                split_k=ssplit, num_warps=snw, num_stages=sns))
+            b_ms = bench_ms(lambda: torch.nn.functional.linear(x, w))
+            best_ms = best[0] if best else float("nan")
+            row = dict(model=model, layer=name, N=n, K=k, M=m, weight_bytes=wbytes,
+                       floor_ms=wbytes / bw * 1e3, fma_best_ms=best_ms, fma_best_config=best[1] if best else None,
+                       fma_default_ms=d_ms, fma_default_config=default, skinny_ms=sk_ms, bf16_ms=b_ms,
+                       fma_best_GBps=wbytes / best_ms / 1e6, fma_default_GBps=wbytes / d_ms / 1e6,
+                       skinny_GBps=wbytes / sk_ms / 1e6, bf16_GBps=w.numel() * 2 / b_ms / 1e6)
+            rows.append(row)
+            print(f"fma {model} {name:>8} M={m}: best {best_ms * 1e3:7.1f} us ({row['fma_best_GBps']:5.0f} GB/s) "
+                  f"default {d_ms * 1e3:7.1f} us  skinny {sk_ms * 1e3:7.1f} us ({row['skinny_GBps']:5.0f} GB/s)  "
+                  f"bf16 {b_ms * 1e3:7.1f} us  floor {row['floor_ms'] * 1e3:6.1f} us  {row['fma_best_config']}",
+                  flush=True)
+        del qw, s, w, wd
+        torch.cuda.empty_cache()
+    return rows
 
 
 def model_dir(shape: str, quant: dict | None, root: str) -> str:
@@ -172,6 +287,7 @@ def tpot(out: dict, shape: str, formats: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernels", action="store_true")
+    ap.add_argument("--fma", action="store_true", help="only the dot-free decode GEMV's search (part of --kernels)")
     ap.add_argument("--tpot", action="store_true")
     ap.add_argument("--shape", choices=("8b", "70b"), default="8b")
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
@@ -181,6 +297,8 @@ def main() -> None:
     print(f"{out['device']}: copy bandwidth {out['copy_bandwidth_GBps']:.0f} GB/s", flush=True)
     if args.kernels:
         kernels(out)
+    elif args.fma:
+        out["fma_gemv_search"] = fma_search(out["copy_bandwidth_GBps"] * 1e9)
     if args.tpot and len(args.formats) > 1:  # one process per format: each engine's memory goes back
         res = {}
         for fmt in args.formats:

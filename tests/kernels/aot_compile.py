@@ -191,16 +191,20 @@ def run_all(c: Compiler, quick: bool) -> None:
     # Llama-3.1-8B shapes, group 128 (one scale per K tile) and act order (per-element scales), and the
     # dequantization kernel of large M
     from pagedserve.kernels.wna16 import wna16_gemm, wna16_gemv, wna16_linear
+    from pagedserve.kernels.wna16_gemv import wna16_fma_gemv
 
     for bits in (4, 8):
         for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
             pk = T(n, k * bits // 32, dt=i32)
-            for m in (1, 16, 64, 512, 2048):  # skinny, tiled, dequantize (+ cuBLAS)
+            for m in (1, 4, 16, 64, 512, 2048):  # dot-free GEMV, skinny, tiled, dequantize (+ cuBLAS)
                 wna16_linear(T(m, k), pk, T(k // 128, n), T(k // 128, n), None, bits, 128)
             if bits == 4:
                 wna16_linear(T(1, k), pk, T(k // 128, n), None, None, bits, 128)
                 wna16_linear(T(1, k), pk, T(k // 128, n), T(k // 128, n), T(k, dt=i32), bits, 128)
                 wna16_gemm(T(512, k), pk, T(k // 128, n), None, T(k, dt=i32), bits, 128)
+                for m, bn, bk in ((1, 128, 256), (2, 64, 256), (4, 32, 256)):  # dot-free GEMV tiles of the search
+                    wna16_fma_gemv(T(m, k), pk, T(k // 128, n), None, None, bits, 128, block_n=bn, block_k=bk,
+                                   split_k=2, num_warps=4, num_stages=3, prefetch=m == 1)
                 for m in (1, 16):  # the split-dots variant of the skinny kernel (bench/wna16_gpu.py search)
                     wna16_gemv(T(m, k), pk, T(k // 128, n), None, None, bits, 128, block_k=128, split_dots=True,
                                num_warps=4, num_stages=3)

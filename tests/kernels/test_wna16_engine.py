@@ -1,6 +1,7 @@
 """The engine on quantized checkpoints through the Triton kernels (``kernels/wna16.py``): on a GPU
 the real path (CUDA graphs, float32 and bfloat16), here the same path in Triton's interpreter
-(``wna16.KERNELS_ON_CPU``): activation permutation for act order, the skinny kernel with split-K,
+(``wna16.KERNELS_ON_CPU``): activation permutation for act order, the dot-free decode GEMV
+(``kernels/wna16_gemv.py``, M <= 4) or the skinny kernel with split-K,
 the tiled kernel and the dequantize + matmul path of large batches, against the float model holding
 the dequantized weights."""
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _run(model_dir: str, dtype: str) -> list:
 def test_engine_through_the_kernels(base_model, monkeypatch, name, dtype):
     monkeypatch.setattr(wna16, "KERNELS_ON_CPU", True)
     calls: dict[str, int] = {}
-    for fn in ("wna16_gemv", "wna16_gemm", "wna16_dequantize"):
+    for fn in ("wna16_fma_gemv", "wna16_gemv", "wna16_gemm", "wna16_dequantize"):
         def counted(*a, _f=getattr(wna16_kernels, fn), _n=fn, **kw):
             calls[_n] = calls.get(_n, 0) + 1
             return _f(*a, **kw)
@@ -68,10 +69,13 @@ def test_engine_through_the_kernels(base_model, monkeypatch, name, dtype):
     q, d = _checkpoint(base_model, name)
     ref = _run(d, dtype)
     tol = 1e-3 if dtype == "float32" else 0.1  # bf16: rounding of the weights and activations differs
-    for dense_min_m in (70, 1 << 30):  # the 88-token prefill step: dequantize + matmul, or the tiled kernel
+    # the 88-token prefill step: dequantize + matmul, or the tiled kernel; the 3-row decode steps: the
+    # dot-free GEMV, or (FMA_MAX_M 0) the skinny kernel
+    for dense_min_m, fma_max_m in ((70, wna16_kernels.FMA_MAX_M), (1 << 30, 0)):
         monkeypatch.setattr(wna16_kernels, "DENSE_MIN_M", dense_min_m)
+        monkeypatch.setattr(wna16_kernels, "FMA_MAX_M", fma_max_m)
         for (rt, rl), (gt, gl) in zip(ref, _run(q, dtype), strict=True):
             if dtype == "float32":
                 assert gt == rt
             assert max(abs(a - b) for a, b in zip(rl, gl, strict=True)) < tol
-    assert set(calls) == {"wna16_gemv", "wna16_gemm", "wna16_dequantize"}, calls
+    assert set(calls) == {"wna16_fma_gemv", "wna16_gemv", "wna16_gemm", "wna16_dequantize"}, calls

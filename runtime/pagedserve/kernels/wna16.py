@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from pagedserve.kernels.utils import cdiv, dot_precision, num_sms
+from pagedserve.kernels.wna16_gemv import FMA_MAX_M, fma_gemv_config, wna16_fma_gemv
 
 MAX_M = 64  # the skinny kernel's largest M
 
@@ -304,7 +305,11 @@ DENSE_MIN_M = 1024
 def wna16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  g_idx: torch.Tensor | None, bits: int, group_size: int,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The skinny kernel for M <= 64, the tiled one up to ``DENSE_MIN_M``, then dequantize + cuBLAS."""
+    """The dot-free GEMV (``kernels/wna16_gemv.py``) for M <= ``FMA_MAX_M``, the skinny kernel up to
+    64 rows, the tiled one up to ``DENSE_MIN_M``, then dequantize + cuBLAS."""
+    if x.shape[0] <= FMA_MAX_M:
+        cfg = fma_gemv_config(x.shape[0], qweight.shape[0], x.shape[1], group_size, x.device, g_idx is not None, bits)
+        return wna16_fma_gemv(x, qweight, scales, zeros, g_idx, bits, group_size, bias, **cfg)
     if x.shape[0] >= DENSE_MIN_M:
         w = wna16_dequantize(qweight, scales, zeros, g_idx, bits, group_size, x.dtype)
         return torch.nn.functional.linear(x, w, bias)
