@@ -51,4 +51,5 @@ def test_mm_bench_tiny_on_cpu(tmp_path):
     row = report._mm(d)
     assert row.startswith("encoder budget 32 tokens (16 per image): 4 req / 4 images: **")
     assert "TTFT batch 1: one image **" in row and "encoder cache 0/4 hits" in row
+    assert report.figures({"default": {"mm_default.json": d}}) == [row]  # the runner's summary.md row
     assert "distinct:" in p.stdout and "shared-2:" in p.stdout
