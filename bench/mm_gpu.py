@@ -115,10 +115,12 @@ class TextMaker:
 
         self.tok = tok
         self.rng = np.random.default_rng(seed)
-        cands = [t[1:] for t in tok.get_vocab() if re.fullmatch(r"Ġ[a-z]{3,9}", t)]
-        cands = sorted(cands)[:4000] or ["apple", "river", "stone", "light", "green", "house", "table", "cloud"]
-        ids = tok([" " + w for w in cands], add_special_tokens=False)["input_ids"]
+        cands = sorted(t[1:] for t in tok.get_vocab() if re.fullmatch(r"Ġ[a-z]{3,9}", t))  # GPT-2 style BPE
+        cands = [str(w) for w in self.rng.permutation(cands)[:4000]]
+        ids = tok([" " + w for w in cands], add_special_tokens=False)["input_ids"] if cands else []
         self.words = [w for w, i in zip(cands, ids) if len(i) == 1]
+        if not self.words:
+            raise SystemExit("the tokenizer has no single-token words ('Ġword'): use the carried SmolLM2 tokenizer")
 
     def __call__(self, n: int) -> str:
         """``n`` words, each with its leading space (so each is one token after the prompt's newline too)."""
