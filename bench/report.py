@@ -79,6 +79,24 @@ def _startup(d: dict) -> str:
             f"server: {phases(best['server'])}")
 
 
+def _mm(d: dict) -> str:
+    """bench/mm_gpu.py: vision-language throughput per run, batch-1 TTFT with and without an image."""
+    budget = d.get("max_num_encoder_input_tokens_flag")
+    head = (f"encoder budget {_f(d.get('encoder_budget_tokens'), ',')} tokens"
+            f"{'' if budget else ' (default)'} ({d.get('tokens_per_image')} per image)")
+    runs = "; ".join(f"{r['num_prompts']} req / {r['num_distinct_images']} images: **{_f(r['requests_per_s'], '.2f')}** "
+                     f"req/s, **{_f(r['output_tok_s'])}** output tok/s, {_f(r['total_tok_s'])} total tok/s, encoder "
+                     f"cache {r['mm_cache_hits']}/{r['mm_cache_queries']} hits, HF processor "
+                     f"{_f(r['hf_processor_s'], '.1f')} s" for r in d.get("runs", []))
+    t = d.get("ttft")
+    ttft = (f"<br>TTFT batch 1: one image **{_f(t['image_ms'], '.1f')} ms** ({t['image_prompt_tokens']} tokens), "
+            f"without it {_f(t['text_ms'], '.1f')} ms, text of the same length {_f(t['text_same_length_ms'], '.1f')} ms"
+            if t else "")
+    enc = d.get("vision_encoder_ms") or {}
+    vis = f"<br>vision tower + projector: {' / '.join(_f(v, '.2f') for v in enc.values())} ms at {' / '.join(enc)} images"
+    return f"{head}: {runs}{ttft}{vis if enc else ''}"
+
+
 def _junit(d: dict) -> str:
     return f"{d.get('passed')} passed, {d.get('failures')} failed, {d.get('errors')} errors, {d.get('skipped')} skipped"
 
@@ -110,6 +128,8 @@ def figures(results: dict) -> list[str]:
                 out.append(_startup(d))
             elif name.endswith(".xml"):
                 out.append(_junit(d))
+            elif name.startswith("mm_") and isinstance(d, dict) and "runs" in d:
+                out.append(_mm(d))
             else:
                 out.append(f"`{name}` (see the JSON)")
     return out

@@ -238,6 +238,18 @@ def _scenarios() -> list[Scenario]:
         Scenario("wna16-tpot-70b", "batch-1 TPOT of the Llama-3.1-70B shape in GPTQ-4bit on one GPU against its floor",
                  (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--shape", "70b", "--formats", "gptq4",
                                    "--out", "{work}/wna16_70b.json"), 150),)),
+        Scenario("mm-llava-check", "LLaVA on the GPU first: a tiny random LLaVA's float32 greedy tokens equal HF's with "
+                 "CUDA graphs and async scheduling (chunks through images, mixed text/image batch), bf16 shared images "
+                 "within an encoder budget (tests/kernels/test_llava_cuda.py; needs --prepare)",
+                 (Step("pytest", _py("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_llava_cuda.py",
+                                     "--junitxml", "{work}/junit.xml"), 150),)),
+        Scenario("mm-llava", "vision-language: a LLaVA-1.5-7B shape (CLIP ViT-L/14-336 + Llama-2-7B, dummy bf16), "
+                 "256 requests of one 336x336 image (576 tokens) + 64 text tokens, 128 output tokens: distinct images "
+                 "and 16 shared ones, with the default encoder budget and with 4 images a step; batch-1 TTFT with "
+                 "and without the image (bench/mm_gpu.py; needs --prepare)",
+                 (Step("default", _py("bench/mm_gpu.py", "--ttft-iters", "10", "--out", "{work}/mm_default.json"), 240),
+                  Step("encoder-budget-2304", _py("bench/mm_gpu.py", "--max-num-encoder-input-tokens", "2304",
+                                                  "--out", "{work}/mm_budget2304.json"), 180))),
     ]
     tp_env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
     s += [
@@ -277,6 +289,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
           "(dummy bf16 weights)", ("kernel-tests", "moe-kernels", "moe-mixtral", "moe-qwen3-moe")),
     Group("round3", "one lease for round 3's new paths: their kernels on the GPU, W4A16 TPOT at 8B and 70B",
           ("round3-kernel-tests", "wna16-tpot", "wna16-tpot-70b"), budget_s=560),
+    Group("mm", "vision-language (issue 24) on one GPU: the tiny LLaVA checked against HF with CUDA graphs, then "
+          "the LLaVA-1.5-7B shape's throughput and TTFT (needs --prepare)", ("mm-llava-check", "mm-llava")),
     Group("tp", "2 GPUs: equality, bf16 and fp8 TP=2, the later-engine sequence",
           ("tp2", "tp2-fp8", "tp2-later-engine")),
 )}
