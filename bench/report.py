@@ -79,6 +79,19 @@ def _startup(d: dict) -> str:
             f"server: {phases(best['server'])}")
 
 
+def _router(d: dict) -> str:
+    """``tests/router/bench_router.py --out``: one line per routing logic."""
+    ratio = d.get("hit_rate_vs_roundrobin", {})
+    rows = "; ".join(f"{logic}: hit rate **{_f(100 * r.get('hit_rate', 0), '.1f')}%**"
+                     + (f" ({_f(ratio[logic], '.2f')}x round-robin)" if logic != "roundrobin" and ratio.get(logic) else "")
+                     + f", sticky {_f(100 * r.get('sticky', 0), '.0f')}%, {_f(r.get('req_per_s'), '.2f')} req/s, "
+                       f"{_f(r.get('output_tok_per_s'))} output tok/s, TTFT p50 {_f(r.get('ttft_ms', {}).get('p50'), '.1f')}"
+                       f" ms (later turns {_f(r.get('ttft_ms', {}).get('later_turns_p50'), '.1f')} ms)"
+                     for logic, r in d.get("logics", {}).items())
+    return (f"{d.get('replicas')} replicas (ready in {_f(d.get('replicas_ready_s'), '.1f')} s), {d.get('conversations')} "
+            f"conversations x {d.get('turns')} turns, {d.get('concurrency')} in flight: " + rows)
+
+
 def _junit(d: dict) -> str:
     return f"{d.get('passed')} passed, {d.get('failures')} failed, {d.get('errors')} errors, {d.get('skipped')} skipped"
 
@@ -108,6 +121,8 @@ def figures(results: dict) -> list[str]:
                 out.append(_profiles(d))
             elif name == "startup.json":
                 out.append(_startup(d))
+            elif name == "router.json":
+                out.append(_router(d))
             elif name.endswith(".xml"):
                 out.append(_junit(d))
             else:
