@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         convs = load_conversations(args.conversations, args.turns, seed=args.seed, path=args.dataset_path)
     except (OSError, ValueError) as e:
-        ap.error(f"--dataset-path: {e}")
+        hint = " (`python -m bench --prepare` makes bench/carry/chitchat)" if "bench/carry" in str(e) else ""
+        ap.error(f"--dataset-path: {e}{hint}")
     log_dir = pathlib.Path(args.log_dir or tempfile.mkdtemp(prefix="bench_router_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
