@@ -82,14 +82,18 @@ def _startup(d: dict) -> str:
 def _router(d: dict) -> str:
     """``tests/router/bench_router.py --out``: one line per routing logic."""
     ratio = d.get("hit_rate_vs_roundrobin", {})
-    rows = "; ".join(f"{logic}: hit rate **{_f(100 * r.get('hit_rate', 0), '.1f')}%**"
-                     + (f" ({_f(ratio[logic], '.2f')}x round-robin)" if logic != "roundrobin" and ratio.get(logic) else "")
-                     + f", sticky {_f(100 * r.get('sticky', 0), '.0f')}%, {_f(r.get('req_per_s'), '.2f')} req/s, "
-                       f"{_f(r.get('output_tok_per_s'))} output tok/s, TTFT p50 {_f(r.get('ttft_ms', {}).get('p50'), '.1f')}"
-                       f" ms (later turns {_f(r.get('ttft_ms', {}).get('later_turns_p50'), '.1f')} ms)"
-                     for logic, r in d.get("logics", {}).items())
-    return (f"{d.get('replicas')} replicas (ready in {_f(d.get('replicas_ready_s'), '.1f')} s), {d.get('conversations')} "
-            f"conversations x {d.get('turns')} turns, {d.get('concurrency')} in flight: " + rows)
+
+    def one(logic: str, r: dict) -> str:
+        x = f" ({_f(ratio[logic], '.2f')}x round-robin)" if logic != "roundrobin" and ratio.get(logic) else ""
+        ttft = r.get("ttft_ms", {})
+        return (f"{logic}: hit rate **{_f(100 * r.get('hit_rate', 0), '.1f')}%**{x}, sticky "
+                f"{_f(100 * r.get('sticky', 0), '.0f')}%, {_f(r.get('req_per_s'), '.2f')} req/s, "
+                f"{_f(r.get('output_tok_per_s'))} output tok/s, TTFT p50 {_f(ttft.get('p50'), '.1f')} ms "
+                f"(later turns {_f(ttft.get('later_turns_p50'), '.1f')} ms)")
+
+    return (f"{d.get('replicas')} replicas (ready in {_f(d.get('replicas_ready_s'), '.1f')} s), "
+            f"{d.get('conversations')} conversations x {d.get('turns')} turns, {d.get('concurrency')} in flight: "
+            + "; ".join(one(logic, r) for logic, r in d.get("logics", {}).items()))
 
 
 def _junit(d: dict) -> str:

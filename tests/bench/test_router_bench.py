@@ -26,7 +26,8 @@ def _router_step_argv() -> list[str]:
 
 def test_router_gpu_scenario_is_listed_and_its_command_parses():
     p = bench_cli("--list")
-    assert p.returncode == 0 and re.search(r"^  router-gpu +\[1 GPU\] pagedserve router over 3 replicas", p.stdout, re.M)
+    assert p.returncode == 0
+    assert re.search(r"^  router-gpu +\[1 GPU\] pagedserve router over 3 replicas", p.stdout, re.M)
     p = bench_cli("--scenario", "router-gpu", "--dry-run")
     assert p.returncode == 0, p.stderr
     (cmd,) = [ln for ln in p.stdout.splitlines() if ln and not ln.startswith("#")]
@@ -127,3 +128,23 @@ def test_llama3_chat_template_renders_the_llama3_format():
     head = "<|start_header_id|>{}<|end_header_id|>\n\n"
     assert text == (tok.bos_token + head.format("user") + "Hi<|eot_id|>" + head.format("assistant") + "Hello!<|eot_id|>"
                     + head.format("user") + "How are you?<|eot_id|>" + head.format("assistant"))
+
+
+def test_router_json_and_its_results_md_line(tmp_path):
+    """What the scenario writes (``--out``) and the RESULTS.md figures made from it."""
+    from bench import report
+
+    args = bench_router.build_parser().parse_args(_router_step_argv()[2:])
+    args.out = str(tmp_path / "router.json")
+    ttft = {"p50": 40.0, "p90": 90.0, "first_turn_p50": 80.0, "later_turns_p50": 30.0, "later_turns_mean": 31.0}
+    rows = [(logic, {"hit_rate": hit, "sticky": sticky, "req_per_s": 20.0, "output_tok_per_s": 640.0,
+                     "requests": 144, "elapsed_s": 7.2, "ttft_ms": ttft, "replicas": [["r0"] * 3]})
+            for logic, hit, sticky in (("prefix-aware", 0.6, 1.0), ("roundrobin", 0.2, 0.0), ("least-load", 0.1, 0.0))]
+    bench_router.write_json(args, rows, 41.0)
+    rec = json.loads((tmp_path / "router.json").read_text())
+    assert rec["hit_rate_vs_roundrobin"] == {"prefix-aware": 3.0, "roundrobin": 1.0, "least-load": 0.5}
+    assert rec["replica_args"] == args.replica_args and rec["replicas_ready_s"] == 41.0
+    (line,) = report.figures({"router": {"router.json": rec}})
+    assert line.startswith("3 replicas (ready in 41.0 s), 48 conversations x 3 turns, 8 in flight: ")
+    assert "prefix-aware: hit rate **60.0%** (3.00x round-robin), sticky 100%" in line
+    assert "roundrobin: hit rate **20.0%**, sticky 0%, 20.00 req/s, 640 output tok/s, TTFT p50 40.0 ms" in line
