@@ -86,6 +86,9 @@ def test_conversations_from_a_file_when_the_wheel_is_missing(tmp_path, monkeypat
         bench_router.load_conversations(6, 2, min_chars=150, path=str(part))
     with pytest.raises(ValueError, match="not an extract"):
         bench_router.chitchat_extract(2, path=str(part))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a chitchat dataset"):
+        bench_router.load_conversations(1, 1, path=str(tmp_path / "list.json"))
     monkeypatch.setenv(datasets.CHITCHAT_ENV, str(tmp_path / "missing.json"))
     with pytest.raises(FileNotFoundError, match=datasets.CHITCHAT_ENV):
         bench_router.load_conversations(1, 1)

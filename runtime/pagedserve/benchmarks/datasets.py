@@ -121,17 +121,18 @@ def read_chitchat(path: str | None = None) -> tuple[dict[str, tuple[str, ...]], 
     inner list per turn of a speaker). An extract (``bench/carry/chitchat``, made by ``python -m bench
     --prepare``) is ``{"extract": {header}, "conversations": {same mapping}}``: some conversations in an
     order that its header describes."""
-    with open(chitchat_path(path)) as fh:
+    path = chitchat_path(path)
+    with open(path) as fh:
         data = json.load(fh)
     header = None
     if isinstance(data, dict) and isinstance(data.get("extract"), dict):
         header, data = data["extract"], data.get("conversations")
     if not isinstance(data, dict):
-        raise ValueError(f"{chitchat_path(path)}: not a chitchat dataset (an object of conversations)")
+        raise ValueError(f"{path}: not a chitchat dataset (an object of conversations)")
     convs = {}
     for cid, conv in data.items():
-        lines = tuple(m["text"] for msg in (conv.get("messages") or [] if isinstance(conv, dict) else [])
-                      for m in msg if isinstance(m, dict) and m.get("text"))
+        msgs = (conv.get("messages") or []) if isinstance(conv, dict) else []
+        lines = tuple(m["text"] for msg in msgs for m in msg if isinstance(m, dict) and m.get("text"))
         if lines:
             convs[cid] = lines
     return convs, header
