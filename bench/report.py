@@ -97,6 +97,23 @@ def _mm(d: dict) -> str:
     return f"{head}: {runs}{ttft}{vis if enc else ''}"
 
 
+def _router(d: dict) -> str:
+    """``tests/router/bench_router.py --out``: one line per routing logic."""
+    ratio = d.get("hit_rate_vs_roundrobin", {})
+
+    def one(logic: str, r: dict) -> str:
+        x = f" ({_f(ratio[logic], '.2f')}x round-robin)" if logic != "roundrobin" and ratio.get(logic) else ""
+        ttft = r.get("ttft_ms", {})
+        return (f"{logic}: hit rate **{_f(100 * r.get('hit_rate', 0), '.1f')}%**{x}, sticky "
+                f"{_f(100 * r.get('sticky', 0), '.0f')}%, {_f(r.get('req_per_s'), '.2f')} req/s, "
+                f"{_f(r.get('output_tok_per_s'))} output tok/s, TTFT p50 {_f(ttft.get('p50'), '.1f')} ms "
+                f"(later turns {_f(ttft.get('later_turns_p50'), '.1f')} ms)")
+
+    return (f"{d.get('replicas')} replicas (ready in {_f(d.get('replicas_ready_s'), '.1f')} s), "
+            f"{d.get('conversations')} conversations x {d.get('turns')} turns, {d.get('concurrency')} in flight: "
+            + "; ".join(one(logic, r) for logic, r in d.get("logics", {}).items()))
+
+
 def _junit(d: dict) -> str:
     return f"{d.get('passed')} passed, {d.get('failures')} failed, {d.get('errors')} errors, {d.get('skipped')} skipped"
 
@@ -126,6 +143,8 @@ def figures(results: dict) -> list[str]:
                 out.append(_profiles(d))
             elif name == "startup.json":
                 out.append(_startup(d))
+            elif name == "router.json":
+                out.append(_router(d))
             elif name.endswith(".xml"):
                 out.append(_junit(d))
             elif name.startswith("mm_") and isinstance(d, dict) and "runs" in d:

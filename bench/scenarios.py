@@ -18,6 +18,10 @@ MODEL_TOK = "bench/carry/llama-3.1-8b-tok"
 TINY = "bench/configs/tiny-llama"
 MIXTRAL = "bench/configs/mixtral-8x7b"
 QWEN3_MOE = "bench/configs/qwen3-30b-a3b"
+#: the router benchmark's chitchat conversations, made by ``python -m bench --prepare`` (bench/carry.py)
+CHITCHAT = "bench/carry/chitchat/conversations.json"
+#: a plain Llama 3 chat template: the carried Llama 3 tokenizer has none
+LLAMA3_CHAT_TEMPLATE = "bench/configs/llama3-chat.jinja"
 
 #: the engine flags of every Llama-3.1-8B run: random ("dummy") weights in bf16
 DUMMY = ("--load-format", "dummy", "--dtype", "bfloat16")
@@ -27,6 +31,12 @@ TINY_CPU = ("--model", "{tiny}", "--load-format", "dummy", "--dtype", "float32",
 #: vLLM's random dataset of the serving runs: 400 prompts, input 250 / output 180 tokens +-50%
 RANDOM_400 = ("--dataset", "random", "--random-input-len", "250", "--random-output-len", "180",
               "--random-range-ratio", "0.5", "--num-prompts", "400")
+#: each of the router benchmark's 3 replicas of the Llama-3.1-8B shape on one GPU (80 GB): 15 GiB of
+#: weights and an explicit 4 GiB KV cache (32k tokens). Not --gpu-memory-utilization: the memory
+#: profile (worker/memory.py) counts the other replicas' memory as used, so a second replica started
+#: beside a first finds no room under the same fraction (docs/router.md, "Benchmark (GPU)").
+ROUTER_REPLICA = ("--model", "{model_tok}", *DUMMY, "--kv-cache-memory", str(4 << 30), "--max-model-len", "4096",
+                  "--max-num-batched-tokens", "4096", "--max-num-seqs", "16", "--chat-template", LLAMA3_CHAT_TEMPLATE)
 #: the engine flags of each weight / KV-cache variant
 VARIANTS = {"": (), "-fp8": ("--quantization", "fp8"), "-kv8": ("--kv-cache-dtype", "fp8"),
             "-fp8-kv8": ("--quantization", "fp8", "--kv-cache-dtype", "fp8")}
@@ -235,6 +245,15 @@ def _scenarios() -> list[Scenario]:
                  "Llama-3.1-8B and 70B linear shapes: its default and best tiles next to the skinny kernel and bf16 "
                  "cuBLAS (us, GB/s)",
                  (Step("fma", _py("bench/wna16_gpu.py", "--fma", "--out", "{work}/wna16_fma.json"), 300),)),
+        Scenario("router-gpu", "pagedserve router over 3 replicas of the Llama-3.1-8B shape on one GPU (dummy bf16, "
+                 "started once): 48 chitchat conversations x 3 turns (max_tokens 32, ignore_eos, 8 in flight) "
+                 "routed prefix-aware, round-robin and least-load: prefix-cache hit rate, sticky conversations, "
+                 "req/s, output tok/s, TTFT (needs --prepare: tokenizer and conversations)",
+                 (Step("router", _py("tests/router/bench_router.py", "--replicas", "3", "--conversations", "48",
+                                     "--turns", "3", "--max-tokens", "32", "--ignore-eos", "--concurrency", "8",
+                                     "--logics", "prefix-aware,roundrobin,least-load",
+                                     "--replica-args", " ".join(ROUTER_REPLICA), "--dataset-path", CHITCHAT,
+                                     "--log-dir", "{work}", "--out", "{work}/router.json"), 330),)),
         Scenario("wna16-tpot-70b", "batch-1 TPOT of the Llama-3.1-70B shape in GPTQ-4bit on one GPU against its floor",
                  (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--shape", "70b", "--formats", "gptq4",
                                    "--out", "{work}/wna16_70b.json"), 150),)),

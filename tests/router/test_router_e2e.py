@@ -1,7 +1,7 @@
 """``pagedserve router`` over three real ``pagedserve serve`` replicas on loopback, through the real
 ``openai`` client: routing by model, the merged model list, streaming, auth, prefix affinity and
-its measured prefix-cache hit rate vs round-robin, and a replica killed mid-run (kept last: it
-takes one replica away from the session's fixture)."""
+its measured prefix-cache hit rate vs round-robin (through the benchmark's streamed stdlib client),
+and a replica killed mid-run (kept last: it takes one replica away from the session's fixture)."""
 from __future__ import annotations
 
 import asyncio

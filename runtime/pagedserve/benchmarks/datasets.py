@@ -11,6 +11,8 @@ so both run exactly the same requests.
 - ``chitchat``: real conversations from the ``chitchat-dataset`` wheel (MIT; install with
   ``--no-deps``), read through importlib.metadata without importing the package; prompts are
   tokenized with the model's tokenizer (capped at 1024 tokens), output lengths as in lognormal.
+  Where the wheel is missing (the GPU machine), ``$PAGEDSERVE_CHITCHAT_DATASET`` names the file
+  instead: the wheel's ``dataset.json`` or an extract of it (:func:`read_chitchat`).
 
 Token ids are drawn from ``[100, vocab_size - 100)``, away from the special tokens at the ends of
 most vocabularies.
@@ -21,6 +23,7 @@ import argparse
 import importlib.metadata
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -31,6 +34,8 @@ DATASETS = ("random", "lognormal", "chitchat")
 LOGNORMAL_SIGMA = 0.6
 CHITCHAT_MAX_CHARS = 4000
 CHITCHAT_MAX_TOKENS = 1024
+#: the chitchat file to read instead of the wheel's (the whole ``dataset.json`` or an extract)
+CHITCHAT_ENV = "PAGEDSERVE_CHITCHAT_DATASET"
 
 
 @dataclass
@@ -89,25 +94,59 @@ def lognormal_requests(n: int, vocab_size: int, seed: int = 0) -> list[SampleReq
             for i, o in zip(ins, outs)]
 
 
-@lru_cache(maxsize=1)
-def chitchat_conversations() -> tuple[tuple[str, ...], ...]:
-    """Each conversation's lines, from the wheel's data file (the package itself is never imported)."""
+def chitchat_path(path: str | None = None) -> str:
+    """The chitchat file: ``path``, else ``$PAGEDSERVE_CHITCHAT_DATASET``, else the wheel's ``dataset.json``."""
+    path = path or os.environ.get(CHITCHAT_ENV) or None
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"chitchat dataset file {path!r} does not exist (the dataset path or "
+                                    f"${CHITCHAT_ENV})")
+        return path
     try:
         files = importlib.metadata.files("chitchat-dataset") or []
     except importlib.metadata.PackageNotFoundError:
         files = []
-    path = next((str(f.locate()) for f in files if f.name == "dataset.json"), None)
-    if path is None:
-        raise FileNotFoundError("dataset chitchat needs `pip install --no-deps chitchat-dataset==0.9.0`")
+    found = next((str(f.locate()) for f in files if f.name == "dataset.json"), None)
+    if found is None:
+        raise FileNotFoundError("dataset chitchat needs `pip install --no-deps chitchat-dataset==0.9.0`, or "
+                                f"${CHITCHAT_ENV} naming its dataset.json or an extract of it")
+    return found
+
+
+def read_chitchat(path: str | None = None) -> tuple[dict[str, tuple[str, ...]], dict | None]:
+    """Each conversation's lines by conversation id, in the file's order, and the extract's header
+    (``None`` for the wheel's whole file).
+
+    The wheel's ``dataset.json`` maps an id to ``{"messages": [[{"text": ...}, ...], ...]}`` (one
+    inner list per turn of a speaker). An extract (``bench/carry/chitchat``, made by ``python -m bench
+    --prepare``) is ``{"extract": {header}, "conversations": {same mapping}}``: some conversations in an
+    order that its header describes."""
+    path = chitchat_path(path)
     with open(path) as fh:
         data = json.load(fh)
-    convs = []
-    for conv in data.values():
-        lines = tuple(m["text"] for msg in conv.get("messages", []) for m in msg
-                      if isinstance(m, dict) and m.get("text"))
+    header = None
+    if isinstance(data, dict) and isinstance(data.get("extract"), dict):
+        header, data = data["extract"], data.get("conversations")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a chitchat dataset (an object of conversations)")
+    convs = {}
+    for cid, conv in data.items():
+        msgs = (conv.get("messages") or []) if isinstance(conv, dict) else []
+        lines = tuple(m["text"] for msg in msgs for m in msg if isinstance(m, dict) and m.get("text"))
         if lines:
-            convs.append(lines)
-    return tuple(convs)
+            convs[cid] = lines
+    return convs, header
+
+
+def chitchat_conversations(path: str | None = None) -> tuple[tuple[str, ...], ...]:
+    """Each conversation's lines, from the wheel's data file (the package itself is never imported)
+    or the file :func:`chitchat_path` names."""
+    return _chitchat_conversations(chitchat_path(path))
+
+
+@lru_cache(maxsize=2)
+def _chitchat_conversations(path: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(read_chitchat(path)[0].values())
 
 
 def chitchat_requests(n: int, tokenizer: Any, seed: int = 0) -> list[SampleRequest]:
