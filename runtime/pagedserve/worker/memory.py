@@ -1,6 +1,7 @@
-"""GPU memory budget for the KV cache: ``gpu_memory_utilization`` of the card minus weights,
-the activation peak of a profiling forward pass at the largest batch, and memory held outside
-torch's allocator (CUDA context, other processes)."""
+"""GPU memory budget for the KV cache: ``gpu_memory_utilization`` of the card (this instance's share,
+as in vLLM) minus weights, the activation peak of a profiling forward pass at the largest batch, and
+what this process holds outside torch's allocator; capped by the free memory
+(``worker/kv_budget.py``)."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ import torch
 from pagedserve.config import GiB
 from pagedserve.forward_context import ForwardContext, set_forward_context
 from pagedserve.layers.sampler import SamplingMetadata
+from pagedserve.worker.kv_budget import MemorySnapshot, kv_budget
 
 if TYPE_CHECKING:
     from pagedserve.worker.model_runner import ModelRunner
@@ -93,6 +95,12 @@ def graph_memory_estimate(runner: "ModelRunner") -> int:
     return int(decode + piecewise)
 
 
+def memory_snapshot(device: torch.device | None = None) -> MemorySnapshot:
+    free, total = torch.cuda.mem_get_info(device)
+    return MemorySnapshot(total=total, free=free, reserved=torch.cuda.memory_reserved(device),
+                          allocated=torch.cuda.memory_allocated(device))
+
+
 def profile_kv_budget(runner: "ModelRunner", utilization: float) -> int:
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -100,12 +108,15 @@ def profile_kv_budget(runner: "ModelRunner", utilization: float) -> int:
     profile_run(runner)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    free, total = torch.cuda.mem_get_info()
-    non_torch = total - free - torch.cuda.memory_reserved()
     torch.cuda.empty_cache()
+    now = memory_snapshot()
     graphs = 0 if runner.config.enforce_eager else graph_memory_estimate(runner)
-    budget = int(total * utilization - peak - max(non_torch, 0) - graphs - 256 * (1 << 20))
+    start = runner.memory_at_start or now
+    budget, warning = kv_budget(start, now, peak, graphs, utilization)
     logger.info("memory: total %.1f GiB x %.2f; peak torch %.2f GiB (weights + activations), "
-                "outside torch %.2f GiB, CUDA graphs ~%.2f GiB -> KV budget %.2f GiB", total / GiB, utilization,
-                peak / GiB, non_torch / GiB, graphs / GiB, budget / GiB)
+                "outside torch %.2f GiB (%.2f GiB before loading), CUDA graphs ~%.2f GiB -> KV budget %.2f GiB",
+                now.total / GiB, utilization, peak / GiB, now.outside_torch / GiB, start.outside_torch / GiB,
+                graphs / GiB, budget / GiB)
+    if warning:
+        logger.warning("memory: %s", warning)
     return budget

@@ -47,9 +47,13 @@ class ModelRunner:
         self.config = config
         self.mc = config.model_config
         self.device = torch.device(config.device)
+        self.memory_at_start = None  # the card before this runner loaded anything (worker/kv_budget.py)
         if self.device.type == "cuda":
             CUDA_RUNNERS_CREATED += 1
             _less_fragmentation()
+            from pagedserve.worker.memory import memory_snapshot
+
+            self.memory_at_start = memory_snapshot(self.device)
         self.block_size = config.cache_config.block_size
         # --kv-cache-dtype: fp8 stores K/V as e4m3 / e5m2 with scale 1 (vLLM's default without
         # calibrated scales); the kernels widen them to the model dtype on load
