@@ -198,7 +198,7 @@ def _scenarios() -> list[Scenario]:
         Scenario("round3-kernel-tests", "the kernels added in round 3 (weight-only int4/int8, INT8 W8A8, fused MoE, "
                  "sliding windows, LoRA, speculative verification) compiled and checked on the GPU",
                  (Step("pytest", _py("-m", "pytest", "-q", "-p", "no:cacheprovider", *new_kernel_tests,
-                                     "--junitxml", "{work}/junit.xml"), 240),)),
+                                     "--junitxml", "{work}/junit.xml"), 420),)),
         Scenario("wna16-tpot", "batch-1 TPOT of the Llama-3.1-8B shape in bf16, GPTQ-4bit, AWQ-4bit, compressed-tensors "
                  "W4A16 and GPTQ-8bit (dummy weights, CUDA graphs) against each one's weight-read floor",
                  (Step("tpot", _py("bench/wna16_gpu.py", "--tpot", "--formats", "bf16", "gptq4", "awq4", "ct-w4a16",
@@ -237,7 +237,7 @@ def _scenarios() -> list[Scenario]:
                                                "--output-json", "{work}/throughput_lora8.json"), 150))),
         Scenario("structured-output", "json_schema structured output (xgrammar bitmask) against plain sampling at "
                  "batch 64 on the Llama-3.1-8B shape (dummy bf16; xgrammar from bench/carry/py312)",
-                 (Step("cost", _py("bench/structured_output_cost.py", "--model", "{model}", "--load-format", "dummy",
+                 (Step("cost", _py("bench/structured_output_cost.py", "--model", "{model_tok}", "--load-format", "dummy",
                                    "--dtype", "bfloat16", "--max-tokens", "64", "--repeats", "3",
                                    "--out", "{work}/structured_output.json"), 150,
                        {"PYTHONPATH": "runtime:.:bench/carry/py312"}),)),
