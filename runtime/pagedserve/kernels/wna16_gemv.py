@@ -183,28 +183,26 @@ def scale_mode(group_size: int, block_k: int, bits: int, has_g_idx: bool) -> int
 def fma_gemv_config(M: int, N: int, K: int, group_size: int, device: torch.device | str | None,
                     has_g_idx: bool = False, bits: int = 4) -> dict:
     """The keyword arguments of ``wna16_fma_gemv`` (block_n, block_k, split_k, num_warps, num_stages,
-    prefetch): K tiles of one group where the group allows
-    (256 or 128 features), 2048 accumulator elements per 128 threads (``BLOCK_M * BLOCK_N * WORDS``;
-    the per-tile partial, the words and the unrolled bit fields take several times that: 135 registers
-    at M = 1, 128 x 128, sm_90 AOT compile; twice the tile spills), 1024 with ``g_idx`` (scale and zero
-    tiles gathered per field), split K until there are about two programs per SM (each split keeps at
-    least two K tiles). A starting point for the GPU search in ``bench/wna16_gpu.py``."""
+    prefetch), from the GPU search of run 37 (``bench/wna16_gpu.py --fma``, H200, 4-bit g128, the
+    Llama-3.1-8B and 70B shapes, M = 1 / 2 / 4): 64 rows x 128 features per tile everywhere (smaller
+    tiles with ``g_idx``, whose scale and zero tiles are gathered per field), 2 warps at M = 1 and 4
+    above; split K until a program's K range is at most 2048, then further while there are fewer
+    than 8 programs per SM and each split keeps at least 512 features, at most 8 splits."""
     pack = 32 // bits
-    block_k = 256
-    if not has_g_idx and group_size % 256:
-        block_k = 128 if group_size % 128 == 0 else 256
-    if bits == 8:
-        block_k = min(block_k, 128)
+    block_k = 128 if (has_g_idx or group_size % 128 == 0) else 256
     block_k = min(block_k, max(pack * 2, next_pow2(K)))
     words = block_k // pack
     block_m = next_pow2(max(M, 1))
-    block_n = max(16, min(128, (1024 if has_g_idx else 2048) // (block_m * words)))
+    block_n = 64 if not has_g_idx else max(16, min(64, 1024 // (block_m * words)))
     block_n = min(block_n, max(16, next_pow2(N)))
     programs = cdiv(N, block_n)
     split = 1
-    while programs * split * 2 <= 2 * num_sms(device) and K // (block_k * split * 2) >= 2:
+    while split < 8 and K // split > 2048:
         split *= 2
-    return dict(block_n=block_n, block_k=block_k, split_k=split, num_warps=4, num_stages=3, prefetch=False)
+    while split < 8 and programs * split < 8 * num_sms(device) and K // (split * 2) >= 512:
+        split *= 2
+    return dict(block_n=block_n, block_k=block_k, split_k=split, num_warps=2 if M == 1 else 4, num_stages=3,
+                prefetch=False)
 
 
 def wna16_fma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
