@@ -50,6 +50,19 @@ def test_shrink_expand_match_reference(dtype, T, K, widths, S, R):
     assert not torch.equal(y[~base], y0[~base]), "adapter tokens must change"
 
 
+@pytest.mark.parametrize("T,K,split,partials", [(1, 1024, None, 2), (3, 200, 3, 2), (5, 256, 4, 4), (2, 96, 8, 2)])
+def test_split_k_shrink_matches_reference(T, K, split, partials):
+    """The shrink's K partials (decode sizes), summed by the expand: K split unevenly, more splits
+    than K tiles (fewer partials), the default split of a decode step."""
+    x, y0, a, b, slots, offs = _case(T, K, [48, 16], 3, 16, torch.float32, seed=5)
+    slots[0] = 0  # at least one token with an adapter
+    ids, start, count = (m.to(DEV) for m in segment_metadata(slots, 3))
+    t = lora_shrink(x, a, ids, start, count, split_k=split)
+    assert t.shape[0] == partials  # whole 64-feature tiles per partial
+    y = lora_expand(t, b, torch.tensor(offs, dtype=torch.int32, device=DEV), 48, ids, start, count, y0.clone())
+    torch.testing.assert_close(y, lora_ref(x, y0.clone(), a, b, offs, slots), atol=1e-5, rtol=1e-5)
+
+
 def test_fixed_grid_with_padding_tokens():
     """A CUDA-graph bucket is larger than the step: rows past the real tokens are in no segment and
     stay as they were; the launch shape depends only on the bucket."""

@@ -4,7 +4,10 @@
 Two Triton kernels, as Punica / S-LoRA split it:
 
 * **shrink** ``t[T, slices, R] = x @ A[s, slice]^T``: the rank-R projection of each token, per fused
-  slice (q / k / v of a qkv layer, gate / up of gate_up; one slice otherwise);
+  slice (q / k / v of a qkv layer, gate / up of gate_up; one slice otherwise). It is split over K
+  (``split_k`` partials ``[split, T, slices, R]``, summed by the expand as it loads them): at decode
+  a slice is one program otherwise, walking all of K alone (4,096-14,336 features in sequential
+  tiles: latency-bound, about twice the step of the base model in run 37);
 * **expand** ``y[:, off_i:off_i + w_i] += t[:, i] @ B[s, off_i:off_i + w_i]^T``, in place (the
   adapter's scaling is folded into B when it is loaded).
 
@@ -34,11 +37,12 @@ from pagedserve.kernels.utils import cdiv, dot_precision
 
 
 @triton.jit
-def _shrink_kernel(x_ptr, a_ptr, t_ptr, ids_ptr, start_ptr, count_ptr, K,
-                   stride_xt, stride_as, stride_asl, stride_ar, stride_tt, stride_tsl,
+def _shrink_kernel(x_ptr, a_ptr, t_ptr, ids_ptr, start_ptr, count_ptr, K, K_SPLIT, SPLIT,
+                   stride_xt, stride_as, stride_asl, stride_ar, stride_tk, stride_tt, stride_tsl,
                    R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
-    sl = tl.program_id(1)
+    sl = tl.program_id(1) // SPLIT
+    ks = tl.program_id(1) % SPLIT
     s = tl.program_id(2)
     count = tl.load(count_ptr + s)
     if pid_m * BLOCK_M < count:
@@ -50,18 +54,20 @@ def _shrink_kernel(x_ptr, a_ptr, t_ptr, ids_ptr, start_ptr, count_ptr, K,
         offs_k = tl.arange(0, BLOCK_K)
         a_base = a_ptr + s.to(tl.int64) * stride_as + sl * stride_asl
         acc = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            mk = (k0 + offs_k) < K
+        k_end = tl.minimum(K, (ks + 1) * K_SPLIT)
+        for k0 in range(ks * K_SPLIT, k_end, BLOCK_K):
+            mk = (k0 + offs_k) < k_end
             xt = tl.load(x_ptr + tok[:, None] * stride_xt + (k0 + offs_k)[None, :],
                          mask=mask_m[:, None] & mk[None, :], other=0.0)
             at = tl.load(a_base + offs_r[:, None] * stride_ar + (k0 + offs_k)[None, :], mask=mk[None, :], other=0.0)
             acc += tl.dot(xt, tl.trans(at).to(xt.dtype), input_precision=PRECISION)
-        tl.store(t_ptr + tok[:, None] * stride_tt + sl * stride_tsl + offs_r[None, :], acc, mask=mask_m[:, None])
+        tl.store(t_ptr + ks * stride_tk + tok[:, None] * stride_tt + sl * stride_tsl + offs_r[None, :], acc,
+                 mask=mask_m[:, None])
 
 
 @triton.jit
-def _expand_kernel(t_ptr, b_ptr, y_ptr, ids_ptr, start_ptr, count_ptr, off_ptr, N_TILES,
-                   stride_tt, stride_tsl, stride_bs, stride_bn, stride_yt,
+def _expand_kernel(t_ptr, b_ptr, y_ptr, ids_ptr, start_ptr, count_ptr, off_ptr, N_TILES, SPLIT,
+                   stride_tk, stride_tt, stride_tsl, stride_bs, stride_bn, stride_yt,
                    R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -81,8 +87,10 @@ def _expand_kernel(t_ptr, b_ptr, y_ptr, ids_ptr, start_ptr, count_ptr, off_ptr, 
             offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_n = offs_n < width
             cols = lo + offs_n
-            tt = tl.load(t_ptr + tok[:, None] * stride_tt + sl * stride_tsl + offs_r[None, :],
-                         mask=mask_m[:, None], other=0.0)
+            t_ptrs = t_ptr + tok[:, None] * stride_tt + sl * stride_tsl + offs_r[None, :]
+            tt = tl.load(t_ptrs, mask=mask_m[:, None], other=0.0)
+            for i in range(1, SPLIT):  # the shrink's K partials
+                tt += tl.load(t_ptrs + i * stride_tk, mask=mask_m[:, None], other=0.0)
             bt = tl.load(b_ptr + s.to(tl.int64) * stride_bs + cols[None, :].to(tl.int64) * stride_bn + offs_r[:, None],
                          mask=mask_n[None, :], other=0.0)
             acc = tl.dot(tt.to(bt.dtype), bt, input_precision=PRECISION)
@@ -96,22 +104,31 @@ def _block_m(num_tokens: int) -> int:
     return 16 if num_tokens <= 16 else (32 if num_tokens <= 512 else 64)
 
 
+def shrink_split(num_tokens: int, K: int) -> int:
+    """K partials of the shrink: at decode sizes about one per 512 features (at most 16), so the few
+    (token block, slice, slot) programs do not each walk all of K; prefill batches have programs enough."""
+    return max(1, min(16, K // 512)) if num_tokens <= 64 else 1
+
+
 def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, sorted_ids: torch.Tensor, slot_start: torch.Tensor,
-                slot_count: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``out[T, slices, R]`` (fp32) = each token's ``x @ A[slot, slice]^T``; rows of tokens with no
-    slot are left as they were (uninitialised when ``out`` is None: the expand never reads them)."""
+                slot_count: torch.Tensor, split_k: int | None = None) -> torch.Tensor:
+    """``out[split, T, slices, R]`` (fp32): K partials of each token's ``x @ A[slot, slice]^T``
+    (``lora_expand`` sums them); rows of tokens with no slot are uninitialised (never read)."""
     T, K = x.shape
     S, n_slices, R, K2 = lora_a.shape
     assert K == K2 and x.stride(1) == 1 and lora_a.stride(3) == 1, "x [T, K] and lora_a [S, slices, R, K]"
-    if out is None:
-        out = torch.empty(T, n_slices, R, dtype=torch.float32, device=x.device)
+    block_k = 64 if K >= 64 else 16
+    split = split_k or shrink_split(T, K)
+    k_split = cdiv(cdiv(K, split), block_k) * block_k
+    split = cdiv(K, k_split)
+    out = torch.empty(split, T, n_slices, R, dtype=torch.float32, device=x.device)
     if T == 0:
         return out
     bm = _block_m(T)
-    grid = (cdiv(T, bm), n_slices, S)
-    _shrink_kernel[grid](x, lora_a, out, sorted_ids, slot_start, slot_count, K,
+    grid = (cdiv(T, bm), n_slices * split, S)
+    _shrink_kernel[grid](x, lora_a, out, sorted_ids, slot_start, slot_count, K, k_split, split,
                          x.stride(0), lora_a.stride(0), lora_a.stride(1), lora_a.stride(2), out.stride(0),
-                         out.stride(1), R=R, BLOCK_M=bm, BLOCK_K=64 if K >= 64 else 16,
+                         out.stride(1), out.stride(2), R=R, BLOCK_M=bm, BLOCK_K=block_k,
                          PRECISION=dot_precision(x.dtype))
     return out
 
@@ -119,8 +136,11 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, sorted_ids: torch.Tensor,
 def lora_expand(t: torch.Tensor, lora_b: torch.Tensor, slice_offsets: torch.Tensor, max_slice_width: int,
                 sorted_ids: torch.Tensor, slot_start: torch.Tensor, slot_count: torch.Tensor, y: torch.Tensor
                 ) -> torch.Tensor:
-    """``y[:, slice i] += t[:, i] @ B[slot, slice i]^T`` in place for every token with a slot."""
-    T, n_slices, R = t.shape
+    """``y[:, slice i] += t[:, i] @ B[slot, slice i]^T`` in place for every token with a slot; ``t``
+    is the shrink's ``[split, T, slices, R]`` (or one ``[T, slices, R]``)."""
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    split, T, n_slices, R = t.shape
     S, N, R2 = lora_b.shape
     assert R == R2 and y.shape == (T, N) and y.stride(1) == 1 and lora_b.stride(2) == 1
     if T == 0:
@@ -129,7 +149,7 @@ def lora_expand(t: torch.Tensor, lora_b: torch.Tensor, slice_offsets: torch.Tens
     bn = 64 if max_slice_width >= 64 else 16
     n_tiles = cdiv(max_slice_width, bn)
     grid = (cdiv(T, bm), n_slices * n_tiles, S)
-    _expand_kernel[grid](t, lora_b, y, sorted_ids, slot_start, slot_count, slice_offsets, n_tiles,
-                         t.stride(0), t.stride(1), lora_b.stride(0), lora_b.stride(1), y.stride(0),
+    _expand_kernel[grid](t, lora_b, y, sorted_ids, slot_start, slot_count, slice_offsets, n_tiles, split,
+                         t.stride(0), t.stride(1), t.stride(2), lora_b.stride(0), lora_b.stride(1), y.stride(0),
                          R=R, BLOCK_M=bm, BLOCK_N=bn, PRECISION=dot_precision(lora_b.dtype))
     return y
