@@ -29,15 +29,15 @@ import pickle
 import threading
 import time
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
-from typing import Any, Iterator
+from typing import Any
 
 from pagedserve.config import EngineConfig
 from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for, run_bounded,
                                                     destroy_distributed, disable_multicast_env, init_distributed)
-from pagedserve.executor.base import Executor, describe_rank
+from pagedserve.executor.base import describe_rank
+from pagedserve.executor.rank_group import RankGroupExecutor
 from pagedserve.executor.tp_process import check_later_tp_engine, claim_process, release_process
 from pagedserve.spawn import spawn_children
 
@@ -186,7 +186,10 @@ class _Group:
                 c.close()
 
 
-class MultiprocExecutor(Executor):
+class MultiprocExecutor(RankGroupExecutor):
+    name = "tensor-parallel executor"
+    dead_wait_s = 1.0
+
     def __init__(self, config: EngineConfig, use_tqdm: bool = True) -> None:
         import torch
         import torch.distributed as dist
@@ -237,28 +240,6 @@ class MultiprocExecutor(Executor):
             raise
 
     # -- plumbing -----------------------------------------------------------------------------------
-    @contextmanager
-    def _call(self) -> Iterator[None]:
-        g = self._g
-        if g.closed:
-            raise RuntimeError("the tensor-parallel executor is shut down")
-        if g.dead is not None:
-            g.raised = True
-            raise RuntimeError(g.failure_message())
-        if g.failed is not None:
-            raise RuntimeError(f"the tensor-parallel engine failed in an earlier call ({g.failed}); restart it")
-        g.busy += 1
-        try:
-            yield
-        except Exception as e:
-            if g.find_dead(timeout=1.0) is not None:  # a collective or a pipe failed: a rank is gone
-                g.raised = True
-                raise RuntimeError(g.failure_message()) from e
-            g.failed = f"{type(e).__name__}: {e}"  # the other ranks may wait in a collective for good
-            raise
-        finally:
-            g.busy -= 1
-
     def _send(self, msg: tuple) -> None:
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         for w in self._g.workers:
@@ -295,32 +276,8 @@ class MultiprocExecutor(Executor):
             local = getattr(self.worker, method)(*args)
             return [local] + [self._recv(w, "result") for w in self._g.workers]
 
-    def launch(self, sched, prev=None):
-        from pagedserve.worker.input_batch import prepare_inputs
-
-        with self._call():
-            h = None
-            if not sched.is_empty:
-                h = prepare_inputs(sched.scheduled, self.runner.block_size, prev.row_of if prev is not None else None)
-            self._send(("step", h, sched.block_ops))
-            if self.pp_size > 1:  # the earlier stages start now; this (last) stage runs in collect
-                return _PendingStage(h, sched.block_ops, sched)
-            return self.runner.launch_inputs(h, sched.block_ops, prev, sched)
-
-    def collect(self, handle):
-        with self._call():
-            if isinstance(handle, _PendingStage):  # pipeline: receive, run the last stage, sample
-                handle = self.runner.launch_inputs(handle.h, handle.block_ops, None, handle.sched)
-            if handle.event is not None:
-                handle.event.synchronize()
-                if self._g.dead is not None:  # released by the abort: the step did not happen
-                    raise RuntimeError("a tensor-parallel worker died during the step")
-            return self.runner.collect(handle)
-
-    def check_health(self) -> None:
-        if self._g.find_dead() is not None:
-            self._g.raised = True
-            raise RuntimeError(self._g.failure_message())
+    def _send_step(self, h: Any, block_ops: list) -> None:
+        self._send(("step", h, block_ops))
 
     @property
     def worker_pids(self) -> list[int]:
@@ -330,16 +287,6 @@ class MultiprocExecutor(Executor):
         """Stop the workers and leave the process group (idempotent; also runs when collected)."""
         self._finalizer()
         release_process(self)
-
-
-@dataclass
-class _PendingStage:
-    """A batch sent into the pipeline whose last stage (this process) has not run yet: the engine
-    core schedules further batches meanwhile, and ``collect`` runs it (batches stay in order)."""
-
-    h: Any
-    block_ops: list
-    sched: Any
 
 
 def _exit_code(proc: Any, timeout: float) -> int | None:

@@ -26,17 +26,17 @@ import pickle
 import threading
 import time
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from pagedserve.config import EngineConfig
 from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for,
                                                     destroy_distributed, disable_multicast_env, init_distributed,
                                                     run_bounded)
 from pagedserve.executor import ray_cluster
-from pagedserve.executor.base import Executor, describe_rank
-from pagedserve.executor.multiproc import DEATH_GRACE_S, STARTUP_TIMEOUT_S, _PendingStage, _timedelta
+from pagedserve.executor.base import describe_rank
+from pagedserve.executor.rank_group import RankGroupExecutor
+from pagedserve.executor.multiproc import DEATH_GRACE_S, STARTUP_TIMEOUT_S, _timedelta
 from pagedserve.executor.tp_process import check_later_tp_engine, claim_process, release_process
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class _RayGroup:
         finally:
             with self.lock:
                 self.pending.pop(ref, None)
+
+    def find_dead(self, timeout: float = 0.0) -> int | None:
+        return self.poll(timeout)
 
     def poll(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` s on the calls in flight; drop the finished ones, and return the
@@ -201,7 +204,10 @@ class _RayGroup:
             ray.shutdown()
 
 
-class RayExecutor(Executor):
+class RayExecutor(RankGroupExecutor):
+    name = "Ray executor"
+    dead_wait_s = 3.0
+
     def __init__(self, config: EngineConfig, use_tqdm: bool = True) -> None:
         ray = ray_cluster.import_ray()
         import torch
@@ -268,28 +274,6 @@ class RayExecutor(Executor):
             raise
 
     # -- plumbing -----------------------------------------------------------------------------------
-    @contextmanager
-    def _call(self) -> Iterator[None]:
-        g = self._g
-        if g.closed:
-            raise RuntimeError("the Ray executor is shut down")
-        if g.dead is not None:
-            g.raised = True
-            raise RuntimeError(g.failure_message())
-        if g.failed is not None:
-            raise RuntimeError(f"the Ray executor failed in an earlier call ({g.failed}); restart it")
-        g.busy += 1
-        try:
-            yield
-        except Exception as e:
-            if g.dead is not None or g.poll(3.0) is not None:  # a collective failed: a rank is gone
-                g.raised = True
-                raise RuntimeError(g.failure_message()) from e
-            g.failed = f"{type(e).__name__}: {e}"  # the other ranks may wait in a collective for good
-            raise
-        finally:
-            g.busy -= 1
-
     def _send_step(self, h: Any, block_ops: list) -> None:
         """Pickled once for every actor, as the mp executor does (and unpickled into writable
         arrays: Ray's zero-copy numpy arguments would be read-only)."""
@@ -303,33 +287,6 @@ class RayExecutor(Executor):
             refs = [self._g.track(a.rank, a.handle.rpc.remote(method, args)) for a in self._g.actors]
             local = getattr(self.worker, method)(*args)
             return [local] + [self._g.get(r) for r in refs]
-
-    def launch(self, sched, prev=None):
-        from pagedserve.worker.input_batch import prepare_inputs
-
-        with self._call():
-            h = None
-            if not sched.is_empty:
-                h = prepare_inputs(sched.scheduled, self.runner.block_size, prev.row_of if prev is not None else None)
-            self._send_step(h, sched.block_ops)
-            if self.pp_size > 1:  # the earlier stages start now; this (last) stage runs in collect
-                return _PendingStage(h, sched.block_ops, sched)
-            return self.runner.launch_inputs(h, sched.block_ops, prev, sched)
-
-    def collect(self, handle):
-        with self._call():
-            if isinstance(handle, _PendingStage):
-                handle = self.runner.launch_inputs(handle.h, handle.block_ops, None, handle.sched)
-            if handle.event is not None:
-                handle.event.synchronize()
-                if self._g.dead is not None:  # released by the abort: the step did not happen
-                    raise RuntimeError("a Ray worker died during the step")
-            return self.runner.collect(handle)
-
-    def check_health(self) -> None:
-        if self._g.poll(0) is not None:
-            self._g.raised = True
-            raise RuntimeError(self._g.failure_message())
 
     @property
     def worker_pids(self) -> list[int]:
