@@ -24,7 +24,7 @@ import logging
 
 from pagedserve.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from pagedserve.core.beam_groups import BeamGroupsMixin
-from pagedserve.core.encoder_cache_manager import EncoderCacheManager
+from pagedserve.core.encoder_scheduling import EncoderSchedulingMixin
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.output_update import OutputUpdateMixin
 from pagedserve.core.preemption import PreemptionMixin
@@ -45,7 +45,7 @@ def start_samples(req: Request, n: int) -> bool:
     return req.num_computed_tokens + n == req.num_tokens + req.num_output_placeholders
 
 
-class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeMixin):
+class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeMixin, EncoderSchedulingMixin):
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
                  num_cpu_blocks: int = 0, max_loras: int | None = None,
                  speculative_config: SpeculativeConfig | None = None) -> None:
@@ -73,9 +73,7 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
         self.capacity = min(scheduler_config.max_model_len, num_blocks * cache_config.block_size)
         self._init_spec(speculative_config)  # speculative decoding (core/spec_decode.py)
         # vision-language models: encoder cache and per-step encoder budget (core/encoder_cache_manager.py)
-        self.encoder = EncoderCacheManager(scheduler_config.max_num_encoder_input_tokens,
-                                           scheduler_config.encoder_cache_size, scheduler_config.max_num_batched_tokens)
-        self._mm_blocked = False  # the last _encoder_cut left nothing to schedule
+        self._init_encoder(scheduler_config)
 
     # -- admission ----------------------------------------------------------------------------
     def check_fits(self, num_prompt_tokens: int, params: SamplingParams | None = None,
@@ -98,18 +96,6 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             if need > self.kv.num_blocks:
                 raise ValueError(f"beam search with beam_width={width} and max_tokens={out} may need {need} KV "
                                  f"blocks, more than the whole cache holds ({self.kv.num_blocks} blocks)")
-
-    def check_mm_item(self, length: int) -> None:
-        """An image of ``length`` placeholder tokens must be encodable in one step, fit the encoder cache
-        and, with disable_chunked_mm_input, fit one step's token budget (ValueError naming the flag)."""
-        self.encoder.check_item(length)
-        if self.config.disable_chunked_mm_input:
-            cap = self.config.long_prefill_token_threshold
-            room = min(self.config.max_num_batched_tokens, cap) if cap > 0 else self.config.max_num_batched_tokens
-            if length > room:
-                raise ValueError(f"multi_modal_data: an image of {length} tokens cannot be scheduled in one step "
-                                 f"(max_num_batched_tokens / long_prefill_token_threshold allow {room}) with "
-                                 "disable_chunked_mm_input (--disable-chunked-mm-input)")
 
     def add_request(self, request: Request) -> None:
         self.check_fits(request.num_prompt_tokens, request.sampling_params, request.max_tokens)
@@ -296,36 +282,8 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             if s.request.mm_features:  # images this request has read to the end: no longer needed by it
                 self.encoder.release_passed(s.request.request_id, s.request.mm_features,
                                             s.request.num_computed_tokens)
-        enc = self.encoder
-        if enc.step_new or enc.freed:
-            out.encoder_mm_hashes = list(enc.step_new)
-            out.num_encoder_tokens = sum(enc.step_new.values())
-            if out.scheduled:  # (an empty step is not sent to the worker: its evictions go with the next)
-                out.free_encoder_mm_hashes = enc.take_freed()
-        enc.end_step()
+        self._finish_encoder_step(out)
         return out
-
-    def _encoder_cut(self, req: Request, start: int, n: int) -> int:
-        """Tokens of ``req`` from ``start`` that may run this step: up to ``n``, cut before the first
-        image whose encoder output is neither cached nor fits the step's encoder budget and the encoder
-        cache (vLLM's rule: an image is encoded whole, in the step that first reaches it); the images
-        it keeps are referenced (rolled back by ``encoder.rollback`` if the request does not run)."""
-        end = start + n
-        rid = req.request_id
-        for f in req.mm_features:
-            if f.offset >= end:
-                break
-            if f.end <= start:
-                continue
-            if self.config.disable_chunked_mm_input and start < f.offset and end < f.end:
-                n = f.offset - start  # not a part of this image: stop before it
-                break
-            if not self.encoder.acquire(rid, f):
-                n = f.offset - start if start < f.offset else 0
-                break
-        if n <= 0:
-            self._mm_blocked = True
-        return n
 
     def _running_loras(self) -> set[int]:
         return {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
@@ -458,18 +416,6 @@ class Scheduler(OutputUpdateMixin, PreemptionMixin, BeamGroupsMixin, SpecDecodeM
             self.running.remove(req)
         elif req in self.waiting:
             self.waiting.remove(req)
-
-    def _encoder_rollback(self, req: Request) -> None:
-        """This step's image references of a unit that does not run this step after all."""
-        for seq in self._seqs(req):
-            self.encoder.rollback(seq.request_id)
-
-    def _encoder_release(self, req: Request) -> None:
-        """A unit finished or preempted: its sequences read no image any more."""
-        self._encoder_rollback(req)
-        for seq in self._seqs(req):
-            self.encoder.release_all(seq.request_id)
-        self.encoder.release_all(req.request_id)
 
     def _free(self, req: Request) -> None:
         if self.encoder.held:
