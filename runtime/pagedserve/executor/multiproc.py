@@ -37,7 +37,7 @@ from pagedserve.config import EngineConfig
 from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distributed, backend_for, run_bounded,
                                                     destroy_distributed, disable_multicast_env, init_distributed)
 from pagedserve.executor.base import describe_rank
-from pagedserve.executor.rank_group import RankGroupExecutor
+from pagedserve.executor.rank_group import RankGroupExecutor, after_rank_death
 from pagedserve.executor.tp_process import check_later_tp_engine, claim_process, release_process
 from pagedserve.spawn import spawn_children
 
@@ -124,21 +124,7 @@ class _Group:
         w = self.dead
         logger.error("tensor-parallel worker rank %d (pid %d) exited with code %s", w.rank, w.proc.pid,
                      _exit_code(w.proc, 1))
-        if self.backend == "nccl" and self.dist_up:
-            # collectives in flight fail instead of waiting for the dead rank; bounded, as the abort
-            # itself can block (seen on 2 x H200): the grace-period exit below must still come
-            run_bounded(abort_distributed, 5, "process group abort")
-            self.dist_up = False
-        deadline = time.monotonic() + DEATH_GRACE_S
-        while time.monotonic() < deadline:
-            if self.closed or self.raised or self.busy == 0:
-                return
-            time.sleep(0.05)
-        if self.busy and not self.raised and not self.closed:
-            msg = self.failure_message()
-            logger.critical("%s; the driver is stuck in a collective: exiting", msg)
-            os.write(2, f"pagedserve: {msg}; the driver is stuck in a collective: exiting\n".encode())
-            os._exit(70)
+        after_rank_death(self, DEATH_GRACE_S)  # (the NCCL abort can block: seen on 2 x H200)
 
     # -- shutdown -----------------------------------------------------------------------------------
     def close(self) -> None:

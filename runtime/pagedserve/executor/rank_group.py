@@ -8,11 +8,36 @@ A subclass sets ``_g`` (its group of ranks: ``closed``, ``dead``, ``failed``, ``
 other ranks in ``_send_step``."""
 from __future__ import annotations
 
+import logging
+import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from pagedserve.distributed.parallel_state import abort_distributed, run_bounded
 from pagedserve.executor.base import Executor
+
+logger = logging.getLogger(__name__)
+
+
+def after_rank_death(g: Any, grace_s: float) -> None:
+    """The group's monitor saw a rank die: abort NCCL collectives in flight (bounded: the abort itself
+    can block), then give the driver ``grace_s`` to leave its call with the error; a driver still stuck
+    in a collective after that exits the process (code 70) rather than hang."""
+    if g.backend == "nccl" and g.dist_up:
+        run_bounded(abort_distributed, 5, "process group abort")
+        g.dist_up = False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if g.closed or g.raised or g.busy == 0:
+            return
+        time.sleep(0.05)
+    if g.busy and not g.raised and not g.closed:
+        msg = g.failure_message()
+        logger.critical("%s; the driver is stuck in a collective: exiting", msg)
+        os.write(2, f"pagedserve: {msg}; the driver is stuck in a collective: exiting\n".encode())
+        os._exit(70)
 
 
 @dataclass

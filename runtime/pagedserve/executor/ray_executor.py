@@ -35,7 +35,7 @@ from pagedserve.distributed.parallel_state import (NO_MULTICAST_ENV, abort_distr
                                                     run_bounded)
 from pagedserve.executor import ray_cluster
 from pagedserve.executor.base import describe_rank
-from pagedserve.executor.rank_group import RankGroupExecutor
+from pagedserve.executor.rank_group import RankGroupExecutor, after_rank_death
 from pagedserve.executor.multiproc import DEATH_GRACE_S, STARTUP_TIMEOUT_S, _timedelta
 from pagedserve.executor.tp_process import check_later_tp_engine, claim_process, release_process
 
@@ -146,19 +146,7 @@ class _RayGroup:
             return
         logger.error("%s", self.failure_message())
         self._kill_rank(self.dead)  # a rank whose method raised is still alive: its peers must see it go
-        if self.backend == "nccl" and self.dist_up:  # collectives in flight fail instead of waiting
-            run_bounded(abort_distributed, 5, "process group abort")
-            self.dist_up = False
-        deadline = time.monotonic() + DEATH_GRACE_S
-        while time.monotonic() < deadline:
-            if self.closed or self.raised or self.busy == 0:
-                return
-            time.sleep(0.05)
-        if self.busy and not self.raised and not self.closed:
-            msg = self.failure_message()
-            logger.critical("%s; the driver is stuck in a collective: exiting", msg)
-            os.write(2, f"pagedserve: {msg}; the driver is stuck in a collective: exiting\n".encode())
-            os._exit(70)
+        after_rank_death(self, DEATH_GRACE_S)
 
     def _kill_rank(self, rank: int | None) -> None:
         ray = ray_cluster.import_ray()
