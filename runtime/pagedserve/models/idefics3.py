@@ -21,6 +21,7 @@ from pagedserve.arch_config import ArchConfig
 from pagedserve.models.clip import VisionEncoder
 from pagedserve.models.llama import LlamaForCausalLM
 from pagedserve.models.registry import check_architecture
+from pagedserve.models.vision_language import LanguageModelDelegate
 
 #: transformers' Idefics3VisionConfig defaults (a config.json may leave them out)
 VISION_DEFAULTS: dict[str, Any] = dict(hidden_size=1152, intermediate_size=3072, num_hidden_layers=12,
@@ -114,7 +115,7 @@ class Idefics3Connector(nn.Module):
         return self.modality_projection.proj(x)
 
 
-class Idefics3ForConditionalGeneration(nn.Module):
+class Idefics3ForConditionalGeneration(LanguageModelDelegate, nn.Module):
     supports_multimodal = True
 
     def __init__(self, cfg: ArchConfig, max_position: int) -> None:
@@ -153,16 +154,6 @@ class Idefics3ForConditionalGeneration(nn.Module):
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.language_model.model.embed_tokens(input_ids)
-
-    # -- the language model ------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_input_ids(input_ids)
-        return self.language_model(input_ids, positions, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.compute_logits(hidden)
 
     def map_weight_name(self, name: str) -> tuple[str | None, object]:
         """Checkpoint name (``model.vision_model.*``, ``model.connector.*``, ``model.text_model.*``,

@@ -18,6 +18,7 @@ from pagedserve.arch_config import ArchConfig
 from pagedserve.models.clip import CLIPVisionTower, vision_act
 from pagedserve.models.llama import LlamaForCausalLM
 from pagedserve.models.registry import check_architecture
+from pagedserve.models.vision_language import LanguageModelDelegate
 
 
 _VISION_LAYER = re.compile(r"^vision_tower\.encoder\.layers\.(\d+)\.")
@@ -34,7 +35,7 @@ class LlavaMultiModalProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
-class LlavaForConditionalGeneration(nn.Module):
+class LlavaForConditionalGeneration(LanguageModelDelegate, nn.Module):
     supports_multimodal = True
 
     def __init__(self, cfg: ArchConfig, max_position: int) -> None:
@@ -88,16 +89,6 @@ class LlavaForConditionalGeneration(nn.Module):
         if self.image_token_id is not None and self.image_token_id >= self.cfg.vocab_size:
             input_ids = input_ids.masked_fill(input_ids == self.image_token_id, 0)
         return self.language_model.model.embed_tokens(input_ids)
-
-    # -- the language model ------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_input_ids(input_ids)
-        return self.language_model(input_ids, positions, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.compute_logits(hidden)
 
     def map_weight_name(self, name: str) -> tuple[str, object]:
         """Checkpoint name (the original ``language_model.model.*`` / ``vision_tower.vision_model.*``
