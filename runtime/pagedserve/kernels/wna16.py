@@ -8,7 +8,7 @@ fp32, rounded to the activation dtype) and feed it to the tensor cores:
 
 - ``wna16_gemv``, decode (M <= 64): like ``kernels/gemv.py``, a program owns ``BLOCK_N`` output
   features and computes ``w_tile @ x_tile^T`` (the batch padded to 16..64 is the short side);
-  optional split-K (``split_k`` programs per column block, fp32 partials summed in torch: the
+  optional split-K (``split_k`` programs per column block, fp32 partials summed by one small kernel: the
   weight read of a 4-bit layer is small, so narrow layers need the extra programs to fill the GPU);
 - ``wna16_gemm``, prefill: a tiled GEMM over ``(BLOCK_M, BLOCK_N)`` output tiles, grouped launch
   order for L2 reuse of the weight tiles;
@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from pagedserve.kernels.utils import cdiv, dot_precision, num_sms
-from pagedserve.kernels.wna16_gemv import FMA_MAX_M, fma_gemv_config, wna16_fma_gemv
+from pagedserve.kernels.wna16_gemv import FMA_MAX_M, fma_gemv_config, splitk_partials, splitk_reduce, wna16_fma_gemv
 
 MAX_M = 64  # the skinny kernel's largest M
 
@@ -240,9 +240,7 @@ def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return y
-    k_split = cdiv(cdiv(K, split_k), block_k) * block_k
-    split_k = cdiv(K, k_split)
-    out = y if split_k == 1 else torch.empty((split_k, M, N), dtype=torch.float32, device=x.device)
+    k_split, split_k, out = splitk_partials(y, K, split_k, block_k)
     dummy = qweight
     _wna16_gemv_kernel[(triton.cdiv(N, block_n), split_k)](
         x, qweight, scales, zeros if zeros is not None else dummy, g_idx if g_idx is not None else dummy,
@@ -253,10 +251,7 @@ def wna16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_DOTS=split_dots, PRECISION=dot_precision(x.dtype),
         num_warps=num_warps, num_stages=num_stages)
     if split_k > 1:
-        acc = out.sum(0)
-        if bias is not None:
-            acc += bias.float()
-        y.copy_(acc)
+        splitk_reduce(out, bias, y)
     return y
 
 

@@ -171,6 +171,24 @@ def _splitk_reduce_kernel(p_ptr, b_ptr, y_ptr, MN, N, SPLIT, HAS_BIAS: tl.conste
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def splitk_partials(y: torch.Tensor, K: int, split_k: int, block_k: int) -> tuple[int, int, torch.Tensor]:
+    """``(k_split, split_k, out)``: whole K tiles per split (so fewer splits may result) and where the
+    kernel writes: ``y`` itself without a split, else fp32 partials ``[split_k, M, N]``."""
+    k_split = cdiv(cdiv(K, split_k), block_k) * block_k
+    split_k = cdiv(K, k_split)
+    out = y if split_k == 1 else torch.empty((split_k, *y.shape), dtype=torch.float32, device=y.device)
+    return k_split, split_k, out
+
+
+def splitk_reduce(partials: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> None:
+    """``y = partials.sum(0) (+ bias)`` in y's dtype, one launch (y contiguous ``[M, N]``)."""
+    split_k, M, N = partials.shape
+    block = min(1024, max(128, next_pow2(M * N)))
+    _splitk_reduce_kernel[(triton.cdiv(M * N, block),)](
+        partials, bias if bias is not None else partials, y, M * N, N, split_k, HAS_BIAS=bias is not None,
+        BLOCK=block, num_warps=4)
+
+
 def scale_mode(group_size: int, block_k: int, bits: int, has_g_idx: bool) -> int:
     """0: a K tile lies in one group; 1: a word does; 2: per-element scales (act-order ``g_idx``)."""
     if has_g_idx:
@@ -222,9 +240,7 @@ def wna16_fma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return y
-    k_split = cdiv(cdiv(K, split_k), block_k) * block_k
-    split_k = cdiv(K, k_split)
-    out = y if split_k == 1 else torch.empty((split_k, M, N), dtype=torch.float32, device=x.device)
+    k_split, split_k, out = splitk_partials(y, K, split_k, block_k)
     dummy = qweight
     direct_bias = bias is not None and split_k == 1
     _fma_gemv_kernel[(triton.cdiv(N, block_n), split_k)](
@@ -236,10 +252,7 @@ def wna16_fma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         PREFETCH=prefetch,
         num_warps=num_warps, num_stages=num_stages)
     if split_k > 1:
-        block = min(1024, max(128, next_pow2(M * N)))
-        _splitk_reduce_kernel[(triton.cdiv(M * N, block),)](
-            out, bias if bias is not None else dummy, y, M * N, N, split_k, HAS_BIAS=bias is not None,
-            BLOCK=block, num_warps=4)
+        splitk_reduce(out, bias, y)
     return y
 
 
